@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install Xiulian and everything it needs into the current Python (idempotent, quick when done).
+# torch is pinned to the CPU wheel this machine serves from local disk; on a GPU machine set
+# XIULIAN_TORCH="torch==<version>" (or "" to keep the installed one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH=${XIULIAN_TORCH-torch==2.13.0}
+stamp=.cache/setup.stamp
+want="$(cat pyproject.toml launch/setup.sh | sha256sum | cut -c1-16) $TORCH"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && $PY -c "import llm, torch, lightning, transformers, webdataset, hydra" 2>/dev/null; then
+  exit 0
+fi
+echo "[setup] installing xiulian with $TORCH (first time: a few minutes)"
+# one pip call: torch is pinned in the same resolution as everything else, so nothing pulls a CUDA build
+$PY -m pip install --disable-pip-version-check -q ${TORCH:+"$TORCH"} -e ".[dev,deepspeed]"
+mkdir -p .cache && echo "$want" > "$stamp"

@@ -1,0 +1,69 @@
+"""Callbacks: sampled continuations during training, and the data report at the end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from llm.model.generate import generate_text
+
+log = logging.getLogger(__name__)
+
+
+class SampleText(L.Callback):
+    """Every ``every_n_steps`` optimizer steps, rank 0 continues a few prompts greedily and logs
+    them (console, ``samples.txt`` in the run directory, a W&B table when W&B is on)."""
+
+    def __init__(self, every_n_steps: int, prompts: list[str], max_new_tokens: int) -> None:
+        self.every = every_n_steps
+        self.prompts = prompts
+        self.max_new_tokens = max_new_tokens
+        self.rows: list[list[Any]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if not self.every or not self.prompts or step % self.every or not trainer.is_global_zero:
+            return
+        texts = generate_text(module.model, module.tokenizer, self.prompts, self.max_new_tokens)
+        lines = [f"[step {step}] {p!r} -> {t!r}" for p, t in zip(self.prompts, texts)]
+        for line in lines:
+            log.info(line)
+        with open(Path(trainer.default_root_dir) / "samples.txt", "a", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        self.rows += [[step, p, t] for p, t in zip(self.prompts, texts)]
+        for lg in trainer.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                lg.log_text(key="samples", columns=["step", "prompt", "continuation"], data=self.rows, step=step)
+
+
+class DataReport(L.Callback):
+    """Tells the data module when an epoch starts, and reports skipped shards at the end."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: Any) -> None:
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "on_epoch_start"):
+            dm.on_epoch_start(trainer.current_epoch)
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        dm = trainer.datamodule
+        skipped = getattr(dm, "skipped_shards", None)
+        if skipped and trainer.is_global_zero:
+            log.warning("data: %d corrupt shard(s) were skipped: %s", len(skipped), ", ".join(map(str, skipped)))
+            for lg in trainer.loggers:
+                lg.log_metrics({"data/skipped_shards": float(len(skipped))}, step=trainer.global_step)
+
+
+class CrashAtStep(L.Callback):
+    """Fault injection: SIGKILL this process (no clean-up, no checkpoint) when ``step`` begins."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,177 @@
+"""Typed configuration (Hydra structured configs).
+
+Every YAML file under ``conf/`` is validated against these dataclasses: a misspelt key or a
+value of the wrong type fails at start-up with a message naming the key.  Only
+``llm/train.py`` sees the whole :class:`Config`; every other component receives its own piece.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """A transformers causal LM: built from a size preset, or loaded from a directory."""
+
+    name: str = MISSING
+    """Preset name (for logs and the export's README)."""
+    arch: str = "llama"
+    """``llama`` (RoPE, RMSNorm, SwiGLU, grouped-query attention) or ``gpt2`` (learned positions,
+    LayerNorm, GELU MLP)."""
+    pretrained: Optional[str] = None
+    """A Hugging Face model directory to start from (``from_pretrained``); the preset's shape
+    fields are then ignored."""
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    n_kv_head: Optional[int] = None
+    """Key/value heads for grouped-query attention; ``None`` means ``n_head`` (plain MHA)."""
+    intermediate_size: Optional[int] = None
+    """MLP width; ``None`` means 4 * n_embd (gpt2) or the Llama 8/3 rule rounded to 64."""
+    max_seq_len: int = 256
+    vocab_size: Optional[int] = None
+    """``None``: take it from the tokenizer (padded up to a multiple of 64)."""
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    """Off by default: a checkpoint directory never runs code it ships unless you say so."""
+
+
+@dataclass
+class DataConfig:
+    """Pretraining text -> tokenizer -> WebDataset token shards -> packed sequences."""
+
+    name: str = MISSING
+    sources: list[str] = field(default_factory=list)
+    """Text to prepare: files (.txt/.md/.rst one document each, .jsonl with ``text_field``),
+    directories of them, or ``builtin:python-docs`` (English documentation shipped inside
+    CPython). Ignored when ``shards`` is set."""
+    shards: Optional[str] = None
+    """A directory written by ``python -m llm.data.prepare`` (manifest.json + tars)."""
+    tokenizer: Optional[str] = None
+    """A tokenizer directory to use instead of training one on ``sources``."""
+    cache_dir: Optional[str] = None
+    """Where the tokenizer and shards prepared from ``sources`` are kept and reused; ``None``:
+    ``$XIULIAN_CACHE`` (default ``~/.cache/xiulian``)/data/<hash of sources and settings>."""
+    vocab_size: int = 4096
+    shard_max_tokens: int = 1048576
+    val_fraction: float = 0.02
+    seq_len: int = 256
+    micro_batch_size: int = 8
+    num_workers: int = 1
+    shuffle_block: int = 64
+    val_batches: Optional[int] = 8
+    """Validation micro-batches per rank at each validation (``None``: the whole split)."""
+    skip_corrupt: bool = False
+    """``False``: a corrupt shard stops the run with its name. ``True``: shards are validated
+    at start, bad ones are excluded, named in a warning and counted in the final report."""
+    seed: int = 1234
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    """Cosine decays to ``lr * min_lr_ratio``."""
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    """Applied to matrices (``p.dim() >= 2``); never to norms, biases."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Global-norm clipping; 0 disables it."""
+    fused: Optional[bool] = None
+    """Fused AdamW kernel (``None``: on when training on CUDA)."""
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING
+    """pretrain (now); sft, rm, ppo, dpo are added by later stages."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    grad_accum: int = 1
+    """Micro-batches per optimizer step. The loss is the sum of token losses over all
+    micro-batches and ranks divided by their total number of real tokens."""
+    sample_every_n_steps: int = 0
+    """Log a few greedy continuations every N steps (0: only at the end)."""
+    sample_prompts: list[str] = field(default_factory=lambda: ["The "])
+    sample_max_new_tokens: int = 48
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "auto"
+    """``single`` (one device), ``ddp``; the scale-out work adds DeepSpeed and FSDP."""
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    process_group_backend: Optional[str] = None
+    """``None``: nccl on CUDA, gloo on CPU."""
+    find_unused_parameters: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    max_epochs: int = -1
+    precision: str = "auto"
+    """``auto``: bf16-mixed on a CUDA device that supports it, else 32-true."""
+    val_every_n_steps: int = 200
+    log_every_n_steps: int = 10
+    ckpt_every_n_steps: int = 200
+    ckpt_keep: int = 2
+    fast_dev_run: int = 0
+    overfit_batches: int = 0
+    """> 0: train on the first batch only (repeated), no validation; loss must go to ~0."""
+    deterministic: bool = False
+    compile: bool = False
+    peak_flops: Optional[float] = None
+    """Peak FLOP/s of one device for MFU; ``None``: a table for known GPUs, a measured matmul
+    rate on CPU."""
+    progress_bar: bool = True
+    num_sanity_val_steps: int = 0
+    crash_at_step: Optional[int] = None
+    """Fault injection for tests: the process SIGKILLs itself when this optimizer step begins."""
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = False
+    project: str = "xiulian"
+    entity: Optional[str] = None
+    mode: str = "auto"
+    """W&B mode: ``auto`` = online if an API key is configured, else offline (never hangs)."""
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    stage: StageConfig = MISSING
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 1234
+    run_dir: Optional[str] = None
+    """``None``: Hydra's run directory (``outputs/<date>/<time>``, or ``hydra.run.dir=...``)."""
+    ckpt_path: Optional[str] = None
+    """Resume: ``last`` (the newest checkpoint in ``run_dir``), or a path to a .ckpt."""
+    export: bool = True
+    """Write the Hugging Face export to ``run_dir/export`` at the end."""
+    weights_only: bool = True
+    """Checkpoints are loaded with ``torch.load(weights_only=True)``: no arbitrary unpickling."""
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)

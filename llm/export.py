@@ -1,0 +1,46 @@
+"""The hand-off format between stages: a plain Hugging Face model directory.
+
+config.json, model.safetensors, tokenizer files and generation_config.json; `transformers`
+loads it with no code of ours. Written into a temporary sibling directory and renamed into
+place, so a crash never leaves a half-written export under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from transformers import GenerationConfig
+
+
+def export_hf(model: Any, tokenizer: Any, out_dir: str | os.PathLike, extra: Optional[dict] = None) -> Path:
+    out = Path(out_dir).absolute()
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    gen = GenerationConfig(
+        bos_token_id=getattr(tokenizer, "bos_token_id", None),
+        eos_token_id=getattr(tokenizer, "eos_token_id", None),
+        pad_token_id=getattr(tokenizer, "pad_token_id", None),
+        do_sample=False,
+        max_new_tokens=128,
+    )
+    gen.save_pretrained(tmp)
+    if extra:
+        (tmp / "xiulian.json").write_text(json.dumps(extra, indent=2, default=str))
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
+    return out

@@ -1,0 +1,260 @@
+"""The base stage: model set-up, optimizer, schedule, the optimizer step, logging, RNG state.
+
+A concrete stage implements ``micro_loss(micro_batch) -> (loss_sum, n_tokens)``; this class turns
+it into one optimizer step per ``training_step``: the batch holds ``grad_accum`` micro-batches,
+the number of real tokens over all of them and over all ranks is known before the first backward,
+and every micro-batch's summed loss is divided by it. That makes the gradient exactly the
+gradient of the mean token loss of the global batch, whatever the padding or masking
+(torchtitan's rule), instead of a mean of per-micro-batch means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from llm.config import ModelConfig, StageConfig
+from llm.model.build import build_model, count_params, flops_per_token
+from llm.perf import StepTimer
+
+log = logging.getLogger(__name__)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Matrices (dim >= 2: linear and embedding weights) decay; norms and biases do not."""
+    decay, no_decay, seen = [], [], set()
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, cosine to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+class BaseStage(L.LightningModule):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        stage_cfg: StageConfig,
+        vocab_size: Optional[int] = None,
+        special_tokens: Optional[dict] = None,
+        tokenizer: Any = None,
+        compile: bool = False,
+        peak_flops: Optional[float] = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.model_cfg = OmegaConf.structured(model_cfg) if not OmegaConf.is_config(model_cfg) else model_cfg
+        self.stage_cfg = OmegaConf.structured(stage_cfg) if not OmegaConf.is_config(stage_cfg) else stage_cfg
+        self.vocab_size = vocab_size
+        self.special_tokens = special_tokens or {}
+        self.tokenizer = tokenizer
+        self.compile = compile
+        self.peak_flops = peak_flops
+        self.model: Optional[torch.nn.Module] = None
+        # plain containers only: checkpoints load with weights_only=True
+        self.save_hyperparameters(
+            {"model": _plain(self.model_cfg), "stage": _plain(self.stage_cfg), "vocab_size": vocab_size}
+        )
+        self.timer = StepTimer()
+        self.tokens_seen = 0
+        self._flops_per_token: Optional[float] = None
+        self.samples: list[tuple[int, str, str]] = []
+
+    # ------------------------------------------------------------------ model
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = build_model(self.model_cfg, self.vocab_size, self.special_tokens)
+        n = count_params(self.model)
+        log.info("model %s: %.2fM parameters", self.model_cfg.name, n / 1e6)
+        if self.compile:
+            self.model.compile()
+
+    def forward(self, input_ids: torch.Tensor, **kw: Any) -> Any:
+        return self.model(input_ids=input_ids, **kw)
+
+    # ------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> Any:
+        o = self.stage_cfg.optim
+        fused = o.fused if o.fused is not None else (self.device.type == "cuda")
+        opt = torch.optim.AdamW(
+            param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused
+        )
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else self._estimated_total_steps()
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _estimated_total_steps(self) -> int:
+        steps = self.trainer.estimated_stepping_batches
+        return int(steps) if math.isfinite(steps) else 10**9
+
+    # -------------------------------------------------------------- the step
+    def micro_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of token losses, number of real tokens) of one micro-batch."""
+        raise NotImplementedError
+
+    def split_micro_batches(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """A step batch has a leading grad_accum axis: [A, micro_batch, ...]."""
+        n = next(iter(batch.values())).shape[0]
+        return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+    def count_tokens(self, micro: dict[str, torch.Tensor]) -> torch.Tensor:
+        return (micro["labels"] != -100).sum()
+
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """Skip DDP's gradient all-reduce on every micro-batch but the last."""
+        wrapped = self.trainer.strategy.model if self._trainer is not None else None
+        if not last and isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+            return wrapped.no_sync()
+        return contextlib.nullcontext()
+
+    def _sum_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        if self.trainer.world_size > 1:
+            return self.trainer.strategy.reduce(x.clone(), reduce_op="sum")
+        return x
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        micros = self.split_micro_batches(batch)
+        n_local = torch.stack([self.count_tokens(m) for m in micros]).sum()
+        n_global = self._sum_over_ranks(n_local.float())
+        if n_global.item() == 0:
+            raise RuntimeError(f"step {self.global_step}: the batch has no token that carries loss")
+        # DDP averages gradients over ranks: scale by world_size so the result is sum / n_global
+        scale = self.trainer.world_size / n_global
+        loss_sum = torch.zeros((), device=self.device)
+        for i, micro in enumerate(micros):
+            with self._no_sync(last=i == len(micros) - 1):
+                nll, _ = self.micro_loss(micro)
+                self.manual_backward(nll * scale)
+            loss_sum += nll.detach()
+        grad_norm = self._clip_gradients(opt)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+
+        loss = self._sum_over_ranks(loss_sum) / n_global
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {self.global_step}: loss is {loss.item()}")
+        tokens = int(n_global.item())
+        self.tokens_seen += tokens
+        self.timer.tick(tokens)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", sched.get_last_lr()[0], prog_bar=False)
+        if grad_norm is not None:
+            self.log("train/grad_norm", grad_norm)
+        self.log("train/tokens_seen", float(self.tokens_seen))
+        if (self.global_step % max(1, self.trainer.log_every_n_steps)) == 0:
+            rate = self.timer.pop()
+            if rate is not None:
+                tps, sps = rate
+                self.log("train/tokens_per_s", tps, prog_bar=True)
+                self.log("train/s_per_step", sps)
+                mfu = self.mfu(tps)
+                if mfu is not None:
+                    self.log("train/mfu", mfu)
+        self.after_step()
+        return loss
+
+    def _clip_gradients(self, opt: Any) -> Optional[torch.Tensor]:
+        max_norm = self.stage_cfg.optim.grad_clip
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return None
+        if max_norm and max_norm > 0:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+    def after_step(self) -> None:
+        """Hook for stages and callbacks (sampling, data position)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "on_train_step_done"):
+            dm.on_train_step_done()
+
+    # ------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._val_n = torch.zeros((), device=self.device, dtype=torch.float64)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        for micro in self.split_micro_batches(batch):
+            nll, n = self.micro_loss(micro)
+            self._val_sum += nll.double()
+            self._val_n += n.double()
+
+    def on_validation_epoch_end(self) -> None:
+        s, n = self._sum_over_ranks(self._val_sum), self._sum_over_ranks(self._val_n)
+        if n.item() == 0:
+            return
+        loss = (s / n).float()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(loss))
+
+    # ------------------------------------------------------------- MFU
+    def mfu(self, tokens_per_s: float) -> Optional[float]:
+        if not self.peak_flops:
+            return None
+        if self._flops_per_token is None:
+            seq_len = getattr(self, "seq_len", None) or self.model_cfg.max_seq_len
+            self._flops_per_token = flops_per_token(self.model.config, count_params(self.model), seq_len)
+        return self._flops_per_token * tokens_per_s / (self.peak_flops * self.trainer.world_size)
+
+    # ------------------------------------------------------------- RNG state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        np_state = np.random.get_state()
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate(),
+        }
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        self._rng_to_restore = checkpoint.get("rng")
+
+    def on_train_start(self) -> None:
+        # restored here, after Lightning's own set-up has drawn from the generators
+        rng = getattr(self, "_rng_to_restore", None)
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if torch.cuda.is_available() and rng["cuda"]:
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            kind, keys, *rest = rng["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+            random.setstate(_to_tuple(rng["python"]))
+            self._rng_to_restore = None
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -1,0 +1,76 @@
+"""Strategy construction: the one place that knows about devices, processes and sharding.
+
+Stages and models never ask whether they run on one CPU or 512 GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+from llm.config import StrategyConfig, TrainerConfig
+
+
+@dataclass
+class Placement:
+    accelerator: str
+    devices: Any
+    num_nodes: int
+    strategy: Any
+    precision: str
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("LOCAL_WORLD_SIZE" in os.environ and "RANK" in os.environ)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    if precision == "auto":
+        if accelerator == "gpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16-mixed"
+        return "32-true"
+    if precision in ("16-mixed", "16", "16-true"):
+        raise ValueError(
+            f"trainer.precision={precision}: fp16 needs loss scaling, which this framework does not do; "
+            "use bf16-mixed (GPUs since Ampere) or 32-true"
+        )
+    return precision
+
+
+def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig) -> Placement:
+    accelerator = cfg.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(trainer_cfg.precision, accelerator)
+    devices, num_nodes = cfg.devices, cfg.num_nodes
+    if launched_by_torchrun():
+        # the world is given by the launcher: one process per device
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        devices, num_nodes = local, max(1, world // local)
+
+    if cfg.name in ("single", "auto"):
+        if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("strategy=single cannot run under torchrun with several processes: use strategy=ddp")
+        if accelerator == "gpu":
+            device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device("cpu")
+        return Placement(accelerator, 1, 1, SingleDeviceStrategy(device=device), precision)
+
+    if cfg.name == "ddp":
+        if devices == "auto":
+            devices = torch.cuda.device_count() if accelerator == "gpu" else 2
+        backend = cfg.process_group_backend or ("nccl" if accelerator == "gpu" else "gloo")
+        strategy = DDPStrategy(
+            process_group_backend=backend,
+            find_unused_parameters=cfg.find_unused_parameters,
+            gradient_as_bucket_view=True,
+        )
+        return Placement(accelerator, devices, num_nodes, strategy, precision)
+
+    raise ValueError(f"strategy.name={cfg.name!r}: unknown (choose single or ddp)")

@@ -1,0 +1,292 @@
+"""The one entry point for every stage: ``python -m llm.train stage=pretrain model=tiny data=demo``.
+
+The only module that sees the whole config; it hands every component its own typed piece.
+The last line it prints is ``export: <absolute path of the Hugging Face export>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from llm.config import Config, DataConfig, register_configs
+
+log = logging.getLogger("llm.train")
+register_configs()
+
+CKPT_RE = re.compile(r"step(\d+)\.ckpt$")
+
+
+# ---------------------------------------------------------------------------- data
+def data_cache_dir(cfg: DataConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    root = Path(os.environ.get("XIULIAN_CACHE", Path.home() / ".cache" / "xiulian"))
+    key = json.dumps(
+        [list(cfg.sources), cfg.tokenizer, cfg.vocab_size, cfg.shard_max_tokens, cfg.val_fraction, cfg.seed],
+        sort_keys=True,
+    )
+    return root / "data" / f"{cfg.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def resolve_data(cfg: DataConfig) -> tuple[Any, Path]:
+    """(tokenizer, shards directory): prepared from ``sources`` (cached) or given as ``shards``."""
+    from llm.data.prepare import prepare_data
+    from llm.data.tokenizer import load_tokenizer
+
+    if cfg.shards:
+        shards = Path(cfg.shards)
+        manifest = shards / "manifest.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"data.shards={shards}: no manifest.json (write shards with `python -m llm.data.prepare`)")
+        tok_dir = cfg.tokenizer or json.loads(manifest.read_text()).get("tokenizer")
+        if not tok_dir:
+            raise ValueError(f"{manifest}: names no tokenizer; set data.tokenizer=<dir>")
+        return load_tokenizer(tok_dir), shards
+    if not cfg.sources:
+        raise ValueError("data: set data.sources (text files, directories, builtin:python-docs) or data.shards")
+    out = prepare_data(
+        list(cfg.sources),
+        data_cache_dir(cfg),
+        cfg.vocab_size,
+        tokenizer=cfg.tokenizer,
+        shard_max_tokens=cfg.shard_max_tokens,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+    )
+    return load_tokenizer(out / "tokenizer"), out / "shards"
+
+
+# ---------------------------------------------------------------------- run dir etc.
+def resolve_run_dir(cfg: Config) -> Path:
+    if cfg.run_dir:
+        run_dir = Path(cfg.run_dir)
+    else:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = run_dir.absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def find_checkpoint(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
+    """``last``: the checkpoint with the highest step in run_dir/checkpoints (none: start fresh)."""
+    if not ckpt_path:
+        return None
+    if ckpt_path != "last":
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such file")
+        return ckpt_path
+    found = []
+    for p in (run_dir / "checkpoints").glob("step*.ckpt"):
+        m = CKPT_RE.search(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    if not found:
+        log.info("ckpt_path=last: no checkpoint in %s, starting from scratch", run_dir / "checkpoints")
+        return None
+    return str(max(found)[1])
+
+
+def _wandb_mode(mode: str) -> str:
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def build_loggers(cfg: Config, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if cfg.logger.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = _wandb_mode(cfg.logger.mode)
+        os.environ.setdefault("WANDB_INIT_TIMEOUT", "60")
+        loggers.append(
+            WandbLogger(
+                project=cfg.logger.project,
+                entity=cfg.logger.entity,
+                save_dir=str(run_dir),
+                name=f"{cfg.stage.name}-{run_dir.name}",
+                id=(run_dir.name + "-" + hashlib.sha1(str(run_dir).encode()).hexdigest()[:8]).replace("/", "_"),
+                resume="allow",
+                mode=mode,
+                tags=list(cfg.logger.tags),
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
+    return loggers
+
+
+# ----------------------------------------------------------------------------- train
+def train(cfg: Config | DictConfig) -> dict[str, Any]:
+    """Run one stage from a composed config. Returns {"export": path | None, "metrics": {...}, ...}."""
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+
+    from llm.callbacks import CrashAtStep, DataReport, SampleText
+    from llm.data.overfit import OverfitDataModule
+    from llm.data.shards import TokenDataModule
+    from llm.export import export_hf
+    from llm.model.generate import generate_text
+    from llm.perf import peak_flops
+    from llm.stages.lm import LMStage
+    from llm.strategy import build_placement
+
+    if cfg.stage.name != "pretrain":
+        raise ValueError(f"stage={cfg.stage.name}: not available yet (this version trains stage=pretrain)")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*You are using a CUDA device.*")
+    run_dir = resolve_run_dir(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    placement = build_placement(cfg.strategy, cfg.trainer)
+
+    tokenizer, shards = resolve_data(cfg.data)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if cfg.data.seq_len > cfg.model.max_seq_len and not cfg.model.pretrained:
+        raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
+
+    peak = cfg.trainer.peak_flops
+    if peak is None:
+        dev = torch.device("cuda") if placement.accelerator == "gpu" else torch.device("cpu")
+        peak = peak_flops(dev, placement.precision)
+    module = LMStage(
+        cfg.model,
+        cfg.stage,
+        vocab_size=len(tokenizer),
+        special_tokens=special,
+        tokenizer=tokenizer,
+        compile=cfg.trainer.compile,
+        peak_flops=peak,
+    )
+    module.seq_len = cfg.data.seq_len
+
+    dm = TokenDataModule(
+        shards,
+        seq_len=cfg.data.seq_len,
+        micro_batch_size=cfg.data.micro_batch_size,
+        grad_accum=cfg.stage.grad_accum,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.data.seed,
+        shuffle_block=cfg.data.shuffle_block,
+        skip_corrupt=cfg.data.skip_corrupt,
+        val_batches=cfg.data.val_batches,
+    )
+    tc = cfg.trainer
+    overfit = tc.overfit_batches > 0
+    if overfit:
+        dm = OverfitDataModule(dm)
+
+    callbacks: list = [DataReport(), SampleText(cfg.stage.sample_every_n_steps, list(cfg.stage.sample_prompts), cfg.stage.sample_max_new_tokens)]
+    ckpt_cb = None
+    if tc.ckpt_every_n_steps > 0 and not tc.fast_dev_run:
+        ckpt_cb = ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=tc.ckpt_every_n_steps,
+            save_top_k=tc.ckpt_keep,
+            monitor="step",
+            mode="max",
+            save_last=False,
+        )
+        callbacks.append(ckpt_cb)
+    if tc.crash_at_step is not None:
+        callbacks.append(CrashAtStep(tc.crash_at_step))
+    if tc.progress_bar:
+        callbacks.append(RichProgressBar(leave=True))
+
+    trainer = L.Trainer(
+        accelerator=placement.accelerator,
+        devices=placement.devices,
+        num_nodes=placement.num_nodes,
+        strategy=placement.strategy,
+        precision=placement.precision,
+        max_steps=tc.max_steps,
+        max_epochs=tc.max_epochs,
+        val_check_interval=tc.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        limit_val_batches=0 if overfit else None,
+        log_every_n_steps=tc.log_every_n_steps,
+        logger=build_loggers(cfg, run_dir),
+        callbacks=callbacks,
+        enable_checkpointing=ckpt_cb is not None,
+        enable_progress_bar=tc.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=tc.num_sanity_val_steps,
+        fast_dev_run=tc.fast_dev_run or False,
+        deterministic=tc.deterministic,
+    )
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    ckpt = find_checkpoint(cfg.ckpt_path, run_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=cfg.weights_only)
+
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "global_step": trainer.global_step,
+        "export": None,
+        "samples": [],
+        "module": module,
+    }
+    if ckpt_cb is not None and trainer.global_step > 0:
+        final = Path(ckpt_cb.dirpath) / f"step{trainer.global_step:07d}.ckpt"
+        if not final.exists():
+            trainer.save_checkpoint(final)
+    if trainer.is_global_zero:
+        model = module.model
+        prompts = list(cfg.stage.sample_prompts)
+        if prompts:
+            texts = generate_text(model, tokenizer, prompts, cfg.stage.sample_max_new_tokens)
+            result["samples"] = list(zip(prompts, texts))
+            print("\nsamples (greedy):")
+            for p, t in result["samples"]:
+                print(f"  {p!r} -> {t!r}")
+        if cfg.export and not tc.fast_dev_run:
+            path = export_hf(
+                model,
+                tokenizer,
+                run_dir / "export",
+                extra={"stage": cfg.stage.name, "model": cfg.model.name, "global_step": trainer.global_step, "tokens_seen": module.tokens_seen, "metrics": result["metrics"]},
+            )
+            result["export"] = str(path)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    result = train(cfg)
+    if result["export"]:
+        print(f"export: {result['export']}", flush=True)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

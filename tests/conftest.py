@@ -1,0 +1,54 @@
+"""Shared fixtures: a composed config (Hydra compose API, the same files the CLI uses) and a
+prepared copy of the demo data (real CPython documentation text), cached across tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("XIULIAN_CACHE", str(ROOT / ".cache" / "xiulian"))
+
+# fast settings for CPU tests: a small vocabulary, short sequences
+FAST = [
+    "data.vocab_size=1024",
+    "data.seq_len=64",
+    "data.micro_batch_size=8",
+    "data.num_workers=0",
+    "data.val_batches=4",
+    "model.max_seq_len=64",
+    "trainer.progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "stage.sample_prompts=[]",
+]
+
+
+def compose(overrides: list[str] | None = None, run_dir: Path | None = None):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    from llm.config import register_configs
+
+    register_configs()
+    extra = [f"run_dir={run_dir}"] if run_dir is not None else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hcompose(config_name="config", overrides=[*FAST, *(overrides or []), *extra])
+
+
+@pytest.fixture(scope="session")
+def demo_data():
+    """(tokenizer, shards dir) of the demo text at the test vocabulary size."""
+    from llm.train import resolve_data
+
+    cfg = compose()
+    return resolve_data(cfg.data)
+
+
+def python_cmd() -> list[str]:
+    return [sys.executable]
