@@ -140,6 +140,25 @@ def build_loggers(cfg: Config, run_dir: Path) -> list:
 
 
 # ----------------------------------------------------------------------------- train
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+def _quiet_lightning() -> None:
+    """Silence advice that does not apply to this framework (it would hide real warnings)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
+        logging.getLogger(name).addFilter(_DropAdverts())
+    for msg in (
+        ".*does not have many workers.*",
+        ".*Using ModelCheckpoint with manual optimization.*",  # we checkpoint after the step, by design
+        ".*Experiment logs directory .* exists and is not empty.*",  # resume appends to metrics.csv
+        ".*`IterableDataset` has `__len__` defined.*",  # ours is exact per rank and worker
+        ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+    ):
+        warnings.filterwarnings("ignore", message=msg)
+
+
 def train(cfg: Config | DictConfig) -> dict[str, Any]:
     """Run one stage from a composed config. Returns {"export": path | None, "metrics": {...}, ...}."""
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
@@ -155,8 +174,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
 
     if cfg.stage.name != "pretrain":
         raise ValueError(f"stage={cfg.stage.name}: not available yet (this version trains stage=pretrain)")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*You are using a CUDA device.*")
+    _quiet_lightning()
     run_dir = resolve_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     placement = build_placement(cfg.strategy, cfg.trainer)
