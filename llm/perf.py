@@ -26,8 +26,9 @@ _GPU_PEAK_BF16 = {
 @functools.lru_cache(maxsize=None)
 def measured_matmul_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5) -> float:
     """FLOP/s of a square matmul on this device, measured (the CPU's practical peak)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (model init) alone
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     for _ in range(2):
         a @ b
     iters, t0 = 0, time.perf_counter()

@@ -158,3 +158,62 @@ def test_ddp_two_processes_torchrun(tmp_path, demo_data):
     assert r.stdout.strip().splitlines()[-1] == f"export: {run_dir / 'export'}"
     loss = series(read_metrics(run_dir), "train/loss")
     assert loss[max(loss)] < loss[min(loss)] - 0.5, loss
+
+
+def test_grad_accumulation_equals_larger_batch(tmp_path, demo_data):
+    """2 micro-batches of 4 per step give the same training run as 1 batch of 8: the loss is
+    normalised by the real tokens of the whole step, not averaged per micro-batch."""
+    common = ["trainer.max_steps=8", "trainer.val_every_n_steps=1000", "trainer.ckpt_every_n_steps=0", "export=false"]
+    train(compose([*common, "data.micro_batch_size=8", "stage.grad_accum=1"], run_dir=tmp_path / "a"))
+    train(compose([*common, "data.micro_batch_size=4", "stage.grad_accum=2"], run_dir=tmp_path / "b"))
+    a = series(read_metrics(tmp_path / "a"), "train/loss")
+    b = series(read_metrics(tmp_path / "b"), "train/loss")
+    assert sorted(a) == sorted(b) and len(a) == 8
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-4 * abs(a[step]), (step, a[step], b[step])
+    assert a[max(a)] < a[min(a)]
+
+
+def test_wandb_offline_without_key(tmp_path, demo_data, monkeypatch):
+    """logger=wandb with no API key: a full offline run directory, no connection, no hang."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = compose(["logger=wandb", "trainer.max_steps=3", "trainer.val_every_n_steps=1000", "trainer.ckpt_every_n_steps=0",
+                   "export=false"], run_dir=tmp_path)
+    t0 = time.time()
+    train(cfg)
+    import wandb
+
+    wandb.finish()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
+    assert any(runs[0].glob("run-*.wandb"))
+    assert (tmp_path / "metrics.csv").is_file()  # CSV is always written
+    assert time.time() - t0 < 120
+
+
+def test_corrupt_shard_stops_training_with_its_name(tmp_path, demo_data):
+    from llm.data.prepare import prepare_data
+    from llm.data.shards import PackedTokenStream, ShardError, load_manifest
+
+    tok, shards = demo_data
+    out = prepare_data(["builtin:python-docs"], tmp_path / "prep", tokenizer=str(shards.parent / "tokenizer"),
+                       shard_max_tokens=40000, val_fraction=0.03, seed=1234)
+    bad = out / "shards"
+    names = [s["name"] for s in load_manifest(bad)["splits"]["train"]]
+    assert len(names) >= 4, names
+    # the second shard the first epoch reads (data.seed=1234, as in the config)
+    victim = bad / PackedTokenStream(bad, "train", 64, 8, seed=1234).shard_order[1]
+    data = bytearray(victim.read_bytes())
+    data[512 * 3: 512 * 4] = b"\xff" * 512  # a tar header past the first sample: same size, broken
+    victim.write_bytes(bytes(data))
+    common = ["data=shards", f"data.shards={bad}", "trainer.max_steps=30", "trainer.val_every_n_steps=1000",
+              "trainer.ckpt_every_n_steps=0", "export=false", *FAST, "data.shuffle_block=1"]
+    with pytest.raises(ShardError, match=victim.name):
+        train(compose([*common, "trainer.max_steps=200"], run_dir=tmp_path / "strict"))
+    # with skip_corrupt the bad shard is excluded, training completes, the skip is reported
+    result = train(compose([*common, "data.skip_corrupt=true"], run_dir=tmp_path / "skip"))
+    assert result["global_step"] == 30
+    skipped = series(read_metrics(tmp_path / "skip"), "data/skipped_shards")
+    assert list(skipped.values()) == [1.0]

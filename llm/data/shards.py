@@ -420,8 +420,10 @@ class _ShardDocReader:
     archive as the end of the archive, so the final document/token counts are always checked.
     """
 
-    def __init__(self, root: Path, info: dict, dtype: np.dtype):
+    def __init__(self, root: Path, info: dict, dtype: np.dtype, vocab_size: int | None = None, eot_id: int | None = None):
         self.name = info["name"]
+        self.vocab_size = vocab_size
+        self.eot_id = eot_id
         self.expected_docs = int(info["docs"])
         self.expected_tokens = int(info["tokens"])
         self.dtype = dtype
@@ -512,7 +514,14 @@ class _ShardDocReader:
             body += self._fh.read(nbytes - len(body))
         if len(body) != nbytes:
             raise _shard_error(self.name, f"truncated: file ends inside this sample's data", key)
-        return n, np.frombuffer(body, dtype=self.dtype)
+        arr = np.frombuffer(body, dtype=self.dtype)
+        # payload corruption that keeps the tar structure: ids outside the vocabulary, or a
+        # document that does not end with the end-of-text token
+        if n and self.vocab_size is not None and int(arr.max()) >= self.vocab_size:
+            raise _shard_error(self.name, f"token id {int(arr.max())} outside the vocabulary ({self.vocab_size}): corrupt data", key)
+        if n and self.eot_id is not None and int(arr[-1]) != self.eot_id:
+            raise _shard_error(self.name, f"document does not end with the end-of-text id {self.eot_id}: corrupt data", key)
+        return n, arr
 
 
 class _EpochStreamReader:
@@ -523,8 +532,11 @@ class _EpochStreamReader:
     and skips documents by their headers.
     """
 
-    def __init__(self, root: Path, shards: Sequence[dict], offsets: Sequence[int], dtype: np.dtype):
+    def __init__(self, root: Path, shards: Sequence[dict], offsets: Sequence[int], dtype: np.dtype,
+                 vocab_size: int | None = None, eot_id: int | None = None):
         self.root = root
+        self.vocab_size = vocab_size
+        self.eot_id = eot_id
         self.shards = shards
         self.offsets = list(offsets)  # start of shard i in the stream
         self.total = self.offsets[-1] + int(shards[-1]["tokens"]) if shards else 0
@@ -548,7 +560,7 @@ class _EpochStreamReader:
             if i == self._i + 1 and prev.tokens_seen == prev.expected_tokens and not prev.finished:
                 prev.next_doc(skip_until=prev.expected_tokens)
             self.close()
-        self._doc = _ShardDocReader(self.root, self.shards[i], self.dtype)
+        self._doc = _ShardDocReader(self.root, self.shards[i], self.dtype, self.vocab_size, self.eot_id)
         self._i = i
         self._buf = None
 
@@ -601,7 +613,7 @@ def validate_shards(shards_dir: str | os.PathLike, split: str) -> list[tuple[str
     for info in manifest["splits"][split]:
         try:
             _check_shard_file(root, info)
-            reader = _ShardDocReader(root, info, dtype)
+            reader = _ShardDocReader(root, info, dtype, int(manifest["vocab_size"]), int(manifest["eot_id"]))
             try:
                 while reader.next_doc(skip_until=-1) is not None:
                     pass
@@ -738,7 +750,11 @@ class PackedTokenStream(IterableDataset):
             for info in shards:
                 _check_shard_file(self.shards_dir, info)
         if not shards:
-            raise ValueError(f"{self.shards_dir}: split {split!r} has no usable shards")
+            skipped = "; ".join(f"{n}: {r}" for n, r in self.skipped_shards)
+            raise ValueError(
+                f"{self.shards_dir}: split {split!r} has no usable shards"
+                + (f" (skipped as corrupt: {skipped})" if skipped else "")
+            )
 
         if self.shuffle:
             perm = np.random.default_rng([self.seed, self.epoch, 0]).permutation(len(shards))
@@ -842,7 +858,7 @@ class PackedTokenStream(IterableDataset):
         lay = self._layout(num_workers)
         total = num_workers * lay.batches_per_stream
         end = total if self.max_steps is None else min(total, self.max_steps)
-        reader = _EpochStreamReader(self.shards_dir, self._shards, self._offsets, self.dtype)
+        reader = _EpochStreamReader(self.shards_dir, self._shards, self._offsets, self.dtype, self.vocab_size, self.eot_id)
         chunk = self.seq_len + 1
         m = self.chunks_per_step
         block_key = None
