@@ -101,6 +101,26 @@ def find_checkpoint(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
     return str(max(found)[1])
 
 
+def trim_metrics(run_dir: Path, ckpt: str) -> None:
+    """On resume, drop metrics.csv rows of steps the checkpoint does not contain (they were
+    logged after it, before the crash, and are about to be redone)."""
+    import csv
+
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return
+    step = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], [r for r in reader if r.get("step") and int(r["step"]) < step]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
 def _wandb_mode(mode: str) -> str:
     if mode != "auto":
         return mode
@@ -114,10 +134,35 @@ def _wandb_mode(mode: str) -> str:
     return "offline"
 
 
-def build_loggers(cfg: Config, run_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger
+def _resumable_csv_logger(run_dir: Path) -> Any:
+    """Lightning's CSVLogger deletes an existing metrics.csv when it starts; a resumed run must
+    append to it instead (rows of redone steps were trimmed by ``trim_metrics``)."""
+    import csv
 
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    class ResumableCSVLogger(CSVLogger):
+        @property
+        def experiment(self) -> Any:
+            if self._experiment is not None or rank_zero_only.rank != 0:
+                return super().experiment
+            path = Path(self.log_dir) / "metrics.csv"
+            keep = path.with_name("metrics.csv.keep")
+            if path.is_file():
+                os.replace(path, keep)
+            exp = super().experiment
+            if keep.is_file():
+                os.replace(keep, path)
+                with open(path, newline="") as f:
+                    exp.metrics_keys = sorted(next(csv.reader(f), []))
+            return exp
+
+    return ResumableCSVLogger(save_dir=str(run_dir), name="", version="")
+
+
+def build_loggers(cfg: Config, run_dir: Path) -> list:
+    loggers: list = [_resumable_csv_logger(run_dir)]
     if cfg.logger.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -261,6 +306,8 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     ckpt = find_checkpoint(cfg.ckpt_path, run_dir)
+    if ckpt and trainer.is_global_zero:
+        trim_metrics(run_dir, ckpt)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=cfg.weights_only)
 
     result: dict[str, Any] = {

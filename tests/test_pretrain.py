@@ -113,7 +113,10 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, demo_data):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     a = series(read_metrics(ref_dir), "train/loss")
-    b = series(read_metrics(run_dir), "train/loss")  # later rows (the resumed run) win
+    rows = read_metrics(run_dir)
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert steps == sorted(set(steps)) == list(range(24)), steps  # rows of redone steps were replaced
+    b = series(rows, "train/loss")
     for step in (12, 16, 20, 23):
         assert abs(a[step] - b[step]) <= 1e-6 * abs(a[step]), (step, a[step], b[step])
     # and the weights agree

@@ -158,6 +158,7 @@ class BaseStage(L.LightningModule):
                 self.manual_backward(nll * scale)
             loss_sum += nll.detach()
         grad_norm = self._clip_gradients(opt)
+        lr = sched.get_last_lr()[0]  # the rate this step uses
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
@@ -169,7 +170,7 @@ class BaseStage(L.LightningModule):
         self.tokens_seen += tokens
         self.timer.tick(tokens)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", sched.get_last_lr()[0], prog_bar=False)
+        self.log("train/lr", lr, prog_bar=False)
         if grad_norm is not None:
             self.log("train/grad_norm", grad_norm)
         self.log("train/tokens_seen", float(self.tokens_seen))

@@ -1,0 +1,696 @@
+"""Benchmarks: the framework against a bare PyTorch loop, the data loader's headroom, and the
+memory of one training step -- all in one run, on the same model, data and machine.
+
+    python -m llm.bench                      # tiny preset on the demo data; memory for tiny and gpt1_117m
+    python -m llm.bench --quick              # ~1 minute: fewer steps, no 117M memory run
+    python -m llm.bench --json bench.jsonl   # also append one JSON line per figure
+
+What is measured, and how
+-------------------------
+1. *Training throughput.* "framework" is the real path, :func:`llm.train.train` on a config
+   composed from ``conf/`` exactly as the CLI composes it (``model=tiny data=demo``, no
+   validation, checkpoints, samples or export inside the run); its tokens/s are the
+   ``train/tokens_per_s`` rows of the run's ``metrics.csv``, first window (warm-up) left out.
+   "bare" is the plain PyTorch loop in :func:`run_bare`: the same transformers model
+   (``build_model``, same seed, same vocabulary), the same AdamW settings and parameter groups,
+   the same LR schedule, the same batches (``PackedTokenStream`` in a ``DataLoader`` with the
+   same workers), forward -> ``token_nll_sum`` -> backward -> clip -> step -> zero_grad. Both
+   time the wall clock between consecutive step ends over the same steps (``log_every + 1`` ..
+   ``steps``), both run in this process with the same ``torch.get_num_threads()``. The runs are
+   interleaved ABBA (bare, framework, framework, bare, ...) so that a slow drift of the machine
+   (other jobs, thermal) hits both alike; medians and the spread are reported. The logged
+   training losses of the two must agree: proof that both did the same work.
+2. *Data loader.* The framework's train ``DataLoader`` (``TokenDataModule.train_dataloader``)
+   iterated alone, for the configured ``num_workers`` and for 0 and 2, new epochs (and new
+   workers) as training would; tokens/s over the whole time (start-up included), and against
+   the training tokens/s of (1).
+3. *Memory of a step.* In a fresh subprocess per preset (so nothing else lives in the process),
+   with glibc's mmap threshold pinned (``MALLOC_MMAP_THRESHOLD_``: large blocks go back to the
+   OS when freed, so RSS follows live memory instead of the allocator's cache): build the
+   model and AdamW, run one warm-up step (creates AdamW state), free the gradients, read
+   VmRSS, reset the kernel's peak-RSS mark (``/proc/self/clear_refs`` = 5), run one step, read
+   VmHWM. "step peak" = VmHWM - VmRSS before the step (gradients + activations + temporaries);
+   "total" = VmHWM - VmRSS before the model was built. Autograd's saved tensors (activations
+   kept for backward, parameters excluded) are summed by storage as a cross-check. On CUDA
+   ``torch.cuda.max_memory_allocated`` is used instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# settings that keep the measured window free of everything but training steps
+QUIET = [
+    "trainer.progress_bar=false",
+    "trainer.val_every_n_steps=1000000",
+    "trainer.ckpt_every_n_steps=0",
+    "trainer.num_sanity_val_steps=0",
+    "logger=csv",
+    "export=false",
+    "stage.sample_prompts=[]",
+    "stage.sample_every_n_steps=0",
+]
+
+
+# =============================================================================== machine
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import lightning
+        import transformers
+
+        info["lightning"] = lightning.__version__
+        info["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def cpu_busy_s() -> float:
+    """CPU seconds all processes of the machine have spent busy (``/proc/stat``), or nan."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:  # pragma: no cover
+        return float("nan")
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and its finished children (DataLoader workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class ForeignLoad:
+    """Average number of cores other processes kept busy while the block ran."""
+
+    def __enter__(self) -> "ForeignLoad":
+        self.t0, self.busy0, self.own0 = time.perf_counter(), cpu_busy_s(), own_cpu_s()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall = time.perf_counter() - self.t0
+        other = (cpu_busy_s() - self.busy0) - (own_cpu_s() - self.own0)
+        self.cores = max(0.0, other / wall) if wall > 0 else float("nan")
+
+
+def loadavg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        return float("nan")
+
+
+# ================================================================================ config
+def compose_config(overrides: list[str]):
+    """The config the CLI would build from ``conf/`` with these overrides."""
+    from hydra import compose, initialize_config_dir
+
+    from llm.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def bench_overrides(model: str, steps: int, log_every: int, extra: list[str] = ()) -> list[str]:
+    return [f"model={model}", "data=demo", f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={log_every}", *QUIET, *extra]
+
+
+def tokens_per_step(cfg) -> int:
+    return cfg.data.seq_len * cfg.data.micro_batch_size * cfg.stage.grad_accum
+
+
+# ============================================================================= framework
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_framework(cfg, run_dir: Path) -> dict[str, Any]:
+    """``llm.train.train(cfg)``; tokens/s from metrics.csv, first window left out."""
+    from omegaconf import OmegaConf
+
+    from llm.train import train
+
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "run_dir", str(run_dir), force_add=True)
+    threads = torch.get_num_threads()
+    load0 = loadavg()
+    t0 = time.perf_counter()
+    result = train(cfg)
+    wall = time.perf_counter() - t0
+    if torch.get_num_threads() != threads:
+        raise RuntimeError(f"the framework changed torch threads: {threads} -> {torch.get_num_threads()}")
+    rows = read_metrics(run_dir)
+    windows = [(int(r["step"]), float(r["train/tokens_per_s"])) for r in rows if r.get("train/tokens_per_s")]
+    mfus = [float(r["train/mfu"]) for r in rows if r.get("train/mfu")]
+    losses = {int(r["step"]) + 1: float(r["train/loss"]) for r in rows if r.get("train/loss")}
+    if len(windows) < 2:
+        raise RuntimeError(f"{run_dir}: fewer than 2 tokens_per_s windows; raise the step count")
+    measured = [tps for _, tps in windows[1:]]
+    # every window holds the same number of steps (and tokens): total tokens / total time is
+    # the harmonic mean of the window rates
+    tps = len(measured) / sum(1.0 / x for x in measured)
+    return {
+        "tokens_per_s": tps,
+        "windows": measured,
+        "mfu": statistics.median(mfus[1:]) if len(mfus) > 1 else None,
+        "losses": losses,
+        "wall_s": wall,
+        "global_step": result["global_step"],
+        "threads": threads,
+        "load": (load0, loadavg()),
+    }
+
+
+# ================================================================================== bare
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_bare(cfg, measure_from: int) -> dict[str, Any]:
+    """A plain PyTorch loop doing the same work as the framework's pretraining step.
+
+    Times the steps ``measure_from + 1 .. max_steps`` (wall clock between step ends)."""
+    from torch.utils.data import DataLoader
+
+    from llm.data.shards import PackedTokenStream
+    from llm.losses import token_nll_sum
+    from llm.model.build import build_model
+    from llm.stages.base import param_groups, warmup_cosine
+    from llm.train import resolve_data
+
+    threads = torch.get_num_threads()
+    load0 = loadavg()
+    t_start = time.perf_counter()
+    _seed_all(cfg.seed)
+    tokenizer, shards = resolve_data(cfg.data)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    model = build_model(cfg.model, len(tokenizer), special)
+    model.train()
+    o = cfg.stage.optim
+    fused = bool(o.fused) if o.fused is not None else False  # CPU: the framework's default is off
+    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
+    total = cfg.trainer.max_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio))
+    params = [p for p in model.parameters() if p.requires_grad]
+    nw = cfg.data.num_workers
+    d = cfg.data
+
+    def loader(epoch: int) -> DataLoader:
+        ds = PackedTokenStream(
+            shards, "train", d.seq_len, d.micro_batch_size, cfg.stage.grad_accum,
+            seed=d.seed, epoch=epoch, shuffle=True, shuffle_block=d.shuffle_block,
+            skip_corrupt=d.skip_corrupt, num_workers_hint=max(1, nw),
+        )
+        return DataLoader(ds, batch_size=None, num_workers=nw, persistent_workers=False, pin_memory=False,
+                          prefetch_factor=2 if nw > 0 else None)
+
+    ends: list[float] = []
+    losses: list[torch.Tensor] = []
+    ntoks: list[torch.Tensor] = []
+    step, epoch = 0, 0
+    while step < total:
+        for batch in loader(epoch):
+            ids, labels = batch["input_ids"], batch["labels"]
+            n = (labels != -100).sum()
+            loss_sum = torch.zeros(())
+            for i in range(ids.shape[0]):
+                out = model(input_ids=ids[i], use_cache=False)
+                nll, _ = token_nll_sum(out.logits, labels[i])
+                (nll / n).backward()
+                loss_sum += nll.detach()
+            torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            ends.append(time.perf_counter())
+            losses.append(loss_sum / n)
+            ntoks.append(n)
+            step += 1
+            if step >= total:
+                break
+        epoch += 1
+    wall = time.perf_counter() - t_start
+    toks = sum(int(x) for x in ntoks[measure_from:])
+    elapsed = ends[-1] - ends[measure_from - 1]
+    return {
+        "tokens_per_s": toks / elapsed,
+        "step_s": elapsed / (total - measure_from),
+        "losses": {i + 1: float(x) for i, x in enumerate(losses)},
+        "wall_s": wall,
+        "threads": threads,
+        "load": (load0, loadavg()),
+        "model": model,
+    }
+
+
+def bare_mfu(model: torch.nn.Module, seq_len: int, tokens_per_s: float, peak: float) -> float:
+    from llm.model.build import count_params, flops_per_token
+
+    return flops_per_token(model.config, count_params(model), seq_len) * tokens_per_s / peak
+
+
+def bench_throughput(overrides: list[str], steps: int, log_every: int, repeats: int, workdir: Path, say) -> dict[str, Any]:
+    cfg = compose_config(overrides)
+    fw, bare, order = [], [], []
+    loss_check: list[float] = []
+    model = None
+    for r in range(repeats):
+        pair = ("bare", "framework") if r % 2 == 0 else ("framework", "bare")
+        for kind in pair:
+            if kind == "bare":
+                res = run_bare(cfg, measure_from=log_every)
+                model = res.pop("model")
+                bare.append(res)
+            else:
+                res = run_framework(cfg, workdir / f"fw{r}")
+                fw.append(res)
+            order.append(kind)
+            say(f"  [{len(order)}/{2 * repeats}] {kind:9s} {res['tokens_per_s']:10.1f} tokens/s  "
+                f"(run {res['wall_s']:.1f} s, load {res['load'][0]:.1f}->{res['load'][1]:.1f})")
+    # same work: the framework's logged losses against the bare loop's at the same steps
+    for f in fw:
+        for step, loss in f["losses"].items():
+            if step in bare[0]["losses"]:
+                loss_check.append(abs(loss - bare[0]["losses"][step]) / max(1e-12, abs(loss)))
+    f_t = [x["tokens_per_s"] for x in fw]
+    b_t = [x["tokens_per_s"] for x in bare]
+    pairs = [f / b for f, b in zip(f_t, b_t)]
+    return {
+        "model": cfg.model.name,
+        "seq_len": cfg.data.seq_len,
+        "micro_batch_size": cfg.data.micro_batch_size,
+        "grad_accum": cfg.stage.grad_accum,
+        "num_workers": cfg.data.num_workers,
+        "tokens_per_step": tokens_per_step(cfg),
+        "steps": steps,
+        "measured_steps": steps - log_every,
+        "repeats": repeats,
+        "order": order,
+        "framework_tokens_per_s": f_t,
+        "bare_tokens_per_s": b_t,
+        "framework_median": statistics.median(f_t),
+        "bare_median": statistics.median(b_t),
+        "ratio": statistics.median(f_t) / statistics.median(b_t),
+        "pair_ratios": pairs,
+        "framework_mfu": statistics.median([x["mfu"] for x in fw if x["mfu"] is not None]) if any(x["mfu"] for x in fw) else None,
+        "bare_step_s": statistics.median([x["step_s"] for x in bare]),
+        "max_rel_loss_diff": max(loss_check) if loss_check else None,
+        "threads": fw[0]["threads"],
+        "_model": model,
+        "_cfg": cfg,
+    }
+
+
+# ================================================================================ loader
+def bench_loader(cfg, num_workers: int, seconds: float) -> dict[str, Any]:
+    """Iterate the framework's train DataLoader alone for ``seconds`` (new epochs as needed)."""
+    from llm.data.shards import TokenDataModule
+    from llm.train import resolve_data
+
+    _, shards = resolve_data(cfg.data)
+    d = cfg.data
+    dm = TokenDataModule(shards, seq_len=d.seq_len, micro_batch_size=d.micro_batch_size, grad_accum=cfg.stage.grad_accum,
+                         num_workers=num_workers, seed=d.seed, shuffle_block=d.shuffle_block,
+                         skip_corrupt=d.skip_corrupt, val_batches=d.val_batches)
+    tokens = batches = epochs = 0
+    first_batch_s: list[float] = []
+    t0 = time.perf_counter()
+    epoch = 0
+    while time.perf_counter() - t0 < seconds:
+        dm.on_epoch_start(epoch)
+        ts = time.perf_counter()
+        got = False
+        for batch in dm.train_dataloader():
+            if not got:
+                first_batch_s.append(time.perf_counter() - ts)
+                got = True
+            tokens += int(batch["labels"].numel())
+            batches += 1
+            if time.perf_counter() - t0 >= seconds:
+                break
+        epoch += 1
+        epochs += 1
+    elapsed = time.perf_counter() - t0
+    return {
+        "num_workers": num_workers,
+        "tokens_per_s": tokens / elapsed,
+        "batches": batches,
+        "epochs_started": epochs,
+        "seconds": elapsed,
+        "first_batch_s": statistics.median(first_batch_s) if first_batch_s else None,
+    }
+
+
+# ================================================================================ memory
+def _proc_status() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS", "VmHWM")):
+                k, v = line.split(":")
+                out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def _trim() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str) -> dict[str, Any]:
+    """Run in a fresh process: memory of one training step of ``preset`` (see module doc)."""
+    from llm.data.shards import PackedTokenStream
+    from llm.losses import token_nll_sum
+    from llm.model.build import build_model, count_params
+    from llm.stages.base import param_groups
+    from llm.train import resolve_data
+
+    cfg = compose_config([f"model={preset}", "data=demo", f"data.seq_len={seq_len}", f"data.micro_batch_size={micro_batch_size}"])
+    dev = torch.device(device)
+    tokenizer, shards = resolve_data(cfg.data)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    ds = PackedTokenStream(shards, "train", seq_len, micro_batch_size, 1, seed=cfg.data.seed, shuffle=True, num_workers_hint=1)
+    it = iter(ds)
+    batches = [next(it), next(it)]
+    _trim()
+    rss_base = _proc_status()["VmRSS"]
+    _seed_all(cfg.seed)
+    model = build_model(cfg.model, len(tokenizer), special).to(dev)
+    model.train()
+    n_params = count_params(model)
+    o = cfg.stage.optim
+    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                            fused=dev.type == "cuda")
+    params = [p for p in model.parameters()]
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in param_ptrs:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+
+    def step(batch, record: bool) -> float:
+        ids, labels = batch["input_ids"][0].to(dev), batch["labels"][0].to(dev)
+        n = (labels != -100).sum()
+        ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if record else contextlib.nullcontext()
+        with ctx:
+            out = model(input_ids=ids, use_cache=False)
+            nll, _ = token_nll_sum(out.logits, labels)
+        (nll / n).backward()
+        del out
+        torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(nll / n)
+
+    _trim()
+    rss_model = _proc_status()["VmRSS"]
+    step(batches[0], record=False)  # warm-up: AdamW state, kernels, allocator
+    _trim()
+    rss_before = _proc_status()["VmRSS"]
+    res: dict[str, Any] = {"preset": preset, "seq_len": seq_len, "micro_batch_size": micro_batch_size, "device": str(dev),
+                           "params": n_params, "vocab": model.config.vocab_size}
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        step(batches[1], record=True)
+        torch.cuda.synchronize()
+        res.update(method="torch.cuda.max_memory_allocated", steady=before, step_peak=torch.cuda.max_memory_allocated() - before,
+                   total=torch.cuda.max_memory_allocated())
+    else:
+        reset = _reset_peak()
+        t0 = time.perf_counter()
+        step(batches[1], record=True)
+        st = _proc_status()
+        if not reset:
+            res["warning"] = "/proc/self/clear_refs not writable: VmHWM covers the whole process"
+        res.update(method="VmHWM after clear_refs=5 (mmap threshold pinned)", steady=rss_before - rss_base,
+                   step_peak=st["VmHWM"] - rss_before, total=st["VmHWM"] - rss_base, rss_model=rss_model - rss_base)
+    res["step_s"] = time.perf_counter() - t0
+    res["saved_activations"] = sum(saved.values())
+    res["logits_bytes"] = micro_batch_size * seq_len * model.config.vocab_size * 4
+    res["static_bytes"] = 16 * n_params  # fp32 params + grads + AdamW exp_avg + exp_avg_sq
+    return res
+
+
+def bench_memory(preset: str, seq_len: int, micro_batch_size: int, timeout: float = 600) -> dict[str, Any]:
+    env = dict(os.environ)
+    # large blocks are mmapped and returned on free: RSS follows live memory, not malloc's cache
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 20))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cmd = [sys.executable, "-m", "llm.bench", "--memory-child", preset, "--seq-len", str(seq_len),
+           "--micro-batch-size", str(micro_batch_size), "--device", device]
+    r = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        raise RuntimeError(f"memory child for {preset} failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+# ================================================================================ report
+def _mb(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x / 2**20:,.1f} MiB"
+
+
+def _spread(xs: list[float]) -> str:
+    m = statistics.median(xs)
+    return f"{min(xs):,.0f}..{max(xs):,.0f} ({(max(xs) - min(xs)) / m * 100:.1f}%)"
+
+
+def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems: list[dict], peak: Optional[float], notes: list[str]) -> str:
+    L: list[str] = []
+    L.append("=" * 88)
+    L.append("Xiulian benchmark")
+    L.append(f"machine: {machine['cpu']}, {machine['cores']} cores ({machine['cores_usable']} usable), "
+             f"torch {machine['torch']} ({machine['torch_threads']} threads), python {machine['python']}"
+             + (f", lightning {machine.get('lightning')}, transformers {machine.get('transformers')}" if machine.get("lightning") else "")
+             + (f", GPU {machine['cuda']}" if machine["cuda"] else ""))
+    if peak:
+        L.append(f"measured fp32 matmul peak (llm.perf.measured_matmul_flops): {peak / 1e9:,.1f} GFLOP/s")
+    if thr:
+        L.append("-" * 88)
+        L.append(f"1. training throughput: model={thr['model']} data=demo seq_len={thr['seq_len']} micro_batch={thr['micro_batch_size']} "
+                 f"grad_accum={thr['grad_accum']} workers={thr['num_workers']} ({thr['tokens_per_step']} tokens/step)")
+        L.append(f"   {thr['steps']} steps per run, measured steps {thr['steps'] - thr['measured_steps'] + 1}..{thr['steps']}, "
+                 f"{thr['repeats']} runs each, order {' '.join(k[0].upper() for k in thr['order'])} (B=bare F=framework), torch threads {thr['threads']}")
+        L.append(f"   {'':12s}{'median tokens/s':>18s}{'runs':>40s}{'  spread min..max':>16s}")
+        L.append(f"   {'bare loop':12s}{thr['bare_median']:18,.1f}{' '.join(f'{x:,.0f}' for x in thr['bare_tokens_per_s']):>40s}  {_spread(thr['bare_tokens_per_s'])}")
+        L.append(f"   {'framework':12s}{thr['framework_median']:18,.1f}{' '.join(f'{x:,.0f}' for x in thr['framework_tokens_per_s']):>40s}  {_spread(thr['framework_tokens_per_s'])}")
+        verdict = "OK" if thr["ratio"] >= 0.95 else "BELOW TARGET"
+        L.append(f"   ratio framework/bare (medians): {thr['ratio']:.3f}  (target >= 0.95: {verdict}); "
+                 f"per pair: {', '.join(f'{x:.3f}' for x in thr['pair_ratios'])}")
+        L.append(f"   bare step time (median): {thr['bare_step_s'] * 1000:,.1f} ms")
+        if thr.get("framework_mfu") is not None:
+            L.append(f"   MFU: framework train/mfu {thr['framework_mfu'] * 100:.2f}%  (bare, same formula: {thr.get('bare_mfu', 0) * 100:.2f}%)")
+        if thr.get("max_rel_loss_diff") is not None:
+            L.append(f"   same work: max relative difference of logged train/loss, framework vs bare: {thr['max_rel_loss_diff']:.2e}")
+    if loaders:
+        L.append("-" * 88)
+        train_tps = thr["framework_median"] if thr else None
+        L.append("2. data loader alone (TokenDataModule.train_dataloader, new epochs included)")
+        L.append(f"   {'workers':>8s}{'tokens/s':>16s}{'x training':>12s}{'batches':>10s}{'1st batch':>12s}")
+        for r in loaders:
+            x = f"{r['tokens_per_s'] / train_tps:,.0f}x" if train_tps else "-"
+            tag = "  (config)" if r.get("config") else ""
+            L.append(f"   {r['num_workers']:>8d}{r['tokens_per_s']:16,.0f}{x:>12s}{r['batches']:>10d}{r['first_batch_s'] * 1000:>10.0f}ms{tag}")
+        if train_tps:
+            L.append(f"   target: loader >= 10x training tokens/s ({train_tps:,.0f})")
+    if mems:
+        L.append("-" * 88)
+        L.append(f"3. memory of one training step (fresh subprocess per preset; {mems[0]['method']})")
+        L.append(f"   {'preset':12s}{'params':>10s}{'seq x mb':>10s}{'p+g+AdamW':>14s}{'steady':>14s}{'step peak':>14s}{'total peak':>14s}{'saved act.':>14s}{'logits':>12s}")
+        for m in mems:
+            L.append(f"   {m['preset']:12s}{m['params'] / 1e6:9.1f}M{m['seq_len']:>6d}x{m['micro_batch_size']:<3d}{_mb(m['static_bytes']):>14s}"
+                     f"{_mb(m['steady']):>14s}{_mb(m['step_peak']):>14s}{_mb(m['total']):>14s}{_mb(m['saved_activations']):>14s}{_mb(m['logits_bytes']):>12s}")
+        L.append("   p+g+AdamW = 16 B/param computed (fp32 weights, grads, exp_avg, exp_avg_sq); steady = RSS after a warm-up step with")
+        L.append("   grads freed, minus RSS before the model was built (weights + AdamW state = 12 B/param expected); step peak = peak RSS")
+        L.append("   during the next step minus RSS before it (grads + activations + temporaries); total = peak - RSS before the model;")
+        L.append("   saved act. = autograd's saved tensors (parameters excluded); logits = one fp32 [mb, seq, vocab] tensor.")
+    for n in notes:
+        L.append(f"note: {n}")
+    L.append("=" * 88)
+    return "\n".join(L)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items() if not k.startswith("_")}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+# ================================================================================== main
+def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    from llm.perf import measured_matmul_flops
+
+    machine = machine_info()
+    notes: list[str] = []
+    load0 = loadavg()
+    t_all = time.perf_counter()
+    peak = measured_matmul_flops("cpu", torch.float32) if not torch.cuda.is_available() else None
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="xiulian-bench-"))
+    extra = list(args.override or [])
+    if args.seq_len:
+        extra.append(f"data.seq_len={args.seq_len}")
+    if args.micro_batch_size:
+        extra.append(f"data.micro_batch_size={args.micro_batch_size}")
+    thr = None
+    if not args.skip_throughput:
+        say(f"1. throughput: model={args.model}, {args.steps} steps x {args.repeats} runs each (bare, framework, interleaved)")
+        thr = bench_throughput(bench_overrides(args.model, args.steps, args.log_every, extra), args.steps, args.log_every,
+                               args.repeats, workdir, say)
+        if peak:
+            thr["bare_mfu"] = bare_mfu(thr["_model"], thr["seq_len"], thr["bare_median"], peak)
+    loaders: list[dict] = []
+    if not args.skip_loader:
+        cfg = thr["_cfg"] if thr else compose_config(bench_overrides(args.model, args.steps, args.log_every, extra))
+        wanted = [cfg.data.num_workers] + [w for w in (0, 2) if w != cfg.data.num_workers]
+        say(f"2. data loader alone: workers {wanted}, {args.loader_seconds:.0f} s each")
+        for w in wanted:
+            r = bench_loader(cfg, w, args.loader_seconds)
+            r["config"] = w == cfg.data.num_workers
+            if thr:
+                r["x_training"] = r["tokens_per_s"] / thr["framework_median"]
+            loaders.append(r)
+            say(f"  workers={w}: {r['tokens_per_s']:,.0f} tokens/s")
+    mems: list[dict] = []
+    for spec in args.memory:
+        preset, _, rest = spec.partition(":")
+        seq, _, mb = rest.partition("x")
+        say(f"3. memory: {preset} seq_len={seq} micro_batch={mb} (fresh subprocess)")
+        mems.append(bench_memory(preset, int(seq), int(mb)))
+    load1 = loadavg()
+    notes.append(f"1-min load average {load0:.2f} at start, {load1:.2f} at end ({machine['cores']} cores): "
+                 "other processes on the machine add noise; the ABBA order spreads it over both loops")
+    notes.append(f"whole benchmark took {time.perf_counter() - t_all:.0f} s")
+    report = format_report(machine, thr, loaders, mems, peak, notes)
+    say(report)
+    out = {"machine": machine, "peak_flops": peak, "throughput": thr, "loaders": loaders, "memory": mems,
+           "load": [load0, load1], "time": time.time()}
+    if args.json:
+        with open(args.json, "a") as f:
+            for kind, payload in (("throughput", thr), *[("loader", x) for x in loaders], *[("memory", x) for x in mems]):
+                if payload is not None:
+                    f.write(json.dumps({"kind": kind, "machine": machine, "peak_flops": peak, **_jsonable(payload)}) + "\n")
+    return out
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m llm.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="about a minute: fewer steps and runs, no 117M memory run")
+    p.add_argument("--model", default="tiny", help="model preset for the throughput comparison (tiny, gpt1_117m, ...)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 60; quick 30)")
+    p.add_argument("--log-every", type=int, default=None, help="steps per tokens/s window; the first is warm-up (default 10; quick 5)")
+    p.add_argument("--repeats", type=int, default=None, help="runs of each loop (default 4; quick 2)")
+    p.add_argument("--seq-len", type=int, default=None, help="override data.seq_len")
+    p.add_argument("--micro-batch-size", type=int, default=None, help="override data.micro_batch_size")
+    p.add_argument("--override", action="append", help="extra Hydra override for the throughput runs (repeatable)")
+    p.add_argument("--loader-seconds", type=float, default=None, help="seconds per data-loader measurement (default 5; quick 2)")
+    p.add_argument("--memory", action="append", default=None, metavar="PRESET:SEQxMB",
+                   help="memory run, e.g. gpt1_117m:256x4 (repeatable; default tiny:128x16 and gpt1_117m:256x4; quick: tiny only)")
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-loader", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--workdir", default=None, help="where the framework runs write (default: a temporary directory)")
+    p.add_argument("--json", default=None, metavar="PATH", help="append one JSON line per figure to PATH")
+    # internal: the memory measurement in a fresh process
+    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    q = a.quick
+    a.steps = a.steps or (30 if q else 60)
+    a.log_every = a.log_every or (5 if q else 10)
+    a.repeats = a.repeats or (2 if q else 4)
+    a.loader_seconds = a.loader_seconds or (2.0 if q else 5.0)
+    if a.skip_memory:
+        a.memory = []
+    elif a.memory is None:
+        a.memory = ["tiny:128x16"] if q else ["tiny:128x16", "gpt1_117m:256x4"]
+    if a.steps < 2 * a.log_every:
+        p.error(f"--steps ({a.steps}) must be at least 2 x --log-every ({a.log_every}): the first window is warm-up")
+    return a
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("XIULIAN_CACHE", str(Path.home() / ".cache" / "xiulian"))
+    if args.memory_child:
+        res = memory_child(args.memory_child, args.seq_len or 128, args.micro_batch_size or 16, args.device)
+        print(json.dumps(res), flush=True)
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
