@@ -104,15 +104,18 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def cpu_busy_s() -> float:
-    """CPU seconds all processes of the machine have spent busy (``/proc/stat``), or nan."""
+def cpu_busy_s() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far (``/proc/stat``); nan if unknown.
+
+    busy = user + nice + system + irq + softirq (guest time is inside user); steal = time the
+    hypervisor gave this machine's CPUs to someone else."""
     try:
         with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
+            v = [int(x) for x in f.readline().split()[1:]] + [0] * 10
     except OSError:  # pragma: no cover
-        return float("nan")
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        return float("nan"), float("nan")
+    hz = os.sysconf("SC_CLK_TCK")
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / hz, v[7] / hz
 
 
 def own_cpu_s() -> float:
@@ -122,16 +125,20 @@ def own_cpu_s() -> float:
 
 
 class ForeignLoad:
-    """Average number of cores other processes kept busy while the block ran."""
+    """While the block runs: the average number of cores other processes kept busy, and the
+    cores' worth of time the hypervisor stole (both slow a CPU benchmark down)."""
 
     def __enter__(self) -> "ForeignLoad":
-        self.t0, self.busy0, self.own0 = time.perf_counter(), cpu_busy_s(), own_cpu_s()
+        self.t0, self.own0 = time.perf_counter(), own_cpu_s()
+        self.busy0, self.steal0 = cpu_busy_s()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         wall = time.perf_counter() - self.t0
-        other = (cpu_busy_s() - self.busy0) - (own_cpu_s() - self.own0)
+        busy, steal = cpu_busy_s()
+        other = (busy - self.busy0) - (own_cpu_s() - self.own0)
         self.cores = max(0.0, other / wall) if wall > 0 else float("nan")
+        self.steal = (steal - self.steal0) / wall if wall > 0 else float("nan")
 
 
 def loadavg() -> float:
@@ -178,7 +185,8 @@ def run_framework(cfg, run_dir: Path) -> dict[str, Any]:
     threads = torch.get_num_threads()
     load0 = loadavg()
     t0 = time.perf_counter()
-    result = train(cfg)
+    with ForeignLoad() as fl:
+        result = train(cfg)
     wall = time.perf_counter() - t0
     if torch.get_num_threads() != threads:
         raise RuntimeError(f"the framework changed torch threads: {threads} -> {torch.get_num_threads()}")
@@ -201,6 +209,8 @@ def run_framework(cfg, run_dir: Path) -> dict[str, Any]:
         "global_step": result["global_step"],
         "threads": threads,
         "load": (load0, loadavg()),
+        "foreign_cores": fl.cores,
+        "steal_cores": fl.steal,
     }
 
 
@@ -211,10 +221,18 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_bare(cfg, measure_from: int) -> dict[str, Any]:
+def run_bare(cfg, log_every: int) -> dict[str, Any]:
     """A plain PyTorch loop doing the same work as the framework's pretraining step.
 
-    Times the steps ``measure_from + 1 .. max_steps`` (wall clock between step ends)."""
+    Times windows of ``log_every`` steps as the framework's StepTimer does (wall clock between
+    step ends); the first window (steps 1..log_every, warm-up) is left out."""
+    with ForeignLoad() as fl:
+        res = _bare(cfg, log_every)
+    res["foreign_cores"], res["steal_cores"] = fl.cores, fl.steal
+    return res
+
+
+def _bare(cfg, log_every: int) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from llm.data.shards import PackedTokenStream
@@ -275,11 +293,15 @@ def run_bare(cfg, measure_from: int) -> dict[str, Any]:
                 break
         epoch += 1
     wall = time.perf_counter() - t_start
-    toks = sum(int(x) for x in ntoks[measure_from:])
-    elapsed = ends[-1] - ends[measure_from - 1]
+    w = log_every
+    last = (total // w) * w  # the framework's windows end at multiples of log_every
+    toks = [int(x) for x in ntoks]
+    windows = [sum(toks[a:a + w]) / (ends[a + w - 1] - ends[a - 1]) for a in range(w, last, w)]
+    elapsed = ends[last - 1] - ends[w - 1]
     return {
-        "tokens_per_s": toks / elapsed,
-        "step_s": elapsed / (total - measure_from),
+        "tokens_per_s": sum(toks[w:last]) / elapsed,
+        "windows": windows,
+        "step_s": elapsed / (last - w),
         "losses": {i + 1: float(x) for i, x in enumerate(losses)},
         "wall_s": wall,
         "threads": threads,
@@ -303,15 +325,15 @@ def bench_throughput(overrides: list[str], steps: int, log_every: int, repeats: 
         pair = ("bare", "framework") if r % 2 == 0 else ("framework", "bare")
         for kind in pair:
             if kind == "bare":
-                res = run_bare(cfg, measure_from=log_every)
+                res = run_bare(cfg, log_every)
                 model = res.pop("model")
                 bare.append(res)
             else:
-                res = run_framework(cfg, workdir / f"fw{r}")
+                res = run_framework(cfg, Path(tempfile.mkdtemp(prefix=f"fw{r}-", dir=workdir)))
                 fw.append(res)
             order.append(kind)
             say(f"  [{len(order)}/{2 * repeats}] {kind:9s} {res['tokens_per_s']:10.1f} tokens/s  "
-                f"(run {res['wall_s']:.1f} s, load {res['load'][0]:.1f}->{res['load'][1]:.1f})")
+                f"(best window {max(res['windows']):,.0f}; run {res['wall_s']:.1f} s; other processes {res['foreign_cores']:.2f} cores, steal {res['steal_cores']:.2f})")
     # same work: the framework's logged losses against the bare loop's at the same steps
     for f in fw:
         for step, loss in f["losses"].items():
@@ -340,9 +362,40 @@ def bench_throughput(overrides: list[str], steps: int, log_every: int, repeats: 
         "framework_mfu": statistics.median([x["mfu"] for x in fw if x["mfu"] is not None]) if any(x["mfu"] for x in fw) else None,
         "bare_step_s": statistics.median([x["step_s"] for x in bare]),
         "max_rel_loss_diff": max(loss_check) if loss_check else None,
+        "framework_best_window": max(max(x["windows"]) for x in fw),
+        "bare_best_window": max(max(x["windows"]) for x in bare),
+        "framework_median_window": statistics.median([w for x in fw for w in x["windows"]]),
+        "bare_median_window": statistics.median([w for x in bare for w in x["windows"]]),
+        "framework_foreign_cores": [x["foreign_cores"] for x in fw],
+        "bare_foreign_cores": [x["foreign_cores"] for x in bare],
+        "framework_steal_cores": [x["steal_cores"] for x in fw],
+        "bare_steal_cores": [x["steal_cores"] for x in bare],
         "threads": fw[0]["threads"],
         "_model": model,
         "_cfg": cfg,
+    }
+
+
+# a model so small that a step is almost all framework/loop work: the fixed cost per step
+MICRO = ["model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.n_kv_head=1", "model.intermediate_size=32",
+         "data.seq_len=16", "data.micro_batch_size=2"]
+
+
+def bench_fixed_cost(steps: int, log_every: int, repeats: int, workdir: Path, say, extra: list[str] = ()) -> dict[str, Any]:
+    """Framework step time minus bare step time on a micro model (1 layer, 16 wide, 32 tokens)."""
+    data_extra = [o for o in extra if o.startswith("data.") and not o.startswith(("data.seq_len", "data.micro_batch_size"))]
+    r = bench_throughput(bench_overrides("tiny", steps, log_every, [*data_extra, *MICRO]), steps, log_every, repeats, workdir, say)
+    tps = r["tokens_per_step"]
+    fw_step = [tps / x for x in r["framework_tokens_per_s"]]
+    bare_step = [tps / x for x in r["bare_tokens_per_s"]]
+    return {
+        "framework_step_s": statistics.median(fw_step),
+        "bare_step_s": statistics.median(bare_step),
+        "overhead_s": statistics.median(fw_step) - statistics.median(bare_step),
+        "pair_overheads_s": [f - b for f, b in zip(fw_step, bare_step)],
+        "max_rel_loss_diff": r["max_rel_loss_diff"],
+        "steps": steps,
+        "repeats": repeats,
     }
 
 
@@ -412,7 +465,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str) -> dict[str, Any]:
+def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, overrides: list[str] = ()) -> dict[str, Any]:
     """Run in a fresh process: memory of one training step of ``preset`` (see module doc)."""
     from llm.data.shards import PackedTokenStream
     from llm.losses import token_nll_sum
@@ -420,7 +473,7 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str) 
     from llm.stages.base import param_groups
     from llm.train import resolve_data
 
-    cfg = compose_config([f"model={preset}", "data=demo", f"data.seq_len={seq_len}", f"data.micro_batch_size={micro_batch_size}"])
+    cfg = compose_config([f"model={preset}", "data=demo", *overrides, f"data.seq_len={seq_len}", f"data.micro_batch_size={micro_batch_size}"])
     dev = torch.device(device)
     tokenizer, shards = resolve_data(cfg.data)
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
@@ -492,7 +545,8 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str) 
     return res
 
 
-def bench_memory(preset: str, seq_len: int, micro_batch_size: int, timeout: float = 600) -> dict[str, Any]:
+def bench_memory(preset: str, seq_len: int, micro_batch_size: int, overrides: list[str] = (), timeout: float = 600) -> dict[str, Any]:
+    """:func:`memory_child` in a fresh ``python -m llm.bench`` process; ``overrides``: data.* only."""
     env = dict(os.environ)
     # large blocks are mmapped and returned on free: RSS follows live memory, not malloc's cache
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
@@ -500,6 +554,8 @@ def bench_memory(preset: str, seq_len: int, micro_batch_size: int, timeout: floa
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cmd = [sys.executable, "-m", "llm.bench", "--memory-child", preset, "--seq-len", str(seq_len),
            "--micro-batch-size", str(micro_batch_size), "--device", device]
+    for o in overrides:
+        cmd.append(f"--override={o}")
     r = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode != 0 or not lines:
@@ -517,7 +573,8 @@ def _spread(xs: list[float]) -> str:
     return f"{min(xs):,.0f}..{max(xs):,.0f} ({(max(xs) - min(xs)) / m * 100:.1f}%)"
 
 
-def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems: list[dict], peak: Optional[float], notes: list[str]) -> str:
+def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems: list[dict], peak: Optional[float], notes: list[str],
+                  fixed: Optional[dict] = None) -> str:
     L: list[str] = []
     L.append("=" * 88)
     L.append("Xiulian benchmark")
@@ -533,17 +590,35 @@ def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems:
                  f"grad_accum={thr['grad_accum']} workers={thr['num_workers']} ({thr['tokens_per_step']} tokens/step)")
         L.append(f"   {thr['steps']} steps per run, measured steps {thr['steps'] - thr['measured_steps'] + 1}..{thr['steps']}, "
                  f"{thr['repeats']} runs each, order {' '.join(k[0].upper() for k in thr['order'])} (B=bare F=framework), torch threads {thr['threads']}")
-        L.append(f"   {'':12s}{'median tokens/s':>18s}{'runs':>40s}{'  spread min..max':>16s}")
-        L.append(f"   {'bare loop':12s}{thr['bare_median']:18,.1f}{' '.join(f'{x:,.0f}' for x in thr['bare_tokens_per_s']):>40s}  {_spread(thr['bare_tokens_per_s'])}")
-        L.append(f"   {'framework':12s}{thr['framework_median']:18,.1f}{' '.join(f'{x:,.0f}' for x in thr['framework_tokens_per_s']):>40s}  {_spread(thr['framework_tokens_per_s'])}")
+        L.append(f"   {'':11s}{'median':>9s}{'per run (all measured steps), tokens/s':>44s}{'spread':>9s}{'median win':>12s}{'best win':>10s}")
+        for name, key in (("bare loop", "bare"), ("framework", "framework")):
+            xs = thr[f"{key}_tokens_per_s"]
+            runs = " ".join(f"{x:,.0f}" for x in xs)
+            spread = (max(xs) - min(xs)) / statistics.median(xs) * 100
+            L.append(f"   {name:11s}{thr[f'{key}_median']:9,.0f}{runs:>44s}{spread:8.1f}%{thr[f'{key}_median_window']:12,.0f}{thr[f'{key}_best_window']:10,.0f}")
         verdict = "OK" if thr["ratio"] >= 0.95 else "BELOW TARGET"
-        L.append(f"   ratio framework/bare (medians): {thr['ratio']:.3f}  (target >= 0.95: {verdict}); "
-                 f"per pair: {', '.join(f'{x:.3f}' for x in thr['pair_ratios'])}")
+        L.append(f"   ratio framework/bare, medians of runs: {thr['ratio']:.3f}  (target >= 0.95: {verdict})")
+        L.append(f"   per pair: {', '.join(f'{x:.3f}' for x in thr['pair_ratios'])};  median windows: "
+                 f"{thr['framework_median_window'] / thr['bare_median_window']:.3f};  best windows: "
+                 f"{thr['framework_best_window'] / thr['bare_best_window']:.3f}")
+        fc = thr["bare_foreign_cores"] + thr["framework_foreign_cores"]
+        sc = thr["bare_steal_cores"] + thr["framework_steal_cores"]
+        L.append(f"   other processes kept {min(fc):.2f}..{max(fc):.2f} cores busy during the runs, hypervisor steal "
+                 f"{min(sc):.2f}..{max(sc):.2f} cores (from /proc/stat)")
         L.append(f"   bare step time (median): {thr['bare_step_s'] * 1000:,.1f} ms")
         if thr.get("framework_mfu") is not None:
             L.append(f"   MFU: framework train/mfu {thr['framework_mfu'] * 100:.2f}%  (bare, same formula: {thr.get('bare_mfu', 0) * 100:.2f}%)")
         if thr.get("max_rel_loss_diff") is not None:
             L.append(f"   same work: max relative difference of logged train/loss, framework vs bare: {thr['max_rel_loss_diff']:.2e}")
+    if fixed:
+        L.append("-" * 88)
+        L.append(f"1b. fixed cost per step (micro model: 1 layer, 16 wide, 2 x 16 tokens; {fixed['steps']} steps, {fixed['repeats']} runs each)")
+        L.append(f"   bare {fixed['bare_step_s'] * 1000:.2f} ms/step, framework {fixed['framework_step_s'] * 1000:.2f} ms/step: "
+                 f"the framework adds {fixed['overhead_s'] * 1000:.2f} ms per step (per pair: "
+                 f"{', '.join(f'{x * 1000:.2f}' for x in fixed['pair_overheads_s'])} ms)")
+        if thr:
+            L.append(f"   = {fixed['overhead_s'] / thr['bare_step_s'] * 100:.1f}% of a bare {thr['model']} step ({thr['bare_step_s'] * 1000:.0f} ms); "
+                     f"ratio 0.95 is reached at a bare step of {fixed['overhead_s'] / 0.05 * 1000:.0f} ms")
     if loaders:
         L.append("-" * 88)
         train_tps = thr["framework_median"] if thr else None
@@ -598,7 +673,9 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
     load0 = loadavg()
     t_all = time.perf_counter()
     peak = measured_matmul_flops("cpu", torch.float32) if not torch.cuda.is_available() else None
+    own_workdir = not args.workdir
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="xiulian-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     extra = list(args.override or [])
     if args.seq_len:
         extra.append(f"data.seq_len={args.seq_len}")
@@ -611,6 +688,10 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
                                args.repeats, workdir, say)
         if peak:
             thr["bare_mfu"] = bare_mfu(thr["_model"], thr["seq_len"], thr["bare_median"], peak)
+    fixed = None
+    if not args.skip_fixed_cost:
+        say(f"1b. fixed cost per step: micro model, {args.fixed_steps} steps x {args.repeats} runs each")
+        fixed = bench_fixed_cost(args.fixed_steps, args.fixed_steps // 4, args.repeats, workdir, say, extra)
     loaders: list[dict] = []
     if not args.skip_loader:
         cfg = thr["_cfg"] if thr else compose_config(bench_overrides(args.model, args.steps, args.log_every, extra))
@@ -628,18 +709,26 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
         preset, _, rest = spec.partition(":")
         seq, _, mb = rest.partition("x")
         say(f"3. memory: {preset} seq_len={seq} micro_batch={mb} (fresh subprocess)")
-        mems.append(bench_memory(preset, int(seq), int(mb)))
+        mems.append(bench_memory(preset, int(seq), int(mb), [o for o in extra if o.startswith("data.") and not o.startswith(("data.seq_len", "data.micro_batch_size"))]))
+    peak_again = None
+    if peak:
+        # the framework's MFU uses the first (cached) measurement; a second look shows its noise
+        peak_again = [measured_matmul_flops.__wrapped__("cpu", torch.float32) for _ in range(3)]
+        notes.append(f"matmul peak measured again at the end (3 x 0.5 s): {', '.join(f'{x / 1e9:,.1f}' for x in peak_again)} GFLOP/s; "
+                     "train/mfu divides by the first measurement, so MFU moves with that noise")
+    if own_workdir:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
     load1 = loadavg()
-    notes.append(f"1-min load average {load0:.2f} at start, {load1:.2f} at end ({machine['cores']} cores): "
-                 "other processes on the machine add noise; the ABBA order spreads it over both loops")
     notes.append(f"whole benchmark took {time.perf_counter() - t_all:.0f} s")
-    report = format_report(machine, thr, loaders, mems, peak, notes)
+    report = format_report(machine, thr, loaders, mems, peak, notes, fixed)
     say(report)
-    out = {"machine": machine, "peak_flops": peak, "throughput": thr, "loaders": loaders, "memory": mems,
+    out = {"machine": machine, "peak_flops": peak, "peak_flops_again": peak_again, "throughput": thr, "fixed_cost": fixed, "loaders": loaders, "memory": mems,
            "load": [load0, load1], "time": time.time()}
     if args.json:
         with open(args.json, "a") as f:
-            for kind, payload in (("throughput", thr), *[("loader", x) for x in loaders], *[("memory", x) for x in mems]):
+            for kind, payload in (("throughput", thr), ("fixed_cost", fixed), *[("loader", x) for x in loaders], *[("memory", x) for x in mems]):
                 if payload is not None:
                     f.write(json.dumps({"kind": kind, "machine": machine, "peak_flops": peak, **_jsonable(payload)}) + "\n")
     return out
@@ -650,7 +739,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="about a minute: fewer steps and runs, no 117M memory run")
     p.add_argument("--model", default="tiny", help="model preset for the throughput comparison (tiny, gpt1_117m, ...)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 60; quick 30)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 50; quick 30)")
     p.add_argument("--log-every", type=int, default=None, help="steps per tokens/s window; the first is warm-up (default 10; quick 5)")
     p.add_argument("--repeats", type=int, default=None, help="runs of each loop (default 4; quick 2)")
     p.add_argument("--seq-len", type=int, default=None, help="override data.seq_len")
@@ -661,6 +750,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="memory run, e.g. gpt1_117m:256x4 (repeatable; default tiny:128x16 and gpt1_117m:256x4; quick: tiny only)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-loader", action="store_true")
+    p.add_argument("--skip-fixed-cost", action="store_true", help="skip the micro-model run that measures the framework's cost per step")
+    p.add_argument("--fixed-steps", type=int, default=None, help="steps per micro-model run (default 400; quick 200)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--workdir", default=None, help="where the framework runs write (default: a temporary directory)")
     p.add_argument("--json", default=None, metavar="PATH", help="append one JSON line per figure to PATH")
@@ -669,10 +760,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     q = a.quick
-    a.steps = a.steps or (30 if q else 60)
+    a.steps = a.steps or (30 if q else 50)
     a.log_every = a.log_every or (5 if q else 10)
     a.repeats = a.repeats or (2 if q else 4)
     a.loader_seconds = a.loader_seconds or (2.0 if q else 5.0)
+    a.fixed_steps = a.fixed_steps or (200 if q else 400)
     if a.skip_memory:
         a.memory = []
     elif a.memory is None:
@@ -686,7 +778,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("XIULIAN_CACHE", str(Path.home() / ".cache" / "xiulian"))
     if args.memory_child:
-        res = memory_child(args.memory_child, args.seq_len or 128, args.micro_batch_size or 16, args.device)
+        res = memory_child(args.memory_child, args.seq_len or 128, args.micro_batch_size or 16, args.device, args.override or [])
         print(json.dumps(res), flush=True)
         return
     run(args)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 
 from llm.model.generate import generate_text
 
@@ -67,3 +68,11 @@ class CrashAtStep(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ProgressBar(RichProgressBar):
+    """Rich progress bar with ETA; the description counts optimizer steps toward max_steps."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_steps = self.trainer.max_steps
+        return f"Epoch {current_epoch}" + (f" (to step {max_steps})" if max_steps and max_steps > 0 else "")

@@ -206,9 +206,9 @@ def _quiet_lightning() -> None:
 
 def train(cfg: Config | DictConfig) -> dict[str, Any]:
     """Run one stage from a composed config. Returns {"export": path | None, "metrics": {...}, ...}."""
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from llm.callbacks import CrashAtStep, DataReport, SampleText
+    from llm.callbacks import CrashAtStep, DataReport, ProgressBar, SampleText
     from llm.data.overfit import OverfitDataModule
     from llm.data.shards import TokenDataModule
     from llm.export import export_hf
@@ -277,7 +277,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     if tc.crash_at_step is not None:
         callbacks.append(CrashAtStep(tc.crash_at_step))
     if tc.progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(ProgressBar(leave=True))
 
     trainer = L.Trainer(
         accelerator=placement.accelerator,
