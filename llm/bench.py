@@ -19,7 +19,13 @@ What is measured, and how
    ``steps``), both run in this process with the same ``torch.get_num_threads()``. The runs are
    interleaved ABBA (bare, framework, framework, bare, ...) so that a slow drift of the machine
    (other jobs, thermal) hits both alike; medians and the spread are reported. The logged
-   training losses of the two must agree: proof that both did the same work.
+   training losses of the two must agree: proof that both did the same work. Other processes'
+   CPU time and the hypervisor's steal time during each run are read from ``/proc/stat``: on a
+   shared VM they, not the code, are the main source of run-to-run spread.
+1b. *Fixed cost per step.* The same comparison on a micro model (1 layer, 16 wide, 32 tokens per
+   step), where a step is almost all loop, hook and logging work: framework step time minus
+   bare step time is what the framework adds to every step, whatever the model; it predicts the
+   ratio of (1) more precisely than (1) measures it on a noisy machine.
 2. *Data loader.* The framework's train ``DataLoader`` (``TokenDataModule.train_dataloader``)
    iterated alone, for the configured ``num_workers`` and for 0 and 2, new epochs (and new
    workers) as training would; tokens/s over the whole time (start-up included), and against
@@ -232,6 +238,22 @@ def run_bare(cfg, log_every: int) -> dict[str, Any]:
     return res
 
 
+def bench_device(cfg) -> tuple[torch.device, Any]:
+    """The device and autocast context the framework picks for this config (llm.strategy)."""
+    from llm.strategy import resolve_precision
+
+    acc = cfg.strategy.accelerator
+    if acc == "auto":
+        acc = "gpu" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(cfg.trainer.precision, acc)
+    dev = torch.device("cuda", torch.cuda.current_device()) if acc == "gpu" else torch.device("cpu")
+    if precision.startswith("bf16"):
+        if "true" in precision:
+            raise ValueError(f"trainer.precision={precision}: the bare loop mirrors 32-true and bf16-mixed only")
+        return dev, lambda: torch.autocast(dev.type, dtype=torch.bfloat16)
+    return dev, contextlib.nullcontext
+
+
 def _bare(cfg, log_every: int) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
@@ -244,13 +266,14 @@ def _bare(cfg, log_every: int) -> dict[str, Any]:
     threads = torch.get_num_threads()
     load0 = loadavg()
     t_start = time.perf_counter()
+    dev, autocast = bench_device(cfg)
     _seed_all(cfg.seed)
     tokenizer, shards = resolve_data(cfg.data)
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-    model = build_model(cfg.model, len(tokenizer), special)
+    model = build_model(cfg.model, len(tokenizer), special).to(dev)
     model.train()
     o = cfg.stage.optim
-    fused = bool(o.fused) if o.fused is not None else False  # CPU: the framework's default is off
+    fused = bool(o.fused) if o.fused is not None else dev.type == "cuda"  # the framework's default
     opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
     total = cfg.trainer.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio))
@@ -273,18 +296,21 @@ def _bare(cfg, log_every: int) -> dict[str, Any]:
     step, epoch = 0, 0
     while step < total:
         for batch in loader(epoch):
-            ids, labels = batch["input_ids"], batch["labels"]
+            ids, labels = batch["input_ids"].to(dev), batch["labels"].to(dev)
             n = (labels != -100).sum()
-            loss_sum = torch.zeros(())
+            loss_sum = torch.zeros((), device=dev)
             for i in range(ids.shape[0]):
-                out = model(input_ids=ids[i], use_cache=False)
-                nll, _ = token_nll_sum(out.logits, labels[i])
+                with autocast():
+                    out = model(input_ids=ids[i], use_cache=False)
+                    nll, _ = token_nll_sum(out.logits, labels[i])
                 (nll / n).backward()
                 loss_sum += nll.detach()
             torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
+            if dev.type == "cuda":  # the framework's step ends in .item() calls: a sync
+                torch.cuda.synchronize()
             ends.append(time.perf_counter())
             losses.append(loss_sum / n)
             ntoks.append(n)
@@ -475,6 +501,7 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
 
     cfg = compose_config([f"model={preset}", "data=demo", *overrides, f"data.seq_len={seq_len}", f"data.micro_batch_size={micro_batch_size}"])
     dev = torch.device(device)
+    autocast = bench_device(cfg)[1] if dev.type == "cuda" else contextlib.nullcontext  # bf16-mixed as the framework
     tokenizer, shards = resolve_data(cfg.data)
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     ds = PackedTokenStream(shards, "train", seq_len, micro_batch_size, 1, seed=cfg.data.seed, shuffle=True, num_workers_hint=1)
@@ -503,7 +530,7 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
         ids, labels = batch["input_ids"][0].to(dev), batch["labels"][0].to(dev)
         n = (labels != -100).sum()
         ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if record else contextlib.nullcontext()
-        with ctx:
+        with ctx, autocast():
             out = model(input_ids=ids, use_cache=False)
             nll, _ = token_nll_sum(out.logits, labels)
         (nll / n).backward()
@@ -582,8 +609,10 @@ def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems:
              f"torch {machine['torch']} ({machine['torch_threads']} threads), python {machine['python']}"
              + (f", lightning {machine.get('lightning')}, transformers {machine.get('transformers')}" if machine.get("lightning") else "")
              + (f", GPU {machine['cuda']}" if machine["cuda"] else ""))
-    if peak:
-        L.append(f"measured fp32 matmul peak (llm.perf.measured_matmul_flops): {peak / 1e9:,.1f} GFLOP/s")
+    if peak and machine["cuda"]:
+        L.append(f"peak FLOP/s used for MFU (llm.perf.peak_flops): {peak / 1e12:,.1f} TFLOP/s")
+    elif peak:
+        L.append(f"measured fp32 matmul peak (llm.perf.measured_matmul_flops, used by train/mfu): {peak / 1e9:,.1f} GFLOP/s")
     if thr:
         L.append("-" * 88)
         L.append(f"1. training throughput: model={thr['model']} data=demo seq_len={thr['seq_len']} micro_batch={thr['micro_batch_size']} "
@@ -617,8 +646,9 @@ def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems:
                  f"the framework adds {fixed['overhead_s'] * 1000:.2f} ms per step (per pair: "
                  f"{', '.join(f'{x * 1000:.2f}' for x in fixed['pair_overheads_s'])} ms)")
         if thr:
-            L.append(f"   = {fixed['overhead_s'] / thr['bare_step_s'] * 100:.1f}% of a bare {thr['model']} step ({thr['bare_step_s'] * 1000:.0f} ms); "
-                     f"ratio 0.95 is reached at a bare step of {fixed['overhead_s'] / 0.05 * 1000:.0f} ms")
+            pred = thr["bare_step_s"] / (thr["bare_step_s"] + fixed["overhead_s"])
+            L.append(f"   = {fixed['overhead_s'] / thr['bare_step_s'] * 100:.1f}% of a bare {thr['model']} step ({thr['bare_step_s'] * 1000:.0f} ms): "
+                     f"predicted framework/bare {pred:.3f}; the ratio falls to 0.95 at a bare step of {fixed['overhead_s'] * 19 * 1000:.0f} ms")
     if loaders:
         L.append("-" * 88)
         train_tps = thr["framework_median"] if thr else None
@@ -627,7 +657,7 @@ def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems:
         for r in loaders:
             x = f"{r['tokens_per_s'] / train_tps:,.0f}x" if train_tps else "-"
             tag = "  (config)" if r.get("config") else ""
-            L.append(f"   {r['num_workers']:>8d}{r['tokens_per_s']:16,.0f}{x:>12s}{r['batches']:>10d}{r['first_batch_s'] * 1000:>10.0f}ms{tag}")
+            L.append(f"   {r['num_workers']:>8d}{r['tokens_per_s']:16,.0f}{x:>12s}{r['batches']:>10d}{(r['first_batch_s'] or 0) * 1000:>10.0f}ms{tag}")
         if train_tps:
             L.append(f"   target: loader >= 10x training tokens/s ({train_tps:,.0f})")
     if mems:
@@ -672,7 +702,12 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
     notes: list[str] = []
     load0 = loadavg()
     t_all = time.perf_counter()
-    peak = measured_matmul_flops("cpu", torch.float32) if not torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        from llm.perf import peak_flops
+
+        peak = peak_flops(torch.device("cuda"), "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true")
+    else:
+        peak = measured_matmul_flops("cpu", torch.float32)
     own_workdir = not args.workdir
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="xiulian-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -690,8 +725,8 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
             thr["bare_mfu"] = bare_mfu(thr["_model"], thr["seq_len"], thr["bare_median"], peak)
     fixed = None
     if not args.skip_fixed_cost:
-        say(f"1b. fixed cost per step: micro model, {args.fixed_steps} steps x {args.repeats} runs each")
-        fixed = bench_fixed_cost(args.fixed_steps, args.fixed_steps // 4, args.repeats, workdir, say, extra)
+        say(f"1b. fixed cost per step: micro model, {args.fixed_steps} steps x {args.fixed_repeats} runs each")
+        fixed = bench_fixed_cost(args.fixed_steps, args.fixed_steps // 4, args.fixed_repeats, workdir, say, extra)
     loaders: list[dict] = []
     if not args.skip_loader:
         cfg = thr["_cfg"] if thr else compose_config(bench_overrides(args.model, args.steps, args.log_every, extra))
@@ -711,7 +746,7 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
         say(f"3. memory: {preset} seq_len={seq} micro_batch={mb} (fresh subprocess)")
         mems.append(bench_memory(preset, int(seq), int(mb), [o for o in extra if o.startswith("data.") and not o.startswith(("data.seq_len", "data.micro_batch_size"))]))
     peak_again = None
-    if peak:
+    if peak and not torch.cuda.is_available():
         # the framework's MFU uses the first (cached) measurement; a second look shows its noise
         peak_again = [measured_matmul_flops.__wrapped__("cpu", torch.float32) for _ in range(3)]
         notes.append(f"matmul peak measured again at the end (3 x 0.5 s): {', '.join(f'{x / 1e9:,.1f}' for x in peak_again)} GFLOP/s; "
@@ -739,19 +774,20 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="about a minute: fewer steps and runs, no 117M memory run")
     p.add_argument("--model", default="tiny", help="model preset for the throughput comparison (tiny, gpt1_117m, ...)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 50; quick 30)")
-    p.add_argument("--log-every", type=int, default=None, help="steps per tokens/s window; the first is warm-up (default 10; quick 5)")
-    p.add_argument("--repeats", type=int, default=None, help="runs of each loop (default 4; quick 2)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 30; quick 24)")
+    p.add_argument("--log-every", type=int, default=None, help="steps per tokens/s window; the first is warm-up (default 5; quick 4)")
+    p.add_argument("--repeats", type=int, default=None, help="runs of each loop, interleaved ABBA (default 6; quick 2)")
     p.add_argument("--seq-len", type=int, default=None, help="override data.seq_len")
     p.add_argument("--micro-batch-size", type=int, default=None, help="override data.micro_batch_size")
     p.add_argument("--override", action="append", help="extra Hydra override for the throughput runs (repeatable)")
-    p.add_argument("--loader-seconds", type=float, default=None, help="seconds per data-loader measurement (default 5; quick 2)")
+    p.add_argument("--loader-seconds", type=float, default=None, help="seconds per data-loader measurement (default 5; quick 1)")
     p.add_argument("--memory", action="append", default=None, metavar="PRESET:SEQxMB",
                    help="memory run, e.g. gpt1_117m:256x4 (repeatable; default tiny:128x16 and gpt1_117m:256x4; quick: tiny only)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-loader", action="store_true")
     p.add_argument("--skip-fixed-cost", action="store_true", help="skip the micro-model run that measures the framework's cost per step")
-    p.add_argument("--fixed-steps", type=int, default=None, help="steps per micro-model run (default 400; quick 200)")
+    p.add_argument("--fixed-steps", type=int, default=None, help="steps per micro-model run (default 400; quick 120)")
+    p.add_argument("--fixed-repeats", type=int, default=None, help="micro-model runs of each loop (default 3; quick 2)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--workdir", default=None, help="where the framework runs write (default: a temporary directory)")
     p.add_argument("--json", default=None, metavar="PATH", help="append one JSON line per figure to PATH")
@@ -760,15 +796,18 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     q = a.quick
-    a.steps = a.steps or (30 if q else 50)
-    a.log_every = a.log_every or (5 if q else 10)
-    a.repeats = a.repeats or (2 if q else 4)
-    a.loader_seconds = a.loader_seconds or (2.0 if q else 5.0)
-    a.fixed_steps = a.fixed_steps or (200 if q else 400)
+    a.steps = a.steps or (24 if q else 30)
+    a.log_every = a.log_every or (4 if q else 5)
+    a.repeats = a.repeats or (2 if q else 6)
+    a.fixed_repeats = a.fixed_repeats or (2 if q else 3)
+    a.loader_seconds = a.loader_seconds or (1.0 if q else 5.0)
+    a.fixed_steps = a.fixed_steps or (120 if q else 400)
     if a.skip_memory:
         a.memory = []
     elif a.memory is None:
         a.memory = ["tiny:128x16"] if q else ["tiny:128x16", "gpt1_117m:256x4"]
+    a.steps = -(-a.steps // a.log_every) * a.log_every  # windows end at multiples of log_every
+    a.fixed_steps = -(-a.fixed_steps // 4) * 4
     if a.steps < 2 * a.log_every:
         p.error(f"--steps ({a.steps}) must be at least 2 x --log-every ({a.log_every}): the first window is warm-up")
     return a

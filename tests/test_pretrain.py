@@ -183,7 +183,8 @@ def test_wandb_offline_without_key(tmp_path, demo_data, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     cfg = compose(["logger=wandb", "trainer.max_steps=3", "trainer.val_every_n_steps=1000", "trainer.ckpt_every_n_steps=0",
-                   "export=false"], run_dir=tmp_path)
+                   "export=false", "stage.sample_every_n_steps=2", "stage.sample_prompts=[The ,def ]",
+                   "stage.sample_max_new_tokens=5"], run_dir=tmp_path)
     t0 = time.time()
     train(cfg)
     import wandb
@@ -193,6 +194,9 @@ def test_wandb_offline_without_key(tmp_path, demo_data, monkeypatch):
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
     assert any(runs[0].glob("run-*.wandb"))
     assert (tmp_path / "metrics.csv").is_file()  # CSV is always written
+    samples = (tmp_path / "samples.txt").read_text().splitlines()  # continuations sampled at step 2
+    assert [line.split("]")[0] for line in samples] == ["[step 2", "[step 2"], samples
+    assert "mfu" in (tmp_path / "metrics.csv").read_text()
     assert time.time() - t0 < 120
 
 

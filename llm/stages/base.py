@@ -169,12 +169,14 @@ class BaseStage(L.LightningModule):
         tokens = int(n_global.item())
         self.tokens_seen += tokens
         self.timer.tick(tokens)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", lr, prog_bar=False)
-        if grad_norm is not None:
-            self.log("train/grad_norm", grad_norm)
-        self.log("train/tokens_seen", float(self.tokens_seen))
-        if (self.global_step % max(1, self.trainer.log_every_n_steps)) == 0:
+        last = self.trainer.max_steps > 0 and self.global_step >= self.trainer.max_steps
+        # Lightning's self.log costs ~1.3 ms a call on CPU: log only on the steps the loggers write
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0 or last:
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/lr", lr)
+            if grad_norm is not None:
+                self.log("train/grad_norm", grad_norm)
+            self.log("train/tokens_seen", float(self.tokens_seen))
             rate = self.timer.pop()
             if rate is not None:
                 tps, sps = rate
