@@ -54,4 +54,3 @@ def test_bench_quick_cli(tmp_path, demo_data):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ratio framework/bare" in r.stdout and "x training" in r.stdout
     assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 6
-    assert time.time() - t0 < 180
