@@ -48,7 +48,6 @@ def test_bench_small_run(tmp_path, demo_data):
 @pytest.mark.slow
 def test_bench_quick_cli(tmp_path, demo_data):
     """``python -m llm.bench --quick`` (the demo data at its own vocabulary) in under ~1.5 minutes."""
-    t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "llm.bench", "--quick", "--json", str(tmp_path / "b.jsonl")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
