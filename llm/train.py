@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional

@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import CONF, ROOT, compose
 from llm.model.build import build_model, count_params

@@ -164,7 +164,7 @@ def test_split_assignment_is_deterministic_with_val_min_docs(tmp_path, tok, smal
 
     a = write_shards(small_docs, tok, tmp_path / "a", shard_max_tokens=50_000, val_fraction=0.1, seed=1)
     b = write_shards(small_docs, tok, tmp_path / "b", shard_max_tokens=50_000, val_fraction=0.1, seed=1)
-    c = write_shards(small_docs, tok, tmp_path / "c", shard_max_tokens=50_000, val_fraction=0.1, seed=2)
+    write_shards(small_docs, tok, tmp_path / "c", shard_max_tokens=50_000, val_fraction=0.1, seed=2)
     assert a["splits"] == b["splits"] and val_keys(tmp_path / "a") == val_keys(tmp_path / "b")
     assert val_keys(tmp_path / "a") != val_keys(tmp_path / "c")
     # byte-identical shards for identical inputs

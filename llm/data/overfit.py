@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 

@@ -513,7 +513,7 @@ class _ShardDocReader:
         if len(body) < nbytes:
             body += self._fh.read(nbytes - len(body))
         if len(body) != nbytes:
-            raise _shard_error(self.name, f"truncated: file ends inside this sample's data", key)
+            raise _shard_error(self.name, "truncated: file ends inside this sample's data", key)
         arr = np.frombuffer(body, dtype=self.dtype)
         # payload corruption that keeps the tar structure: ids outside the vocabulary, or a
         # document that does not end with the end-of-text token
@@ -860,7 +860,6 @@ class PackedTokenStream(IterableDataset):
         end = total if self.max_steps is None else min(total, self.max_steps)
         reader = _EpochStreamReader(self.shards_dir, self._shards, self._offsets, self.dtype, self.vocab_size, self.eot_id)
         chunk = self.seq_len + 1
-        m = self.chunks_per_step
         block_key = None
         block_tokens = None
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
 
 from llm.config import ModelConfig
 
