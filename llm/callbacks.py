@@ -20,7 +20,8 @@ class SampleText(L.Callback):
     """Every ``every_n_steps`` optimizer steps, rank 0 continues a few prompts greedily and logs
     them (console, ``samples.txt`` in the run directory, a W&B table when W&B is on)."""
 
-    def __init__(self, every_n_steps: int, prompts: list[str], max_new_tokens: int) -> None:
+    def __init__(self, every_n_steps: int, prompts: list[str], max_new_tokens: int, chat: bool = False) -> None:
+        self.chat = chat
         self.every = every_n_steps
         self.prompts = prompts
         self.max_new_tokens = max_new_tokens
@@ -30,7 +31,7 @@ class SampleText(L.Callback):
         step = trainer.global_step
         if not self.every or not self.prompts or step % self.every or not trainer.is_global_zero:
             return
-        texts = generate_text(module.model, module.tokenizer, self.prompts, self.max_new_tokens)
+        texts = generate_text(module.model, module.tokenizer, self.prompts, self.max_new_tokens, chat=self.chat)
         lines = [f"[step {step}] {p!r} -> {t!r}" for p, t in zip(self.prompts, texts)]
         for line in lines:
             log.info(line)

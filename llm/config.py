@@ -47,8 +47,32 @@ class ModelConfig:
 
 
 @dataclass
+class ChatDatasetConfig:
+    """One source of conversations for SFT (an entry of ``data.datasets``)."""
+
+    path: str = MISSING
+    """A ``.jsonl``/``.json`` file, or ``builtin:python-qa`` (questions and answers made from
+    the documentation that ships with CPython)."""
+    format: str = "auto"
+    """``auto`` (by the keys of each record), ``openai`` (messages), ``alpaca``
+    (instruction/input/output), ``sharegpt`` (conversations/from/value), ``task`` (a labelled
+    record turned into an instruction by ``template``)."""
+    weight: float = 1.0
+    """Times each conversation is used per epoch; a fraction takes a fixed random subset."""
+    template: Optional[str] = None
+    """``format=task``: a named FLAN-style template (sentiment, classify, topic, qa, summarize,
+    translate) or a format string over the record's fields, e.g. ``"Is this spam?\n{text}"``."""
+    answer: Optional[str] = None
+    """``format=task``: the answer format (default ``{label}``)."""
+    system: Optional[str] = None
+    """A system message put before conversations that have none."""
+    name: Optional[str] = None
+
+
+@dataclass
 class DataConfig:
-    """Pretraining text -> tokenizer -> WebDataset token shards -> packed sequences."""
+    """Pretraining: text -> tokenizer -> WebDataset token shards -> packed sequences.
+    SFT: conversations (``datasets``/``sources``) -> chat template -> assistant-only labels."""
 
     name: str = MISSING
     sources: list[str] = field(default_factory=list)
@@ -75,6 +99,24 @@ class DataConfig:
     """``False``: a corrupt shard stops the run with its name. ``True``: shards are validated
     at start, bad ones are excluded, named in a warning and counted in the final report."""
     seed: int = 1234
+    # ---- conversations (stage=sft) ----
+    datasets: list[ChatDatasetConfig] = field(default_factory=list)
+    """SFT mixture: several datasets with weights and formats. ``sources`` is the short form
+    (files, weight 1, format auto)."""
+    val_datasets: list[ChatDatasetConfig] = field(default_factory=list)
+    """Held-out conversations; empty: ``val_fraction`` of the training conversations."""
+    packing: bool = True
+    """Pack several conversations into one ``seq_len`` row (positions restart per
+    conversation, no attention across them); ``False``: one conversation per row, padded."""
+    on_bad_row: str = "error"
+    """``error``: a bad record stops the run naming file, line and field; ``skip``: counted by
+    reason in the data report."""
+    on_truncated: str = "skip"
+    """A conversation whose assistant tokens are all cut off by ``seq_len``: ``skip`` (counted and
+    reported) or ``error``. Conversations only partly cut are kept and counted."""
+    chat_template: str = "auto"
+    """``auto``: the checkpoint's own template, else the framework default (role markers and
+    ``<|end|>``); ``default``: always the framework default."""
 
 
 @dataclass
@@ -94,9 +136,29 @@ class OptimConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters through PEFT: the base weights stay frozen, only the adapters train."""
+
+    enabled: bool = False
+    name: str = "default"
+    """The adapter's name: saved to ``<run_dir>/adapters/<name>``; chat selects it by name."""
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module name suffixes (``q_proj``, ``v_proj``...) or ``all-linear`` (every linear layer but
+    the output head, as QLoRA recommends)."""
+    bias: str = "none"
+
+
+@dataclass
 class StageConfig:
     name: str = MISSING
-    """pretrain (now); sft, rm, ppo, dpo are added by later stages."""
+    """pretrain, sft (rm, ppo, dpo are added by the RLHF stage)."""
+    random_init: bool = False
+    """Start from random weights when ``model.pretrained`` is unset. Pretraining sets it; a
+    fine-tuning stage refuses to start without a checkpoint unless you set it explicitly."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     grad_accum: int = 1
     """Micro-batches per optimizer step. The loss is the sum of token losses over all
@@ -126,6 +188,9 @@ class TrainerConfig:
     precision: str = "auto"
     """``auto``: bf16-mixed on a CUDA device that supports it, else 32-true."""
     val_every_n_steps: int = 200
+    val_before_train: Optional[bool] = None
+    """Validate once before the first step (the "before" figure); ``None``: on for fine-tuning
+    stages, off for pretraining."""
     log_every_n_steps: int = 10
     ckpt_every_n_steps: int = 200
     ckpt_keep: int = 2

@@ -16,7 +16,9 @@ from typing import Any, Optional
 from transformers import GenerationConfig
 
 
-def export_hf(model: Any, tokenizer: Any, out_dir: str | os.PathLike, extra: Optional[dict] = None) -> Path:
+def export_hf(model: Any, tokenizer: Any, out_dir: str | os.PathLike, extra: Optional[dict] = None, eos_token_id: Any = None) -> Path:
+    """Write ``model`` and ``tokenizer`` as a plain HF directory. ``eos_token_id`` (an id or a
+    list: a chat model stops at its end-of-turn token) goes into generation_config.json."""
     out = Path(out_dir).absolute()
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -27,7 +29,7 @@ def export_hf(model: Any, tokenizer: Any, out_dir: str | os.PathLike, extra: Opt
         tokenizer.save_pretrained(tmp)
     gen = GenerationConfig(
         bos_token_id=getattr(tokenizer, "bos_token_id", None),
-        eos_token_id=getattr(tokenizer, "eos_token_id", None),
+        eos_token_id=eos_token_id if eos_token_id is not None else getattr(tokenizer, "eos_token_id", None),
         pad_token_id=getattr(tokenizer, "pad_token_id", None),
         do_sample=False,
         max_new_tokens=128,

@@ -68,6 +68,88 @@ def resolve_data(cfg: DataConfig) -> tuple[Any, Path]:
     return load_tokenizer(out / "tokenizer"), out / "shards"
 
 
+def chat_specs(cfg: DataConfig) -> tuple[list, list]:
+    """(train specs, val specs) of the SFT mixture: ``datasets`` plus the short form ``sources``."""
+    from llm.data.chat import DatasetSpec
+
+    def spec(d: Any) -> DatasetSpec:
+        d = OmegaConf.to_container(d, resolve=True) if OmegaConf.is_config(d) else dict(d)
+        return DatasetSpec(**d)
+
+    train = [spec(d) for d in cfg.datasets] + [DatasetSpec(path=str(p)) for p in cfg.sources]
+    val = [spec(d) for d in cfg.val_datasets]
+    if not train:
+        raise ValueError("stage=sft: no conversations; set data.sources=[file.jsonl] or data.datasets=[{path: ..., weight: ...}]")
+    return train, val
+
+
+def load_sft_tokenizer(cfg: Config) -> tuple[Any, list[int]]:
+    """The tokenizer of the checkpoint being fine-tuned, with a chat template (its own, or the
+    framework default with its tokens added). Returns (tokenizer, ids of added tokens)."""
+    from transformers import AutoTokenizer
+
+    from llm.data.chat import ensure_chat_template
+    from llm.data.tokenizer import load_tokenizer
+    from llm.model.build import resolve_pretrained
+
+    if cfg.data.tokenizer:
+        tok = load_tokenizer(cfg.data.tokenizer)
+    elif cfg.model.pretrained:
+        tok = AutoTokenizer.from_pretrained(str(resolve_pretrained(cfg.model.pretrained)), trust_remote_code=cfg.model.trust_remote_code)
+    else:
+        raise ValueError("stage=sft with random_init needs a tokenizer: set data.tokenizer=<dir>")
+    if cfg.data.chat_template not in ("auto", "default"):
+        raise ValueError(f"data.chat_template must be auto or default, got {cfg.data.chat_template!r}")
+    if cfg.data.chat_template == "default":
+        tok.chat_template = None
+    added = ensure_chat_template(tok)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok, tok.convert_tokens_to_ids(added) if added else []
+
+
+def build_sft_data(cfg: Config, tokenizer: Any) -> Any:
+    """Read, validate, mix and split the conversations; the SFT data module."""
+    from llm.data.chat import ReadReport, mix, read_conversations, split_holdout
+    from llm.data.sft import SFTDataModule
+
+    train_specs, val_specs = chat_specs(cfg.data)
+    total = ReadReport()
+    per_source = {}
+    loaded = []
+    for sp in train_specs:
+        convs, rep = read_conversations(sp, cfg.data.on_bad_row)
+        loaded.append((sp, convs))
+        total.merge(rep)
+        per_source[sp.name or sp.path] = {"read": rep.read, "kept": rep.kept, "skipped": dict(rep.skipped), "weight": sp.weight}
+    if val_specs:
+        val = []
+        for sp in val_specs:
+            convs, rep = read_conversations(sp, cfg.data.on_bad_row)
+            val += convs
+            per_source["val:" + (sp.name or sp.path)] = {"read": rep.read, "kept": rep.kept, "skipped": dict(rep.skipped)}
+    else:  # hold out the same conversations whatever the weights
+        split = [(sp, split_holdout(convs, cfg.data.val_fraction, cfg.data.seed)) for sp, convs in loaded]
+        loaded = [(sp, tr) for sp, (tr, _) in split]
+        val = [c for _, (_, held) in split for c in held]
+    train = mix(loaded, cfg.data.seed)
+    if total.skipped:
+        log.warning("SFT data: skipped %d bad record(s): %s", sum(total.skipped.values()), dict(total.skipped))
+    return SFTDataModule(
+        train,
+        val,
+        tokenizer,
+        seq_len=cfg.data.seq_len,
+        micro_batch_size=cfg.data.micro_batch_size,
+        grad_accum=cfg.stage.grad_accum,
+        packing=cfg.data.packing,
+        seed=cfg.data.seed,
+        on_truncated=cfg.data.on_truncated,
+        val_batches=cfg.data.val_batches,
+        read_report=per_source,
+    )
+
+
 # ---------------------------------------------------------------------- run dir etc.
 def resolve_run_dir(cfg: Config) -> Path:
     if cfg.run_dir:
@@ -216,14 +298,27 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     from llm.stages.lm import LMStage
     from llm.strategy import build_placement
 
-    if cfg.stage.name != "pretrain":
-        raise ValueError(f"stage={cfg.stage.name}: not available yet (this version trains stage=pretrain)")
+    stage = cfg.stage.name
+    if stage not in ("pretrain", "sft"):
+        raise ValueError(f"stage={stage}: not available yet (this version trains stage=pretrain and stage=sft)")
+    if not cfg.model.pretrained and not cfg.stage.random_init:
+        raise ValueError(
+            f"stage={stage} starts from a pretrained model: set model=hf model.pretrained=<a stage-1 export, "
+            "a Hugging Face model directory or a .gguf file>, or stage.random_init=true to train from random weights"
+        )
+    if cfg.stage.lora.enabled and not cfg.model.pretrained:
+        raise ValueError("stage.lora.enabled: LoRA adapts a pretrained model; set model.pretrained")
     _quiet_lightning()
     run_dir = resolve_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     placement = build_placement(cfg.strategy, cfg.trainer)
 
-    tokenizer, shards = resolve_data(cfg.data)
+    new_ids: list[int] = []
+    if stage == "sft":
+        tokenizer, new_ids = load_sft_tokenizer(cfg)
+        dm_sft = build_sft_data(cfg, tokenizer)
+    else:
+        tokenizer, shards = resolve_data(cfg.data)
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     if cfg.data.seq_len > cfg.model.max_seq_len and not cfg.model.pretrained:
         raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
@@ -240,26 +335,30 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         tokenizer=tokenizer,
         compile=cfg.trainer.compile,
         peak_flops=peak,
+        new_token_ids=new_ids,
     )
     module.seq_len = cfg.data.seq_len
 
-    dm = TokenDataModule(
-        shards,
-        seq_len=cfg.data.seq_len,
-        micro_batch_size=cfg.data.micro_batch_size,
-        grad_accum=cfg.stage.grad_accum,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.data.seed,
-        shuffle_block=cfg.data.shuffle_block,
-        skip_corrupt=cfg.data.skip_corrupt,
-        val_batches=cfg.data.val_batches,
-    )
+    if stage == "sft":
+        dm = dm_sft
+    else:
+        dm = TokenDataModule(
+            shards,
+            seq_len=cfg.data.seq_len,
+            micro_batch_size=cfg.data.micro_batch_size,
+            grad_accum=cfg.stage.grad_accum,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.data.seed,
+            shuffle_block=cfg.data.shuffle_block,
+            skip_corrupt=cfg.data.skip_corrupt,
+            val_batches=cfg.data.val_batches,
+        )
     tc = cfg.trainer
     overfit = tc.overfit_batches > 0
     if overfit:
         dm = OverfitDataModule(dm)
 
-    callbacks: list = [DataReport(), SampleText(cfg.stage.sample_every_n_steps, list(cfg.stage.sample_prompts), cfg.stage.sample_max_new_tokens)]
+    callbacks: list = [DataReport(), SampleText(cfg.stage.sample_every_n_steps, list(cfg.stage.sample_prompts), cfg.stage.sample_max_new_tokens, chat=stage == "sft")]
     ckpt_cb = None
     if tc.ckpt_every_n_steps > 0 and not tc.fast_dev_run:
         ckpt_cb = ModelCheckpoint(
@@ -304,15 +403,25 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     )
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        if stage == "sft":
+            rep = dm.write_report(run_dir)
+            _log_sft_report(dm.report(), rep)
     ckpt = find_checkpoint(cfg.ckpt_path, run_dir)
     if ckpt and trainer.is_global_zero:
         trim_metrics(run_dir, ckpt)
+    val_before = tc.val_before_train if tc.val_before_train is not None else stage != "pretrain"
+    before: dict[str, float] = {}
+    if val_before and not ckpt and not overfit and not tc.fast_dev_run:
+        before = {k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()} if _has_val(dm) else {}
+        if before:
+            log.info("before training: %s", ", ".join(f"{k}={v:.4f}" for k, v in before.items()))
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=cfg.weights_only)
 
     result: dict[str, Any] = {
         "run_dir": str(run_dir),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "global_step": trainer.global_step,
+        "before": before,
         "export": None,
         "samples": [],
         "module": module,
@@ -325,20 +434,49 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         model = module.model
         prompts = list(cfg.stage.sample_prompts)
         if prompts:
-            texts = generate_text(model, tokenizer, prompts, cfg.stage.sample_max_new_tokens)
+            texts = generate_text(model, tokenizer, prompts, cfg.stage.sample_max_new_tokens, chat=stage == "sft")
             result["samples"] = list(zip(prompts, texts))
             print("\nsamples (greedy):")
             for p, t in result["samples"]:
                 print(f"  {p!r} -> {t!r}")
         if cfg.export and not tc.fast_dev_run:
-            path = export_hf(
-                model,
-                tokenizer,
-                run_dir / "export",
-                extra={"stage": cfg.stage.name, "model": cfg.model.name, "global_step": trainer.global_step, "tokens_seen": module.tokens_seen, "metrics": result["metrics"]},
-            )
+            extra = {"stage": stage, "model": cfg.model.name, "base": cfg.model.pretrained, "global_step": trainer.global_step, "tokens_seen": module.tokens_seen, "metrics": result["metrics"]}
+            if cfg.stage.lora.enabled:
+                from llm.model.lora import save_adapter
+
+                adapter = save_adapter(model, tokenizer, run_dir / "adapters" / cfg.stage.lora.name, cfg.stage.lora.name)
+                result["adapter"] = str(adapter)
+                print(f"adapter: {adapter}", flush=True)
+                model = model.merge_and_unload()  # training is over: the export is base + adapter, plain HF
+                module.model = model
+                extra["lora"] = {"name": cfg.stage.lora.name, "adapter": str(adapter)}
+            stop = None
+            if stage == "sft":
+                from llm.data.chat import stop_token_ids
+
+                stop = stop_token_ids(tokenizer)
+            path = export_hf(model, tokenizer, run_dir / "export", extra=extra, eos_token_id=stop)
             result["export"] = str(path)
     return result
+
+
+def _has_val(dm: Any) -> bool:
+    ex = getattr(dm, "examples", None)
+    return bool(ex and ex.get("val")) if ex is not None else True
+
+
+def _log_sft_report(rep: dict, path: Path) -> None:
+    tr, va = rep["train"], rep["val"]
+    log.info(
+        "SFT data: %d train / %d val conversations, %d assistant tokens; truncated %d, dropped (no assistant "
+        "token left) %d; %d rows%s. Report: %s",
+        tr.get("conversations", 0), va.get("conversations", 0), tr.get("assistant_tokens", 0), tr.get("truncated", 0) + va.get("truncated", 0),
+        tr.get("dropped_no_assistant_tokens", 0) + va.get("dropped_no_assistant_tokens", 0), tr["rows"],
+        f", packed {tr['row_fill']:.0%} full" if tr.get("row_fill") is not None else "", path,
+    )
+    dropped = tr.get("dropped_no_assistant_tokens", 0) + va.get("dropped_no_assistant_tokens", 0)
+    if dropped:
+        log.warning("SFT data: %d conversation(s) had no assistant token left after truncation to seq_len and were not trained on (see %s)", dropped, path)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

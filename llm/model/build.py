@@ -6,8 +6,14 @@ RMSNorm / SwiGLU / grouped-query attention, ``GPT2Config`` for the GPT family).
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -79,28 +85,89 @@ def hf_config(cfg: ModelConfig, vocab_size: Optional[int] = None, special: Optio
     raise ValueError(f"model '{cfg.name}': unknown arch '{cfg.arch}' (choose llama or gpt2)")
 
 
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    h = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode())
+    with open(path, "rb") as f:  # and the first MiB: a different file under the same name
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+def resolve_pretrained(path: str | os.PathLike, cache_dir: Optional[str | os.PathLike] = None) -> Path:
+    """A Hugging Face model directory for ``path``.
+
+    ``path`` is a model directory (returned as is: a stage export, a ``save_pretrained`` output,
+    a local snapshot of any causal LM) or a ``.gguf`` file. A GGUF file is dequantised to
+    float32 by transformers' gguf loader once and saved as a plain HF directory (model and
+    tokenizer, with the chat template the file carries) under
+    ``$XIULIAN_CACHE/models/<name>-<hash>``; later calls reuse it (loading it takes about a
+    second instead of the 15 s the dequantisation takes for a 135M model).
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory or a .gguf file)")
+        return path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model directory or .gguf file")
+    if path.suffix.lower() != ".gguf":
+        raise ValueError(f"{path}: a model file must be .gguf (or give a Hugging Face model directory)")
+    root = Path(cache_dir or os.environ.get("XIULIAN_CACHE", Path.home() / ".cache" / "xiulian")) / "models"
+    out = root / f"{path.stem}-{_file_key(path)}"
+    if (out / "config.json").is_file():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # several ranks: one converts, the others wait
+        if (out / "config.json").is_file():
+            return out
+        from transformers import AutoTokenizer
+
+        log.info("converting %s to a Hugging Face directory (once) at %s", path, out)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model.hf_quantizer = None  # the weights are dequantised: save them as plain float32
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=root))
+        try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            tok.save_pretrained(str(tmp))
+            (tmp / "xiulian.json").write_text(json.dumps({"converted_from": str(path.resolve())}, indent=2))
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out
+
+
 def build_model(
     cfg: ModelConfig,
     vocab_size: Optional[int] = None,
     special: Optional[dict] = None,
     dtype: torch.dtype = torch.float32,
+    resize_embeddings: bool = False,
 ) -> torch.nn.Module:
     """A causal LM: ``from_pretrained(cfg.pretrained)`` or ``from_config`` of the preset.
 
     Call it under ``torch.device("meta")`` to get the shape without memory.
     """
     if cfg.pretrained:
-        path = Path(cfg.pretrained)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model.pretrained={cfg.pretrained}: no config.json there (expected a Hugging Face model directory)")
+        try:
+            path = resolve_pretrained(cfg.pretrained)
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"model.pretrained: {e}") from None
         model = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation
         )
-        if vocab_size is not None and model.get_input_embeddings().num_embeddings < vocab_size:
-            raise ValueError(
-                f"{cfg.pretrained}: the model has {model.get_input_embeddings().num_embeddings} embeddings "
-                f"but the tokenizer has {vocab_size} tokens"
-            )
+        n_emb = model.get_input_embeddings().num_embeddings
+        if vocab_size is not None and n_emb < vocab_size:
+            if not resize_embeddings:
+                raise ValueError(f"{cfg.pretrained}: the model has {n_emb} embeddings but the tokenizer has {vocab_size} tokens")
+            # tokens added for the chat template: new rows start at the mean embedding
+            model.resize_token_embeddings(vocab_size, pad_to_multiple_of=64, mean_resizing=True)
+            log.info("resized the embeddings of %s from %d to %d rows", cfg.pretrained, n_emb, model.get_input_embeddings().num_embeddings)
         return model
     config = hf_config(cfg, vocab_size, special)
     config._attn_implementation = cfg.attn_implementation

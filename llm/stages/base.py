@@ -66,8 +66,11 @@ class BaseStage(L.LightningModule):
         tokenizer: Any = None,
         compile: bool = False,
         peak_flops: Optional[float] = None,
+        new_token_ids: Optional[list[int]] = None,
     ) -> None:
         super().__init__()
+        self.new_token_ids = list(new_token_ids or [])
+        """Tokens added to the vocabulary (chat template): embeddings are resized for them."""
         self.automatic_optimization = False
         self.model_cfg = OmegaConf.structured(model_cfg) if not OmegaConf.is_config(model_cfg) else model_cfg
         self.stage_cfg = OmegaConf.structured(stage_cfg) if not OmegaConf.is_config(stage_cfg) else stage_cfg
@@ -79,7 +82,7 @@ class BaseStage(L.LightningModule):
         self.model: Optional[torch.nn.Module] = None
         # plain containers only: checkpoints load with weights_only=True
         self.save_hyperparameters(
-            {"model": _plain(self.model_cfg), "stage": _plain(self.stage_cfg), "vocab_size": vocab_size}
+            {"model": _plain(self.model_cfg), "stage": _plain(self.stage_cfg), "vocab_size": vocab_size, "new_token_ids": self.new_token_ids}
         )
         self.timer = StepTimer()
         self.tokens_seen = 0
@@ -90,9 +93,18 @@ class BaseStage(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.model = build_model(self.model_cfg, self.vocab_size, self.special_tokens)
+        if self.model_cfg.pretrained:
+            self.model = build_model(self.model_cfg, self.vocab_size, resize_embeddings=bool(self.new_token_ids))
+        else:
+            self.model = build_model(self.model_cfg, self.vocab_size, self.special_tokens)
+        self.model.train()  # from_pretrained returns a model in eval mode (dropout off)
         n = count_params(self.model)
         log.info("model %s: %.2fM parameters", self.model_cfg.name, n / 1e6)
+        lora = self.stage_cfg.get("lora") if OmegaConf.is_config(self.stage_cfg) else None
+        if lora is not None and lora.enabled:
+            from llm.model.lora import apply_lora
+
+            self.model = apply_lora(self.model, lora, self.new_token_ids)
         if self.compile:
             self.model.compile()
 

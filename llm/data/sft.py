@@ -1,0 +1,237 @@
+"""The SFT data module: conversations -> assistant-only labels -> packed (or padded) rows ->
+step batches ``[grad_accum, micro_batch_size, L]``, the same shape the pretraining reader gives.
+
+Every conversation is tokenised once at set-up. Each epoch shuffles the conversations with
+``seed + epoch``, packs them into ``seq_len`` rows (or one per row), and deals whole steps to
+ranks. The last step of an epoch is completed with empty rows (no loss), so every rank runs the
+same number of steps and no conversation is dropped or repeated. Resume restores
+``(epoch, step_in_epoch)`` and starts at that step of the same shuffle.
+
+A data report (``sft_data_report.json`` in the run directory) counts what was read, skipped
+(by reason), truncated, dropped because truncation left no assistant token, and how full the
+packed rows are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from llm.data.chat import (
+    ChatDataError,
+    Conversation,
+    Encoded,
+    collate_rows,
+    encode_conversation,
+    pack,
+)
+
+log = logging.getLogger(__name__)
+
+
+def encode_all(
+    convs: Sequence[Conversation],
+    tokenizer: Any,
+    seq_len: int,
+    on_truncated: str = "skip",
+    desc: str = "tokenising",
+    progress: bool = True,
+) -> tuple[list[Encoded], Counter]:
+    """Encode conversations, cut to ``seq_len``; drop (count or raise) those left with no
+    assistant token. Returns (examples, counts)."""
+    counts: Counter = Counter()
+    out: list[Encoded] = []
+    it: Any = convs
+    if progress and len(convs) > 2000:
+        try:
+            from rich.progress import track
+
+            it = track(convs, description=desc, transient=True)
+        except ImportError:  # pragma: no cover
+            pass
+    for c in it:
+        try:
+            ex = encode_conversation(tokenizer, c.messages, max_tokens=seq_len)
+        except ChatDataError as e:
+            raise ChatDataError(f"{c.origin}: {e}") from None
+        counts["conversations"] += 1
+        n_loss = sum(1 for x in ex.labels if x != -100)
+        if ex.truncated:
+            counts["truncated"] += 1
+        if n_loss == 0:
+            if on_truncated == "error":
+                raise ChatDataError(
+                    f"{c.origin}: truncation to seq_len={seq_len} leaves no assistant token "
+                    f"({len(tokenizer(c.messages[0]['content']).input_ids)}+ tokens before the answer); "
+                    "raise data.seq_len or set data.on_truncated=skip"
+                )
+            counts["dropped_no_assistant_tokens"] += 1
+            continue
+        counts["assistant_tokens"] += n_loss
+        counts["tokens"] += len(ex.input_ids)
+        out.append(ex)
+    return out, counts
+
+
+class _StepStream(IterableDataset):
+    def __init__(self, dm: "SFTDataModule", split: str, epoch: int, start_step: int, max_steps: Optional[int]) -> None:
+        self.dm, self.split, self.epoch, self.start, self.max_steps = dm, split, epoch, start_step, max_steps
+        self.steps = dm.plan(split, epoch)
+        n = len(self.steps)
+        if max_steps is not None:
+            n = min(n, max_steps)
+        self.n = n
+
+    def __len__(self) -> int:
+        return max(0, self.n - self.start)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for s in range(self.start, self.n):
+            yield self.dm.collate_step(self.split, self.steps[s])
+
+
+class SFTDataModule(L.LightningDataModule):
+    """Step batches of encoded conversations, exactly once per epoch on every rank."""
+
+    def __init__(
+        self,
+        train: Sequence[Conversation],
+        val: Sequence[Conversation],
+        tokenizer: Any,
+        seq_len: int,
+        micro_batch_size: int,
+        grad_accum: int = 1,
+        packing: bool = True,
+        seed: int = 0,
+        on_truncated: str = "skip",
+        val_batches: Optional[int] = None,
+        read_report: Optional[dict] = None,
+    ) -> None:
+        super().__init__()
+        if on_truncated not in ("skip", "error"):
+            raise ValueError(f"data.on_truncated must be skip or error, got {on_truncated!r}")
+        self.tokenizer = tokenizer
+        self.seq_len, self.mb, self.grad_accum = seq_len, micro_batch_size, grad_accum
+        self.packing, self.seed, self.val_batches = packing, seed, val_batches
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.examples: dict[str, list[Encoded]] = {}
+        self.counts: dict[str, Counter] = {}
+        for split, convs in (("train", train), ("val", val)):
+            self.examples[split], self.counts[split] = encode_all(convs, tokenizer, seq_len, on_truncated, f"tokenising {split}")
+        if not self.examples["train"]:
+            raise ChatDataError("SFT: no training conversation has an assistant token left (see the data report)")
+        self.read_report = read_report or {}
+        self._epoch = 0
+        self._step_in_epoch = 0
+        self._resume: Optional[tuple[int, int]] = None
+        self._plans: dict[tuple[str, int], list] = {}
+
+    # ---------------------------------------------------------------- planning
+    def _rank_world(self) -> tuple[int, int]:
+        t = getattr(self, "trainer", None)
+        if t is not None:
+            return int(t.global_rank), int(t.world_size)
+        return 0, 1
+
+    def rows(self, split: str, epoch: int) -> list[list[int]]:
+        """Example indices of each row for ``epoch`` (shuffled for train)."""
+        exs = self.examples[split]
+        order = list(range(len(exs)))
+        if split == "train":
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        if not self.packing:
+            return [[i] for i in order]
+        ordered = [exs[i] for i in order]
+        return [[order[j] for j in row] for row in pack(ordered, self.seq_len)]
+
+    def plan(self, split: str, epoch: int) -> list[list[list[int]]]:
+        """This rank's steps: each a list of ``grad_accum * micro_batch_size`` rows (empty rows
+        complete the last step)."""
+        key = (split, epoch)
+        if key not in self._plans:
+            rank, world = self._rank_world()
+            rows = self.rows(split, epoch)
+            accum = self.grad_accum if split == "train" else 1
+            per_step = self.mb * accum
+            n_steps = math.ceil(len(rows) / (per_step * world))
+            steps = []
+            for s in range(n_steps):
+                lo = (s * world + rank) * per_step
+                chunk = rows[lo : lo + per_step]
+                steps.append(chunk + [[] for _ in range(per_step - len(chunk))])
+            self._plans = {k: v for k, v in self._plans.items() if k[0] != split}
+            self._plans[key] = steps
+        return self._plans[key]
+
+    def steps_per_epoch(self, epoch: int = 0) -> int:
+        return len(self.plan("train", epoch))
+
+    def collate_step(self, split: str, step_rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        exs = self.examples[split]
+        accum = self.grad_accum if split == "train" else 1
+        if self.packing:
+            length = self.seq_len
+        else:
+            longest = max((len(exs[r[0]].input_ids) for r in step_rows if r), default=1)
+            length = min(self.seq_len, int(math.ceil(longest / 8) * 8))
+        micro = [collate_rows(exs, step_rows[i * self.mb : (i + 1) * self.mb], self.pad_id, self.packing, length) for i in range(accum)]
+        return {k: torch.stack([m[k] for m in micro]) for k in micro[0]}
+
+    # ---------------------------------------------------------------- loaders
+    def train_dataloader(self) -> DataLoader:
+        t = getattr(self, "trainer", None)
+        epoch = int(t.current_epoch) if t is not None else self._epoch
+        start = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            start = self._resume[1]
+        self._resume = None
+        self._epoch, self._step_in_epoch = epoch, start
+        ds = _StepStream(self, "train", epoch, start, None)
+        if start:
+            log.info("resuming SFT epoch %d at step %d of %d", epoch, start, ds.n)
+        return DataLoader(ds, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> Any:
+        if not self.examples["val"]:
+            return []
+        return DataLoader(_StepStream(self, "val", 0, 0, self.val_batches), batch_size=None, num_workers=0)
+
+    def on_train_step_done(self) -> None:
+        self._step_in_epoch += 1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "step_in_epoch": self._step_in_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = (int(state_dict["epoch"]), int(state_dict["step_in_epoch"]))
+        self._epoch, self._step_in_epoch = self._resume
+
+    # ---------------------------------------------------------------- report
+    def report(self) -> dict:
+        rep: dict[str, Any] = {"read": self.read_report}
+        for split in ("train", "val"):
+            c = dict(self.counts[split])
+            rows = self.rows(split, 0)
+            used = sum(len(self.examples[split][i].input_ids) for r in rows for i in r)
+            c["rows"] = len(rows)
+            c["row_fill"] = round(used / max(1, len(rows) * self.seq_len), 4) if self.packing else None
+            rep[split] = c
+        rep["packing"] = self.packing
+        rep["seq_len"] = self.seq_len
+        return rep
+
+    def write_report(self, run_dir: str | Path) -> Path:
+        path = Path(run_dir) / "sft_data_report.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.report(), indent=2, ensure_ascii=False))
+        tmp.replace(path)
+        return path
