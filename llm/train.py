@@ -412,7 +412,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     val_before = tc.val_before_train if tc.val_before_train is not None else stage != "pretrain"
     before: dict[str, float] = {}
     if val_before and not ckpt and not overfit and not tc.fast_dev_run:
-        before = {k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()} if _has_val(dm) else {}
+        before = {k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False, weights_only=cfg.weights_only)[0].items()} if _has_val(dm) else {}
         if before:
             log.info("before training: %s", ", ".join(f"{k}={v:.4f}" for k, v in before.items()))
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=cfg.weights_only)

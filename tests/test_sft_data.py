@@ -212,10 +212,11 @@ def test_packed_and_unpacked_give_the_same_loss(tok, arch):
     exs = [encode_conversation(tok, c) for c in convs]
     model = _tiny_model(len(tok), arch)
     rows = pack(exs, 128)
-    assert rows == [[0, 1, 2]]  # all three in one row
+    assert len(rows) == 1 and sorted(rows[0]) == [0, 1, 2]  # all three in one row
     packed = collate_rows(exs, rows, tok.pad_token_id, packed=True, length=128)
+    first = exs[rows[0][0]]
     unpacked = collate_rows(exs, [[0], [1], [2]], tok.pad_token_id, packed=False, length=max(len(e.input_ids) for e in exs))
-    assert packed["position_ids"][0, len(exs[0].input_ids)] == 0  # positions restart per conversation
+    assert packed["position_ids"][0, len(first.input_ids)] == 0  # positions restart per conversation
     with torch.no_grad():
         lp, np_ = token_nll_sum(model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits, packed["labels"])
         lu, nu = token_nll_sum(model(input_ids=unpacked["input_ids"], attention_mask=unpacked["attention_mask"], use_cache=False).logits, unpacked["labels"])
@@ -225,6 +226,18 @@ def test_packed_and_unpacked_give_the_same_loss(tok, arch):
     with torch.no_grad():
         lc, _ = token_nll_sum(model(input_ids=packed["input_ids"], use_cache=False).logits, packed["labels"])
     assert not torch.allclose(lc, lp, rtol=1e-4)
+
+
+def test_best_fit_packing():
+    from llm.data.chat import Encoded, pack
+
+    exs = [Encoded([0] * n, [0] * n, n, False) for n in (6, 5, 4, 3, 2, 7, 1)]
+    rows = pack(exs, 10)
+    assert sorted(i for r in rows for i in r) == list(range(7))  # each exactly once
+    assert all(sum(len(exs[i].input_ids) for i in r) <= 10 for r in rows)
+    assert len(rows) == 3  # 28 tokens: the minimum number of rows of 10
+    with pytest.raises(ValueError, match="example 0 has 11 tokens"):
+        pack([Encoded([0] * 11, [0] * 11, 11, False)], 10)
 
 
 def test_builtin_python_qa_is_real_and_stable():

@@ -151,7 +151,10 @@ class SFTDataModule(L.LightningDataModule):
         if not self.packing:
             return [[i] for i in order]
         ordered = [exs[i] for i in order]
-        return [[order[j] for j in row] for row in pack(ordered, self.seq_len)]
+        rows = [[order[j] for j in row] for row in pack(ordered, self.seq_len)]
+        if split == "train":  # packing groups by length: shuffle the rows again
+            random.Random(self.seed * 1_000_003 + epoch + 1).shuffle(rows)
+        return rows
 
     def plan(self, split: str, epoch: int) -> list[list[list[int]]]:
         """This rank's steps: each a list of ``grad_accum * micro_batch_size`` rows (empty rows
