@@ -429,7 +429,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     if ckpt_cb is not None and trainer.global_step > 0:
         final = Path(ckpt_cb.dirpath) / f"step{trainer.global_step:07d}.ckpt"
         if not final.exists():
-            trainer.save_checkpoint(final)
+            trainer.save_checkpoint(final, weights_only=False)
     if trainer.is_global_zero:
         model = module.model
         prompts = list(cfg.stage.sample_prompts)

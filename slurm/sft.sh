@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Stage 2 on a cluster: `sbatch slurm/sft.sh model=hf model.pretrained=<stage-1 export> data.sources=[chat.jsonl]`
+# LoRA: `sbatch slurm/sft.sh stage=sft_lora model.pretrained=...` (a later stage=... wins).
+# #SBATCH lines are defaults: override them on the command line (`sbatch -N 2 --time 4:00:00 ...`).
+#SBATCH --job-name=xiulian-sft
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=32
+#SBATCH --time=08:00:00
+#SBATCH --output=logs/%x-%j.out
+#SBATCH --requeue
+set -euo pipefail
+mkdir -p logs
+exec bash slurm/stage.sh sft "$@"
