@@ -273,7 +273,7 @@ def _bare(cfg, log_every: int) -> dict[str, Any]:
     model = build_model(cfg.model, len(tokenizer), special).to(dev)
     model.train()
     o = cfg.stage.optim
-    fused = bool(o.fused) if o.fused is not None else dev.type == "cuda"  # the framework's default
+    fused = bool(o.fused) if o.fused is not None else dev.type in ("cuda", "cpu")  # the framework's default
     opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
     total = cfg.trainer.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio))
@@ -515,7 +515,7 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
     n_params = count_params(model)
     o = cfg.stage.optim
     opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                            fused=dev.type == "cuda")
+                            fused=dev.type in ("cuda", "cpu"))
     params = [p for p in model.parameters()]
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
     saved: dict[int, int] = {}

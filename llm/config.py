@@ -132,7 +132,8 @@ class OptimConfig:
     grad_clip: float = 1.0
     """Global-norm clipping; 0 disables it."""
     fused: Optional[bool] = None
-    """Fused AdamW kernel (``None``: on when training on CUDA)."""
+    """Fused AdamW kernel (``None``: on, on CUDA and CPU; about 20% faster than the for-loop
+    implementation for SmolLM2-135M on CPU)."""
 
 
 @dataclass

@@ -114,7 +114,7 @@ class BaseStage(L.LightningModule):
     # ------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
         o = self.stage_cfg.optim
-        fused = o.fused if o.fused is not None else (self.device.type == "cuda")
+        fused = o.fused if o.fused is not None else self.device.type in ("cuda", "cpu")
         opt = torch.optim.AdamW(
             param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused
         )
