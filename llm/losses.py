@@ -19,3 +19,87 @@ def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     labels = labels.reshape(-1)
     nll = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
     return nll, (labels != ignore_index).sum()
+
+
+# ------------------------------------------------------------------------- RLHF
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(tokens[..., t] | ...) from aligned ``logits`` [..., T, V]: [..., T]. Positions whose
+    token is ``IGNORE_INDEX`` give 0. Computed as a cross-entropy (no [T, V] log-softmax copy)."""
+    shape = tokens.shape
+    lp = -F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), tokens.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return lp.view(shape)
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over each sequence of the log-probabilities of its labelled tokens: [B]."""
+    return token_logprobs(logits, labels).sum(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax distribution at every position: [..., T]."""
+    logits = logits.float()
+    logz = torch.logsumexp(logits, dim=-1)
+    return logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def pairwise_reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Bradley-Terry loss of a reward model per pair: ``-log sigmoid(r_c - r_r - margin)`` [B]
+    (InstructGPT; Llama 2 adds the margin)."""
+    return -F.logsigmoid(r_chosen - r_rejected - margin)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Direct preference optimisation (Rafailov et al. 2023) per pair, from sequence log-probs.
+
+    ``logits = beta * ((pi_c - ref_c) - (pi_r - ref_r))``; loss ``-log sigmoid(logits)``
+    (conservative DPO with ``label_smoothing`` eps: ``(1-eps)*that + eps*(-log sigmoid(-logits))``).
+    Returns (loss [B], chosen reward [B], rejected reward [B]), rewards = beta * log-ratio.
+    When the policy equals the reference the loss is ln 2."""
+    chosen_reward = beta * (policy_chosen - ref_chosen)
+    rejected_reward = beta * (policy_rejected - ref_rejected)
+    logits = chosen_reward - rejected_reward
+    loss = -F.logsigmoid(logits) * (1 - label_smoothing) - F.logsigmoid(-logits) * label_smoothing
+    return loss, chosen_reward.detach(), rejected_reward.detach()
+
+
+def ppo_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate (Schulman et al. 2017), averaged over the response tokens.
+
+    ``ratio = exp(logp - old_logp)``; per token ``max(-A * ratio, -A * clip(ratio, 1-c, 1+c))``.
+    Returns (loss, clip fraction, approximate KL(old || new) = mean 0.5 * (logp - old_logp)^2)."""
+    from llm.rl.advantages import masked_mean
+
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).to(logp.dtype), mask)
+    approx_kl = masked_mean(0.5 * log_ratio**2, mask)
+    return loss, clipfrac.detach(), approx_kl.detach()
+
+
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss: ``0.5 * mean(max((V - R)^2, (V_clipped - R)^2))`` with
+    ``V_clipped = old_V + clip(V - old_V, -c, c)``. Returns (loss, value clip fraction)."""
+    from llm.rl.advantages import masked_mean
+
+    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    l1 = (values - returns) ** 2
+    l2 = (v_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(l1, l2), mask)
+    clipfrac = masked_mean((l2 > l1).to(values.dtype), mask)
+    return loss, clipfrac.detach()
