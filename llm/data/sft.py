@@ -20,11 +20,9 @@ import math
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
 
 from llm.data.chat import (
     ChatDataError,
@@ -34,6 +32,7 @@ from llm.data.chat import (
     encode_conversation,
     pack,
 )
+from llm.data.steps import StepDataModule, stack_micro
 
 log = logging.getLogger(__name__)
 
@@ -82,25 +81,11 @@ def encode_all(
     return out, counts
 
 
-class _StepStream(IterableDataset):
-    def __init__(self, dm: "SFTDataModule", split: str, epoch: int, start_step: int, max_steps: Optional[int]) -> None:
-        self.dm, self.split, self.epoch, self.start, self.max_steps = dm, split, epoch, start_step, max_steps
-        self.steps = dm.plan(split, epoch)
-        n = len(self.steps)
-        if max_steps is not None:
-            n = min(n, max_steps)
-        self.n = n
-
-    def __len__(self) -> int:
-        return max(0, self.n - self.start)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for s in range(self.start, self.n):
-            yield self.dm.collate_step(self.split, self.steps[s])
-
-
-class SFTDataModule(L.LightningDataModule):
+class SFTDataModule(StepDataModule):
     """Step batches of encoded conversations, exactly once per epoch on every rank."""
+
+    empty_unit: list[int] = []  # an empty row: padding only, no loss
+    kind = "SFT"
 
     def __init__(
         self,
@@ -116,12 +101,11 @@ class SFTDataModule(L.LightningDataModule):
         val_batches: Optional[int] = None,
         read_report: Optional[dict] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(micro_batch_size, grad_accum, seed, val_batches)
         if on_truncated not in ("skip", "error"):
             raise ValueError(f"data.on_truncated must be skip or error, got {on_truncated!r}")
         self.tokenizer = tokenizer
-        self.seq_len, self.mb, self.grad_accum = seq_len, micro_batch_size, grad_accum
-        self.packing, self.seed, self.val_batches = packing, seed, val_batches
+        self.seq_len, self.packing = seq_len, packing
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.examples: dict[str, list[Encoded]] = {}
         self.counts: dict[str, Counter] = {}
@@ -130,18 +114,8 @@ class SFTDataModule(L.LightningDataModule):
         if not self.examples["train"]:
             raise ChatDataError("SFT: no training conversation has an assistant token left (see the data report)")
         self.read_report = read_report or {}
-        self._epoch = 0
-        self._step_in_epoch = 0
-        self._resume: Optional[tuple[int, int]] = None
-        self._plans: dict[tuple[str, int], list] = {}
 
     # ---------------------------------------------------------------- planning
-    def _rank_world(self) -> tuple[int, int]:
-        t = getattr(self, "trainer", None)
-        if t is not None:
-            return int(t.global_rank), int(t.world_size)
-        return 0, 1
-
     def rows(self, split: str, epoch: int) -> list[list[int]]:
         """Example indices of each row for ``epoch`` (shuffled for train)."""
         exs = self.examples[split]
@@ -156,67 +130,20 @@ class SFTDataModule(L.LightningDataModule):
             random.Random(self.seed * 1_000_003 + epoch + 1).shuffle(rows)
         return rows
 
-    def plan(self, split: str, epoch: int) -> list[list[list[int]]]:
-        """This rank's steps: each a list of ``grad_accum * micro_batch_size`` rows (empty rows
-        complete the last step)."""
-        key = (split, epoch)
-        if key not in self._plans:
-            rank, world = self._rank_world()
-            rows = self.rows(split, epoch)
-            accum = self.grad_accum if split == "train" else 1
-            per_step = self.mb * accum
-            n_steps = math.ceil(len(rows) / (per_step * world))
-            steps = []
-            for s in range(n_steps):
-                lo = (s * world + rank) * per_step
-                chunk = rows[lo : lo + per_step]
-                steps.append(chunk + [[] for _ in range(per_step - len(chunk))])
-            self._plans = {k: v for k, v in self._plans.items() if k[0] != split}
-            self._plans[key] = steps
-        return self._plans[key]
+    def units(self, split: str, epoch: int) -> list[list[int]]:
+        return self.rows(split, epoch)
 
-    def steps_per_epoch(self, epoch: int = 0) -> int:
-        return len(self.plan("train", epoch))
+    def has_split(self, split: str) -> bool:
+        return bool(self.examples.get(split))
 
     def collate_step(self, split: str, step_rows: list[list[int]]) -> dict[str, torch.Tensor]:
         exs = self.examples[split]
-        accum = self.grad_accum if split == "train" else 1
         if self.packing:
             length = self.seq_len
         else:
             longest = max((len(exs[r[0]].input_ids) for r in step_rows if r), default=1)
             length = min(self.seq_len, int(math.ceil(longest / 8) * 8))
-        micro = [collate_rows(exs, step_rows[i * self.mb : (i + 1) * self.mb], self.pad_id, self.packing, length) for i in range(accum)]
-        return {k: torch.stack([m[k] for m in micro]) for k in micro[0]}
-
-    # ---------------------------------------------------------------- loaders
-    def train_dataloader(self) -> DataLoader:
-        t = getattr(self, "trainer", None)
-        epoch = int(t.current_epoch) if t is not None else self._epoch
-        start = 0
-        if self._resume is not None and self._resume[0] == epoch:
-            start = self._resume[1]
-        self._resume = None
-        self._epoch, self._step_in_epoch = epoch, start
-        ds = _StepStream(self, "train", epoch, start, None)
-        if start:
-            log.info("resuming SFT epoch %d at step %d of %d", epoch, start, ds.n)
-        return DataLoader(ds, batch_size=None, num_workers=0)
-
-    def val_dataloader(self) -> Any:
-        if not self.examples["val"]:
-            return []
-        return DataLoader(_StepStream(self, "val", 0, 0, self.val_batches), batch_size=None, num_workers=0)
-
-    def on_train_step_done(self) -> None:
-        self._step_in_epoch += 1
-
-    def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "step_in_epoch": self._step_in_epoch}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._resume = (int(state_dict["epoch"]), int(state_dict["step_in_epoch"]))
-        self._epoch, self._step_in_epoch = self._resume
+        return stack_micro([collate_rows(exs, rows, self.pad_id, self.packing, length) for rows in self.micro_batches(split, step_rows)])
 
     # ---------------------------------------------------------------- report
     def report(self) -> dict:
