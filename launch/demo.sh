@@ -1,23 +1,48 @@
 #!/usr/bin/env bash
-# The main job on an embedded default, on CPU, needing no root and no network:
+# The main job on an embedded default, on CPU, needing no root and no network -- the three
+# stages end to end:
 #   1. pretrain the tiny model on the English documentation text that ships inside CPython;
 #   2. instruction-tune it (SFT, loss on the assistant's tokens only) on question/answer pairs
-#      made from the same documentation, starting from stage 1's export.
-# Extra arguments are Hydra overrides for stage 1; SFT_ARGS (a string) for stage 2, e.g.
-#   SFT_ARGS="stage=sft_lora" bash launch/demo.sh trainer.max_steps=100
+#      made from the same documentation, starting from stage 1's export;
+#   3. RLHF: a reward model learns preference pairs (the real answer over another question's
+#      answer), then PPO raises the reward model's score of the SFT model's answers while a KL
+#      penalty holds it near the SFT model. val/reward before and after is printed at the end.
+# Extra arguments are Hydra overrides for stage 1; SFT_ARGS, RM_ARGS, PPO_ARGS (strings) for
+# the later stages, e.g.   SFT_ARGS="stage=sft_lora" bash launch/demo.sh trainer.max_steps=100
+# STAGES="pretrain sft" stops after SFT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 run=${XIULIAN_RUN_ID:-demo-$(date +%Y-%m-%d_%H-%M-%S)}
+stages=${STAGES:-pretrain sft rm ppo}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+export_of() { sed -n 's/^export: //p' "$log" | tail -n1; }
+want() { [[ " $stages " == *" $1 "* ]]; }
 
 echo "== stage 1: pretrain =="
 XIULIAN_RUN_ID=$run python3 -m llm.train stage=pretrain model=tiny data=demo "$@" | tee "$log"
-base=$(sed -n 's/^export: //p' "$log" | tail -n1)
+base=$(export_of)
 [ -n "$base" ] || { echo "stage 1 printed no export path" >&2; exit 1; }
+want sft || exit 0
 
 echo "== stage 2: instruction fine-tuning from $base =="
 # shellcheck disable=SC2086
 XIULIAN_RUN_ID=$run python3 -m llm.train stage=sft model=hf "model.pretrained=$base" data=sft_demo \
-  trainer.max_steps=150 trainer.val_every_n_steps=50 stage.optim.lr=2e-3 ${SFT_ARGS:-}
+  trainer.max_steps=150 trainer.val_every_n_steps=50 stage.optim.lr=2e-3 ${SFT_ARGS:-} | tee "$log"
+sft=$(export_of)
+[ -n "$sft" ] || { echo "stage 2 printed no export path" >&2; exit 1; }
+want rm || exit 0
+
+echo "== stage 3a: reward model from $sft =="
+# shellcheck disable=SC2086
+XIULIAN_RUN_ID=$run python3 -m llm.train stage=rm model=hf "model.pretrained=$sft" data=pref_demo \
+  data.seq_len=128 trainer.max_steps=80 trainer.val_every_n_steps=40 stage.optim.lr=1e-3 ${RM_ARGS:-} | tee "$log"
+rm_export=$(export_of)
+[ -n "$rm_export" ] || { echo "stage 3a printed no export path" >&2; exit 1; }
+want ppo || exit 0
+
+echo "== stage 3b: PPO from $sft, reward model $rm_export =="
+# shellcheck disable=SC2086
+XIULIAN_RUN_ID=$run python3 -m llm.train stage=ppo model=hf "model.pretrained=$sft" data=prompts_demo \
+  "stage.reward.model=$rm_export" trainer.max_steps=40 trainer.val_every_n_steps=20 ${PPO_ARGS:-} | tee "$log"

@@ -117,6 +117,9 @@ class DataConfig:
     chat_template: str = "auto"
     """``auto``: the checkpoint's own template, else the framework default (role markers and
     ``<|end|>``); ``default``: always the framework default."""
+    padding_side: str = "right"
+    """Reward model and DPO batches: ``right`` or ``left`` padding (both read the right tokens:
+    positions and the reward's read-out come from the attention mask)."""
 
 
 @dataclass
@@ -153,9 +156,75 @@ class LoraConfig:
 
 
 @dataclass
+class RewardConfig:
+    """Where PPO's reward comes from: a reward model, a Python function, or both (summed with
+    weights)."""
+
+    model: Optional[str] = None
+    """A reward-model export (``stage=rm``'s ``export``: loads as AutoModelForSequenceClassification)."""
+    function: Optional[str] = None
+    """A rule-based / verifiable reward: ``contains_word``, ``short`` (llm/rl/rewards.py) or
+    ``package.module:function`` taking (prompts, responses, **kwargs) -> list of floats."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    model_weight: float = 1.0
+    function_weight: float = 1.0
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the score of a response that does not end with the end-of-turn token
+    within ``max_new_tokens`` (0: off)."""
+
+
+@dataclass
+class PPOConfig:
+    """One PPO iteration = one training step: sample ``data.micro_batch_size`` prompts per rank,
+    generate, score, then ``epochs`` passes of minibatch updates. ``trainer.max_steps`` counts
+    iterations."""
+
+    max_prompt_tokens: int = 128
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    epochs: int = 2
+    minibatch_size: int = 4
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    whiten_advantages: bool = True
+    kl_coef: float = 0.05
+    """beta: the per-token KL penalty's coefficient (the start value when ``adaptive_kl``)."""
+    kl_estimator: str = "k1"
+    """k1 (log-ratio, InstructGPT), k2, k3 or abs (llm/rl/kl.py)."""
+    adaptive_kl: bool = False
+    """Ziegler et al.'s controller: move beta so the KL per sequence approaches ``target_kl``."""
+    target_kl: float = 6.0
+    kl_horizon: int = 10000
+    early_stop_kl: Optional[float] = 0.5
+    """Stop an iteration's updates when the approximate KL between the new and the rollout
+    policy (mean per token) exceeds this; ``None``: never."""
+    critic: str = "shared"
+    """``shared``: a value head on the policy's backbone; ``separate``: a critic network of its
+    own (``critic_model``, default the reward model, else the policy's start point)."""
+    critic_model: Optional[str] = None
+    log_samples_every: int = 10
+    """Every N iterations, log a table of prompts, responses and scores (W&B and samples.jsonl)."""
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    precompute_ref: bool = False
+    """Compute the reference's log-probs of every pair once before training and keep only those
+    numbers (no second model in memory, e.g. under ZeRO-3); kept in checkpoints for resume."""
+
+
+@dataclass
 class StageConfig:
     name: str = MISSING
-    """pretrain, sft (rm, ppo, dpo are added by the RLHF stage)."""
+    """pretrain, sft, rm (reward model), ppo, dpo."""
     random_init: bool = False
     """Start from random weights when ``model.pretrained`` is unset. Pretraining sets it; a
     fine-tuning stage refuses to start without a checkpoint unless you set it explicitly."""
@@ -168,6 +237,10 @@ class StageConfig:
     """Log a few greedy continuations every N steps (0: only at the end)."""
     sample_prompts: list[str] = field(default_factory=lambda: ["The "])
     sample_max_new_tokens: int = 48
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """stage=ppo: the reward."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
 
 @dataclass

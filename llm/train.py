@@ -28,6 +28,25 @@ register_configs()
 CKPT_RE = re.compile(r"step(\d+)\.ckpt$")
 
 
+def _stage_class(module: str, name: str) -> Any:
+    def load() -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return load
+
+
+#: stage name -> its LightningModule (imported when used)
+STAGES = {
+    "pretrain": _stage_class("llm.stages.lm", "LMStage"),
+    "sft": _stage_class("llm.stages.lm", "LMStage"),
+    "rm": _stage_class("llm.stages.reward", "RewardStage"),
+    "dpo": _stage_class("llm.stages.dpo", "DPOStage"),
+    "ppo": _stage_class("llm.stages.ppo", "PPOStage"),
+}
+
+
 # ---------------------------------------------------------------------------- data
 def data_cache_dir(cfg: DataConfig) -> Path:
     if cfg.cache_dir:
@@ -83,9 +102,14 @@ def chat_specs(cfg: DataConfig) -> tuple[list, list]:
     return train, val
 
 
-def load_sft_tokenizer(cfg: Config) -> tuple[Any, list[int]]:
+def load_sft_tokenizer(cfg: Config, dedicated_pad: bool = False) -> tuple[Any, list[int]]:
     """The tokenizer of the checkpoint being fine-tuned, with a chat template (its own, or the
-    framework default with its tokens added). Returns (tokenizer, ids of added tokens)."""
+    framework default with its tokens added). Returns (tokenizer, ids of added tokens).
+
+    ``dedicated_pad`` (the reward model): when the pad token is missing or is also a token of
+    conversations (eos, end-of-turn: SmolLM2 pads with ``<|im_end|>``), a ``<|pad|>`` token is
+    added, so that transformers' sequence-classification forward, which reads the score at the
+    last non-pad token, agrees with the training read-out on the exported model."""
     from transformers import AutoTokenizer
 
     from llm.data.chat import ensure_chat_template
@@ -103,6 +127,12 @@ def load_sft_tokenizer(cfg: Config) -> tuple[Any, list[int]]:
     if cfg.data.chat_template == "default":
         tok.chat_template = None
     added = ensure_chat_template(tok)
+    if dedicated_pad:
+        from llm.data.chat import stop_token_ids
+
+        if tok.pad_token_id is None or tok.pad_token_id in stop_token_ids(tok) or tok.pad_token_id == tok.bos_token_id:
+            tok.add_special_tokens({"pad_token": "<|pad|>"})
+            added = [*added, "<|pad|>"]
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok, tok.convert_tokens_to_ids(added) if added else []
@@ -143,6 +173,70 @@ def build_sft_data(cfg: Config, tokenizer: Any) -> Any:
         micro_batch_size=cfg.data.micro_batch_size,
         grad_accum=cfg.stage.grad_accum,
         packing=cfg.data.packing,
+        seed=cfg.data.seed,
+        on_truncated=cfg.data.on_truncated,
+        val_batches=cfg.data.val_batches,
+        read_report=per_source,
+    )
+
+
+def build_preference_data(cfg: Config, tokenizer: Any) -> Any:
+    """Preference pairs (reward model, DPO): ``data.sources`` / ``data.datasets`` paths; held
+    out: ``data.val_datasets``, else ``val_fraction`` of the prompts (all pairs of a prompt on
+    one side)."""
+    from llm.data.preference import PreferenceDataModule, read_preferences, split_pairs
+
+    train_specs, val_specs = chat_specs(cfg.data)
+    per_source: dict[str, Any] = {}
+    train, val = [], []
+    for specs, out, tag in ((train_specs, train, ""), (val_specs, val, "val:")):
+        for sp in specs:
+            pairs, rep = read_preferences(sp.path, cfg.data.on_bad_row, cfg.data.seed)
+            if rep.skipped:
+                log.warning("%s: skipped %d bad record(s): %s", sp.path, sum(rep.skipped.values()), dict(rep.skipped))
+            per_source[tag + (sp.name or sp.path)] = {"read": rep.read, "kept": rep.kept, "skipped": dict(rep.skipped), "pairs": len(pairs)}
+            out += pairs
+    if not val_specs:
+        train, val = split_pairs(train, cfg.data.val_fraction, cfg.data.seed)
+    return PreferenceDataModule(
+        train,
+        val,
+        tokenizer,
+        seq_len=cfg.data.seq_len,
+        micro_batch_size=cfg.data.micro_batch_size,
+        grad_accum=cfg.stage.grad_accum,
+        seed=cfg.data.seed,
+        on_truncated=cfg.data.on_truncated,
+        val_batches=cfg.data.val_batches,
+        padding_side=cfg.data.padding_side,
+        read_report=per_source,
+    )
+
+
+def build_prompt_data(cfg: Config, tokenizer: Any) -> Any:
+    """PPO prompts: ``{"prompt": ...}`` records or conversation sources (their last user turn and
+    what precedes it); held out as for SFT."""
+    from llm.data.chat import Conversation, split_holdout
+    from llm.data.preference import PromptDataModule, read_prompts
+
+    train_specs, val_specs = chat_specs(cfg.data)
+    per_source: dict[str, Any] = {}
+    train: list = []
+    val: list = []
+    for specs, out, tag in ((train_specs, train, ""), (val_specs, val, "val:")):
+        for sp in specs:
+            prompts, rep = read_prompts(sp, cfg.data.on_bad_row)
+            per_source[tag + (sp.name or sp.path)] = {"read": rep.read, "kept": rep.kept, "skipped": dict(rep.skipped)}
+            out += prompts
+    if not val_specs:
+        tr, held = split_holdout([Conversation(p) for p in train], cfg.data.val_fraction, cfg.data.seed)
+        train, val = [c.messages for c in tr], [c.messages for c in held]
+    return PromptDataModule(
+        train,
+        val,
+        tokenizer,
+        max_prompt_tokens=cfg.stage.ppo.max_prompt_tokens,
+        batch_size=cfg.data.micro_batch_size,
         seed=cfg.data.seed,
         on_truncated=cfg.data.on_truncated,
         val_batches=cfg.data.val_batches,
@@ -295,12 +389,13 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     from llm.export import export_hf
     from llm.model.generate import generate_text
     from llm.perf import peak_flops
-    from llm.stages.lm import LMStage
     from llm.strategy import build_placement
 
     stage = cfg.stage.name
-    if stage not in ("pretrain", "sft"):
-        raise ValueError(f"stage={stage}: not available yet (this version trains stage=pretrain and stage=sft)")
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage}: unknown (choose one of {', '.join(STAGES)})")
+    fine_tuning = stage != "pretrain"
+    chat = fine_tuning
     if not cfg.model.pretrained and not cfg.stage.random_init:
         raise ValueError(
             f"stage={stage} starts from a pretrained model: set model=hf model.pretrained=<a stage-1 export, "
@@ -308,15 +403,24 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         )
     if cfg.stage.lora.enabled and not cfg.model.pretrained:
         raise ValueError("stage.lora.enabled: LoRA adapts a pretrained model; set model.pretrained")
+    if stage == "rm" and cfg.stage.lora.enabled:
+        raise ValueError("stage=rm trains the whole reward model; LoRA is offered for sft, dpo and ppo (set stage.lora.enabled=false)")
+    if stage in ("rm", "ppo", "dpo") and not cfg.model.pretrained:
+        raise ValueError(f"stage={stage} starts from a fine-tuned model: set model.pretrained=<an SFT export or HF directory>")
     _quiet_lightning()
     run_dir = resolve_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     placement = build_placement(cfg.strategy, cfg.trainer)
 
     new_ids: list[int] = []
-    if stage == "sft":
-        tokenizer, new_ids = load_sft_tokenizer(cfg)
-        dm_sft = build_sft_data(cfg, tokenizer)
+    if fine_tuning:
+        tokenizer, new_ids = load_sft_tokenizer(cfg, dedicated_pad=stage == "rm")
+        if stage == "sft":
+            dm_ft = build_sft_data(cfg, tokenizer)
+        elif stage in ("rm", "dpo"):
+            dm_ft = build_preference_data(cfg, tokenizer)
+        else:
+            dm_ft = build_prompt_data(cfg, tokenizer)
     else:
         tokenizer, shards = resolve_data(cfg.data)
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
@@ -327,7 +431,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     if peak is None:
         dev = torch.device("cuda") if placement.accelerator == "gpu" else torch.device("cpu")
         peak = peak_flops(dev, placement.precision)
-    module = LMStage(
+    module = STAGES[stage]()(
         cfg.model,
         cfg.stage,
         vocab_size=len(tokenizer),
@@ -339,8 +443,8 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     )
     module.seq_len = cfg.data.seq_len
 
-    if stage == "sft":
-        dm = dm_sft
+    if fine_tuning:
+        dm = dm_ft
     else:
         dm = TokenDataModule(
             shards,
@@ -358,7 +462,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     if overfit:
         dm = OverfitDataModule(dm)
 
-    callbacks: list = [DataReport(), SampleText(cfg.stage.sample_every_n_steps, list(cfg.stage.sample_prompts), cfg.stage.sample_max_new_tokens, chat=stage == "sft")]
+    callbacks: list = [DataReport(), SampleText(cfg.stage.sample_every_n_steps, list(cfg.stage.sample_prompts), cfg.stage.sample_max_new_tokens, chat=chat)] if stage != "ppo" else [DataReport()]
     ckpt_cb = None
     if tc.ckpt_every_n_steps > 0 and not tc.fast_dev_run:
         ckpt_cb = ModelCheckpoint(
@@ -406,6 +510,11 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         if stage == "sft":
             rep = dm.write_report(run_dir)
             _log_sft_report(dm.report(), rep)
+        elif stage in ("rm", "dpo"):
+            rep = dm.write_report(run_dir)
+            log.info("preference data: %s (report: %s)", {k: v for k, v in dm.report().items() if k in ("train", "val")}, rep)
+        elif stage == "ppo":
+            log.info("prompts: %s", {k: v for k, v in dm.report().items() if k in ("train", "val")})
     ckpt = find_checkpoint(cfg.ckpt_path, run_dir)
     if ckpt and trainer.is_global_zero:
         trim_metrics(run_dir, ckpt)
@@ -432,9 +541,9 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
             trainer.save_checkpoint(final, weights_only=False)
     if trainer.is_global_zero:
         model = module.model
-        prompts = list(cfg.stage.sample_prompts)
+        prompts = list(cfg.stage.sample_prompts) if stage != "rm" else []
         if prompts:
-            texts = generate_text(model, tokenizer, prompts, cfg.stage.sample_max_new_tokens, chat=stage == "sft")
+            texts = generate_text(model, tokenizer, prompts, cfg.stage.sample_max_new_tokens, chat=chat)
             result["samples"] = list(zip(prompts, texts))
             print("\nsamples (greedy):")
             for p, t in result["samples"]:
@@ -451,7 +560,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
                 module.model = model
                 extra["lora"] = {"name": cfg.stage.lora.name, "adapter": str(adapter)}
             stop = None
-            if stage == "sft":
+            if fine_tuning:
                 from llm.data.chat import stop_token_ids
 
                 stop = stop_token_ids(tokenizer)
@@ -461,8 +570,8 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
 
 
 def _has_val(dm: Any) -> bool:
-    ex = getattr(dm, "examples", None)
-    return bool(ex and ex.get("val")) if ex is not None else True
+    has = getattr(dm, "has_split", None)
+    return bool(has("val")) if has is not None else True
 
 
 def _log_sft_report(rep: dict, path: Path) -> None:

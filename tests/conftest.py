@@ -52,3 +52,36 @@ def demo_data():
 
 def python_cmd() -> list[str]:
     return [sys.executable]
+
+
+SFT = [
+    "stage=sft",
+    "model=hf",
+    "data=sft_demo",
+    "data.seq_len=128",
+    "data.micro_batch_size=8",
+    "data.val_batches=4",
+    "trainer.progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "stage.sample_prompts=[]",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, demo_data):
+    """A stage-1 export: the tiny model pretrained briefly on the demo text."""
+    from llm.train import train
+
+    run = tmp_path_factory.mktemp("pretrain")
+    cfg = compose(["trainer.max_steps=150", "trainer.val_every_n_steps=1000", "model.max_seq_len=256", "trainer.ckpt_every_n_steps=0"], run_dir=run)
+    return train(cfg)["export"]
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory, tiny_base):
+    """(run dir, result) of stage 2 on the tiny base: the starting point of the RLHF tests."""
+    from llm.train import train
+
+    run = tmp_path_factory.mktemp("sft")
+    extra = ["trainer.max_steps=120", "trainer.val_every_n_steps=120", "stage.optim.lr=2e-3"]
+    return run, train(compose([*SFT, f"model.pretrained={tiny_base}", *extra], run_dir=run))

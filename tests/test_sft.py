@@ -13,31 +13,10 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, compose
+from conftest import ROOT, SFT, compose
 from safetensors.torch import load_file
 
 from llm.train import train
-
-SFT = [
-    "stage=sft",
-    "model=hf",
-    "data=sft_demo",
-    "data.seq_len=128",
-    "data.micro_batch_size=8",
-    "data.val_batches=4",
-    "trainer.progress_bar=false",
-    "trainer.log_every_n_steps=1",
-    "stage.sample_prompts=[]",
-]
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory, demo_data):
-    """A stage-1 export: the tiny model pretrained briefly on the demo text."""
-    run = tmp_path_factory.mktemp("pretrain")
-    cfg = compose(["trainer.max_steps=150", "trainer.val_every_n_steps=1000", "model.max_seq_len=256", "trainer.ckpt_every_n_steps=0"], run_dir=run)
-    return train(cfg)["export"]
-
 
 def _sft(tiny_base, run_dir, extra=()):
     return train(compose([*SFT, f"model.pretrained={tiny_base}", *extra], run_dir=run_dir))
@@ -63,12 +42,6 @@ def _ends_with_end_of_turn(model_dir, questions, max_new_tokens=64):
     outs = generate_text(model, tok, questions, max_new_tokens, chat=True, return_ids=True)
     end = end_of_turn_token(tok)
     return sum(1 for ids in outs if ids and ids[-1] == end) / len(outs)
-
-
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory, tiny_base):
-    run = tmp_path_factory.mktemp("sft")
-    return run, _sft(tiny_base, run, ["trainer.max_steps=120", "trainer.val_every_n_steps=120", "stage.optim.lr=2e-3"])
 
 
 def test_sft_learns_to_end_answers_with_end_of_turn(sft_run, tiny_base):

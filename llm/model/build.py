@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
@@ -148,8 +148,11 @@ def build_model(
     special: Optional[dict] = None,
     dtype: torch.dtype = torch.float32,
     resize_embeddings: bool = False,
+    head: str = "causal_lm",
 ) -> torch.nn.Module:
     """A causal LM: ``from_pretrained(cfg.pretrained)`` or ``from_config`` of the preset.
+    ``head="reward"``: the same backbone with a scalar head (``AutoModelForSequenceClassification``,
+    one label), the reward model's form.
 
     Call it under ``torch.device("meta")`` to get the shape without memory.
     """
@@ -158,8 +161,14 @@ def build_model(
             path = resolve_pretrained(cfg.pretrained)
         except (FileNotFoundError, ValueError) as e:
             raise type(e)(f"model.pretrained: {e}") from None
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation
+        kw: dict = {}
+        auto: Any = AutoModelForCausalLM
+        if head == "reward":
+            from transformers import AutoModelForSequenceClassification
+
+            auto, kw = AutoModelForSequenceClassification, {"num_labels": 1}
+        model = auto.from_pretrained(
+            str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation, **kw
         )
         n_emb = model.get_input_embeddings().num_embeddings
         if vocab_size is not None and n_emb < vocab_size:

@@ -57,6 +57,10 @@ def _plain(cfg: Any) -> Any:
 
 
 class BaseStage(L.LightningModule):
+    head = "causal_lm"
+    """The model's head: ``causal_lm`` or ``reward`` (a scalar, for the reward model)."""
+    unit = "tokens"
+    """What ``micro_loss`` normalises by: ``tokens`` (LM stages) or ``pairs`` (reward model, DPO)."""
     def __init__(
         self,
         model_cfg: ModelConfig,
@@ -94,7 +98,7 @@ class BaseStage(L.LightningModule):
         if self.model is not None:
             return
         if self.model_cfg.pretrained:
-            self.model = build_model(self.model_cfg, self.vocab_size, resize_embeddings=bool(self.new_token_ids))
+            self.model = build_model(self.model_cfg, self.vocab_size, resize_embeddings=bool(self.new_token_ids), head=self.head)
         else:
             self.model = build_model(self.model_cfg, self.vocab_size, self.special_tokens)
         self.model.train()  # from_pretrained returns a model in eval mode (dropout off)
@@ -107,6 +111,14 @@ class BaseStage(L.LightningModule):
             self.model = apply_lora(self.model, lora, self.new_token_ids)
         if self.compile:
             self.model.compile()
+        self.on_model_ready()
+
+    def on_model_ready(self) -> None:
+        """Hook: the model is built (and wrapped for LoRA); stages add what they need."""
+
+    def optim_modules(self) -> torch.nn.Module:
+        """What the optimizer trains (PPO adds its value head or critic)."""
+        return self.model
 
     def forward(self, input_ids: torch.Tensor, **kw: Any) -> Any:
         return self.model(input_ids=input_ids, **kw)
@@ -116,7 +128,7 @@ class BaseStage(L.LightningModule):
         o = self.stage_cfg.optim
         fused = o.fused if o.fused is not None else self.device.type in ("cuda", "cpu")
         opt = torch.optim.AdamW(
-            param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused
+            param_groups(self.optim_modules(), o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused
         )
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else self._estimated_total_steps()
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -188,13 +200,13 @@ class BaseStage(L.LightningModule):
             self.log("train/lr", lr)
             if grad_norm is not None:
                 self.log("train/grad_norm", grad_norm)
-            self.log("train/tokens_seen", float(self.tokens_seen))
+            self.log(f"train/{self.unit}_seen", float(self.tokens_seen))
             rate = self.timer.pop()
             if rate is not None:
                 tps, sps = rate
-                self.log("train/tokens_per_s", tps, prog_bar=True)
+                self.log(f"train/{self.unit}_per_s", tps, prog_bar=True)
                 self.log("train/s_per_step", sps)
-                mfu = self.mfu(tps)
+                mfu = self.mfu(tps) if self.unit == "tokens" else None
                 if mfu is not None:
                     self.log("train/mfu", mfu)
         self.after_step()
@@ -202,7 +214,7 @@ class BaseStage(L.LightningModule):
 
     def _clip_gradients(self, opt: Any) -> Optional[torch.Tensor]:
         max_norm = self.stage_cfg.optim.grad_clip
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self.optim_modules().parameters() if p.grad is not None]
         if not params:
             return None
         if max_norm and max_norm > 0:
@@ -232,7 +244,8 @@ class BaseStage(L.LightningModule):
             return
         loss = (s / n).float()
         self.log("val/loss", loss, prog_bar=True)
-        self.log("val/ppl", torch.exp(loss))
+        if self.unit == "tokens":
+            self.log("val/ppl", torch.exp(loss))
 
     # ------------------------------------------------------------- MFU
     def mfu(self, tokens_per_s: float) -> Optional[float]:
