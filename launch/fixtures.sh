@@ -10,6 +10,9 @@
 #       debian-faq-zh-cn  /usr/share/doc/debian/FAQ/zh-cn/*.zh-cn.html
 #     As root the packages are installed with apt-get; otherwise they are downloaded and
 #     unpacked under .cache/fixtures/debian/ (same layout below it).
+#   - a headless browser for the ranking page's test (tests/test_rank.py): Debian's chromium and
+#     chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver, same version), with apt-get as
+#     root only (no local unpack: chromium needs its shared libraries installed).
 # Whatever cannot be fetched is reported as a warning and the script still exits 0: the tests
 # that need it skip and say why. The directories found are written to .cache/fixtures/faq.dirs.
 set -euo pipefail
@@ -94,6 +97,24 @@ if [ -n "$root" ]; then
 else
   rm -f "$DIRS"
   did+=("debian-faq: MISSING")
+fi
+
+# --- headless chromium + chromedriver (tests/test_rank.py drives the ranking page) ----------
+BROWSER_PKGS=(chromium chromium-driver)
+have_browser() { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }
+browser_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${BROWSER_PKGS[@]}" >>"$LOG" 2>&1
+}
+if have_browser; then
+  did+=("chromium: present")
+elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  warn "not root or no apt-get: cannot install ${BROWSER_PKGS[*]}; browser tests will skip"
+  did+=("chromium: MISSING")
+elif { browser_install || { apt-get update -q >>"$LOG" 2>&1 && browser_install; }; } && have_browser; then
+  did+=("chromium: installed ${BROWSER_PKGS[*]} with apt-get")
+else
+  warn "could not install ${BROWSER_PKGS[*]} (see .cache/fixtures/apt.log); browser tests will skip"
+  did+=("chromium: MISSING")
 fi
 
 [ -n "$gguf" ] && did+=("gguf: $gguf")
