@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Stage 3b on a cluster: `sbatch slurm/ppo.sh model=hf model.pretrained=<SFT export> stage.reward.model=<reward-model export> data.sources=[prompts.jsonl] data.datasets=[]`
+# #SBATCH lines are defaults: override them on the command line (`sbatch -N 2 --time 4:00:00 ...`).
+#SBATCH --job-name=xiulian-ppo
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=32
+#SBATCH --time=08:00:00
+#SBATCH --output=logs/%x-%j.out
+#SBATCH --requeue
+set -euo pipefail
+mkdir -p logs
+exec bash slurm/stage.sh ppo "$@"
