@@ -180,6 +180,18 @@ def build_sft_data(cfg: Config, tokenizer: Any) -> Any:
     )
 
 
+def _read_sources(specs: list, read: Any, per_source: dict, tag: str) -> list:
+    """Items of every source (``read(spec) -> (items, ReadReport)``), counted per source."""
+    out: list = []
+    for sp in specs:
+        items, rep = read(sp)
+        if rep.skipped:
+            log.warning("%s: skipped %d bad record(s): %s", sp.path, sum(rep.skipped.values()), dict(rep.skipped))
+        per_source[tag + (sp.name or sp.path)] = {"read": rep.read, "kept": rep.kept, "skipped": dict(rep.skipped), "items": len(items)}
+        out += items
+    return out
+
+
 def build_preference_data(cfg: Config, tokenizer: Any) -> Any:
     """Preference pairs (reward model, DPO): ``data.sources`` / ``data.datasets`` paths; held
     out: ``data.val_datasets``, else ``val_fraction`` of the prompts (all pairs of a prompt on
@@ -188,14 +200,8 @@ def build_preference_data(cfg: Config, tokenizer: Any) -> Any:
 
     train_specs, val_specs = chat_specs(cfg.data)
     per_source: dict[str, Any] = {}
-    train, val = [], []
-    for specs, out, tag in ((train_specs, train, ""), (val_specs, val, "val:")):
-        for sp in specs:
-            pairs, rep = read_preferences(sp.path, cfg.data.on_bad_row, cfg.data.seed)
-            if rep.skipped:
-                log.warning("%s: skipped %d bad record(s): %s", sp.path, sum(rep.skipped.values()), dict(rep.skipped))
-            per_source[tag + (sp.name or sp.path)] = {"read": rep.read, "kept": rep.kept, "skipped": dict(rep.skipped), "pairs": len(pairs)}
-            out += pairs
+    train = _read_sources(train_specs, lambda sp: read_preferences(sp.path, cfg.data.on_bad_row, cfg.data.seed), per_source, "")
+    val = _read_sources(val_specs, lambda sp: read_preferences(sp.path, cfg.data.on_bad_row, cfg.data.seed), per_source, "val:")
     if not val_specs:
         train, val = split_pairs(train, cfg.data.val_fraction, cfg.data.seed)
     return PreferenceDataModule(
@@ -221,13 +227,8 @@ def build_prompt_data(cfg: Config, tokenizer: Any) -> Any:
 
     train_specs, val_specs = chat_specs(cfg.data)
     per_source: dict[str, Any] = {}
-    train: list = []
-    val: list = []
-    for specs, out, tag in ((train_specs, train, ""), (val_specs, val, "val:")):
-        for sp in specs:
-            prompts, rep = read_prompts(sp, cfg.data.on_bad_row)
-            per_source[tag + (sp.name or sp.path)] = {"read": rep.read, "kept": rep.kept, "skipped": dict(rep.skipped)}
-            out += prompts
+    train = _read_sources(train_specs, lambda sp: read_prompts(sp, cfg.data.on_bad_row), per_source, "")
+    val = _read_sources(val_specs, lambda sp: read_prompts(sp, cfg.data.on_bad_row), per_source, "val:")
     if not val_specs:
         tr, held = split_holdout([Conversation(p) for p in train], cfg.data.val_fraction, cfg.data.seed)
         train, val = [c.messages for c in tr], [c.messages for c in held]

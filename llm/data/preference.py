@@ -447,7 +447,8 @@ class PromptDataModule(StepDataModule):
 
     def units(self, split: str, epoch: int) -> list[int]:
         """Whole batches only (a rollout batch is never completed with padding): the few prompts
-        that do not fill the last batch of an epoch come first in the next epoch's order."""
+        that do not fill the last batch of an epoch are left out of it; each epoch reshuffles,
+        so they are used in others."""
         order = list(range(len(self.prompts[split])))
         if split == "train":
             random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
