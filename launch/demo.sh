@@ -45,4 +45,4 @@ want ppo || exit 0
 echo "== stage 3b: PPO from $sft, reward model $rm_export =="
 # shellcheck disable=SC2086
 XIULIAN_RUN_ID=$run python3 -m llm.train stage=ppo model=hf "model.pretrained=$sft" data=prompts_demo \
-  "stage.reward.model=$rm_export" trainer.max_steps=40 trainer.val_every_n_steps=20 ${PPO_ARGS:-} | tee "$log"
+  "stage.reward.model=$rm_export" trainer.max_steps=60 trainer.val_every_n_steps=30 ${PPO_ARGS:-} | tee "$log"

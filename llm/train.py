@@ -536,6 +536,9 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         "samples": [],
         "module": module,
     }
+    after = {k: v for k, v in result["metrics"].items() if k.startswith("val/")}
+    if before and after and trainer.is_global_zero:
+        log.info("after training: %s", ", ".join(f"{k}={before[k]:.4f} -> {after[k]:.4f}" for k in before if k in after))
     if ckpt_cb is not None and trainer.global_step > 0:
         final = Path(ckpt_cb.dirpath) / f"step{trainer.global_step:07d}.ckpt"
         if not final.exists():
