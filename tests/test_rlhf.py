@@ -225,3 +225,22 @@ def test_reward_model_on_smollm2_ranks_held_out_faq_answers(tmp_path):
     before, after = res["before"]["val/accuracy"], res["metrics"]["val/accuracy"]
     print(f"SmolLM2 reward model, held-out FAQ pairs: accuracy {before:.3f} -> {after:.3f}")
     assert after >= 0.85 and after > before + 0.05, (before, after)  # measured: 0.772 -> 0.895
+
+
+@pytest.mark.slow
+def test_ppo_under_ddp_keeps_ranks_in_sync(tmp_path, sft_export):
+    """Two processes: PPO runs several backward passes per step, outside DDP's one sync per
+    forward, and averages gradients itself; the stage checks at the end that every rank holds
+    the same weights (without the averaging they diverge: measured, then fixed)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, "-m", "llm.train", *PPO, f"model.pretrained={sft_export}", "data.micro_batch_size=4", "stage.ppo.minibatch_size=2",
+           "stage.reward.function=short", "trainer.max_steps=2", "trainer.val_every_n_steps=100", "strategy=ddp", "strategy.devices=2",
+           *FAST, f"run_dir={tmp_path}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "export: " in out.stdout
+    assert len(_metric_rows(tmp_path, "ppo/score")) == 2

@@ -291,7 +291,9 @@ class PPOStage(BaseStage):
                 vf, vf_clipfrac = ppo_value_loss(values, old_values[i], returns[i], m, cfg.value_clip)
                 entropy = masked_mean(ent, m)
                 loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * entropy
-                self.manual_backward(loss)
+                with self._no_sync(last=False):  # several updates per step: PPO averages gradients itself
+                    self.manual_backward(loss)
+                self._average_gradients_over_ranks()
                 gn = self._clip_gradients(raw)
                 raw.step()
                 raw.zero_grad(set_to_none=True)
@@ -343,6 +345,33 @@ class PPOStage(BaseStage):
         self._record_samples(prompts, texts, scores)
         self.after_step()
         return torch.tensor(float(metrics["ppo/score"]))
+
+    def _average_gradients_over_ranks(self) -> None:
+        """DDP synchronises gradients only in the backward that follows its forward; PPO runs many
+        backward passes in one training step, so it averages the gradients over ranks itself."""
+        if self.trainer.world_size <= 1:
+            return
+        import torch.distributed as dist
+
+        grads = [p.grad for p in self.optim_modules().parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.trainer.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def on_train_end(self) -> None:
+        """Every rank must end with the same weights: a cheap check that gradients were in sync."""
+        if self.trainer.world_size <= 1:
+            return
+        total = torch.stack([p.detach().double().sum() for p in self.optim_modules().parameters()]).sum().reshape(1)
+        every = self.all_gather(total).reshape(-1)
+        if (every.max() - every.min()).abs() > 1e-6 * every.abs().max().clamp(min=1.0):
+            raise RuntimeError(f"PPO: the ranks' weights diverged (parameter sums {every.tolist()})")
 
     def _mean_over_ranks(self, x: torch.Tensor) -> float:
         x = x.detach().float()
