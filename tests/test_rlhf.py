@@ -94,9 +94,26 @@ def test_dpo_starts_at_ln2_and_prefers_short_answers(tmp_path, sft_export):
     pairs = _short_pairs(tmp_path / "short.jsonl")
     res = _run(tmp_path / "run", ["stage=dpo", "model=hf", f"model.pretrained={sft_export}", f"data.sources=[{pairs}]",
                                   "data.datasets=[]", "data.seq_len=128", "data.val_fraction=0.1", "data=pref_demo", "data.val_batches=null",
-                                  "trainer.max_steps=40", "trainer.val_every_n_steps=40", "stage.optim.lr=1e-3", "stage.dpo.beta=0.1"])
+                                  "trainer.max_steps=40", "trainer.val_every_n_steps=40", "stage.optim.lr=2e-4", "stage.dpo.beta=0.1"])
     assert res["before"]["val/loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
     assert res["metrics"]["val/loss"] < 0.6 and res["metrics"]["val/reward_accuracy"] > 0.8
+    # and the policy moves the way PPO's rule reward pushes it: shorter answers to held-out questions
+    before, after = _mean_rule_reward(sft_export, 20), _mean_rule_reward(res["export"], 20)
+    print(f"DPO: mean `short` reward of greedy answers {before:.3f} -> {after:.3f}")
+    assert after > before + 0.1, (before, after)
+
+
+def _mean_rule_reward(model_dir, max_chars, n=16):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm.data.chat import builtin_python_qa
+    from llm.model.generate import generate_text
+    from llm.rl.rewards import short
+
+    questions = [r["instruction"] for r in builtin_python_qa()[-n:]]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    texts = generate_text(AutoModelForCausalLM.from_pretrained(model_dir), tok, questions, 32, chat=True)
+    return sum(short(questions, texts, max_chars=max_chars)) / n
 
 
 def test_dpo_precomputed_reference_with_lora(tmp_path, sft_export):
@@ -156,7 +173,8 @@ def test_ppo_with_reward_model_lora_reference_and_separate_critic(tmp_path, sft_
     # LoRA policy: the reference is the same model with its adapters disabled; a separate critic
     # started from the reward model; the reward from that reward model
     res = _run(tmp_path, [*PPO, f"model.pretrained={sft_export}", f"stage.reward.model={rm_run['export']}", "stage.lora.enabled=true",
-                          "stage.ppo.critic=separate", "trainer.max_steps=3", "trainer.val_every_n_steps=100", "stage.optim.lr=1e-3"])
+                          "stage.ppo.critic=separate", "trainer.max_steps=3", "trainer.val_every_n_steps=100", "stage.optim.lr=1e-3",
+                          "stage.ppo.log_samples_every=1", "logger.wandb=true"])
     assert res["global_step"] == 3
     module = res["module"]
     assert "ref" not in module._frozen and module.critic is not None and module.value_head is None
@@ -165,6 +183,8 @@ def test_ppo_with_reward_model_lora_reference_and_separate_critic(tmp_path, sft_
     merged = load_file(os.path.join(res["export"], "model.safetensors"))
     base = load_file(os.path.join(sft_export, "model.safetensors"))
     assert any(not torch.equal(merged[k], base[k]) for k in base if k in merged)
+    assert len(module.iteration_samples) == 3 * 4  # a table row per sample, every iteration
+    assert [d for d in os.listdir(os.path.join(res["run_dir"], "wandb")) if d.startswith("offline-run")]
 
 
 def test_ppo_resume_matches_uninterrupted(tmp_path, sft_export):
