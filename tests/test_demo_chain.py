@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -13,15 +14,21 @@ from conftest import ROOT
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_demo_chains_the_three_stages_and_the_reward_rises():
     run_id = f"test-chain-{os.getpid()}"
     env = {**os.environ, "XIULIAN_RUN_ID": run_id}
+    proc = subprocess.Popen(
+        ["bash", "launch/demo.sh", "trainer.max_steps=200", "trainer.progress_bar=false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
     try:
-        out = subprocess.run(
-            ["bash", "launch/demo.sh", "trainer.max_steps=200", "trainer.progress_bar=false"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
-        )
+        stdout, stderr = proc.communicate(timeout=1700)
+        out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     finally:
+        if proc.poll() is None:  # timed out: stop the whole chain, not only bash
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         for stage in ("pretrain", "sft", "rm", "ppo"):
             shutil.rmtree(ROOT / "outputs" / stage / run_id, ignore_errors=True)
     log = out.stdout + out.stderr

@@ -223,6 +223,7 @@ def _faq_preferences(rows, path, lang, seed=0):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_reward_model_on_smollm2_ranks_held_out_faq_answers(tmp_path):
     """SmolLM2-135M-Instruct as the backbone, the English and Chinese Debian FAQ as preference
     pairs (the human answer over the same answer scrambled), held-out questions."""
