@@ -570,6 +570,9 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
                 stop = stop_token_ids(tokenizer)
             path = export_hf(model, tokenizer, run_dir / "export", extra=extra, eos_token_id=stop)
             result["export"] = str(path)
+    for lg in trainer.loggers:  # end the W&B run: a later train() in this process starts its own
+        if type(lg).__name__ == "WandbLogger" and trainer.is_global_zero and getattr(lg, "_experiment", None) is not None:
+            lg.experiment.finish()
     return result
 
 
