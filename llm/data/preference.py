@@ -211,11 +211,11 @@ def read_prompts(spec: DatasetSpec | str, on_error: str = "error") -> tuple[list
     before the last assistant turn)."""
     if isinstance(spec, str):
         spec = DatasetSpec(path=spec)
-    first = next(iter(_records(spec.path)), None) if not spec.path.startswith("builtin:") else None
-    if first is not None and isinstance(first[1], dict) and "prompt" in first[1]:
+    records = list(_records(spec.path)) if not spec.path.startswith("builtin:") else []
+    if records and isinstance(records[0][1], dict) and "prompt" in records[0][1]:
         report = ReadReport()
         out = []
-        for where, rec in _records(spec.path):
+        for where, rec in records:
             report.read += 1
             try:
                 if isinstance(rec, ChatDataError):
@@ -263,9 +263,9 @@ def encode_prompt(tokenizer: Any, prompt: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, length: int, side: str = "right", fill: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, length: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [B, length], attention mask) with ``side`` padding."""
-    ids = torch.full((len(seqs), length), pad_id if fill == 0 else fill, dtype=torch.long)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), length), dtype=torch.long)
     for i, s in enumerate(seqs):
         n = len(s)
@@ -292,6 +292,7 @@ class PreferenceDataModule(StepDataModule):
     for precomputed reference log-probs). Shapes ``[grad_accum, micro_batch, ...]``."""
 
     kind = "preference"
+    report_name = "preference_data_report.json"
 
     def __init__(
         self,
@@ -386,15 +387,6 @@ class PreferenceDataModule(StepDataModule):
 
     def report(self) -> dict:
         return {"read": self.read_report, "train": dict(self.counts["train"]), "val": dict(self.counts["val"]), "seq_len": self.seq_len}
-
-    def write_report(self, run_dir: Any, name: str = "preference_data_report.json") -> Any:
-        from pathlib import Path
-
-        path = Path(run_dir) / name
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.report(), indent=2, ensure_ascii=False))
-        tmp.replace(path)
-        return path
 
 
 def _extend(x: torch.Tensor, length: int, key: str, pad_id: int, side: str) -> torch.Tensor:

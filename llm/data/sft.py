@@ -14,12 +14,10 @@ packed rows are.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 from collections import Counter
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
@@ -86,6 +84,7 @@ class SFTDataModule(StepDataModule):
 
     empty_unit: list[int] = []  # an empty row: padding only, no loss
     kind = "SFT"
+    report_name = "sft_data_report.json"
 
     def __init__(
         self,
@@ -158,10 +157,3 @@ class SFTDataModule(StepDataModule):
         rep["packing"] = self.packing
         rep["seq_len"] = self.seq_len
         return rep
-
-    def write_report(self, run_dir: str | Path) -> Path:
-        path = Path(run_dir) / "sft_data_report.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.report(), indent=2, ensure_ascii=False))
-        tmp.replace(path)
-        return path

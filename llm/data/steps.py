@@ -15,8 +15,10 @@ whole steps to ranks, exactly once per epoch, and resumes mid-epoch:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import lightning as L
@@ -48,6 +50,7 @@ class StepDataModule(L.LightningDataModule):
 
     empty_unit: Any = None
     kind = "data"
+    report_name = "data_report.json"
 
     def __init__(self, micro_batch_size: int, grad_accum: int = 1, seed: int = 0, val_batches: Optional[int] = None) -> None:
         super().__init__()
@@ -66,6 +69,17 @@ class StepDataModule(L.LightningDataModule):
 
     def has_split(self, split: str) -> bool:
         raise NotImplementedError
+
+    def report(self) -> dict:
+        raise NotImplementedError
+
+    def write_report(self, run_dir: str | Path) -> Path:
+        """``report()`` as JSON in the run directory, written atomically."""
+        path = Path(run_dir) / self.report_name
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.report(), indent=2, ensure_ascii=False))
+        tmp.replace(path)
+        return path
 
     # ---------------------------------------------------------------- planning
     def _rank_world(self) -> tuple[int, int]:

@@ -210,6 +210,15 @@ class PPOStage(BaseStage):
             self.model.train(was)
         return out[:, prompt_ids.shape[1] :]
 
+    def rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """(responses [B, R] padded after their stop token, their mask, ended [B], decoded texts)."""
+        responses = self.generate(prompt_ids, prompt_mask, greedy=greedy)
+        if responses.shape[1] == 0:
+            responses = torch.full((prompt_ids.shape[0], 1), self.pad_id, device=self.device, dtype=torch.long)
+        rmask, ended = response_mask(responses, self.stop_ids)
+        responses = responses.masked_fill(rmask == 0, self.pad_id)
+        return responses, rmask, ended, self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+
     @torch.no_grad()
     def score(self, prompts: list[list[dict]], texts: list[str], ended: torch.Tensor) -> torch.Tensor:
         rcfg = self.stage_cfg.reward
@@ -241,12 +250,7 @@ class PPOStage(BaseStage):
         t0 = time.perf_counter()
 
         # 1. rollout
-        responses = self.generate(prompt_ids, prompt_mask)
-        if responses.shape[1] == 0:
-            responses = torch.full((B, 1), self.pad_id, device=self.device, dtype=torch.long)
-        rmask, ended = response_mask(responses, self.stop_ids)
-        responses = responses.masked_fill(rmask == 0, self.pad_id)
-        texts = self.tokenizer.batch_decode(responses.masked_fill(rmask == 0, self.pad_id), skip_special_tokens=True)
+        responses, rmask, ended, texts = self.rollout(prompt_ids, prompt_mask)
         t1 = time.perf_counter()
 
         # 2. score
@@ -408,11 +412,7 @@ class PPOStage(BaseStage):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         prompts = self._prompts_of("val", batch["index"])
-        responses = self.generate(batch["prompt_ids"], batch["prompt_mask"], greedy=True)
-        if responses.shape[1] == 0:
-            responses = torch.full((len(prompts), 1), self.pad_id, device=self.device, dtype=torch.long)
-        rmask, ended = response_mask(responses, self.stop_ids)
-        texts = self.tokenizer.batch_decode(responses.masked_fill(rmask == 0, self.pad_id), skip_special_tokens=True)
+        _, rmask, ended, texts = self.rollout(batch["prompt_ids"], batch["prompt_mask"], greedy=True)
         scores = self.score(prompts, texts, ended)
         self._val += torch.stack([scores.double().sum(), scores.new_tensor(len(texts)).double(), rmask.sum(1).double().sum()])
 
