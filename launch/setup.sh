@@ -13,5 +13,5 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && $PY -c "import importli
 fi
 echo "[setup] installing xiulian with $TORCH (first time: a few minutes)"
 # one pip call: torch is pinned in the same resolution as everything else, so nothing pulls a CUDA build
-$PY -m pip install --disable-pip-version-check --root-user-action=ignore -q ${TORCH:+"$TORCH"} -e ".[dev,deepspeed,gguf,bench]"
+$PY -m pip install --disable-pip-version-check --root-user-action=ignore -q ${TORCH:+"$TORCH"} -e ".[dev,deepspeed,gguf,bench,eval]"
 mkdir -p .cache && echo "$want" > "$stamp"

@@ -77,3 +77,26 @@ class ProgressBar(RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:
         max_steps = self.trainer.max_steps
         return f"Epoch {current_epoch}" + (f" (to step {max_steps})" if max_steps and max_steps > 0 else "")
+
+
+class EvalSuite(L.Callback):
+    """Every ``suite.every_n_steps`` optimizer steps, rank 0 runs the evaluation suite (conf/eval)
+    and logs ``eval/<task>/<metric>``; the other ranks wait at a barrier. The final evaluation,
+    written to ``eval_results.json`` beside the export, is run by ``llm.train`` after training."""
+
+    def __init__(self, suite: Any) -> None:
+        self.suite = suite
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = self.suite.every_n_steps
+        step = trainer.global_step
+        if not every or not self.suite.tasks or step % every or getattr(self, "_last", None) == step:
+            return
+        self._last = step
+        if trainer.is_global_zero:
+            from llm.eval.core import flat_metrics, run_suite
+
+            res = run_suite(module.model, module.tokenizer, self.suite, say=lambda s: log.info("[step %d] %s", step, s))
+            for lg in trainer.loggers:
+                lg.log_metrics(flat_metrics(res), step=step)
+        trainer.strategy.barrier("eval")

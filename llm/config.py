@@ -283,6 +283,62 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalTaskConfig:
+    """One evaluation task (``llm/eval/core.py``). Records are JSON lines; field names below."""
+
+    name: str = MISSING
+    type: str = "choice"
+    """``perplexity`` (held-out text), ``choice`` (log-likelihood of each option, the
+    lm-evaluation-harness way; few-shot classification is a choice task with ``shots > 0``)
+    or ``generate`` (greedy answer, exact match)."""
+    path: Optional[str] = None
+    """A ``.jsonl`` file, or ``builtin:<name>`` for a task shipped in ``llm/eval/tasks``."""
+    sources: list[str] = field(default_factory=list)
+    """``perplexity``: text sources as in ``data.sources`` (files, directories, ``.jsonl``,
+    ``builtin:python-docs``, ``builtin:zen-of-python``)."""
+    text_field: str = "text"
+    query_field: str = "query"
+    choices_field: str = "choices"
+    answer_field: str = "answer"
+    """The gold answer: an index into the choices or the choice's text (``generate``: a string or
+    a list of accepted strings)."""
+    choices: list[str] = field(default_factory=list)
+    """Options shared by every record (a classification task's labels) when records have none."""
+    description: str = ""
+    template: str = "{query}"
+    """How a record becomes a prompt (``str.format`` over the record's fields)."""
+    target_delimiter: str = " "
+    fewshot_delimiter: str = "\n\n"
+    shots: int = 0
+    fewshot_path: Optional[str] = None
+    """Where the k examples come from (``None``: the task's own records, never the query itself)."""
+    fewshot_sampler: str = "first_n"
+    """``first_n`` (the first k records, lm-eval's ``first_n``) or ``random`` (seeded, per query)."""
+    seed: int = 1234
+    limit: Optional[int] = None
+    max_new_tokens: int = 32
+    stop: list[str] = field(default_factory=lambda: ["\n"])
+    chat: bool = False
+    """``generate``: render the prompt as a user turn with the model's chat template."""
+    ignore_case: bool = True
+    max_length: Optional[int] = None
+    """Longest sequence scored at once (``None``: the model's ``max_position_embeddings``)."""
+
+
+@dataclass
+class EvalConfig:
+    """An evaluation suite: tasks run by ``python -m llm.eval`` and by training (results go to the
+    loggers as ``eval/<task>/<metric>`` and to ``eval_results.json`` beside the export)."""
+
+    name: str = "none"
+    tasks: list[EvalTaskConfig] = field(default_factory=list)
+    every_n_steps: int = 0
+    """During training, every N optimizer steps (0: only at the end)."""
+    at_end: bool = True
+    batch_size: int = 8
+
+
+@dataclass
 class LoggerConfig:
     wandb: bool = False
     project: str = "xiulian"
@@ -300,6 +356,7 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 1234
     run_dir: Optional[str] = None
     """``None``: Hydra's run directory (``outputs/<date>/<time>``, or ``hydra.run.dir=...``)."""

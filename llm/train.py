@@ -47,6 +47,10 @@ STAGES = {
 }
 
 
+#: the evaluation suite (conf/eval) a stage runs with ``eval=auto`` (the default)
+STAGE_SUITES = {"pretrain": "pretrain", "sft": "sft", "dpo": "sft", "ppo": "sft", "rm": "none"}
+
+
 # ---------------------------------------------------------------------------- data
 def data_cache_dir(cfg: DataConfig) -> Path:
     if cfg.cache_dir:
@@ -384,7 +388,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     """Run one stage from a composed config. Returns {"export": path | None, "metrics": {...}, ...}."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from llm.callbacks import CrashAtStep, DataReport, ProgressBar, SampleText
+    from llm.callbacks import CrashAtStep, DataReport, EvalSuite, ProgressBar, SampleText
     from llm.data.overfit import OverfitDataModule
     from llm.data.shards import TokenDataModule
     from llm.export import export_hf
@@ -409,6 +413,10 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     if stage in ("rm", "ppo", "dpo") and not cfg.model.pretrained:
         raise ValueError(f"stage={stage} starts from a fine-tuned model: set model.pretrained=<an SFT export or HF directory>")
     _quiet_lightning()
+    if cfg.eval.name == "auto":
+        from llm.eval.__main__ import load_suite
+
+        cfg.eval = load_suite(STAGE_SUITES.get(stage, "none"))
     run_dir = resolve_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     placement = build_placement(cfg.strategy, cfg.trainer)
@@ -477,6 +485,8 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
             save_last=False,
         )
         callbacks.append(ckpt_cb)
+    if cfg.eval.tasks and cfg.eval.every_n_steps > 0:
+        callbacks.append(EvalSuite(cfg.eval))
     if tc.crash_at_step is not None:
         callbacks.append(CrashAtStep(tc.crash_at_step))
     if tc.progress_bar:
@@ -570,10 +580,27 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
                 stop = stop_token_ids(tokenizer)
             path = export_hf(model, tokenizer, run_dir / "export", extra=extra, eos_token_id=stop)
             result["export"] = str(path)
+        if cfg.eval.tasks and cfg.eval.at_end and not tc.fast_dev_run:
+            result["eval"] = final_eval(cfg, model, tokenizer, trainer, Path(result["export"] or run_dir))
     for lg in trainer.loggers:  # end the W&B run: a later train() in this process starts its own
         if type(lg).__name__ == "WandbLogger" and trainer.is_global_zero and getattr(lg, "_experiment", None) is not None:
             lg.experiment.finish()
     return result
+
+
+def final_eval(cfg: Config, model: Any, tokenizer: Any, trainer: Any, where: Path) -> dict[str, Any]:
+    """The evaluation suite on the trained model: logged as ``eval/<task>/<metric>`` at the last
+    step (CSV, W&B) and written to ``eval_results.json`` in the export directory."""
+    from llm.eval.core import flat_metrics, run_suite, write_results
+
+    res = run_suite(model, tokenizer, cfg.eval, say=lambda s: log.info("%s", s))
+    res.update(stage=cfg.stage.name, global_step=trainer.global_step, model=str(where))
+    for lg in trainer.loggers:
+        lg.log_metrics(flat_metrics(res), step=trainer.global_step)
+        lg.save()
+    path = write_results(res, where / "eval_results.json")
+    log.info("eval results: %s", path)
+    return res
 
 
 def _has_val(dm: Any) -> bool:

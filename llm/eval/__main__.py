@@ -1,0 +1,122 @@
+"""Evaluate a model on a suite of tasks (conf/eval/*.yaml).
+
+    python -m llm.eval outputs/pretrain/demo/export                     # suite "pretrain"
+    python -m llm.eval outputs/sft/demo/export --suite sft --limit 20
+    python -m llm.eval model.gguf --suite my_suite.yaml --out results.json --wandb
+
+The model is any Hugging Face causal-LM directory (a Xiulian export or another checkpoint) or a
+``.gguf`` file. Results are printed, written to ``eval_results.json`` in the model directory (or
+``--out``), and logged to W&B with ``--wandb`` (offline unless a key is configured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_suite(name_or_path: str, overrides: list[str] = ()) -> Any:
+    """A suite from ``conf/eval/<name>.yaml`` or a YAML path, validated against EvalConfig."""
+    from omegaconf import OmegaConf
+
+    from llm.config import EvalConfig
+
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = ROOT / "conf" / "eval" / f"{name_or_path}.yaml"
+    if not p.is_file():
+        have = sorted(q.stem for q in (ROOT / "conf" / "eval").glob("*.yaml"))
+        raise FileNotFoundError(f"eval suite not found: {p} (suites in conf/eval: {', '.join(have)})")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(p))
+    except Exception as e:  # omegaconf's errors name the key; add the file
+        raise ValueError(f"{p}: {e}") from None
+    import yaml
+
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if not sep:
+            raise ValueError(f"--set {o!r}: expected KEY=VALUE (e.g. tasks.0.shots=2)")
+        try:
+            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=True)
+        except Exception as e:
+            raise ValueError(f"--set {o!r}: {e}") from None
+    return cfg
+
+
+def load_model(path: str, dtype: str = "float32") -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm.model.build import resolve_pretrained
+
+    d = resolve_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=getattr(torch, dtype))
+    tok = AutoTokenizer.from_pretrained(str(d))
+    return model, tok
+
+
+def results_path(model_path: str) -> Path:
+    p = Path(model_path)
+    return p / "eval_results.json" if p.is_dir() else p.with_name(p.name + ".eval_results.json")
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m llm.eval", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("model", help="an HF model directory (e.g. a run's export/) or a .gguf file")
+    ap.add_argument("--suite", default="pretrain", help="a suite name in conf/eval or a YAML file (default: pretrain)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite field, e.g. tasks.0.shots=2")
+    ap.add_argument("--limit", type=int, default=None, help="evaluate at most N items (or documents) per task")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ap.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    ap.add_argument("--out", default=None, help="results JSON (default: eval_results.json in the model directory)")
+    ap.add_argument("--wandb", action="store_true", help="log the results to W&B (project xiulian, job type eval)")
+    ap.add_argument("--project", default="xiulian")
+    args = ap.parse_args(argv)
+
+    from llm.eval.core import HEADLINE, flat_metrics, run_suite, write_results
+
+    suite = load_suite(args.suite, args.set)
+    if args.limit is not None:
+        for t in suite.tasks:
+            t.limit = args.limit
+    if args.batch_size:
+        suite.batch_size = args.batch_size
+    if not suite.tasks:
+        sys.exit(f"eval suite {args.suite!r} has no tasks")
+    model, tok = load_model(args.model, args.dtype)
+    model.to(args.device)
+    res = run_suite(model, tok, suite)
+    res["model"] = str(Path(args.model).absolute())
+    out = write_results(res, Path(args.out) if args.out else results_path(args.model))
+    print(f"\n{'task':<24} {'type':<11} {'metric':<12} {'value':>9} {'n':>6}")
+    for name, r in res["tasks"].items():
+        k = HEADLINE[r["type"]]
+        print(f"{name:<24} {r['type']:<11} {k:<12} {r[k]:>9.4f} {r.get('n', r.get('tokens')):>6}")
+    print(f"results: {out}")
+    if args.wandb:
+        import wandb
+
+        from llm.train import _wandb_mode
+
+        run = wandb.init(project=args.project, job_type="eval", mode=_wandb_mode("auto"), config={"model": res["model"], "suite": suite.name})
+        run.log(flat_metrics(res))
+        run.summary.update(flat_metrics(res))
+        run.finish()
+    return res
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""Evaluation: perplexity, few-shot and multiple-choice log-likelihood scoring, exact match.
+
+Three task types (``EvalTaskConfig.type``):
+
+* ``perplexity``: documents are tokenized (the tokenizer's own special tokens), a prefix token
+  (BOS, else EOS) is put in front so that every token of the document is predicted, and the
+  sequence is cut into disjoint windows of at most ``max_length`` predicted tokens (a window's
+  context starts at its own first token). ``ppl = exp(sum NLL / tokens)``; ``bits_per_byte =
+  sum NLL / ln 2 / UTF-8 bytes`` compares models with different tokenizers.
+* ``choice``: the prompt (``description`` + k examples + the query, joined by
+  ``fewshot_delimiter``) is the context; each option, after ``target_delimiter``, is a
+  continuation; the prediction is the option with the highest log-likelihood (``acc``) or the
+  highest log-likelihood per character of the option (``acc_norm``). This is how
+  lm-evaluation-harness scores ``multiple_choice`` tasks, down to the tokenization: trailing
+  spaces of the context move to the continuation, ``encode(context + continuation)`` is split
+  after ``len(encode(context))`` tokens, and too-long inputs lose tokens on the left. A few-shot
+  classification task is a choice task whose options are the labels.
+* ``generate``: greedy continuation of the prompt (``chat: true``: as a user turn in the model's
+  chat template), cut at the first ``stop`` string; ``exact_match`` compares the stripped text
+  (case-insensitively unless ``ignore_case: false``) with the answer or any of a list of answers.
+
+Records are JSON lines. Errors name the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+BUILTIN_ZEN = "builtin:zen-of-python"
+TASK_TYPES = ("perplexity", "choice", "generate")
+
+
+class EvalDataError(ValueError):
+    """A task file or task config is wrong; the message names the file, line and field."""
+
+
+# ============================================================================ task records
+def task_file(path: str) -> Path:
+    """``builtin:<name>`` -> the file shipped in ``llm/eval/tasks``; else the path itself."""
+    if path.startswith("builtin:"):
+        name = path.split(":", 1)[1]
+        p = TASKS_DIR / f"{name}.jsonl"
+        if not p.is_file():
+            have = sorted(q.stem for q in TASKS_DIR.glob("*.jsonl"))
+            raise EvalDataError(f"unknown builtin task data {path!r}; shipped: {', '.join('builtin:' + h for h in have)}")
+        return p
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"task data not found: {p}")
+    return p
+
+
+def read_records(path: str) -> list[tuple[str, dict]]:
+    """``(where, record)`` for each non-blank line; ``where`` is ``file:line``."""
+    p = task_file(path)
+    out = []
+    with open(p, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{p}:{i}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalDataError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise EvalDataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            out.append((where, rec))
+    if not out:
+        raise EvalDataError(f"{p}: no records")
+    return out
+
+
+def _field(where: str, rec: dict, name: str) -> Any:
+    if name not in rec:
+        raise EvalDataError(f"{where}: missing field {name!r} (fields: {', '.join(sorted(rec))})")
+    return rec[name]
+
+
+def _fmt(where: str, template: str, rec: dict) -> str:
+    try:
+        return template.format(**rec)
+    except KeyError as e:
+        raise EvalDataError(f"{where}: template {template!r} needs field {e.args[0]!r}, which the record lacks") from None
+
+
+class Item:
+    """One evaluated record: its prompt text (before few-shot context), options and gold."""
+
+    def __init__(self, where: str, rec: dict, task: Any) -> None:
+        self.where, self.rec = where, rec
+        self.text = _fmt(where, task.template, rec)
+        ans = _field(where, rec, task.answer_field)
+        if task.type == "choice":
+            choices = rec.get(task.choices_field, None)
+            if choices is None:
+                if not task.choices:
+                    raise EvalDataError(f"{where}: missing field {task.choices_field!r} and the task sets no shared 'choices'")
+                choices = list(task.choices)
+            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+                raise EvalDataError(f"{where}: {task.choices_field!r} must be a list of at least two strings")
+            if isinstance(ans, bool) or not isinstance(ans, (int, str)):
+                raise EvalDataError(f"{where}: {task.answer_field!r} must be an option's index or its text")
+            if isinstance(ans, str):
+                if ans not in choices:
+                    raise EvalDataError(f"{where}: {task.answer_field!r} {ans!r} is not one of the options {choices}")
+                ans = choices.index(ans)
+            elif not 0 <= ans < len(choices):
+                raise EvalDataError(f"{where}: {task.answer_field!r} index {ans} is out of range for {len(choices)} options")
+            self.choices: list[str] = choices
+            self.gold: Any = ans
+            self.target = choices[ans]
+        else:
+            answers = ans if isinstance(ans, list) else [ans]
+            if not answers or not all(isinstance(a, str) for a in answers):
+                raise EvalDataError(f"{where}: {task.answer_field!r} must be a string or a list of strings")
+            self.choices, self.gold, self.target = [], answers, answers[0]
+
+
+def build_prompts(task: Any) -> list[tuple[Item, str]]:
+    """``(item, context)`` per evaluated record, few-shot examples included."""
+    every = [Item(w, r, task) for w, r in read_records(task.path)]
+    items = every[: task.limit] if task.limit is not None else every
+    shots = int(task.shots)
+    pool = [Item(w, r, task) for w, r in read_records(task.fewshot_path)] if task.fewshot_path else None
+    if shots < 0:
+        raise EvalDataError(f"task {task.name}: shots must be >= 0, got {shots}")
+    if task.fewshot_sampler not in ("first_n", "random"):
+        raise EvalDataError(f"task {task.name}: fewshot_sampler must be first_n or random, got {task.fewshot_sampler!r}")
+    rng = random.Random(task.seed)
+    out = []
+    for item in items:
+        examples: list[Item] = []
+        if shots:
+            cands = pool if pool is not None else [x for x in every if x is not item]
+            if len(cands) < shots:
+                raise EvalDataError(f"task {task.name}: {shots} shots asked, only {len(cands)} examples to draw from")
+            examples = cands[:shots] if task.fewshot_sampler == "first_n" else rng.sample(cands, shots)
+        parts = [e.text + task.target_delimiter + e.target for e in examples]
+        ctx = task.fewshot_delimiter.join(parts) + (task.fewshot_delimiter if parts else "") + item.text
+        out.append((item, task.description + ctx))
+    return out
+
+
+# ============================================================================ scoring
+def model_max_length(model: Any, default: int = 2048) -> int:
+    cfg = model.config
+    for attr in ("max_position_embeddings", "n_positions", "seq_length"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return default
+
+
+def prefix_token(tokenizer: Any) -> int:
+    for t in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if t is not None:
+            return int(t)
+    raise ValueError("the tokenizer has neither a BOS nor an EOS token to condition an empty context on")
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """The tokenizer's default encoding (its own special tokens), as lm-eval's ``hf`` model does."""
+    return list(tokenizer(text).input_ids)
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-evaluation-harness's split: trailing spaces of the context go to the continuation;
+    ``encode(context + continuation)`` is cut after ``len(encode(context))`` tokens; an empty
+    context becomes the prefix token."""
+    if context == "":
+        cont = list(tokenizer(continuation, add_special_tokens=False).input_ids)
+        p = prefix_token(tokenizer)
+        return ([p], cont) if not cont or cont[0] != p else (cont[:1], cont[1:])
+    n = len(context) - len(context.rstrip())
+    if n:
+        continuation, context = context[-n:] + continuation, context[:-n]
+    whole = encode(tokenizer, context + continuation)
+    ctx = encode(tokenizer, context)
+    return ctx, whole[len(ctx):]
+
+
+@torch.no_grad()
+def score_sequences(model: Any, seqs: Sequence[Sequence[int]], n_targets: Sequence[int], batch_size: int = 8,
+                    pad_id: int = 0, progress: Optional[Callable[[int], None]] = None) -> list[tuple[float, bool]]:
+    """For each token sequence, the summed log-probability of its last ``n`` tokens given
+    everything before them, and whether each of those tokens was the argmax (greedy)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # similar lengths share a batch
+    out: list[Optional[tuple[float, bool]]] = [None] * len(seqs)
+    try:
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            width = max(len(seqs[i]) - 1 for i in idx)
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                s = seqs[i][:-1]
+                ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+                mask[r, :len(s)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for r, i in enumerate(idx):
+                n, L = int(n_targets[i]), len(seqs[i]) - 1
+                if n == 0:
+                    out[i] = (0.0, True)
+                    continue
+                lp = logp[r, L - n:L]
+                tgt = torch.tensor(seqs[i][L + 1 - n:], dtype=torch.long, device=lp.device)
+                ll = lp.gather(-1, tgt[:, None]).sum().item()
+                greedy = bool((lp.argmax(-1) == tgt).all())
+                out[i] = (ll, greedy)
+            if progress:
+                progress(len(idx))
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def loglikelihoods(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str]], batch_size: int = 8,
+                   max_length: Optional[int] = None) -> list[tuple[float, bool]]:
+    """``log p(continuation | context)`` and is-greedy per ``(context, continuation)``, as
+    lm-evaluation-harness's ``hf`` model computes them."""
+    L = max_length or model_max_length(model)
+    seqs, ns = [], []
+    for ctx, cont in requests:
+        c, t = encode_pair(tokenizer, ctx, cont)
+        if len(t) > L:
+            raise ValueError(f"a continuation of {len(t)} tokens exceeds the maximum length {L}")
+        seqs.append((c + t)[-(L + 1):])
+        ns.append(len(t))
+    return score_sequences(model, seqs, ns, batch_size, _pad(tokenizer))
+
+
+def _pad(tokenizer: Any) -> int:
+    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if t is not None:
+            return int(t)
+    return 0
+
+
+# ============================================================================ tasks
+def read_texts(task: Any) -> list[str]:
+    """Documents of a perplexity task: ``sources`` (text files, dirs, ``builtin:...``) and/or a
+    ``.jsonl`` ``path`` read with ``text_field``."""
+    docs: list[str] = []
+    if task.path:
+        for where, rec in read_records(task.path):
+            t = _field(where, rec, task.text_field)
+            if not isinstance(t, str):
+                raise EvalDataError(f"{where}: {task.text_field!r} must be a string")
+            docs.append(t)
+    srcs = [s for s in task.sources if s != BUILTIN_ZEN]
+    if BUILTIN_ZEN in task.sources:
+        docs.append(zen_of_python())
+    if srcs:
+        from llm.data.text import iter_documents
+
+        docs.extend(iter_documents(list(srcs), task.text_field))
+    docs = [d for d in docs if d.strip()]
+    if task.limit is not None:
+        docs = docs[: task.limit]
+    if not docs:
+        raise EvalDataError(f"task {task.name}: no documents (set path or sources)")
+    return docs
+
+
+def zen_of_python() -> str:
+    """PEP 20, as ``import this`` prints it (the stdlib keeps it ROT13-encoded: it is in no
+    docstring, so ``builtin:python-docs`` training never saw it)."""
+    import codecs
+    import importlib.util
+
+    spec = importlib.util.find_spec("this")
+    src = Path(spec.origin).read_text(encoding="utf-8")  # type: ignore[union-attr,arg-type]
+    s = src.split('s = """', 1)[1].split('"""', 1)[0]
+    return codecs.decode(s, "rot13")
+
+
+def perplexity(model: Any, tokenizer: Any, docs: Sequence[str], batch_size: int = 8, max_length: Optional[int] = None) -> dict[str, float]:
+    L = max_length or model_max_length(model)
+    p = prefix_token(tokenizer)
+    seqs, ns = [], []
+    n_bytes = 0
+    for d in docs:
+        ids = encode(tokenizer, d)
+        toks = ids if ids and ids[0] == p else [p] + ids
+        n_bytes += len(d.encode("utf-8"))
+        for s in range(0, len(toks) - 1, L):
+            w = toks[s:s + L + 1]
+            seqs.append(w)
+            ns.append(len(w) - 1)
+    scores = score_sequences(model, seqs, ns, batch_size, _pad(tokenizer))
+    nll = -sum(s for s, _ in scores)
+    n = sum(ns)
+    return {"ppl": math.exp(nll / n), "nll": nll / n, "bits_per_byte": nll / math.log(2) / max(1, n_bytes),
+            "tokens": n, "docs": len(docs)}
+
+
+def _stderr(acc: float, n: int) -> float:
+    return math.sqrt(acc * (1 - acc) / (n - 1)) if n > 1 else float("nan")
+
+
+def run_choice(model: Any, tokenizer: Any, task: Any, batch_size: int = 8) -> dict[str, Any]:
+    prompts = build_prompts(task)
+    reqs, owner = [], []
+    for k, (item, ctx) in enumerate(prompts):
+        for c in item.choices:
+            reqs.append((ctx, task.target_delimiter + c))
+            owner.append(k)
+    lls = loglikelihoods(model, tokenizer, reqs, batch_size, task.max_length)
+    per: list[list[float]] = [[] for _ in prompts]
+    for k, (ll, _) in zip(owner, lls):
+        per[k].append(ll)
+    acc = acc_norm = 0
+    preds = []
+    for (item, _), ll in zip(prompts, per):
+        pred = max(range(len(ll)), key=lambda i: ll[i])
+        norm = [x / len(c) for x, c in zip(ll, item.choices)]
+        pred_n = max(range(len(norm)), key=lambda i: norm[i])
+        acc += pred == item.gold
+        acc_norm += pred_n == item.gold
+        preds.append({"where": item.where, "pred": pred, "pred_norm": pred_n, "gold": item.gold, "loglik": ll})
+    n = len(prompts)
+    return {"acc": acc / n, "acc_stderr": _stderr(acc / n, n), "acc_norm": acc_norm / n, "n": n, "shots": task.shots,
+            "predictions": preds, "example_prompt": prompts[0][1]}
+
+
+def _cut(text: str, stops: Iterable[str]) -> str:
+    for s in stops:
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text
+
+
+def run_generate(model: Any, tokenizer: Any, task: Any) -> dict[str, Any]:
+    from llm.model.generate import generate_text
+
+    if task.chat and not getattr(tokenizer, "chat_template", None):
+        raise EvalDataError(f"task {task.name}: chat: true needs a model with a chat template (an SFT export); this tokenizer has none")
+    prompts = build_prompts(task)
+    outs = generate_text(model, tokenizer, [c for _, c in prompts], task.max_new_tokens, chat=task.chat)
+    hits, preds = 0, []
+    for (item, _), out in zip(prompts, outs):
+        ans = _cut(out, task.stop).strip()
+        a = ans.lower() if task.ignore_case else ans
+        golds = [g.strip().lower() if task.ignore_case else g.strip() for g in item.gold]
+        ok = a in golds
+        hits += ok
+        preds.append({"where": item.where, "output": ans, "gold": item.gold, "correct": ok})
+    n = len(prompts)
+    return {"exact_match": hits / n, "exact_match_stderr": _stderr(hits / n, n), "n": n, "shots": task.shots,
+            "predictions": preds, "example_prompt": prompts[0][1]}
+
+
+def run_task(model: Any, tokenizer: Any, task: Any, batch_size: int = 8) -> dict[str, Any]:
+    if task.type not in TASK_TYPES:
+        raise EvalDataError(f"task {task.name}: type must be one of {', '.join(TASK_TYPES)}, got {task.type!r}")
+    t0 = time.perf_counter()
+    if task.type == "perplexity":
+        res: dict[str, Any] = perplexity(model, tokenizer, read_texts(task), batch_size, task.max_length)
+    elif task.type == "choice":
+        res = run_choice(model, tokenizer, task, batch_size)
+    else:
+        res = run_generate(model, tokenizer, task)
+    res["type"] = task.type
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    return res
+
+
+HEADLINE = {"perplexity": "ppl", "choice": "acc", "generate": "exact_match"}
+
+
+def run_suite(model: Any, tokenizer: Any, suite: Any, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every task of an :class:`~llm.config.EvalConfig`; ``{"suite", "tasks": {name: result}}``."""
+    names = [t.name for t in suite.tasks]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise EvalDataError(f"eval suite {suite.name}: task names must be unique, repeated: {', '.join(sorted(dup))}")
+    results: dict[str, Any] = {}
+    for task in suite.tasks:
+        res = run_task(model, tokenizer, task, suite.batch_size)
+        results[task.name] = res
+        key = HEADLINE[task.type]
+        say(f"eval {task.name} ({task.type}, {res.get('n', res.get('docs'))} items, {res['seconds']:.1f}s): {key}={res[key]:.4f}")
+    return {"suite": suite.name, "tasks": results}
+
+
+def flat_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
+    """``eval/<task>/<metric>`` -> number, for loggers."""
+    out = {}
+    for name, res in results["tasks"].items():
+        for k, v in res.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("seconds", "shots"):
+                out[f"{prefix}/{name}/{k}"] = float(v)
+    return out
+
+
+def write_results(results: dict[str, Any], path: Path) -> Path:
+    """Atomic write of the results JSON (a crash leaves the previous file intact)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,277 @@
+"""Evaluation: perplexity, few-shot / multiple-choice log-likelihood scoring and exact match.
+
+The hand-worked checks use a bigram model built in the test: a one-layer Llama whose attention
+and MLP write nothing, whose embeddings are one-hot and whose output layer is a table ``B`` of
+logits, so that ``p(next | ..., cur) = softmax(B[cur])[next]`` and every log-likelihood below is
+worked out by hand from that table. The real-model checks compare with an independent
+computation and with lm-evaluation-harness itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from llm.config import EvalConfig, EvalTaskConfig
+from llm.eval.core import (
+    EvalDataError,
+    build_prompts,
+    loglikelihoods,
+    perplexity,
+    run_suite,
+    run_task,
+    zen_of_python,
+)
+
+WORDS = ["<s>", "</s>", "<unk>", "good", "bad", "day", "luck", "pos", "neg", "|",
+         "france", "germany", "paris", "berlin", "rome", "is"]
+V = len(WORDS)
+ID = {w: i for i, w in enumerate(WORDS)}
+
+
+def bigram_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(ID, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def bigram_model(table: dict[tuple[str, str], float]):
+    """logits(next | cur) = B[cur, next]: B is 0 except the entries in ``table``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=V, hidden_size=V, intermediate_size=4, num_hidden_layers=1, num_attention_heads=1,
+                      num_key_value_heads=1, head_dim=V, max_position_embeddings=64, rms_norm_eps=1e-12,
+                      tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)
+    m = LlamaForCausalLM(cfg).eval()
+    B = torch.zeros(V, V)
+    for (a, b), v in table.items():
+        B[ID[a], ID[b]] = v
+    with torch.no_grad():
+        m.model.embed_tokens.weight.copy_(torch.eye(V))
+        m.model.layers[0].self_attn.o_proj.weight.zero_()
+        m.model.layers[0].mlp.down_proj.weight.zero_()
+        m.model.norm.weight.fill_(1 / math.sqrt(V))  # RMSNorm(one-hot) * this = the one-hot again
+        m.lm_head.weight.copy_(B.T)  # logits = B^T-row lookup: lm_head(e_cur) = B[cur]
+    return m
+
+
+TABLE = {("day", "pos"): 2.0, ("luck", "neg"): 2.0, ("pos", "pos"): 1.0,
+         ("france", "paris"): 5.0, ("germany", "rome"): 5.0, ("paris", "</s>"): 9.0, ("rome", "</s>"): 9.0}
+
+
+def lp_row(row_logits: dict[str, float], nxt: str) -> float:
+    """log softmax of a table row (V entries, zero except ``row_logits``) at ``nxt``, by hand."""
+    z = sum(math.exp(v) for v in row_logits.values()) + (V - len(row_logits))
+    return row_logits.get(nxt, 0.0) - math.log(z)
+
+
+def task(**kw) -> EvalTaskConfig:
+    return OmegaConf.merge(OmegaConf.structured(EvalTaskConfig), kw)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+SENT = [{"query": "good day", "answer": "pos"}, {"query": "bad luck", "answer": "neg"},
+        {"query": "bad day", "answer": "neg"}, {"query": "good luck", "answer": "pos"},
+        {"query": "luck day", "answer": "pos"}]
+
+
+# ------------------------------------------------------------------------------- bigram: by hand
+def test_loglikelihood_by_hand():
+    tok, m = bigram_tokenizer(), bigram_model(TABLE)
+    got = loglikelihoods(m, tok, [("good day", " pos"), ("good day", " neg"), ("bad luck", " pos pos"), ("", "day")])
+    day, luck, pos = {"pos": 2.0}, {"neg": 2.0}, {"pos": 1.0}
+    want = [lp_row(day, "pos"), lp_row(day, "neg"), lp_row(luck, "pos") + lp_row(pos, "pos"), lp_row({}, "day")]
+    for (ll, _), w in zip(got, want):
+        assert ll == pytest.approx(w, abs=1e-4)
+    # is-greedy: "pos" is the argmax after "day"; after "luck" the argmax is "neg"
+    assert [g for _, g in got] == [True, False, False, False]
+
+
+def test_few_shot_prompt_and_accuracy_by_hand(tmp_path):
+    tok, m = bigram_tokenizer(), bigram_model(TABLE)
+    path = write_jsonl(tmp_path / "sent.jsonl", SENT)
+    t = task(name="sent", type="choice", path=path, choices=["pos", "neg"], shots=2, fewshot_delimiter=" | ")
+    prompts = build_prompts(t)
+    # first_n: the first two records other than the query itself
+    assert prompts[0][1] == "bad luck neg | bad day neg | good day"
+    assert prompts[2][1] == "good day pos | bad luck neg | bad day"
+    res = run_task(m, tok, t)
+    # the bigram model sees only the query's last word: "day" -> pos (2 vs 0), "luck" -> neg;
+    # gold: day/pos right, luck/neg right, day/neg wrong, luck/pos wrong, day/pos right
+    assert [p["pred"] for p in res["predictions"]] == [0, 1, 0, 1, 0]
+    assert res["acc"] == pytest.approx(3 / 5)
+    assert res["n"] == 5 and res["shots"] == 2
+
+
+def test_multiple_choice_acc_norm_by_hand(tmp_path):
+    """acc picks the highest log-likelihood; acc_norm the highest per character of the option."""
+    tok, m = bigram_tokenizer(), bigram_model(TABLE)
+    rows = [{"query": "bad luck", "choices": ["neg pos pos pos", "pos"], "answer": 0}]
+    t = task(name="mc", type="choice", path=write_jsonl(tmp_path / "mc.jsonl", rows))
+    res = run_task(m, tok, t)
+    luck, pos = {"neg": 2.0}, {"pos": 1.0}
+    # V = 16: log p(neg|luck) = 2 - ln(e^2 + 15) = -1.109; p(pos|neg) is uniform: -ln 16 = -2.773;
+    # log p(pos|pos) = 1 - ln(e + 15) = -1.875; log p(pos|luck) = -ln(e^2 + 15) = -3.109
+    ll_a = lp_row(luck, "neg") + lp_row({}, "pos") + 2 * lp_row(pos, "pos")  # -7.630
+    ll_b = lp_row(luck, "pos")  # -3.109
+    assert ll_a == pytest.approx(-7.630, abs=1e-3) and ll_b == pytest.approx(-3.109, abs=1e-3)
+    assert res["predictions"][0]["loglik"] == pytest.approx([ll_a, ll_b], abs=1e-4)
+    # per character: -7.630 / 15 = -0.509 beats -3.109 / 3 = -1.036, so acc_norm picks the gold
+    assert res["acc"] == 0.0 and res["acc_norm"] == 1.0
+
+
+def test_exact_match_by_hand(tmp_path):
+    tok, m = bigram_tokenizer(), bigram_model(TABLE)
+    rows = [{"country": "france", "answer": "Paris"}, {"country": "germany", "answer": ["Berlin", "berlin"]}]
+    t = task(name="cap", type="generate", path=write_jsonl(tmp_path / "cap.jsonl", rows), template="{country}",
+             max_new_tokens=4, stop=[])
+    res = run_task(m, tok, t)
+    # greedy: france -> paris -> </s> (stop); germany -> rome -> </s>
+    assert [p["output"] for p in res["predictions"]] == ["paris", "rome"]
+    assert res["exact_match"] == 0.5  # case-insensitive: paris == Paris
+    t2 = task(name="cap", type="generate", path=t.path, template="{country}", max_new_tokens=4, stop=[], ignore_case=False)
+    assert run_task(m, tok, t2)["exact_match"] == 0.0
+
+
+def test_perplexity_of_uniform_model_is_vocab_size():
+    tok, m = bigram_tokenizer(), bigram_model({})
+    res = perplexity(m, tok, ["good day pos", "bad luck neg neg neg"], max_length=4)
+    assert res["ppl"] == pytest.approx(V, rel=1e-5)
+    assert res["tokens"] == 3 + 5  # every token predicted once, the first from the BOS prefix
+
+
+# ------------------------------------------------------------------------------- real model
+def test_perplexity_equals_independent_nll(tiny_base):
+    """exp(mean token NLL) computed here with a plain forward pass and F.cross_entropy."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    docs = [zen_of_python(), "A list is a mutable sequence; a tuple is not."]
+    L = 64  # the Zen (~270 tokens) spans several windows
+    res = perplexity(m, tok, docs, max_length=L, batch_size=3)
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for d in docs:
+            ids = [tok.bos_token_id] + tok(d).input_ids
+            for s in range(0, len(ids) - 1, L):
+                w = torch.tensor(ids[s:s + L + 1])
+                logits = m(w[None, :-1]).logits[0]
+                nll += F.cross_entropy(logits, w[1:], reduction="sum").item()
+                n += len(w) - 1
+    assert res["tokens"] == n
+    assert res["ppl"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+    assert res["bits_per_byte"] == pytest.approx(nll / math.log(2) / sum(len(d.encode()) for d in docs), rel=1e-4)
+
+
+def test_batched_scores_equal_one_at_a_time(tiny_base):
+    """Padding and length-sorted batches change nothing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    reqs = [("Question: Which keyword defines a function?\nAnswer:", " def"), ("A list is", " a mutable sequence"),
+            ("x", " y"), ("The ", "end of the story, which is long enough to pad the others")]
+    one = [loglikelihoods(m, tok, [r])[0][0] for r in reqs]
+    many = [ll for ll, _ in loglikelihoods(m, tok, reqs, batch_size=4)]
+    assert many == pytest.approx(one, abs=1e-4)
+
+
+def test_training_writes_eval_results_beside_export(tiny_base):
+    """eval=auto runs the stage's suite (conf/eval/pretrain.yaml) after training."""
+    export = Path(tiny_base)
+    res = json.loads((export / "eval_results.json").read_text())
+    assert res["suite"] == "pretrain" and res["stage"] == "pretrain" and res["global_step"] == 150
+    assert set(res["tasks"]) == {"zen_ppl", "zh_sentiment_4shot", "en_sentiment_4shot", "python_mc", "capitals_2shot"}
+    assert res["tasks"]["zh_sentiment_4shot"]["example_prompt"].count(" | ") == 8  # 4 examples of "text | label"
+    assert 1 < res["tasks"]["zen_ppl"]["ppl"] < 1024  # better than uniform over the 1024-token vocabulary
+    header = (export.parent / "metrics.csv").read_text().splitlines()[0]
+    assert "eval/zen_ppl/ppl" in header and "eval/python_mc/acc" in header
+
+
+def test_cli_and_suite_errors(tiny_base, tmp_path):
+    from llm.eval.__main__ import load_suite, main
+
+    out = tmp_path / "r.json"
+    res = main([tiny_base, "--limit", "4", "--out", str(out), "--set", "tasks.1.shots=2"])
+    saved = json.loads(out.read_text())
+    assert saved["tasks"]["python_mc"]["n"] == 4 and saved["tasks"]["zh_sentiment_4shot"]["shots"] == 2
+    assert res["tasks"]["zen_ppl"]["ppl"] == saved["tasks"]["zen_ppl"]["ppl"]
+    with pytest.raises(FileNotFoundError, match="suites in conf/eval"):
+        load_suite("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntasks:\n  - name: a\n    typo: 1\n")
+    with pytest.raises(ValueError, match="bad.yaml.*typo"):
+        load_suite(str(bad))
+
+
+def test_bad_task_data_names_file_line_and_field(tmp_path):
+    tok, m = bigram_tokenizer(), bigram_model(TABLE)
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"query": "good day", "answer": "pos"}\n{"query": "bad day", "answer": "meh"}\n')
+    with pytest.raises(EvalDataError, match=r"t.jsonl:2: 'answer' 'meh' is not one of the options"):
+        run_task(m, tok, task(name="a", type="choice", path=str(p), choices=["pos", "neg"]))
+    p.write_text('{"query": "good day", "answer": "pos"}\n{"query": "bad day"\n')
+    with pytest.raises(EvalDataError, match=r"t.jsonl:2: not valid JSON"):
+        run_task(m, tok, task(name="a", type="choice", path=str(p), choices=["pos", "neg"]))
+    p.write_text('{"text": "good day", "answer": "pos"}\n')
+    with pytest.raises(EvalDataError, match=r"t.jsonl:1: template '\{query\}' needs field 'query'"):
+        run_task(m, tok, task(name="a", type="choice", path=str(p), choices=["pos", "neg"]))
+    with pytest.raises(EvalDataError, match="unknown builtin task data 'builtin:nope'; shipped: .*builtin:python_mc"):
+        run_task(m, tok, task(name="a", type="choice", path="builtin:nope"))
+    with pytest.raises(EvalDataError, match="3 shots asked, only 0"):
+        p.write_text('{"query": "good day", "answer": "pos"}\n')
+        run_task(m, tok, task(name="a", type="choice", path=str(p), choices=["pos", "neg"], shots=3))
+    with pytest.raises(EvalDataError, match="chat: true needs a model with a chat template"):
+        run_task(m, tok, task(name="a", type="generate", path=str(p), chat=True))
+    suite = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"name": "s", "tasks": [{"name": "a", "path": str(p)}, {"name": "a", "path": str(p)}]})
+    with pytest.raises(EvalDataError, match="repeated: a"):
+        run_suite(m, tok, suite)
+
+
+# ------------------------------------------------------------------------------- lm-eval-harness
+def test_lm_eval_harness_hf_matches(tiny_base, tmp_path):
+    """The export runs under lm-evaluation-harness's ``hf`` model on local tasks (no download),
+    and the harness's per-option log-likelihoods and accuracies equal ours."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm.eval.harness import write_tasks
+
+    zh = [json.loads(x) for x in Path("llm/eval/tasks/zh_sentiment.jsonl").read_text(encoding="utf-8").splitlines()]
+    suite = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"name": "h", "tasks": [
+        {"name": "python_mc", "type": "choice", "path": "builtin:python_mc", "template": "Question: {query}\nAnswer:"},
+        {"name": "zh_3shot", "type": "choice", "path": write_jsonl(tmp_path / "zh_test.jsonl", zh[4:]),
+         "fewshot_path": write_jsonl(tmp_path / "zh_shots.jsonl", zh[:4]), "shots": 3, "choices": ["正面", "負面"],
+         "template": "{query} |", "fewshot_delimiter": " | "},
+    ]})
+    names = write_tasks(suite, tmp_path / "harness")
+    assert names == ["xiulian_python_mc", "xiulian_zh_3shot"]
+    m = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    ours = run_suite(m, tok, suite)["tasks"]
+    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tiny_base},dtype=float32", tasks=names,
+                                  task_manager=TaskManager(include_path=str(tmp_path / "harness")), device="cpu",
+                                  batch_size=8, log_samples=True)
+    for ours_name, name in zip(["python_mc", "zh_3shot"], names):
+        r = out["results"][name]
+        assert r["acc,none"] == pytest.approx(ours[ours_name]["acc"])
+        assert r["acc_norm,none"] == pytest.approx(ours[ours_name]["acc_norm"])
+        theirs = {s["doc_id"]: [x[0] for x in s["filtered_resps"]] for s in out["samples"][name]}
+        for i, p in enumerate(ours[ours_name]["predictions"]):
+            assert [float(x) for x in theirs[i]] == pytest.approx(p["loglik"], abs=1e-3)
