@@ -321,6 +321,9 @@ class EvalTaskConfig:
     chat: bool = False
     """``generate``: render the prompt as a user turn with the model's chat template."""
     ignore_case: bool = True
+    extract: Optional[str] = None
+    """``generate``: a regular expression; the answer is its first group (or whole match) in the
+    output, e.g. ``(\\w+)\\W*$`` for the last word of "The capital of France is Paris."."""
     max_length: Optional[int] = None
     """Longest sequence scored at once (``None``: the model's ``max_position_embeddings``)."""
 

@@ -144,6 +144,10 @@ def test_exact_match_by_hand(tmp_path):
     assert res["exact_match"] == 0.5  # case-insensitive: paris == Paris
     t2 = task(name="cap", type="generate", path=t.path, template="{country}", max_new_tokens=4, stop=[], ignore_case=False)
     assert run_task(m, tok, t2)["exact_match"] == 0.0
+    rows = [{"country": "france", "answer": "par"}, {"country": "germany", "answer": "ger"}]
+    t3 = task(name="cap", type="generate", path=write_jsonl(tmp_path / "cap3.jsonl", rows), template="{country}",
+              max_new_tokens=4, stop=[], extract=r"^(\w{3})")
+    assert [p["output"] for p in run_task(m, tok, t3)["predictions"]] == ["par", "rom"]
 
 
 def test_perplexity_of_uniform_model_is_vocab_size():
@@ -275,3 +279,20 @@ def test_lm_eval_harness_hf_matches(tiny_base, tmp_path):
         theirs = {s["doc_id"]: [x[0] for x in s["filtered_resps"]] for s in out["samples"][name]}
         for i, p in enumerate(ours[ours_name]["predictions"]):
             assert [float(x) for x in theirs[i]] == pytest.approx(p["loglik"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_smollm2_scores_well_above_chance():
+    """A real pretrained model on the shipped suites: few-shot sentiment, capitals (2-shot
+    completion, and asked in its chat template), held-out perplexity of PEP 20."""
+    from fixtures import require_smollm2
+
+    from llm.eval.__main__ import load_suite, load_model
+
+    model, tok = load_model(str(require_smollm2()))
+    pre = run_suite(model, tok, load_suite("pretrain"))["tasks"]
+    assert pre["en_sentiment_4shot"]["acc"] >= 0.75  # measured 0.875 (chance 0.5)
+    assert pre["capitals_2shot"]["exact_match"] >= 0.75  # measured 0.875
+    assert pre["zen_ppl"]["ppl"] < 60  # measured 29.3
+    sft = run_suite(model, tok, load_suite("sft"))["tasks"]
+    assert sft["capitals_chat"]["exact_match"] >= 0.75  # measured 0.94

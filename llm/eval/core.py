@@ -17,7 +17,8 @@ Three task types (``EvalTaskConfig.type``):
   classification task is a choice task whose options are the labels.
 * ``generate``: greedy continuation of the prompt (``chat: true``: as a user turn in the model's
   chat template), cut at the first ``stop`` string; ``exact_match`` compares the stripped text
-  (case-insensitively unless ``ignore_case: false``) with the answer or any of a list of answers.
+  (case-insensitively unless ``ignore_case: false``) with the answer or any of a list of answers;
+  ``extract``, a regular expression, first picks the answer out of the output.
 
 Records are JSON lines. Errors name the file, the line and the field.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -353,6 +355,9 @@ def run_generate(model: Any, tokenizer: Any, task: Any) -> dict[str, Any]:
     hits, preds = 0, []
     for (item, _), out in zip(prompts, outs):
         ans = _cut(out, task.stop).strip()
+        if task.extract:
+            m = re.search(task.extract, ans)
+            ans = (m.group(1) if m.groups() else m.group(0)).strip() if m else ""
         a = ans.lower() if task.ignore_case else ans
         golds = [g.strip().lower() if task.ignore_case else g.strip() for g in item.gold]
         ok = a in golds
