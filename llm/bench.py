@@ -294,24 +294,42 @@ def _bare(cfg, log_every: int) -> dict[str, Any]:
     losses: list[torch.Tensor] = []
     ntoks: list[torch.Tensor] = []
     step, epoch = 0, 0
+    # phase split: seconds in data (waiting for the batch, host-to-device copy), forward (+ loss),
+    # backward, optimizer (clip, step, zero_grad, schedule); on CUDA each phase ends in a sync
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    phases: list[tuple[float, float, float, float]] = []
     while step < total:
-        for batch in loader(epoch):
+        it = iter(loader(epoch))
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            if batch is None:
+                break
             ids, labels = batch["input_ids"].to(dev), batch["labels"].to(dev)
             n = (labels != -100).sum()
+            sync()
+            t1 = time.perf_counter()
+            fwd = bwd = 0.0
             loss_sum = torch.zeros((), device=dev)
             for i in range(ids.shape[0]):
+                ta = time.perf_counter()
                 with autocast():
                     out = model(input_ids=ids[i], use_cache=False)
                     nll, _ = token_nll_sum(out.logits, labels[i])
+                sync()
+                tb = time.perf_counter()
                 (nll / n).backward()
                 loss_sum += nll.detach()
+                sync()
+                fwd, bwd = fwd + tb - ta, bwd + time.perf_counter() - tb
+            t2 = time.perf_counter()
             torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
-            if dev.type == "cuda":  # the framework's step ends in .item() calls: a sync
-                torch.cuda.synchronize()
+            sync()  # the framework's step ends in .item() calls: a sync
             ends.append(time.perf_counter())
+            phases.append((t1 - t0, fwd, bwd, ends[-1] - t2))
             losses.append(loss_sum / n)
             ntoks.append(n)
             step += 1
@@ -329,6 +347,7 @@ def _bare(cfg, log_every: int) -> dict[str, Any]:
         "windows": windows,
         "step_s": elapsed / (last - w),
         "losses": {i + 1: float(x) for i, x in enumerate(losses)},
+        "phases_s": {k: sum(p[j] for p in phases[w:last]) / (last - w) for j, k in enumerate(("data", "forward", "backward", "optimizer"))},
         "wall_s": wall,
         "threads": threads,
         "load": (load0, loadavg()),
@@ -387,6 +406,8 @@ def bench_throughput(overrides: list[str], steps: int, log_every: int, repeats: 
         "pair_ratios": pairs,
         "framework_mfu": statistics.median([x["mfu"] for x in fw if x["mfu"] is not None]) if any(x["mfu"] for x in fw) else None,
         "bare_step_s": statistics.median([x["step_s"] for x in bare]),
+        "bare_phases_s": {k: statistics.median([x["phases_s"][k] for x in bare]) for k in bare[0]["phases_s"]},
+        "framework_step_s": tokens_per_step(cfg) / statistics.median(f_t),
         "max_rel_loss_diff": max(loss_check) if loss_check else None,
         "framework_best_window": max(max(x["windows"]) for x in fw),
         "bare_best_window": max(max(x["windows"]) for x in bare),
@@ -635,6 +656,11 @@ def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems:
         L.append(f"   other processes kept {min(fc):.2f}..{max(fc):.2f} cores busy during the runs, hypervisor steal "
                  f"{min(sc):.2f}..{max(sc):.2f} cores (from /proc/stat)")
         L.append(f"   bare step time (median): {thr['bare_step_s'] * 1000:,.1f} ms")
+        ph, fw_step = thr["bare_phases_s"], thr["framework_step_s"]
+        bare_step = sum(ph.values())
+        L.append("   step time split (bare loop): " + ", ".join(f"{k} {v * 1000:,.1f} ms ({v / bare_step * 100:.0f}%)" for k, v in ph.items())
+                 + f"; framework step {fw_step * 1000:,.1f} ms ({(fw_step - bare_step) * 1000:+,.1f} ms: Lightning, hooks, logging)")
+        L.append("   (phases are timed in the bare loop, which does the same work; on CUDA each phase ends in a synchronize)")
         if thr.get("framework_mfu") is not None:
             L.append(f"   MFU: framework train/mfu {thr['framework_mfu'] * 100:.2f}%  (bare, same formula: {thr.get('bare_mfu', 0) * 100:.2f}%)")
         if thr.get("max_rel_loss_diff") is not None:
@@ -675,6 +701,63 @@ def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems:
         L.append(f"note: {n}")
     L.append("=" * 88)
     return "\n".join(L)
+
+
+def trl_baseline(say) -> dict[str, Any]:
+    """``python -m llm.bench_sft --model tiny`` in a subprocess: Xiulian's SFT against TRL's SFTTrainer."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "sft.json"
+        p = subprocess.run([sys.executable, "-m", "llm.bench_sft", "--model", "tiny", "--lora-repeats", "0", "--json", str(out)],
+                           capture_output=True, text=True, timeout=1800)
+        if p.returncode != 0 or not out.is_file():
+            return {"skipped": f"llm.bench_sft failed (exit {p.returncode}): {(p.stderr.strip().splitlines() or [''])[-1]}"}
+        thr = json.loads(out.read_text()).get("throughput", {})
+    if "ratio" not in thr:
+        return {"skipped": "llm.bench_sft ran without TRL (is trl installed? pip install -e .[bench])"}
+    say(f"  SFT tokens/s: Xiulian {thr['xiulian']['tokens_per_s_median']:,.1f}, TRL {thr['trl']['tokens_per_s_median']:,.1f}")
+    return {"model": "tiny", "xiulian": thr["xiulian"]["tokens_per_s_median"], "trl": thr["trl"]["tokens_per_s_median"], "ratio": thr["ratio"],
+            "pair_ratios": thr.get("pair_ratios")}
+
+
+def append_markdown(path: Path, out: dict[str, Any], args: argparse.Namespace) -> Path:
+    """Append one section (machine, command, table of figures) to a Markdown file."""
+    m, thr, fixed = out["machine"], out["throughput"], out["fixed_cost"]
+    cmd = "python -m llm.bench " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("bench.py") else "python -m llm.bench (see below)"
+    rows: list[tuple[str, str, str]] = []
+    if thr:
+        rows += [
+            ("training tokens/s, framework (median)", f"{thr['framework_median']:,.0f}", f"model={thr['model']}, {thr['tokens_per_step']} tokens/step"),
+            ("training tokens/s, bare PyTorch loop", f"{thr['bare_median']:,.0f}", "same model, data, optimizer, schedule"),
+            ("**ratio framework / bare**", f"**{thr['ratio']:.3f}**", f"per pair {', '.join(f'{x:.3f}' for x in thr['pair_ratios'])}"),
+            ("step time (framework)", f"{thr['framework_step_s'] * 1000:,.1f} ms", ""),
+        ]
+        bare_step = sum(thr["bare_phases_s"].values())
+        for k, v in thr["bare_phases_s"].items():
+            rows.append((f"  {k}", f"{v * 1000:,.1f} ms", f"{v / bare_step * 100:.0f}% of a bare-loop step ({bare_step * 1000:,.1f} ms)"))
+        if thr.get("framework_mfu") is not None:
+            rows.append(("MFU", f"{thr['framework_mfu'] * 100:.2f}%", f"peak {out['peak_flops'] / 1e9:,.0f} GFLOP/s measured by a matmul" if not m["cuda"] else f"peak {out['peak_flops'] / 1e12:,.0f} TFLOP/s"))
+    if fixed:
+        rows.append(("framework's fixed cost per step", f"{fixed['overhead_s'] * 1000:.2f} ms", "micro model: framework minus bare step time"))
+    for mem in out["memory"]:
+        rows.append((f"peak memory of a step, {mem['preset']} {mem['seq_len']}x{mem['micro_batch_size']}", _mb(mem["total"]), f"{mem['params'] / 1e6:.1f}M params; {mem['method']}"))
+    lit = out["baselines"].get("litgpt")
+    if lit and "skipped" not in lit:
+        rows.append(("**ratio Xiulian / litgpt pretrain**", f"**{lit['ratio_xiulian_vs_litgpt']:.3f}**",
+                     f"litgpt {lit['litgpt_version']} (torch.compile) {lit['tokens_per_s']['litgpt']:,.0f} tokens/s; Xiulian compiled: ratio {lit['ratio_xiulian_compiled_vs_litgpt']:.3f}"))
+    trl = out["baselines"].get("trl")
+    if trl and trl.get("ratio"):
+        rows.append(("**ratio Xiulian / TRL SFTTrainer**", f"**{trl['ratio']:.3f}**", f"SFT, {trl['model']} model: {trl['xiulian']:,.1f} vs {trl['trl']:,.1f} tokens/s"))
+    machine = (f"{m['cpu']}, {m['cores_usable']} usable cores, torch {m['torch']} ({m['torch_threads']} threads)"
+               + (f", GPU {m['cuda']}" if m["cuda"] else "") + f", lightning {m.get('lightning')}, transformers {m.get('transformers')}")
+    lines = ["", f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(out['time']))} -- {thr['model'] if thr else args.model}", "",
+             f"- machine: {machine}", f"- command: `{cmd}`", "", "| figure | value | notes |", "|---|---:|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8") as f:
+        if new:
+            f.write("# Benchmarks\n\nAppended by `python -m llm.bench --markdown BENCHMARKS.md`; each section is one run.\n")
+        f.write("\n".join(lines) + "\n")
+    return path
 
 
 def _jsonable(x: Any) -> Any:
@@ -745,6 +828,20 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
         seq, _, mb = rest.partition("x")
         say(f"3. memory: {preset} seq_len={seq} micro_batch={mb} (fresh subprocess)")
         mems.append(bench_memory(preset, int(seq), int(mb), [o for o in extra if o.startswith("data.") and not o.startswith(("data.seq_len", "data.micro_batch_size"))]))
+    baselines: dict[str, Any] = {}
+    if "litgpt" in args.baselines:
+        from llm.bench_litgpt import compare as litgpt_compare
+        from llm.bench_litgpt import format_report as litgpt_report
+
+        say(f"4. baseline: litgpt's pretraining loop, model={args.model}, {args.steps} steps")
+        baselines["litgpt"] = litgpt_compare(args.model, args.steps, args.log_every, max(1, args.repeats // 2), extra, say)
+        notes.append(litgpt_report(baselines["litgpt"]).replace("\n", "\n      "))
+    if "trl" in args.baselines:
+        say("5. baseline: TRL's SFTTrainer (python -m llm.bench_sft, tiny model)")
+        baselines["trl"] = trl_baseline(say)
+        if "ratio" in baselines["trl"]:
+            notes.append(f"SFT: Xiulian {baselines['trl']['xiulian']:,.1f} vs TRL SFTTrainer {baselines['trl']['trl']:,.1f} tokens/s, "
+                         f"ratio {baselines['trl']['ratio']:.3f} ({baselines['trl']['model']} model, same data and schedule)")
     peak_again = None
     if peak and not torch.cuda.is_available():
         # the framework's MFU uses the first (cached) measurement; a second look shows its noise
@@ -760,7 +857,10 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
     report = format_report(machine, thr, loaders, mems, peak, notes, fixed)
     say(report)
     out = {"machine": machine, "peak_flops": peak, "peak_flops_again": peak_again, "throughput": thr, "fixed_cost": fixed, "loaders": loaders, "memory": mems,
-           "load": [load0, load1], "time": time.time()}
+           "baselines": baselines, "load": [load0, load1], "time": time.time()}
+    if args.markdown:
+        md = append_markdown(Path(args.markdown), out, args)
+        say(f"appended to {md}")
     if args.json:
         with open(args.json, "a") as f:
             for kind, payload in (("throughput", thr), ("fixed_cost", fixed), *[("loader", x) for x in loaders], *[("memory", x) for x in mems]):
@@ -791,6 +891,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--workdir", default=None, help="where the framework runs write (default: a temporary directory)")
     p.add_argument("--json", default=None, metavar="PATH", help="append one JSON line per figure to PATH")
+    p.add_argument("--markdown", default=None, metavar="PATH", help="append the results as a section of a Markdown table file (BENCHMARKS.md)")
+    p.add_argument("--baselines", default="", help="comma-separated extra baselines run in the same benchmark: litgpt, trl (default: none)")
     # internal: the memory measurement in a fresh process
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
@@ -806,6 +908,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         a.memory = []
     elif a.memory is None:
         a.memory = ["tiny:128x16"] if q else ["tiny:128x16", "gpt1_117m:256x4"]
+    a.baselines = [b for b in a.baselines.split(",") if b]
+    unknown = set(a.baselines) - {"litgpt", "trl"}
+    if unknown:
+        p.error(f"--baselines: unknown {', '.join(sorted(unknown))} (choose from litgpt, trl)")
     a.steps = -(-a.steps // a.log_every) * a.log_every  # windows end at multiples of log_every
     a.fixed_steps = -(-a.fixed_steps // 4) * 4
     if a.steps < 2 * a.log_every:

@@ -42,13 +42,56 @@ def test_bench_small_run(tmp_path, demo_data):
     assert kinds == ["throughput", "fixed_cost", "loader", "loader", "loader", "memory"]
     fixed = res["fixed_cost"]
     assert fixed["max_rel_loss_diff"] < 1e-5 and fixed["bare_step_s"] > 0 and fixed["framework_step_s"] > 0
+    # the step split: data + forward + backward + optimizer is the bare loop's step
+    ph = thr["bare_phases_s"]
+    assert set(ph) == {"data", "forward", "backward", "optimizer"} and all(v >= 0 for v in ph.values())
+    assert ph["forward"] > 0 and ph["backward"] > 0 and ph["optimizer"] > 0
+    assert sum(ph.values()) == pytest.approx(thr["bare_step_s"], rel=0.1)
+    assert "step time split" in report
+
+
+def test_markdown_table(tmp_path):
+    """--markdown appends one section per run to BENCHMARKS.md-style file, header written once."""
+    from llm.bench import append_markdown, parse_args
+
+    out = {"machine": {"cpu": "X", "cores_usable": 2, "torch": "2", "torch_threads": 2, "cuda": None, "lightning": "2", "transformers": "5"},
+           "throughput": {"model": "tiny", "framework_median": 1000.0, "bare_median": 990.0, "ratio": 1.0101, "pair_ratios": [1.01],
+                          "tokens_per_step": 512, "framework_step_s": 0.5, "framework_mfu": 0.31,
+                          "bare_phases_s": {"data": 0.01, "forward": 0.15, "backward": 0.3, "optimizer": 0.04}},
+           "fixed_cost": None, "memory": [], "peak_flops": 1e11, "time": 0,
+           "baselines": {"litgpt": {"ratio_xiulian_vs_litgpt": 0.98, "ratio_xiulian_compiled_vs_litgpt": 1.03, "litgpt_version": "0.5.13",
+                                    "tokens_per_s": {"litgpt": 1020.0}}, "trl": {"ratio": 1.18, "model": "tiny", "xiulian": 70.0, "trl": 59.3}}}
+    md = tmp_path / "B.md"
+    for _ in range(2):
+        append_markdown(md, out, parse_args([]))
+    text = md.read_text()
+    assert text.count("# Benchmarks") == 1 and text.count("| figure | value | notes |") == 2
+    for needle in ("**1.010**", "| MFU | 31.00% |", "| forward | 150.0 ms | 30% of a bare-loop step (500.0 ms) |",
+                   "Xiulian / litgpt pretrain** | **0.980**", "Xiulian / TRL SFTTrainer** | **1.180**"):
+        assert needle.replace("| forward", "|   forward") in text or needle in text, needle
 
 
 @pytest.mark.slow
 def test_bench_quick_cli(tmp_path, demo_data):
     """``python -m llm.bench --quick`` (the demo data at its own vocabulary) in under ~1.5 minutes."""
-    r = subprocess.run([sys.executable, "-m", "llm.bench", "--quick", "--json", str(tmp_path / "b.jsonl")],
+    r = subprocess.run([sys.executable, "-m", "llm.bench", "--quick", "--json", str(tmp_path / "b.jsonl"), "--markdown", str(tmp_path / "B.md")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "ratio framework/bare" in r.stdout and "x training" in r.stdout
+    assert "ratio framework/bare" in r.stdout and "x training" in r.stdout and "step time split" in r.stdout
     assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 6
+    md = (tmp_path / "B.md").read_text()
+    assert "**ratio framework / bare**" in md and "| MFU |" in md and "peak memory of a step, tiny" in md
+
+
+@pytest.mark.slow
+def test_litgpt_baseline_same_shape_and_both_learn(demo_data):
+    """litgpt's own pretraining loop on our data with our model's shape (skips if litgpt cannot be installed)."""
+    from llm.bench_litgpt import compare
+
+    res = compare("tiny", 12, 4, 1, ["data.vocab_size=1024", "data.seq_len=64", "data.micro_batch_size=8"], say=print)
+    if "skipped" in res:
+        pytest.skip(res["skipped"])
+    assert res["params"]["litgpt"] == res["params"]["xiulian"]
+    assert res["litgpt_loss_first_last"][1] < res["litgpt_loss_first_last"][0]
+    assert res["xiulian_loss_first_last"][1] < res["xiulian_loss_first_last"][0]
+    assert 0.2 < res["ratio_xiulian_vs_litgpt"] < 5
