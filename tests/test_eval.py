@@ -296,3 +296,20 @@ def test_smollm2_scores_well_above_chance():
     assert pre["zen_ppl"]["ppl"] < 60  # measured 29.3
     sft = run_suite(model, tok, load_suite("sft"))["tasks"]
     assert sft["capitals_chat"]["exact_match"] >= 0.75  # measured 0.94
+
+
+def test_suite_during_training_logs_eval_metrics(tmp_path, demo_data):
+    """eval.every_n_steps: the suite runs during training too; rows land in metrics.csv."""
+    import csv
+
+    from conftest import compose
+
+    from llm.train import train
+
+    cfg = compose(["trainer.max_steps=6", "trainer.val_every_n_steps=1000", "trainer.ckpt_every_n_steps=0", "eval=pretrain",
+                   "eval.every_n_steps=3", "export=false"], run_dir=tmp_path)
+    res = train(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    steps = sorted({int(r["step"]) for r in rows if r.get("eval/python_mc/acc")})
+    assert steps == [3, 6]  # during training at 3 and 6 (the final suite logs at 6 too)
+    assert res["eval"]["suite"] == "pretrain" and (tmp_path / "eval_results.json").is_file()  # no export: beside the run
