@@ -18,7 +18,8 @@ imported only in a child process. The child runs ``litgpt.pretrain.setup`` unmod
 Only the final checkpoint write is switched off (``save_checkpoint``), as our runs export nothing.
 
 litgpt always wraps the model in ``torch.compile``, so Xiulian is measured both ways
-(``trainer.compile=false``, its default, and ``true``). Timing is the same on both sides: the
+(``trainer.compile=false``, its default, and ``true``). Every run is a fresh process (litgpt's,
+and Xiulian's ``llm.train.train`` too), interleaved. Timing is the same on both sides: the
 wall clock between consecutive optimizer steps (litgpt: each call of its loss function, which
 it makes once per iteration outside the compiled model), first ``log_every`` steps left out
 (warm-up, compilation). Losses cannot match step for step (different initialisation and fused
@@ -184,8 +185,27 @@ def run_litgpt(overrides: list[str], steps: int, log_every: int, path: str) -> d
         return json.loads(out.read_text())
 
 
+def xiulian_child(overrides: list[str], out: str, workdir: str) -> None:
+    from llm.bench import compose_config, run_framework
+
+    res = run_framework(compose_config(overrides), Path(tempfile.mkdtemp(dir=workdir)))
+    Path(out).write_text(json.dumps({k: v for k, v in res.items() if k in ("tokens_per_s", "windows", "losses")}))
+
+
+def run_xiulian(overrides: list[str], compile: bool, workdir: str) -> dict[str, Any]:
+    out = Path(tempfile.mkdtemp(dir=workdir)) / "xiulian.json"
+    ov = [*overrides, f"trainer.compile={compile}"]
+    cmd = [sys.executable, "-m", "llm.bench_litgpt", "--xiulian-child", str(out), "--workdir", workdir, *[x for o in ov for x in ("--override", o)]]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if p.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"Xiulian run failed (exit {p.returncode}):\n{p.stderr[-4000:]}")
+    res = json.loads(out.read_text())
+    res["losses"] = {int(k): v for k, v in res["losses"].items()}
+    return res
+
+
 def compare(model: str, steps: int, log_every: int, repeats: int, extra: list[str], say=print) -> dict[str, Any]:
-    from llm.bench import bench_overrides, compose_config, run_framework
+    from llm.bench import bench_overrides
 
     path, how = ensure_litgpt(say)
     if path is None:
@@ -198,9 +218,8 @@ def compare(model: str, steps: int, log_every: int, repeats: int, extra: list[st
             for kind in (("litgpt", "xiulian", "xiulian_compiled") if r % 2 == 0 else ("xiulian_compiled", "xiulian", "litgpt")):
                 if kind == "litgpt":
                     res = run_litgpt(ov, steps, log_every, path)
-                else:
-                    cfg = compose_config([*ov, f"trainer.compile={kind == 'xiulian_compiled'}"])
-                    res = run_framework(cfg, Path(tempfile.mkdtemp(dir=work)))
+                else:  # also in a fresh process, as litgpt is: no allocator or import state from earlier runs
+                    res = run_xiulian(ov, kind == "xiulian_compiled", work)
                 rows[kind].append(res)
                 say(f"  [{kind:16s}] {res['tokens_per_s']:10,.0f} tokens/s")
     lit = rows["litgpt"][0]
@@ -247,7 +266,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any] | None:
     ap.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     ap.add_argument("--json", default=None, help="append the result as one JSON line")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--xiulian-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.xiulian_child:
+        xiulian_child(args.override, args.xiulian_child, args.workdir)
+        return None
     if args.child:
         child(args.override, args.steps, args.log_every, args.child)
         return None

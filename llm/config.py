@@ -278,6 +278,15 @@ class TrainerConfig:
     rate on CPU."""
     progress_bar: bool = True
     num_sanity_val_steps: int = 0
+    on_nonfinite: str = "stop"
+    """A NaN or inf loss or gradient norm: ``stop`` (before the update: the weights and the last
+    checkpoint stay good; the error names the step, epoch, batch and rank) or ``skip`` (drop that
+    update, log a warning and ``train/skipped_steps``, go on with the next batch)."""
+    max_skipped_steps: int = 10
+    """``on_nonfinite=skip``: stop anyway after this many skipped updates in one run."""
+    nan_at_step: Optional[int] = None
+    """Fault injection for tests: the loss of the step that starts after this many optimizer
+    steps becomes NaN (once)."""
     crash_at_step: Optional[int] = None
     """Fault injection for tests: the process SIGKILLs itself when this optimizer step begins."""
 

@@ -451,6 +451,9 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         new_token_ids=new_ids,
     )
     module.seq_len = cfg.data.seq_len
+    if cfg.trainer.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"trainer.on_nonfinite={cfg.trainer.on_nonfinite}: choose stop or skip")
+    module.on_nonfinite, module.max_skipped_steps, module.nan_at_step = cfg.trainer.on_nonfinite, cfg.trainer.max_skipped_steps, cfg.trainer.nan_at_step
 
     if fine_tuning:
         dm = dm_ft

@@ -176,20 +176,24 @@ class BaseStage(L.LightningModule):
         # DDP averages gradients over ranks: scale by world_size so the result is sum / n_global
         scale = self.trainer.world_size / n_global
         loss_sum = torch.zeros((), device=self.device)
+        inject = self.nan_at_step is not None and self.global_step == self.nan_at_step and not self._nan_injected
         for i, micro in enumerate(micros):
             with self._no_sync(last=i == len(micros) - 1):
                 nll, _ = self.micro_loss(micro)
+                if inject:  # fault injection (trainer.nan_at_step)
+                    nll = nll * float("nan")
+                    self._nan_injected = True
                 self.manual_backward(nll * scale)
             loss_sum += nll.detach()
         grad_norm = self._clip_gradients(opt)
         lr = sched.get_last_lr()[0]  # the rate this step uses
+        loss = self._sum_over_ranks(loss_sum) / n_global  # the same on every rank: all ranks decide alike
+        if not torch.isfinite(loss) or (grad_norm is not None and not torch.isfinite(grad_norm)):
+            return self._nonfinite(opt, loss, grad_norm, batch_idx)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
 
-        loss = self._sum_over_ranks(loss_sum) / n_global
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {self.global_step}: loss is {loss.item()}")
         tokens = int(n_global.item())
         self.tokens_seen += tokens
         self.timer.tick(tokens)
@@ -211,6 +215,33 @@ class BaseStage(L.LightningModule):
                     self.log("train/mfu", mfu)
         self.after_step()
         return loss
+
+    nan_at_step: Optional[int] = None
+    on_nonfinite: str = "stop"
+    max_skipped_steps: int = 10
+    skipped_steps: int = 0
+    _nan_injected: bool = False
+
+    def _nonfinite(self, opt: Any, loss: torch.Tensor, grad_norm: Optional[torch.Tensor], batch_idx: int) -> None:
+        """A NaN/inf loss or gradient norm, before the update: stop, or skip this update."""
+        where = (f"optimizer step {self.global_step + 1} (epoch {self.current_epoch}, batch {batch_idx} of the epoch, "
+                 f"rank {self.global_rank} of {self.trainer.world_size})")
+        what = f"loss {loss.item()}, gradient norm {grad_norm.item() if grad_norm is not None else 'n/a'}"
+        opt.zero_grad(set_to_none=True)
+        if self.on_nonfinite == "skip" and self.skipped_steps < self.max_skipped_steps:
+            self.skipped_steps += 1
+            log.warning("non-finite %s at %s: update skipped (%d of at most %d; trainer.max_skipped_steps)",
+                        what, where, self.skipped_steps, self.max_skipped_steps)
+            for lg in self.trainer.loggers:
+                lg.log_metrics({"train/skipped_steps": float(self.skipped_steps)}, step=self.global_step)
+            self.after_step()  # the batch is consumed: a resumed run does not see it again
+            return None
+        why = (f"{self.skipped_steps} updates were skipped already (trainer.max_skipped_steps={self.max_skipped_steps})"
+               if self.on_nonfinite == "skip" else "trainer.on_nonfinite=stop")
+        raise FloatingPointError(
+            f"non-finite {what} at {where}; stopped before the update ({why}). The weights were not changed and "
+            f"the last checkpoint is intact: resume with ckpt_path=last, perhaps with a lower stage.optim.lr or "
+            f"trainer.on_nonfinite=skip")
 
     def _clip_gradients(self, opt: Any) -> Optional[torch.Tensor]:
         max_norm = self.stage_cfg.optim.grad_clip

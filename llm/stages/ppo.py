@@ -299,6 +299,11 @@ class PPOStage(BaseStage):
                     self.manual_backward(loss)
                 self._average_gradients_over_ranks()
                 gn = self._clip_gradients(raw)
+                if gn is not None and not torch.isfinite(gn):  # gradients are averaged: every rank sees it
+                    raise FloatingPointError(
+                        f"PPO iteration {self.global_step + 1}, minibatch update {n_updates + 1}: non-finite gradient norm "
+                        f"{gn.item()} (loss {loss.item()} on rank {self.global_rank}); stopped before the update, the last "
+                        f"checkpoint is intact (resume with ckpt_path=last, perhaps with a lower stage.optim.lr)")
                 raw.step()
                 raw.zero_grad(set_to_none=True)
                 n_updates += 1
