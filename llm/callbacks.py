@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
@@ -100,3 +100,30 @@ class EvalSuite(L.Callback):
             for lg in trainer.loggers:
                 lg.log_metrics(flat_metrics(res), step=step)
         trainer.strategy.barrier("eval")
+
+
+class Preemption(L.Callback):
+    """Graceful preemption and time limits: when ``flag`` appears (slurm/stage.sh creates it when
+    Slurm signals the batch shell, ``#SBATCH --signal=B:USR1@N``), every rank learns it from rank 0
+    at the end of the step, a checkpoint of that step is written, and training stops; the shell
+    then requeues the job, which resumes from that checkpoint (``ckpt_path=last``)."""
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+        self.preempted_at: Optional[int] = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        seen = os.path.exists(self.flag) if trainer.is_global_zero else False
+        if trainer.world_size > 1:
+            seen = bool(trainer.strategy.broadcast(seen, src=0))
+        if not seen or self.preempted_at is not None:
+            return
+        step = trainer.global_step
+        path = Path(trainer.default_root_dir) / "checkpoints" / f"step{step:07d}.ckpt"
+        if not path.exists():
+            trainer.save_checkpoint(path, weights_only=False)
+        self.preempted_at = step
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            log.warning("preemption signalled (%s): checkpoint %s written at step %d, stopping", self.flag, path, step)
+            Path(self.flag + ".saved").write_text(f"{step}\n")  # tells slurm/stage.sh to requeue

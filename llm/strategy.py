@@ -74,3 +74,42 @@ def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig) -> Placemen
         return Placement(accelerator, devices, num_nodes, strategy, precision)
 
     raise ValueError(f"strategy.name={cfg.name!r}: unknown (choose single or ddp)")
+
+
+def atomic_checkpoint_io() -> Any:
+    """Lightning's CheckpointIO writing each checkpoint to ``<name>.tmp`` in the same directory,
+    fsyncing it, renaming it into place and fsyncing the directory: a crash, a kill or a full
+    disk mid-write leaves the previous checkpoints as they were and never a truncated ``.ckpt``,
+    also after a node loses power (Lightning's save goes through fsspec, which renames a temp
+    file into place but never fsyncs, so the new name can reach the disk before the data)."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+            if storage_options is not None:
+                raise TypeError("AtomicCheckpointIO: storage_options are not supported")
+            path = os.fspath(path)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            tmp = path + ".tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.remove(tmp)
+                except OSError:
+                    pass
+                raise
+            try:  # the rename itself reaches the disk
+                fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+
+    return AtomicCheckpointIO()

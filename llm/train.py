@@ -388,13 +388,13 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     """Run one stage from a composed config. Returns {"export": path | None, "metrics": {...}, ...}."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from llm.callbacks import CrashAtStep, DataReport, EvalSuite, ProgressBar, SampleText
+    from llm.callbacks import CrashAtStep, DataReport, EvalSuite, Preemption, ProgressBar, SampleText
     from llm.data.overfit import OverfitDataModule
     from llm.data.shards import TokenDataModule
     from llm.export import export_hf
     from llm.model.generate import generate_text
     from llm.perf import peak_flops
-    from llm.strategy import build_placement
+    from llm.strategy import atomic_checkpoint_io, build_placement
 
     stage = cfg.stage.name
     if stage not in STAGES:
@@ -492,6 +492,10 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         callbacks.append(EvalSuite(cfg.eval))
     if tc.crash_at_step is not None:
         callbacks.append(CrashAtStep(tc.crash_at_step))
+    preempt = None
+    if os.environ.get("XIULIAN_PREEMPT_FILE"):  # set by slurm/stage.sh: the flag its USR1 trap creates
+        preempt = Preemption(os.environ["XIULIAN_PREEMPT_FILE"])
+        callbacks.append(preempt)
     if tc.progress_bar:
         callbacks.append(ProgressBar(leave=True))
 
@@ -518,6 +522,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         num_sanity_val_steps=tc.num_sanity_val_steps,
         fast_dev_run=tc.fast_dev_run or False,
         deterministic=tc.deterministic,
+        plugins=[atomic_checkpoint_io()],
     )
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -531,6 +536,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
             log.info("prompts: %s", {k: v for k, v in dm.report().items() if k in ("train", "val")})
     ckpt = find_checkpoint(cfg.ckpt_path, run_dir)
     if ckpt and trainer.is_global_zero:
+        log.info("resuming from %s", ckpt)
         trim_metrics(run_dir, ckpt)
     val_before = tc.val_before_train if tc.val_before_train is not None else stage != "pretrain"
     before: dict[str, float] = {}
@@ -552,6 +558,12 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     after = {k: v for k, v in result["metrics"].items() if k.startswith("val/")}
     if before and after and trainer.is_global_zero:
         log.info("after training: %s", ", ".join(f"{k}={before[k]:.4f} -> {after[k]:.4f}" for k in before if k in after))
+    if preempt is not None and preempt.preempted_at is not None:
+        result["preempted_at"] = preempt.preempted_at
+        if trainer.is_global_zero:
+            log.warning("stopped for preemption at step %d; the checkpoint is in %s (no export: the run is not finished)",
+                        preempt.preempted_at, run_dir / "checkpoints")
+        return result
     if ckpt_cb is not None and trainer.global_step > 0:
         final = Path(ckpt_cb.dirpath) / f"step{trainer.global_step:07d}.ckpt"
         if not final.exists():

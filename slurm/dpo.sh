@@ -9,6 +9,10 @@
 #SBATCH --time=08:00:00
 #SBATCH --output=logs/%x-%j.out
 #SBATCH --requeue
+# a requeued job adds to its log; 5 min before the time limit (or at preemption) Slurm signals
+# the batch shell: slurm/stage.sh checkpoints and requeues the job
+#SBATCH --open-mode=append
+#SBATCH --signal=B:USR1@300
 set -euo pipefail
 mkdir -p logs
 exec bash slurm/stage.sh dpo "$@"

@@ -17,7 +17,35 @@ export MASTER_ADDR MASTER_PORT
 export XIULIAN_RUN_ID=${XIULIAN_RUN_ID:-slurm-${SLURM_JOB_ID:-local}}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}
 echo "[slurm] stage=$STAGE nodes=$NODES gpus/node=$GPUS master=$MASTER_ADDR:$MASTER_PORT run=$XIULIAN_RUN_ID"
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 \
+echo "[slurm] restart count ${SLURM_RESTART_COUNT:-0}: resuming from the newest checkpoint of the run, if any"
+
+# Preemption and time limits: `#SBATCH --signal=B:USR1@300` makes Slurm signal this shell 300 s
+# before the end; the trap creates a flag file that rank 0 sees at the end of the next step
+# (llm.callbacks.Preemption), every rank stops after a checkpoint of that step, and this shell
+# requeues the job (same job id: same run directory; SLURM_RESTART_COUNT counts the restarts).
+mkdir -p "${SLURM_SUBMIT_DIR:-.}/.xiulian"
+export XIULIAN_PREEMPT_FILE="${SLURM_SUBMIT_DIR:-$PWD}/.xiulian/preempt-${SLURM_JOB_ID:-local}"
+rm -f "$XIULIAN_PREEMPT_FILE" "$XIULIAN_PREEMPT_FILE.saved"
+trap 'echo "[slurm] $(date +%T) USR1: checkpoint and requeue"; touch "$XIULIAN_PREEMPT_FILE"' USR1
+
+# setsid: srun in its own process group, so that the signal meant for this shell is not also
+# delivered to srun (which would forward it to torchrun and end the step)
+setsid srun --ntasks-per-node=1 --kill-on-bad-exit=1 \
   torchrun --nnodes "$NODES" --nproc_per_node "$GPUS" \
   --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv_id "${SLURM_JOB_ID:-0}" \
-  -m llm.train "stage=$STAGE" strategy=ddp ckpt_path=last "$@"
+  -m llm.train "stage=$STAGE" strategy=ddp ckpt_path=last "$@" &
+pid=$!
+set +e  # `wait` returns 138 when the trap interrupts it: not an error, wait again until srun ends
+while :; do
+  wait "$pid"; rc=$?
+  kill -0 "$pid" 2>/dev/null || break
+done
+set -e
+if [ -f "$XIULIAN_PREEMPT_FILE.saved" ]; then  # training stopped for the signal (not finished)
+  echo "[slurm] $(date +%T) checkpoint of step $(cat "$XIULIAN_PREEMPT_FILE.saved") written; requeueing job ${SLURM_JOB_ID:-}"
+  rm -f "$XIULIAN_PREEMPT_FILE" "$XIULIAN_PREEMPT_FILE.saved"
+  [ -n "${SLURM_JOB_ID:-}" ] && scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+fi
+rm -f "$XIULIAN_PREEMPT_FILE"
+exit "$rc"

@@ -45,3 +45,42 @@ def test_max_skipped_steps_then_stops(tmp_path, demo_data):
         train(compose([*BASE, "trainer.on_nonfinite=skip", "trainer.max_skipped_steps=0", "trainer.ckpt_every_n_steps=0"], run_dir=tmp_path))
     with pytest.raises(ValueError, match="on_nonfinite=ignore: choose stop or skip"):
         train(compose([*BASE, "trainer.on_nonfinite=ignore"], run_dir=tmp_path))
+
+
+def test_write_error_during_checkpoint_keeps_previous(tmp_path, demo_data, monkeypatch):
+    """After the first checkpoint the process may write files of at most 64 KiB (RLIMIT_FSIZE, as
+    a full disk would stop it): the second checkpoint's write fails part-way. The first stays
+    loadable, no partial file is left under a checkpoint's name, and ``ckpt_path=last`` resumes."""
+    import resource
+    import signal
+
+    from llm.stages.base import BaseStage
+
+    limit = 64 * 1024
+    real_after = BaseStage.after_step
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def after_step(self):
+        real_after(self)
+        if self.global_step == 3:  # between the checkpoints of steps 2 and 4
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
+
+    monkeypatch.setattr(BaseStage, "after_step", after_step)
+    prev = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    cfg = ["trainer.max_steps=6", "trainer.val_every_n_steps=1000", "eval=none", "export=false", "trainer.ckpt_every_n_steps=2"]
+    try:
+        with pytest.raises((OSError, RuntimeError)) as err:  # torch's zip writer reports it as a RuntimeError
+            train(compose(cfg, run_dir=tmp_path))
+        assert "File too large" in str(err.value) or "unexpected pos" in str(err.value)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, prev)
+    monkeypatch.setattr(BaseStage, "after_step", real_after)
+    first = tmp_path / "checkpoints" / "step0000002.ckpt"
+    assert first.stat().st_size > limit  # so the second one could not be written whole
+    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert files == ["step0000002.ckpt"]  # no truncated step0000004.ckpt, no .tmp left behind
+    state = torch.load(first, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+    res = train(compose([*cfg, "ckpt_path=last"], run_dir=tmp_path))
+    assert res["global_step"] == 6

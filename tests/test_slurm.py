@@ -1,0 +1,199 @@
+"""The sbatch scripts on a real single-node Slurm cluster (slurm/local-cluster.sh: Debian's munge,
+slurmctld and slurmd, as root). Skipped where the cluster cannot be started (not root, no apt).
+
+* the tiny pretraining as 2 ranks (one torchrun under srun) ends with an export;
+* preemption: USR1 to the batch shell (what ``#SBATCH --signal=B:USR1@N`` does) -> a checkpoint of
+  the current step, the job requeues itself, resumes from it, and ends at the same loss and token
+  count as an uninterrupted run;
+* ``scontrol requeue`` of a running job (a hard stop): it resumes from its last periodic checkpoint
+  and also ends at the uninterrupted run's loss;
+* ``scancel`` leaves the last checkpoint intact and loadable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["data.vocab_size=1024", "data.seq_len=64", "model.max_seq_len=64", "data.micro_batch_size=8", "data.num_workers=0",
+        "trainer.progress_bar=false", "eval=none", "trainer.val_every_n_steps=1000", "stage.sample_prompts=[]",
+        "trainer.log_every_n_steps=1", "trainer.max_steps=240", "trainer.ckpt_every_n_steps=40"]
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster needs root (slurm/local-cluster.sh)")
+    was_up = shutil.which("sinfo") is not None and sh("sinfo", "-h", check=False).returncode == 0
+    if not was_up:
+        r = subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "up"], capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "XIULIAN_SLURM_FAST": "1"})
+        if r.returncode != 0:
+            pytest.skip(f"could not start the local Slurm cluster: {(r.stdout + r.stderr).strip().splitlines()[-1:]}")
+    yield
+    if not was_up:
+        subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "down"], capture_output=True, timeout=300)
+
+
+def submit(tmp: Path, *extra: str, wait: bool = False) -> tuple[str, Path]:
+    """sbatch slurm/pretrain.sh as 2 CPU ranks; returns (job id, log file)."""
+    log = tmp / "job-%j.out"
+    cmd = ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=2", f"--output={log}", "--open-mode=append",
+           f"--chdir={ROOT}", "--export=ALL,XIULIAN_GPUS_PER_NODE=2", *(["--wait"] if wait else []),
+           str(ROOT / "slurm" / "pretrain.sh"), *ARGS, *extra]
+    r = sh(*cmd, check=False, timeout=900)
+    job = r.stdout.strip().split(";")[0]
+    assert job.isdigit(), r.stdout + r.stderr
+    if wait:
+        assert r.returncode == 0, Path(str(log).replace("%j", job)).read_text()[-3000:]
+    return job, Path(str(log).replace("%j", job))
+
+
+def run_dir(job: str) -> Path:
+    return ROOT / "outputs" / "pretrain" / f"slurm-{job}"
+
+
+def job_state(job: str) -> tuple[str, int]:
+    r = sh("scontrol", "show", "job", job, check=False)
+    if r.returncode != 0:
+        return "GONE", -1
+    st = re.search(r"JobState=(\w+)", r.stdout).group(1)
+    return st, int(re.search(r"Restarts=(\d+)", r.stdout).group(1))
+
+
+def wait_until(pred, timeout: float, what: str, every: float = 0.5):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+
+
+def last_step(job: str) -> int:
+    p = run_dir(job) / "metrics.csv"
+    try:
+        rows = list(csv.DictReader(open(p)))
+    except (OSError, csv.Error):
+        return -1
+    steps = [int(r["step"]) for r in rows if r.get("step") and r.get("train/loss")]
+    return max(steps, default=-1)
+
+
+def batch_shell(job: str) -> int:
+    """The batch shell's PID: where ``--signal=B:...`` delivers."""
+    out = sh("scontrol", "listpids", job).stdout.splitlines()[1:]
+    for line in out:
+        pid, _, step, local, *_ = line.split() + ["", ""]
+        if step == "batch" and local == "0":
+            return int(pid)
+    raise AssertionError(f"no batch shell in {out}")
+
+
+def finished(job: str) -> dict:
+    meta = run_dir(job) / "export" / "xiulian.json"
+    return json.loads(meta.read_text())
+
+
+def cleanup(*jobs: str) -> None:
+    for j in jobs:
+        shutil.rmtree(run_dir(j), ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("slurm")
+    job, log = submit(tmp, wait=True)
+    text = log.read_text()
+    yield job, finished(job), text
+    cleanup(job)
+
+
+def test_sbatch_two_ranks(uninterrupted):
+    job, meta, text = uninterrupted
+    assert "Starting with 2 processes" in text and "distributed_backend=gloo" in text
+    assert meta["global_step"] == 240 and math_finite(meta["metrics"]["train/loss"])
+    assert "[slurm] stage=pretrain nodes=1 gpus/node=2" in text
+
+
+def math_finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+def test_preemption_signal_checkpoints_requeues_and_resumes(uninterrupted, tmp_path):
+    _, base, _ = uninterrupted
+    job, log = submit(tmp_path)
+    try:
+        wait_until(lambda: last_step(job) >= 60, 300, "step 60")
+        os.kill(batch_shell(job), 10)  # SIGUSR1 to the batch shell, as --signal=B:USR1@N does
+        wait_until(lambda: job_state(job)[1] >= 1, 120, "the job to requeue itself")
+        sh("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)  # skip cred_expire's wait
+        wait_until(lambda: (run_dir(job) / "export" / "xiulian.json").is_file() and job_state(job)[0] in ("COMPLETED", "GONE"),
+                   600, "the requeued job to finish")
+        text = log.read_text()
+        m = re.search(r"checkpoint of step (\d+) written; requeueing job", text)
+        assert m and int(m.group(1)) >= 60, text[-3000:]
+        assert (run_dir(job) / "checkpoints" / f"step{int(m.group(1)):07d}.ckpt").is_file()
+        assert "restart count 1" in text and re.search(r"resum\w* .*step0*" + m.group(1), text), text[-3000:]
+        meta = finished(job)
+        # nothing trained twice or skipped: the same tokens and the same loss as the run never stopped
+        assert meta["global_step"] == 240 and meta["tokens_seen"] == base["tokens_seen"]
+        assert meta["metrics"]["train/loss"] == pytest.approx(base["metrics"]["train/loss"], rel=1e-5)
+    finally:
+        sh("scancel", job, check=False)
+        cleanup(job)
+
+
+def test_hard_requeue_resumes_from_last_checkpoint(uninterrupted, tmp_path):
+    _, base, _ = uninterrupted
+    job, log = submit(tmp_path)
+    try:
+        wait_until(lambda: (run_dir(job) / "checkpoints" / "step0000080.ckpt").is_file() and last_step(job) >= 90, 300, "step 90")
+        sh("scontrol", "requeue", job)
+        wait_until(lambda: job_state(job)[1] >= 1, 120, "the requeue")
+        sh("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+        wait_until(lambda: (run_dir(job) / "export" / "xiulian.json").is_file() and job_state(job)[0] in ("COMPLETED", "GONE"),
+                   600, "the requeued job to finish")
+        meta = finished(job)
+        assert meta["global_step"] == 240 and meta["tokens_seen"] == base["tokens_seen"]
+        assert meta["metrics"]["train/loss"] == pytest.approx(base["metrics"]["train/loss"], rel=1e-5)
+        assert "restart count 1" in log.read_text()
+    finally:
+        sh("scancel", job, check=False)
+        cleanup(job)
+
+
+def test_scancel_leaves_last_checkpoint_loadable(cluster, tmp_path):
+    job, _ = submit(tmp_path, "trainer.ckpt_every_n_steps=10", "trainer.max_steps=100000")
+    try:
+        ck = run_dir(job) / "checkpoints"
+        wait_until(lambda: len(list(ck.glob("step*.ckpt"))) >= 2, 300, "two checkpoints")
+        sh("scancel", job)
+        wait_until(lambda: job_state(job)[0] in ("CANCELLED", "GONE"), 120, "the cancel")
+        time.sleep(2)
+        for p in ck.glob("step*.ckpt"):  # every file under a checkpoint's name is whole
+            torch.load(p, map_location="cpu", weights_only=True)
+        newest = max(ck.glob("step*.ckpt"))
+        state = torch.load(newest, map_location="cpu", weights_only=True)
+        assert state["global_step"] == int(newest.stem[4:])
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    finally:
+        cleanup(job)
