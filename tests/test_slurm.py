@@ -197,3 +197,35 @@ def test_scancel_leaves_last_checkpoint_loadable(cluster, tmp_path):
         assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     finally:
         cleanup(job)
+
+
+def test_stage_chain_with_dependencies(cluster, tmp_path):
+    """slurm/chain.sh: pretrain -> SFT -> reward model -> PPO as four jobs chained by afterok,
+    each reading the export of the one before."""
+    small = "trainer.progress_bar=false trainer.log_every_n_steps=1 trainer.val_every_n_steps=1000 trainer.ckpt_every_n_steps=0"
+    env = {**os.environ,
+           "SBATCH_ARGS": f"--gpus-per-node=0 --cpus-per-task=2 --output={tmp_path}/%x-%j.out --export=ALL,XIULIAN_GPUS_PER_NODE=1",
+           "PRETRAIN_ARGS": f"{small} trainer.max_steps=30 data.vocab_size=1024 data.seq_len=64 model.max_seq_len=128 stage.sample_prompts=[]",
+           "SFT_ARGS": f"{small} trainer.max_steps=8 data.seq_len=128 stage.sample_prompts=[]",
+           "RM_ARGS": f"{small} trainer.max_steps=6",
+           "PPO_ARGS": f"{small} trainer.max_steps=2 data.micro_batch_size=4 stage.ppo.max_new_tokens=8"}
+    r = subprocess.run(["bash", str(ROOT / "slurm" / "chain.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    jobs = [line.split() for line in r.stdout.splitlines()]
+    assert [j[0] for j in jobs] == ["pretrain", "sft", "rm", "ppo"]
+    deps = sh("squeue", "-h", "-o", "%i %E", check=False).stdout
+    try:
+        assert f"afterok:{jobs[0][1]}" in deps or f"afterok:{jobs[1][1]}" in deps  # later stages wait on earlier ones
+        for stage, job, export in jobs:
+            wait_until(lambda: Path(export, "xiulian.json").is_file() and job_state(job)[0] in ("COMPLETED", "GONE"), 900,
+                       f"the {stage} job to finish")
+        meta = {stage: json.loads(Path(export, "xiulian.json").read_text()) for stage, _, export in jobs}
+        exports = {stage: export for stage, _, export in jobs}
+        assert meta["sft"]["base"] == exports["pretrain"]
+        assert meta["rm"]["base"] == exports["sft"] and meta["ppo"]["base"] == exports["sft"]
+        assert Path(exports["ppo"], "eval_results.json").is_file()  # the stage's suite ran after PPO
+    finally:
+        for _, job, _ in jobs:
+            sh("scancel", job, check=False)
+        for stage, job, _ in jobs:
+            shutil.rmtree(ROOT / "outputs" / stage / f"slurm-{job}", ignore_errors=True)
