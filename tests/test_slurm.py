@@ -217,7 +217,7 @@ def test_stage_chain_with_dependencies(cluster, tmp_path):
     try:
         assert f"afterok:{jobs[0][1]}" in deps or f"afterok:{jobs[1][1]}" in deps  # later stages wait on earlier ones
         for stage, job, export in jobs:
-            wait_until(lambda: Path(export, "xiulian.json").is_file() and job_state(job)[0] in ("COMPLETED", "GONE"), 900,
+            wait_until(lambda e=export, j=job: Path(e, "xiulian.json").is_file() and job_state(j)[0] in ("COMPLETED", "GONE"), 900,
                        f"the {stage} job to finish")
         meta = {stage: json.loads(Path(export, "xiulian.json").read_text()) for stage, _, export in jobs}
         exports = {stage: export for stage, _, export in jobs}
