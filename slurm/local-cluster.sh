@@ -23,13 +23,16 @@
 #   SLURM_UP_CRED_EXPIRE  AuthInfo cred_expire, seconds; also the delay before a
 #                         requeued job may start again (Slurm default 120)  (30)
 #   SLURM_UP_MIN_JOB_AGE  MinJobAge, seconds a finished job stays visible   (300; 5 with XIULIAN_SLURM_FAST=1)
+#   (XIULIAN_SLURM_FAST=1 also sets cred_expire to 10 s: a requeued job restarts 10 s later)
 #   SLURM_UP_TIMEOUT      seconds to wait for the node to become idle        (90)
 # down: SLURM_DOWN_KEEP_JOBS=1 leaves running jobs alone.
 CMD=${1:-up}
 shift || true
 case "$CMD" in
   up)
-    [ "${XIULIAN_SLURM_FAST:-0}" = 1 ] && export SLURM_UP_MIN_JOB_AGE=${SLURM_UP_MIN_JOB_AGE:-5}
+    if [ "${XIULIAN_SLURM_FAST:-0}" = 1 ]; then  # tests: finished jobs vanish fast, requeued ones restart soon
+      export SLURM_UP_MIN_JOB_AGE=${SLURM_UP_MIN_JOB_AGE:-5} SLURM_UP_CRED_EXPIRE=${SLURM_UP_CRED_EXPIRE:-10}
+    fi
     ;;
   down) ;;
   status)
