@@ -253,6 +253,10 @@ class StrategyConfig:
     process_group_backend: Optional[str] = None
     """``None``: nccl on CUDA, gloo on CPU."""
     find_unused_parameters: bool = False
+    timeout_minutes: Optional[float] = None
+    """Collective timeout (``None``: torch's 30 minutes). Under torchrun and Slurm a dead rank ends
+    the job at once (the launcher watches its processes); under Lightning's own launcher the
+    surviving ranks wait in their next collective until this timeout."""
 
 
 @dataclass

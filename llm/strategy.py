@@ -66,10 +66,14 @@ def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig) -> Placemen
         if devices == "auto":
             devices = torch.cuda.device_count() if accelerator == "gpu" else 2
         backend = cfg.process_group_backend or ("nccl" if accelerator == "gpu" else "gloo")
+        from datetime import timedelta
+
+        extra = {"timeout": timedelta(minutes=cfg.timeout_minutes)} if cfg.timeout_minutes else {}
         strategy = DDPStrategy(
             process_group_backend=backend,
             find_unused_parameters=cfg.find_unused_parameters,
             gradient_as_bucket_view=True,
+            **extra,
         )
         return Placement(accelerator, devices, num_nodes, strategy, precision)
 

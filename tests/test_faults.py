@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import re
 
 import pytest
 import torch
@@ -84,3 +86,60 @@ def test_write_error_during_checkpoint_keeps_previous(tmp_path, demo_data, monke
     assert state["global_step"] == 2
     res = train(compose([*cfg, "ckpt_path=last"], run_dir=tmp_path))
     assert res["global_step"] == 6
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(p))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _env(pid: int) -> dict:
+    try:
+        raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        return {}
+    return dict(x.decode(errors="replace").split("=", 1) for x in raw if b"=" in x)
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_fails_fast_names_it_and_resumes(tmp_path, demo_data):
+    """Under torchrun (launch/torchrun.sh, slurm/stage.sh) SIGKILL of rank 1 ends the whole job in
+    seconds, not after a collective timeout, and the error names the rank; the run resumes."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import FAST, ROOT
+
+    args = [*FAST, "eval=none", "trainer.val_every_n_steps=1000", "trainer.ckpt_every_n_steps=10", f"run_dir={tmp_path}"]
+    cmd = ["bash", str(ROOT / "launch" / "torchrun.sh"), "2", "trainer.max_steps=100000", *args]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        t0 = time.time()
+        while not (tmp_path / "checkpoints" / "step0000020.ckpt").is_file():
+            assert p.poll() is None and time.time() - t0 < 300, "the run did not reach step 20"
+            time.sleep(0.5)
+        workers = [c for c in _children(p.pid) for c in [c, *_children(c)]]  # torchrun's children (and theirs)
+        rank1 = [w for w in set(workers) if _env(w).get("RANK") == "1" and _env(w).get("LOCAL_RANK") == "1"]
+        assert rank1, "rank 1 not found"
+        killed = time.time()
+        os.kill(rank1[0], signal.SIGKILL)
+        out, _ = p.communicate(timeout=120)
+        took = time.time() - killed
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode != 0
+    assert took < 60, f"the job took {took:.0f} s to fail"
+    assert re.search(r"rank: 1 \(local_rank: 1\)", out) and "exitcode: -9" in out, out[-3000:]
+    r = subprocess.run(["bash", str(ROOT / "launch" / "torchrun.sh"), "2", "trainer.max_steps=30", "ckpt_path=last", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stderr + r.stdout
