@@ -40,10 +40,20 @@ case "$CMD" in
   *) echo "usage: $0 up|down [--purge]|status" >&2; exit 2 ;;
 esac
 
+STATE=${SLURM_UP_STATE:-/run/slurm-up}
+# alive PID COMM -> true if PID runs (not a zombie: PID 1 here reaps orphans late)
+# and its /proc comm equals COMM (guards against PID reuse)
+alive() {
+  [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ] || return 1
+  [ "$(cat /proc/"$1"/comm 2>/dev/null)" = "$2" ] || return 1
+  local st; st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+pid_of_file() { [ -s "$1" ] && tr -dc '0-9' < "$1" || true; }
+
 if [ "$CMD" = up ]; then
 set -euo pipefail
 
-STATE=${SLURM_UP_STATE:-/run/slurm-up}
 NODE=${SLURM_UP_NODE:-$(hostname -s)}
 CPUS=${SLURM_UP_CPUS:-$(nproc)}
 MEM_MB=${SLURM_UP_MEM_MB:-$(( $(awk '/^MemTotal:/{print int($2/1024)}' /proc/meminfo) - 1024 ))}
@@ -65,15 +75,6 @@ elapsed() { awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}
 [ "$(id -u)" = 0 ] || die "must run as root"
 mkdir -p "$STATE"
 
-# alive PID COMM -> true if PID runs (not a zombie: PID 1 here reaps orphans late)
-# and its /proc comm equals COMM (guards against PID reuse)
-alive() {
-  [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ] || return 1
-  [ "$(cat /proc/"$1"/comm 2>/dev/null)" = "$2" ] || return 1
-  local st; st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
-  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
-}
-pid_of_file() { [ -s "$1" ] && tr -dc '0-9' < "$1" || true; }
 
 # ---------------------------------------------------------------- 1. packages
 PKGS=(munge slurmctld slurmd slurm-client)
@@ -226,18 +227,8 @@ fi
 # ================================================================ down
 set -uo pipefail
 
-STATE=${SLURM_UP_STATE:-/run/slurm-up}
 PURGE=0; [ "${1:-}" = "--purge" ] && PURGE=1
 log() { printf '[slurm-down %s] %s\n' "$(date +%T)" "$*"; }
-# alive PID COMM -> true if PID runs (not a zombie: PID 1 here reaps orphans late)
-# and its /proc comm equals COMM (guards against PID reuse)
-alive() {
-  [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ] || return 1
-  [ "$(cat /proc/"$1"/comm 2>/dev/null)" = "$2" ] || return 1
-  local st; st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
-  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
-}
-pid_of_file() { [ -s "$1" ] && tr -dc '0-9' < "$1" || true; }
 
 stop() {   # stop NAME [WAIT_SECONDS]
   local name=$1 wait_s=${2:-30} f="$STATE/$1.pid" pid

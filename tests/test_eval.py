@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from llm.config import EvalConfig, EvalTaskConfig
 from llm.eval.core import (
+    TASKS_DIR,
     EvalDataError,
     build_prompts,
     loglikelihoods,
@@ -257,7 +258,7 @@ def test_lm_eval_harness_hf_matches(tiny_base, tmp_path):
 
     from llm.eval.harness import write_tasks
 
-    zh = [json.loads(x) for x in Path("llm/eval/tasks/zh_sentiment.jsonl").read_text(encoding="utf-8").splitlines()]
+    zh = [json.loads(x) for x in (TASKS_DIR / "zh_sentiment.jsonl").read_text(encoding="utf-8").splitlines()]
     suite = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"name": "h", "tasks": [
         {"name": "python_mc", "type": "choice", "path": "builtin:python_mc", "template": "Question: {query}\nAnswer:"},
         {"name": "zh_3shot", "type": "choice", "path": write_jsonl(tmp_path / "zh_test.jsonl", zh[4:]),

@@ -126,8 +126,8 @@ def test_kill_9_of_one_rank_fails_fast_names_it_and_resumes(tmp_path, demo_data)
         while not (tmp_path / "checkpoints" / "step0000020.ckpt").is_file():
             assert p.poll() is None and time.time() - t0 < 300, "the run did not reach step 20"
             time.sleep(0.5)
-        workers = [c for c in _children(p.pid) for c in [c, *_children(c)]]  # torchrun's children (and theirs)
-        rank1 = [w for w in set(workers) if _env(w).get("RANK") == "1" and _env(w).get("LOCAL_RANK") == "1"]
+        workers = _children(p.pid) + [g for c in _children(p.pid) for g in _children(c)]  # torchrun's children (and theirs)
+        rank1 = [w for w in workers if _env(w).get("RANK") == "1" and _env(w).get("LOCAL_RANK") == "1"]
         assert rank1, "rank 1 not found"
         killed = time.time()
         os.kill(rank1[0], signal.SIGKILL)

@@ -192,7 +192,7 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
 
 @torch.no_grad()
 def score_sequences(model: Any, seqs: Sequence[Sequence[int]], n_targets: Sequence[int], batch_size: int = 8,
-                    pad_id: int = 0, progress: Optional[Callable[[int], None]] = None) -> list[tuple[float, bool]]:
+                    pad_id: int = 0) -> list[tuple[float, bool]]:
     """For each token sequence, the summed log-probability of its last ``n`` tokens given
     everything before them, and whether each of those tokens was the argmax (greedy)."""
     was_training = model.training
@@ -222,8 +222,6 @@ def score_sequences(model: Any, seqs: Sequence[Sequence[int]], n_targets: Sequen
                 ll = lp.gather(-1, tgt[:, None]).sum().item()
                 greedy = bool((lp.argmax(-1) == tgt).all())
                 out[i] = (ll, greedy)
-            if progress:
-                progress(len(idx))
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]

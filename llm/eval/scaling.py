@@ -140,8 +140,6 @@ class Run:
 def read_runs(root: Path, params: str = "non_embedding") -> list[Run]:
     """Every finished pretraining run under ``root`` (a directory with ``export/xiulian.json``
     and ``config.yaml``): its parameters, tokens seen and final ``val/loss``."""
-    from omegaconf import OmegaConf
-
     runs, skipped = [], []
     for meta in sorted(Path(root).rglob("export/xiulian.json")):
         run_dir = meta.parent.parent
@@ -150,13 +148,11 @@ def read_runs(root: Path, params: str = "non_embedding") -> list[Run]:
         if loss is None or not math.isfinite(loss):
             skipped.append(f"{run_dir}: no final val/loss (set trainer.val_every_n_steps to max_steps)")
             continue
-        cfg = OmegaConf.load(run_dir / "config.yaml")
         hf = json.loads((meta.parent / "config.json").read_text())
         total = _count_from_safetensors(meta.parent)
         emb = hf["vocab_size"] * hf["hidden_size"] * (1 if hf.get("tie_word_embeddings") else 2)
         N = total if params == "total" else total - emb
         runs.append(Run(str(run_dir), float(N), float(info["tokens_seen"]), float(loss), hf["num_hidden_layers"], hf["hidden_size"], float(total)))
-        del cfg
     for s in skipped:
         print(f"skipped {s}", file=sys.stderr)
     return runs
