@@ -246,13 +246,27 @@ class StageConfig:
 @dataclass
 class StrategyConfig:
     name: str = "auto"
-    """``single`` (one device), ``ddp``; the scale-out work adds DeepSpeed and FSDP."""
+    """``single`` (one device), ``ddp`` (replicas), ``deepspeed_zero1`` (optimizer state sharded),
+    ``deepspeed_zero2`` (+ gradients), ``deepspeed_zero3`` (+ parameters),
+    ``deepspeed_zero3_offload`` (ZeRO-3 with optimizer state and parameters in CPU memory) or
+    ``fsdp`` (PyTorch FSDP2: parameters, gradients and optimizer state sharded per decoder layer)."""
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
     process_group_backend: Optional[str] = None
     """``None``: nccl on CUDA, gloo on CPU."""
     find_unused_parameters: bool = False
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (transformers' gradient
+    checkpointing, non-reentrant): activation memory falls from O(layers) to O(1) layers for
+    about a third more compute. Any strategy."""
+    offload_optimizer: bool = False
+    """DeepSpeed: optimizer state and its step in CPU memory (DeepSpeed's CPU Adam)."""
+    offload_params: bool = False
+    """DeepSpeed ZeRO-3: parameters in CPU memory, fetched layer by layer."""
+    deepspeed_config: Any = None
+    """Keys merged over the DeepSpeed config the strategy writes (bucket sizes, overlap_comm, ...):
+    the same names as a DeepSpeed JSON config."""
     timeout_minutes: Optional[float] = None
     """Collective timeout (``None``: torch's 30 minutes). Under torchrun and Slurm a dead rank ends
     the job at once (the launcher watches its processes); under Lightning's own launcher the

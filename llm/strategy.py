@@ -1,18 +1,40 @@
 """Strategy construction: the one place that knows about devices, processes and sharding.
 
-Stages and models never ask whether they run on one CPU or 512 GPUs.
+Stages and models never ask whether they run on one CPU or 512 GPUs; they call the few helpers
+at the end of this file (``parallelize``, ``micro_batch_context``, ``clip_gradients``,
+``consolidated_state_dict``), which do the right thing for each strategy.
+
+Strategies (``conf/strategy``):
+
+* ``single``, ``ddp``: Lightning's own.
+* ``deepspeed_zero1|2|3``, ``deepspeed_zero3_offload``: Lightning's ``DeepSpeedStrategy``,
+  subclassed so that it also runs on CPU processes (gloo), never builds the model under
+  ``deepspeed.zero.Init`` (transformers' ``from_pretrained`` and the DPO/PPO reference copies need
+  whole weights; ZeRO-3 partitions the model when the engine starts) and writes checkpoints
+  atomically.
+* ``fsdp``: FSDP2 (``fully_shard`` per decoder layer, then the root) through Lightning's
+  ``ModelParallelStrategy`` with a pure data-parallel mesh; distributed (DCP) checkpoints written
+  atomically.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator, Optional
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from llm.config import StrategyConfig, TrainerConfig
+
+#: DeepSpeed strategy name -> ZeRO stage
+DEEPSPEED = {"deepspeed_zero1": 1, "deepspeed_zero2": 2, "deepspeed_zero3": 3, "deepspeed_zero3_offload": 3}
+#: strategies whose ranks each hold only a shard of the parameters
+PARAM_SHARDED = ("deepspeed_zero3", "deepspeed_zero3_offload", "fsdp")
+STRATEGIES = ("single", "ddp", *DEEPSPEED, "fsdp")
 
 
 @dataclass
@@ -22,6 +44,16 @@ class Placement:
     num_nodes: int
     strategy: Any
     precision: str
+    name: str = "single"
+
+    @property
+    def param_sharded(self) -> bool:
+        return self.name in PARAM_SHARDED
+
+    @property
+    def plugins(self) -> list:
+        """Lightning plugins: DeepSpeed and FSDP write their own (sharded, atomic) checkpoints."""
+        return [atomic_checkpoint_io()] if self.name in ("single", "auto", "ddp") else []
 
 
 def launched_by_torchrun() -> bool:
@@ -41,7 +73,48 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return precision
 
 
-def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig) -> Placement:
+def deepspeed_config(cfg: StrategyConfig, grad_clip: float, micro_batch_size: int, gpu: bool) -> dict:
+    """The DeepSpeed config of a ``deepspeed_*`` strategy. Gradient accumulation stays with the
+    stage (``gradient_accumulation_steps: 1``; the stage marks the last micro-batch of a step with
+    ``set_gradient_accumulation_boundary``), so the loss normalisation is the same as under DDP."""
+    stage = DEEPSPEED[cfg.name]  # gradient_accumulation_steps: Lightning sets it to 1 (accumulate_grad_batches)
+    offload_opt = cfg.offload_optimizer or cfg.name == "deepspeed_zero3_offload"
+    offload_par = cfg.offload_params or cfg.name == "deepspeed_zero3_offload"
+    if offload_par and stage != 3:
+        raise ValueError(f"strategy.offload_params needs ZeRO-3 (strategy={cfg.name}): use strategy=deepspeed_zero3_offload")
+    zero: dict[str, Any] = {"stage": stage, "contiguous_gradients": True, "overlap_comm": gpu}
+    if offload_opt:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
+    if offload_par:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": gpu}
+    conf: dict[str, Any] = {
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        # the stage's torch AdamW (fused) also steps the offloaded state, on the CPU
+        "zero_force_ds_cpu_optimizer": False,
+        "gradient_clipping": float(grad_clip or 0.0),
+        "train_micro_batch_size_per_gpu": int(micro_batch_size),
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    over = cfg.deepspeed_config or {}
+    if not isinstance(over, dict):
+        from omegaconf import OmegaConf
+
+        over = OmegaConf.to_container(over, resolve=True)
+    if not isinstance(over, dict):
+        raise ValueError(f"strategy.deepspeed_config must be a mapping of DeepSpeed config keys, got {over!r}")
+    return _merge(conf, over)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig, grad_clip: float = 1.0, micro_batch_size: int = 1) -> Placement:
     accelerator = cfg.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
@@ -60,7 +133,7 @@ def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig) -> Placemen
             device = torch.device("cuda", torch.cuda.current_device())
         else:
             device = torch.device("cpu")
-        return Placement(accelerator, 1, 1, SingleDeviceStrategy(device=device), precision)
+        return Placement(accelerator, 1, 1, SingleDeviceStrategy(device=device), precision, "single")
 
     if cfg.name == "ddp":
         if devices == "auto":
@@ -75,9 +148,25 @@ def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig) -> Placemen
             gradient_as_bucket_view=True,
             **extra,
         )
-        return Placement(accelerator, devices, num_nodes, strategy, precision)
+        return Placement(accelerator, devices, num_nodes, strategy, precision, "ddp")
 
-    raise ValueError(f"strategy.name={cfg.name!r}: unknown (choose single or ddp)")
+    if cfg.name not in STRATEGIES:
+        raise ValueError(f"strategy.name={cfg.name!r}: unknown (choose one of {', '.join(STRATEGIES)})")
+    if devices == "auto":
+        devices = torch.cuda.device_count() if accelerator == "gpu" else 2
+    from datetime import timedelta
+
+    timeout = timedelta(minutes=cfg.timeout_minutes) if cfg.timeout_minutes else timedelta(minutes=30)
+    backend = cfg.process_group_backend or ("nccl" if accelerator == "gpu" else "gloo")
+    if cfg.name in DEEPSPEED:
+        conf = deepspeed_config(cfg, grad_clip, micro_batch_size, gpu=accelerator == "gpu")
+        strategy = _deepspeed_strategy_class()(config=conf, process_group_backend=backend, timeout=timeout)
+        return Placement(accelerator, devices, num_nodes, strategy, precision, cfg.name)
+    # fsdp: one data-parallel mesh dimension over every rank (no tensor parallelism)
+    world = int(devices) * int(num_nodes)
+    strategy = _fsdp_strategy_class()(data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=True,
+                                      process_group_backend=backend, timeout=timeout)
+    return Placement(accelerator, devices, num_nodes, strategy, precision, "fsdp")
 
 
 def atomic_checkpoint_io() -> Any:
@@ -117,3 +206,234 @@ def atomic_checkpoint_io() -> Any:
                 pass
 
     return AtomicCheckpointIO()
+
+
+# ------------------------------------------------------------------ strategies
+def _fsync_tree(root: str) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(os.path.dirname(root) or ".")
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _atomic_directory_save(strategy: Any, filepath: Any, write: Any) -> None:
+    """Every rank writes its part of a directory checkpoint into ``<path>.tmp``; then rank 0
+    fsyncs it and renames it into place. A crash or a full disk leaves the previous
+    checkpoints as they were and never a directory that looks complete but is not."""
+    path = os.fspath(strategy.broadcast(os.fspath(filepath)))
+    tmp = path + ".tmp"
+    if strategy.is_global_zero and os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    strategy.barrier("ckpt_tmp_clean")
+    write(tmp)
+    strategy.barrier("ckpt_written")
+    if strategy.is_global_zero:
+        _fsync_tree(tmp)
+        old = path + ".old"
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(path) or ".")
+        if os.path.exists(old):
+            shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+    strategy.barrier("ckpt_renamed")
+
+
+def _deepspeed_strategy_class() -> type:
+    from lightning.pytorch.accelerators import CUDAAccelerator
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+    from lightning.fabric.utilities.seed import reset_seed
+
+    class XiulianDeepSpeedStrategy(DeepSpeedStrategy):
+        """Lightning's DeepSpeed strategy, also on CPU processes (tests, laptops)."""
+
+        def setup_environment(self) -> None:
+            if isinstance(self.accelerator, CUDAAccelerator):
+                return super().setup_environment()
+            DDPStrategy.setup_environment(self)  # Lightning refuses a CPU accelerator here; DeepSpeed does not
+
+        def setup_distributed(self) -> None:
+            if isinstance(self.accelerator, CUDAAccelerator):
+                return super().setup_distributed()
+            reset_seed()
+            self.set_world_ranks()
+            self._init_deepspeed_distributed()
+
+        @contextmanager
+        def _device_rank(self) -> Iterator[None]:
+            """``deepspeed.initialize`` takes its device from ``args.device_rank``, which Lightning
+            sets to the device index: ``None`` on CPU. Give it the local rank instead."""
+            import deepspeed
+
+            orig = deepspeed.initialize
+
+            def initialize(args: Any = None, **kw: Any) -> Any:
+                if args is not None and getattr(args, "device_rank", 0) is None:
+                    args.device_rank = self.local_rank
+                return orig(args=args, **kw)
+
+            deepspeed.initialize = initialize
+            try:
+                yield
+            finally:
+                deepspeed.initialize = orig
+
+        def _setup_model_and_optimizer(self, *a: Any, **kw: Any) -> Any:
+            with self._device_rank():
+                return super()._setup_model_and_optimizer(*a, **kw)
+
+        def _initialize_deepspeed_inference(self, model: Any) -> None:
+            with self._device_rank():
+                return super()._initialize_deepspeed_inference(model)
+
+        @contextmanager
+        def model_sharded_context(self) -> Iterator[None]:
+            # no zero.Init: the stage builds whole weights (from_pretrained, reference copies);
+            # ZeRO-3 partitions them when the engine starts
+            self._init_config_if_needed()
+            yield
+
+        def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
+            _atomic_directory_save(self, filepath, lambda tmp: DeepSpeedStrategy.save_checkpoint(self, checkpoint, tmp, storage_options))
+
+        def remove_checkpoint(self, filepath: Any) -> None:
+            if self.is_global_zero and os.path.exists(filepath):
+                shutil.rmtree(filepath) if os.path.isdir(filepath) else os.remove(filepath)
+
+    return XiulianDeepSpeedStrategy
+
+
+def _fsdp_strategy_class() -> type:
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    class XiulianFSDPStrategy(ModelParallelStrategy):
+        """FSDP2 through Lightning's ModelParallelStrategy; the stage shards its model in
+        ``configure_model`` with :func:`parallelize`."""
+
+        def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
+            _atomic_directory_save(self, filepath, lambda tmp: ModelParallelStrategy.save_checkpoint(self, checkpoint, tmp, storage_options))
+
+        def remove_checkpoint(self, filepath: Any) -> None:
+            if self.is_global_zero and os.path.exists(filepath):
+                shutil.rmtree(filepath) if os.path.isdir(filepath) else os.remove(filepath)
+
+    return XiulianFSDPStrategy
+
+
+def is_deepspeed(strategy: Any) -> bool:
+    return type(strategy).__name__ == "XiulianDeepSpeedStrategy" or any(c.__name__ == "DeepSpeedStrategy" for c in type(strategy).__mro__)
+
+
+# --------------------------------------------------------- helpers for stages
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of a transformers model (also inside a PEFT wrapper): the
+    ModuleList with one entry per hidden layer."""
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and n:
+            return list(mod)
+    raise ValueError(f"{type(model).__name__}: no ModuleList of {n} decoder layers found to shard")
+
+
+def parallelize(model: torch.nn.Module, *, activation_checkpointing: bool = False, compile: bool = False,
+                mesh: Any = None) -> torch.nn.Module:
+    """torchtitan's order: activation checkpointing, then compile, then sharding (FSDP2 when a
+    data-parallel ``mesh`` is given: each decoder layer, then the root). Under FSDP each layer
+    is compiled on its own (a graph per block, as torchtitan does); otherwise the whole model."""
+    if activation_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", True):
+            raise ValueError(f"strategy.activation_checkpointing: {type(model).__name__} does not support gradient checkpointing")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "config"):
+            model.config.use_cache = False
+    layers = decoder_layers(model) if (mesh is not None) else []
+    if compile:
+        if mesh is not None:
+            for layer in layers:
+                layer.compile()
+        else:
+            model.compile()
+    if mesh is not None:
+        from torch.distributed.fsdp import fully_shard
+
+        for i, layer in enumerate(layers):
+            # the last block's weights are needed again at once by the backward: keep them
+            fully_shard(layer, mesh=mesh, reshard_after_forward=i < len(layers) - 1)
+        fully_shard(model, mesh=mesh)
+    return model
+
+
+def micro_batch_context(strategy: Any, last: bool) -> Any:
+    """Around the backward of one micro-batch of a step: DDP skips its all-reduce on every
+    micro-batch but the last; DeepSpeed is told which micro-batch ends the step (its own
+    gradient-accumulation boundary); FSDP2 reduce-scatters every micro-batch (its gradients are
+    sharded, so accumulating unsharded ones would cost the memory FSDP saves)."""
+    wrapped = getattr(strategy, "model", None)
+    if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+        return nullcontext() if last else wrapped.no_sync()
+    if hasattr(wrapped, "set_gradient_accumulation_boundary"):
+        # DeepSpeed counts micro-batches in its engine's forward, which Lightning calls once per
+        # training_step; our micro-batches run inside it. ZeRO-3 overwrites (rather than adds to)
+        # its gradient partitions while that count is 0, so do what the engine's forward does
+        opt = getattr(wrapped, "optimizer", None)
+        if hasattr(opt, "clear_backward_seen_flag"):
+            opt.clear_backward_seen_flag()
+        wrapped.set_gradient_accumulation_boundary(last)
+    return nullcontext()
+
+
+def clip_gradients(strategy: Any, params: list[torch.nn.Parameter], max_norm: float) -> Optional[torch.Tensor]:
+    """Global gradient norm (clipped to ``max_norm`` when > 0), before the optimizer step.
+    ``None`` under DeepSpeed: its engine holds the gradients, clips them inside its step
+    (``gradient_clipping``) and reports the norm afterwards (:func:`norm_after_step`)."""
+    if is_deepspeed(strategy):
+        return None
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    norm = torch.nn.utils.get_total_norm(grads)
+    full = getattr(norm, "full_tensor", None)
+    if full is not None:  # FSDP2: the norm of the local shards, reduced over ranks
+        norm = full()
+    if max_norm and max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm, norm)
+    return norm
+
+
+def norm_after_step(strategy: Any) -> Optional[torch.Tensor]:
+    """DeepSpeed: the gradient norm its last step computed (before clipping)."""
+    if not is_deepspeed(strategy):
+        return None
+    n = strategy.model.get_global_grad_norm()
+    return None if n is None else torch.as_tensor(float(n))
+
+
+def consolidated_state_dict(strategy: Any, module: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]:
+    """The whole state dict of the LightningModule, on CPU, on rank 0 (``None`` on the other
+    ranks); a collective under ZeRO-3 and FSDP, so every rank must call it. ``None`` everywhere
+    when the parameters are not sharded (rank 0 holds them already)."""
+    if is_deepspeed(strategy) and strategy.zero_stage_3:
+        sd = strategy.model._zero3_consolidated_16bit_state_dict()
+        return {k: v.detach().cpu().clone() for k, v in sd.items()} if strategy.is_global_zero else None
+    if type(strategy).__name__ == "XiulianFSDPStrategy":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return sd if strategy.is_global_zero else None
+    return None

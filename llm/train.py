@@ -263,12 +263,14 @@ def resolve_run_dir(cfg: Config) -> Path:
 
 
 def find_checkpoint(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
-    """``last``: the checkpoint with the highest step in run_dir/checkpoints (none: start fresh)."""
+    """``last``: the checkpoint with the highest step in run_dir/checkpoints (none: start fresh).
+    A checkpoint is a file (single, ddp) or a directory of shards (DeepSpeed, FSDP); ``.tmp``
+    ones are unfinished writes and never taken."""
     if not ckpt_path:
         return None
     if ckpt_path != "last":
-        if not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such file")
+        if not Path(ckpt_path).exists():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such file or directory")
         return ckpt_path
     found = []
     for p in (run_dir / "checkpoints").glob("step*.ckpt"):
@@ -289,7 +291,13 @@ def trim_metrics(run_dir: Path, ckpt: str) -> None:
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return
-    step = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
+    m = CKPT_RE.search(Path(ckpt).name)
+    if m:  # the file name holds the step (also for directory checkpoints)
+        step = int(m.group(1))
+    elif Path(ckpt).is_file():
+        step = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
+    else:
+        return
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames or [], [r for r in reader if r.get("step") and int(r["step"]) < step]
@@ -384,6 +392,27 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=msg)
 
 
+def check_strategy(cfg: Config, placement: Any) -> None:
+    """Refuse, at start and with the reason, what a strategy cannot do."""
+    name = cfg.strategy.name
+    if name in ("single", "auto", "ddp"):
+        return
+    if cfg.stage.name == "ppo":
+        raise ValueError(
+            f"stage=ppo does not run under strategy={name}: PPO takes several optimizer steps per iteration with gradients it "
+            "averages over ranks itself, and generates with the policy between them; DeepSpeed's engine and FSDP own the "
+            "gradients, and under ZeRO-3/FSDP every generated token would all-gather the sharded weights (DeepSpeed-Chat "
+            "needs its Hybrid Engine for this). Run PPO with strategy=ddp, or use DPO (stage=dpo), which runs under every strategy")
+    if placement.param_sharded and cfg.eval.tasks and cfg.eval.every_n_steps > 0:
+        raise ValueError(
+            f"eval.every_n_steps={cfg.eval.every_n_steps} under strategy={name}: the evaluator runs on rank 0 alone, which "
+            "holds only a shard of the weights; set eval.every_n_steps=0 (the suite still runs on the consolidated model at the end)")
+    if name in ("deepspeed_zero3", "deepspeed_zero3_offload") and cfg.trainer.compile:
+        raise ValueError(
+            f"trainer.compile=true under strategy={name}: ZeRO-3 fetches each parameter in module hooks that torch.compile "
+            "cannot trace through; use strategy=fsdp (compiled per layer) or deepspeed_zero1/2 to compile")
+
+
 def train(cfg: Config | DictConfig) -> dict[str, Any]:
     """Run one stage from a composed config. Returns {"export": path | None, "metrics": {...}, ...}."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -394,7 +423,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     from llm.export import export_hf
     from llm.model.generate import generate_text
     from llm.perf import peak_flops
-    from llm.strategy import atomic_checkpoint_io, build_placement
+    from llm.strategy import build_placement, consolidated_state_dict
 
     stage = cfg.stage.name
     if stage not in STAGES:
@@ -419,7 +448,8 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         cfg.eval = load_suite(STAGE_SUITES.get(stage, "none"))
     run_dir = resolve_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    placement = build_placement(cfg.strategy, cfg.trainer)
+    placement = build_placement(cfg.strategy, cfg.trainer, grad_clip=cfg.stage.optim.grad_clip, micro_batch_size=cfg.data.micro_batch_size)
+    check_strategy(cfg, placement)
 
     new_ids: list[int] = []
     if fine_tuning:
@@ -440,17 +470,22 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     if peak is None:
         dev = torch.device("cuda") if placement.accelerator == "gpu" else torch.device("cpu")
         peak = peak_flops(dev, placement.precision)
-    module = STAGES[stage]()(
-        cfg.model,
-        cfg.stage,
-        vocab_size=len(tokenizer),
-        special_tokens=special,
-        tokenizer=tokenizer,
-        compile=cfg.trainer.compile,
-        peak_flops=peak,
-        new_token_ids=new_ids,
-    )
-    module.seq_len = cfg.data.seq_len
+    def make_module(sharded: bool = True) -> Any:
+        m = STAGES[stage]()(
+            cfg.model,
+            cfg.stage,
+            vocab_size=len(tokenizer),
+            special_tokens=special,
+            tokenizer=tokenizer,
+            compile=cfg.trainer.compile and sharded,
+            peak_flops=peak,
+            new_token_ids=new_ids,
+            activation_checkpointing=cfg.strategy.activation_checkpointing and sharded,
+        )
+        m.seq_len = cfg.data.seq_len
+        return m
+
+    module = make_module()
     if cfg.trainer.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"trainer.on_nonfinite={cfg.trainer.on_nonfinite}: choose stop or skip")
     module.on_nonfinite, module.max_skipped_steps, module.nan_at_step = cfg.trainer.on_nonfinite, cfg.trainer.max_skipped_steps, cfg.trainer.nan_at_step
@@ -474,7 +509,12 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     if overfit:
         dm = OverfitDataModule(dm)
 
-    callbacks: list = [DataReport(), SampleText(cfg.stage.sample_every_n_steps, list(cfg.stage.sample_prompts), cfg.stage.sample_max_new_tokens, chat=chat)] if stage != "ppo" else [DataReport()]
+    callbacks: list = [DataReport()]
+    if stage != "ppo" and not placement.param_sharded:
+        callbacks.append(SampleText(cfg.stage.sample_every_n_steps, list(cfg.stage.sample_prompts), cfg.stage.sample_max_new_tokens, chat=chat))
+    elif stage != "ppo" and cfg.stage.sample_every_n_steps and cfg.stage.sample_prompts:
+        log.info("strategy=%s: no samples during training (each rank holds a shard of the weights); the samples at the end "
+                 "come from the consolidated model", cfg.strategy.name)
     ckpt_cb = None
     if tc.ckpt_every_n_steps > 0 and not tc.fast_dev_run:
         ckpt_cb = ModelCheckpoint(
@@ -522,7 +562,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         num_sanity_val_steps=tc.num_sanity_val_steps,
         fast_dev_run=tc.fast_dev_run or False,
         deterministic=tc.deterministic,
-        plugins=[atomic_checkpoint_io()],
+        plugins=placement.plugins,
     )
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -566,9 +606,18 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         return result
     if ckpt_cb is not None and trainer.global_step > 0:
         final = Path(ckpt_cb.dirpath) / f"step{trainer.global_step:07d}.ckpt"
-        if not final.exists():
+        if not trainer.strategy.broadcast(final.exists()):
             trainer.save_checkpoint(final, weights_only=False)
+    # ZeRO-3 and FSDP: gather the shards (every rank takes part) into a plain model on rank 0
+    full = consolidated_state_dict(trainer.strategy, module) if placement.param_sharded else None
     if trainer.is_global_zero:
+        if full is not None:
+            plain = make_module(sharded=False)
+            plain.configure_model()
+            plain.load_state_dict(full)
+            module = plain
+            result["module"] = plain
+            log.info("consolidated the %s shards into one model for export", cfg.strategy.name)
         model = module.model
         prompts = list(cfg.stage.sample_prompts) if stage != "rm" else []
         if prompts:

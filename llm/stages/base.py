@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from llm.config import ModelConfig, StageConfig
 from llm.model.build import build_model, count_params, flops_per_token
 from llm.perf import StepTimer
+from llm.strategy import clip_gradients, micro_batch_context, norm_after_step, parallelize
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class BaseStage(L.LightningModule):
         compile: bool = False,
         peak_flops: Optional[float] = None,
         new_token_ids: Optional[list[int]] = None,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.new_token_ids = list(new_token_ids or [])
@@ -82,6 +84,7 @@ class BaseStage(L.LightningModule):
         self.special_tokens = special_tokens or {}
         self.tokenizer = tokenizer
         self.compile = compile
+        self.activation_checkpointing = activation_checkpointing
         self.peak_flops = peak_flops
         self.model: Optional[torch.nn.Module] = None
         # plain containers only: checkpoints load with weights_only=True
@@ -109,9 +112,11 @@ class BaseStage(L.LightningModule):
             from llm.model.lora import apply_lora
 
             self.model = apply_lora(self.model, lora, self.new_token_ids)
-        if self.compile:
-            self.model.compile()
         self.on_model_ready()
+        seq_len = getattr(self, "seq_len", None) or self.model_cfg.max_seq_len
+        self._flops_per_token = flops_per_token(self.model.config, n, seq_len)  # before any sharding
+        mesh = self._device_mesh["data_parallel"] if getattr(self, "_device_mesh", None) is not None else None
+        self.model = parallelize(self.model, activation_checkpointing=self.activation_checkpointing, compile=self.compile, mesh=mesh)
 
     def on_model_ready(self) -> None:
         """Hook: the model is built (and wrapped for LoRA); stages add what they need."""
@@ -154,11 +159,11 @@ class BaseStage(L.LightningModule):
         return (micro["labels"] != -100).sum()
 
     def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
-        """Skip DDP's gradient all-reduce on every micro-batch but the last."""
-        wrapped = self.trainer.strategy.model if self._trainer is not None else None
-        if not last and isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
-            return wrapped.no_sync()
-        return contextlib.nullcontext()
+        """Around one micro-batch's backward: DDP all-reduces only on the last micro-batch of a
+        step, DeepSpeed learns where its accumulation boundary is (``llm.strategy``)."""
+        if self._trainer is None:
+            return contextlib.nullcontext()
+        return micro_batch_context(self.trainer.strategy, last)
 
     def _sum_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
         if self.trainer.world_size > 1:
@@ -193,6 +198,13 @@ class BaseStage(L.LightningModule):
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
+        if grad_norm is None:  # DeepSpeed clips inside its step and reports the norm after it
+            grad_norm = norm_after_step(self.trainer.strategy)
+            if grad_norm is not None and not torch.isfinite(grad_norm):
+                raise FloatingPointError(
+                    f"non-finite gradient norm {grad_norm.item()} at optimizer step {self.global_step} (batch {batch_idx}, rank "
+                    f"{self.global_rank}): under DeepSpeed the norm is known only after its step, so this update was applied; "
+                    "resume from the last checkpoint (ckpt_path=last), perhaps with a lower stage.optim.lr")
 
         tokens = int(n_global.item())
         self.tokens_seen += tokens
@@ -245,12 +257,8 @@ class BaseStage(L.LightningModule):
 
     def _clip_gradients(self, opt: Any) -> Optional[torch.Tensor]:
         max_norm = self.stage_cfg.optim.grad_clip
-        params = [p for p in self.optim_modules().parameters() if p.grad is not None]
-        if not params:
-            return None
-        if max_norm and max_norm > 0:
-            return torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return torch.nn.utils.get_total_norm([p.grad for p in params])
+        params = [p for p in self.optim_modules().parameters() if p.requires_grad]
+        return clip_gradients(self.trainer.strategy, params, max_norm)
 
     def after_step(self) -> None:
         """Hook for stages and callbacks (sampling, data position)."""
@@ -283,8 +291,7 @@ class BaseStage(L.LightningModule):
         if not self.peak_flops:
             return None
         if self._flops_per_token is None:
-            seq_len = getattr(self, "seq_len", None) or self.model_cfg.max_seq_len
-            self._flops_per_token = flops_per_token(self.model.config, count_params(self.model), seq_len)
+            return None
         return self._flops_per_token * tokens_per_s / (self.peak_flops * self.trainer.world_size)
 
     # ------------------------------------------------------------- RNG state

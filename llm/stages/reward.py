@@ -34,14 +34,21 @@ def backbone_and_head(model: Any) -> tuple[Any, Any]:
 
 
 def reward_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B] rewards read at the last real token of each row (any padding side)."""
-    backbone, head = backbone_and_head(model)
-    hidden = backbone(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask), use_cache=False
-    ).last_hidden_state
+    """[B] rewards read at the last real token of each row (any padding side).
+
+    The model's own forward runs (so hooks that sharding strategies put on the root module, such
+    as FSDP's, run too); the head's output at every position is captured and read at the last
+    real token."""
+    _, head = backbone_and_head(model)
+    out: dict[str, torch.Tensor] = {}
+    hook = head.register_forward_hook(lambda m, i, o: out.__setitem__("scores", o))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask), use_cache=False)
+    finally:
+        hook.remove()
+    scores = out["scores"]  # [B, L, 1]
     idx = (attention_mask.long() * torch.arange(attention_mask.shape[1], device=attention_mask.device)).argmax(-1)
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-    return head(last).squeeze(-1).float()
+    return scores[torch.arange(scores.shape[0], device=scores.device), idx].squeeze(-1).float()
 
 
 class RewardStage(BaseStage):
