@@ -37,10 +37,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             continue
         seen.add(id(p))
         (decay if p.dim() >= 2 else no_decay).append(p)
-    return [
+    groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # no empty group (LoRA trains matrices only): DeepSpeed drops them, and the schedule would
+    # then have one multiplier too many
+    return [g for g in groups if g["params"]]
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
