@@ -127,3 +127,46 @@ class Preemption(L.Callback):
         if trainer.is_global_zero:
             log.warning("preemption signalled (%s): checkpoint %s written at step %d, stopping", self.flag, path, step)
             Path(self.flag + ".saved").write_text(f"{step}\n")  # tells slurm/stage.sh to requeue
+
+
+class StateMemory(L.Callback):
+    """``trainer.memory_report=true``: at the optimizer step of ``step`` (the second, when Adam's
+    state exists), every rank counts the bytes it holds in parameters, gradients, optimizer state
+    and other tensors (``llm.strategy.state_bytes``); rank 0 writes all ranks' figures to
+    ``memory_per_rank.json`` in the run directory, logs them and sends ``memory/*`` (rank 0's) to
+    the loggers."""
+
+    def __init__(self, strategy_name: str, step: int = 1) -> None:
+        self.strategy_name = strategy_name
+        self.step = step
+        self.report: Optional[dict] = None
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: Any, optimizer: Any) -> None:
+        if trainer.global_step != self.step or self.report is not None:
+            return
+        import json
+
+        import torch
+
+        from llm.strategy import state_bytes
+
+        mine = state_bytes(trainer.strategy, module, optimizer)
+        if torch.cuda.is_available() and module.device.type == "cuda":
+            mine["cuda_allocated"] = int(torch.cuda.memory_allocated(module.device))
+            mine["cuda_peak"] = int(torch.cuda.max_memory_allocated(module.device))
+        ranks = [mine]
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            ranks = [None] * trainer.world_size
+            dist.all_gather_object(ranks, mine)
+        self.report = {"strategy": self.strategy_name, "world_size": trainer.world_size, "step": self.step, "ranks": ranks}
+        if trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / "memory_per_rank.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.report, indent=1))
+            os.replace(tmp, path)
+            mib = {k: round(v / 2**20, 1) for k, v in mine.items()}
+            log.info("memory of rank 0 (MiB, %s, %d ranks): %s", self.strategy_name, trainer.world_size, mib)
+            for lg in trainer.loggers:
+                lg.log_metrics({f"memory/{k}_mib": float(v) for k, v in mib.items()}, step=trainer.global_step)

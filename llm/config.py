@@ -302,6 +302,10 @@ class TrainerConfig:
     update, log a warning and ``train/skipped_steps``, go on with the next batch)."""
     max_skipped_steps: int = 10
     """``on_nonfinite=skip``: stop anyway after this many skipped updates in one run."""
+    memory_report: bool = False
+    """Count, on every rank, the bytes held in parameters, gradients, optimizer state and other
+    tensors at the second optimizer step; written to ``memory_per_rank.json`` (callback
+    ``StateMemory``; ``python -m llm.bench_strategies`` compares strategies with it)."""
     nan_at_step: Optional[int] = None
     """Fault injection for tests: the loss of the step that starts after this many optimizer
     steps becomes NaN (once)."""

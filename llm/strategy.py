@@ -82,7 +82,9 @@ def deepspeed_config(cfg: StrategyConfig, grad_clip: float, micro_batch_size: in
     offload_par = cfg.offload_params or cfg.name == "deepspeed_zero3_offload"
     if offload_par and stage != 3:
         raise ValueError(f"strategy.offload_params needs ZeRO-3 (strategy={cfg.name}): use strategy=deepspeed_zero3_offload")
-    zero: dict[str, Any] = {"stage": stage, "contiguous_gradients": True, "overlap_comm": gpu}
+    zero: dict[str, Any] = {"stage": stage, "contiguous_gradients": True, "overlap_comm": gpu, "reduce_bucket_size": "auto"}
+    if stage == 3:
+        zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto")
     if offload_opt:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
     if offload_par:
@@ -293,9 +295,10 @@ def _deepspeed_strategy_class() -> type:
             finally:
                 deepspeed.initialize = orig
 
-        def _setup_model_and_optimizer(self, *a: Any, **kw: Any) -> Any:
+        def _setup_model_and_optimizer(self, model: Any, *a: Any, **kw: Any) -> Any:
+            fill_auto_buckets(self.config, model)
             with self._device_rank():
-                return super()._setup_model_and_optimizer(*a, **kw)
+                return super()._setup_model_and_optimizer(model, *a, **kw)
 
         def _initialize_deepspeed_inference(self, model: Any) -> None:
             with self._device_rank():
@@ -316,6 +319,24 @@ def _deepspeed_strategy_class() -> type:
                 shutil.rmtree(filepath) if os.path.isdir(filepath) else os.remove(filepath)
 
     return XiulianDeepSpeedStrategy
+
+
+def fill_auto_buckets(config: dict, module: torch.nn.Module) -> None:
+    """Bucket sizes left ``auto`` scale with the model's width h (the rule of transformers'
+    DeepSpeed integration): reduce bucket h², ZeRO-3 prefetch 0.9 h², parameters under 10 h
+    elements stay whole on every rank. DeepSpeed's own default reduce bucket (5e8 elements) is a
+    2 GB fp32 buffer per rank whatever the model's size."""
+    cfg = None
+    for m in module.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "to_dict"):
+            break
+    h = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or 1024
+    zero = config.get("zero_optimization", {})
+    auto = {"reduce_bucket_size": h * h, "stage3_prefetch_bucket_size": int(0.9 * h * h), "stage3_param_persistence_threshold": 10 * h}
+    for k, v in auto.items():
+        if zero.get(k) == "auto":
+            zero[k] = v
 
 
 def _fsdp_strategy_class() -> type:
@@ -437,3 +458,76 @@ def consolidated_state_dict(strategy: Any, module: torch.nn.Module) -> Optional[
         sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return sd if strategy.is_global_zero else None
     return None
+
+
+# ------------------------------------------------------------ memory accounting
+def _storage_key(t: torch.Tensor) -> Optional[tuple]:
+    local = getattr(t, "_local_tensor", None)  # DTensor: this rank's shard
+    if local is not None:
+        t = local
+    try:
+        st = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+    if st.nbytes() == 0:
+        return None
+    return (st.data_ptr(), st.nbytes(), t.device.type)
+
+
+def state_bytes(strategy: Any, module: torch.nn.Module, optimizer: Any) -> dict[str, int]:
+    """Bytes this rank holds in tensors, by role: ``params`` (its part of the model's weights),
+    ``grads``, ``optimizer`` (Adam moments, and the fp32 master copies DeepSpeed keeps),
+    ``other`` (every other live tensor: DeepSpeed's flat gradient and communication buffers, DDP's
+    buckets, ...) and ``total``; ``cpu_total`` and ``accelerator_total`` split it by device. Each storage is counted once, under the first role that claims it.
+    Call between backward and the optimizer step (``on_before_optimizer_step``): activations are
+    freed then, so ``total`` is the training state."""
+    import gc
+
+    seen: dict[tuple, str] = {}
+    out = {"params": 0, "grads": 0, "optimizer": 0, "other": 0}
+    dev: dict[str, int] = {}
+
+    def claim(t: Any, role: str) -> None:
+        if not isinstance(t, torch.Tensor):
+            return
+        k = _storage_key(t)
+        if k is not None and k not in seen:
+            seen[k] = role
+            out[role] += k[1]
+            where = "cpu_total" if k[2] == "cpu" else "accelerator_total"
+            dev[where] = dev.get(where, 0) + k[1]
+
+    params = list(module.parameters())
+    for p in params:
+        ds = getattr(p, "ds_tensor", None)  # ZeRO-3: this rank's partition
+        claim(ds if ds is not None else p, "params")
+    for p in params:
+        claim(p.grad, "grads")
+    inner = optimizer
+    while hasattr(inner, "optimizer") and inner.optimizer is not inner:
+        if hasattr(inner, "averaged_gradients"):  # ZeRO-1/2: reduced gradient partitions
+            for gs in getattr(inner, "averaged_gradients", {}).values():
+                for g in gs or []:
+                    claim(g, "grads")
+        for name in ("grad_partitions_flat_buffer", "ipg_buffer"):
+            b = getattr(inner, name, None)
+            for g in (b if isinstance(b, (list, tuple)) else [b]):
+                claim(g, "grads")
+        inner = inner.optimizer
+    for group in getattr(inner, "param_groups", []):
+        for p in group["params"]:
+            claim(p, "optimizer")  # DeepSpeed's fp32 master partitions (the module's own params were claimed above)
+            claim(p.grad, "grads")
+    for st in getattr(inner, "state", {}).values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor) and v.numel() > 1:
+                claim(v, "optimizer")
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and not obj.is_meta:
+                claim(obj, "other")
+        except (ReferenceError, RuntimeError):
+            continue
+    out["total"] = sum(out.values())
+    out.update(dev)  # where it lives: with offloading, the optimizer state is in cpu_total
+    return out

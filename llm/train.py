@@ -417,7 +417,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     """Run one stage from a composed config. Returns {"export": path | None, "metrics": {...}, ...}."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from llm.callbacks import CrashAtStep, DataReport, EvalSuite, Preemption, ProgressBar, SampleText
+    from llm.callbacks import CrashAtStep, DataReport, EvalSuite, Preemption, ProgressBar, SampleText, StateMemory
     from llm.data.overfit import OverfitDataModule
     from llm.data.shards import TokenDataModule
     from llm.export import export_hf
@@ -530,6 +530,8 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         callbacks.append(ckpt_cb)
     if cfg.eval.tasks and cfg.eval.every_n_steps > 0:
         callbacks.append(EvalSuite(cfg.eval))
+    if tc.memory_report:
+        callbacks.append(StateMemory(cfg.strategy.name))
     if tc.crash_at_step is not None:
         callbacks.append(CrashAtStep(tc.crash_at_step))
     preempt = None
