@@ -388,6 +388,8 @@ def _quiet_lightning() -> None:
         ".*Experiment logs directory .* exists and is not empty.*",  # resume appends to metrics.csv
         ".*`IterableDataset` has `__len__` defined.*",  # ours is exact per rank and worker
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+        ".*When saving the DeepSpeed Stage 3 checkpoint.*",  # the export is consolidated for the user
+        ".*torch.distributed.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated.*",  # inside DeepSpeed
     ):
         warnings.filterwarnings("ignore", message=msg)
 
@@ -584,7 +586,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     before: dict[str, float] = {}
     if val_before and not ckpt and not overfit and not tc.fast_dev_run:
         before = {k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False, weights_only=cfg.weights_only)[0].items()} if _has_val(dm) else {}
-        if before:
+        if before and trainer.is_global_zero:
             log.info("before training: %s", ", ".join(f"{k}={v:.4f}" for k, v in before.items()))
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=cfg.weights_only)
 

@@ -1,0 +1,247 @@
+"""Strategies (conf/strategy): DeepSpeed ZeRO 1/2/3/3-offload and FSDP2 on CPU processes under
+torchrun. Each one trains the same model on the same data as DDP and must give the same losses
+and the same exported weights (fp32: up to float reordering); ZeRO-3 and FSDP runs end in a
+consolidated Hugging Face export; a killed sharded run resumes to the uninterrupted result;
+every stage runs under the sharding strategies (PPO refuses them, with its reason)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST, ROOT, SFT, compose
+
+STEPS = ["trainer.max_steps=8", "trainer.val_every_n_steps=4", "trainer.ckpt_every_n_steps=4", "stage.grad_accum=2", "eval=none"]
+
+
+def torchrun(run_dir: Path, overrides: list[str], nproc: int = 2, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "llm.train",
+           *overrides, f"hydra.run.dir={run_dir}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
+    if check:
+        assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-6000:])
+    return r
+
+
+def series(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+def same_run(a: Path, b: Path, key: str = "train/loss", tol: float = 2e-6) -> None:
+    sa, sb = series(a, key), series(b, key)
+    assert sorted(sa) == sorted(sb) and sa, (sa, sb)
+    for k in sa:
+        assert abs(sa[k] - sb[k]) <= tol * max(1.0, abs(sa[k])), (key, k, sa[k], sb[k])
+
+
+def same_weights(a: Path, b: Path, tol: float = 1e-5) -> None:
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "export" / "model.safetensors"), load_file(b / "export" / "model.safetensors")
+    assert set(wa) == set(wb)
+    worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+    assert worst < tol, worst
+
+
+# ------------------------------------------------------------------ fast checks
+def test_deepspeed_config_per_strategy():
+    from llm.strategy import deepspeed_config
+
+    def conf(name: str, *extra: str) -> dict:
+        return deepspeed_config(compose([f"strategy={name}", *extra]).strategy, 1.0, 8, gpu=False)
+
+    assert conf("deepspeed_zero1")["zero_optimization"]["stage"] == 1
+    z2 = conf("deepspeed_zero2", "strategy.deepspeed_config={zero_optimization:{reduce_bucket_size:1000},steps_per_print:5}")
+    assert z2["zero_optimization"]["stage"] == 2 and z2["zero_optimization"]["reduce_bucket_size"] == 1000
+    assert z2["steps_per_print"] == 5 and z2["gradient_clipping"] == 1.0 and z2["train_micro_batch_size_per_gpu"] == 8
+    off = conf("deepspeed_zero3_offload")["zero_optimization"]
+    assert off["stage"] == 3 and off["offload_optimizer"]["device"] == "cpu" and off["offload_param"]["device"] == "cpu"
+    assert "offload_param" not in conf("deepspeed_zero3")["zero_optimization"]
+    with pytest.raises(ValueError, match="offload_params needs ZeRO-3"):
+        conf("deepspeed_zero2", "strategy.offload_params=true")
+    with pytest.raises(ValueError, match="unknown"):
+        from llm.strategy import build_placement
+
+        cfg = compose(["strategy=ddp", "strategy.name=zero9"])
+        build_placement(cfg.strategy, cfg.trainer)
+
+
+def test_auto_buckets_scale_with_width():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llm.strategy import fill_auto_buckets
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=100))
+    conf = {"zero_optimization": {"reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": 7}}
+    fill_auto_buckets(conf, model)
+    assert conf["zero_optimization"] == {"reduce_bucket_size": 4096, "stage3_prefetch_bucket_size": 3686, "stage3_param_persistence_threshold": 7}
+
+
+def test_parallelize_switches_and_layers():
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from llm.strategy import decoder_layers, parallelize
+
+    llama = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=50))
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=16))
+    assert decoder_layers(llama) == list(llama.model.layers) and decoder_layers(gpt2) == list(gpt2.transformer.h)
+    lora = get_peft_model(llama, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert decoder_layers(lora) == list(lora.base_model.model.model.layers)
+    m = parallelize(gpt2, activation_checkpointing=True)
+    assert m.is_gradient_checkpointing
+    # recomputed activations give the same gradients
+    ids = torch.randint(0, 50, (2, 16))
+    m.train()
+    loss = m(input_ids=ids, labels=ids).loss
+    loss.backward()
+    g1 = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m.gradient_checkpointing_disable()
+    m(input_ids=ids, labels=ids).loss.backward()
+    for a, b in zip(g1, [p.grad for p in m.parameters()]):
+        torch.testing.assert_close(a, b)
+    c = parallelize(LlamaForCausalLM(llama.config), compile=True)
+    assert c._compiled_call_impl is not None
+
+
+def test_state_bytes_single_process():
+    """Plain model + AdamW after one step: parameters Ψ·4 bytes, gradients Ψ·4, Adam 2·Ψ·4."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llm.strategy import state_bytes
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=50))
+    n = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters())
+    ids = torch.randint(0, 50, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    model(input_ids=ids, labels=ids).loss.backward()
+    b = state_bytes(SingleDeviceStrategy(torch.device("cpu")), model, opt)
+    assert b["params"] == 4 * n and b["grads"] == 4 * n and b["optimizer"] == 8 * n, (b, n)
+    assert b["total"] == b["params"] + b["grads"] + b["optimizer"] + b["other"] == b["cpu_total"]
+
+
+def test_refusals_name_the_reason(tmp_path):
+    from llm.train import train
+
+    with pytest.raises(ValueError, match="stage=ppo does not run under strategy=deepspeed_zero2: PPO takes several optimizer steps"):
+        train(compose(["stage=ppo", "model=hf", "model.pretrained=x", "data=prompts_demo", "strategy=deepspeed_zero2"], run_dir=tmp_path))
+    with pytest.raises(ValueError, match="eval.every_n_steps=5 under strategy=fsdp: the evaluator runs on rank 0 alone"):
+        train(compose(["strategy=fsdp", "eval=pretrain", "eval.every_n_steps=5"], run_dir=tmp_path))
+    with pytest.raises(ValueError, match="trainer.compile=true under strategy=deepspeed_zero3"):
+        train(compose(["strategy=deepspeed_zero3", "trainer.compile=true"], run_dir=tmp_path))
+
+
+# --------------------------------------------------------- multi-process (torchrun)
+@pytest.fixture(scope="module")
+def ddp_pretrain(tmp_path_factory, demo_data):
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    torchrun(run, [*FAST, *STEPS, "strategy=ddp"])
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp"])
+def test_pretrain_matches_ddp(tmp_path, ddp_pretrain, strategy):
+    """Same data, same seed, grad_accum=2: the losses, gradient norms and validation losses of
+    every step and the exported weights equal DDP's. The export of a ZeRO-3/FSDP run is one
+    plain HF directory that transformers loads. Checkpoints are directories of shards."""
+    run = tmp_path / "run"
+    r = torchrun(run, [*FAST, *STEPS, f"strategy={strategy}"])
+    assert r.stdout.strip().splitlines()[-1] == f"export: {run / 'export'}"
+    same_run(ddp_pretrain, run)
+    same_run(ddp_pretrain, run, "train/grad_norm", tol=2e-5)
+    same_run(ddp_pretrain, run, "val/loss")
+    same_weights(ddp_pretrain, run)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run / "export")
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step0000004.ckpt", "step0000008.ckpt"], ckpts  # no .tmp left behind
+    assert all((run / "checkpoints" / c).is_dir() for c in ckpts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["deepspeed_zero3", "fsdp"])
+def test_sharded_kill_and_resume_matches(tmp_path, ddp_pretrain, strategy):
+    """A rank is SIGKILLed at step 6 (torchrun ends the job); ``ckpt_path=last`` resumes from the
+    step-4 shards and the run ends exactly where the uninterrupted one did."""
+    run = tmp_path / "run"
+    r = torchrun(run, [*FAST, *STEPS, f"strategy={strategy}", "trainer.crash_at_step=6"], check=False)
+    assert r.returncode != 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step0000004.ckpt"]
+    r = torchrun(run, [*FAST, *STEPS, f"strategy={strategy}", "ckpt_path=last"])
+    assert "resuming from" in r.stdout + r.stderr
+    same_run(ddp_pretrain, run)
+    same_weights(ddp_pretrain, run)
+
+
+@pytest.mark.slow
+def test_switches_activation_checkpointing_and_compile(tmp_path, ddp_pretrain):
+    """FSDP with activation checkpointing and per-layer compile, and ZeRO-3 with activation
+    checkpointing: the same training run."""
+    a, b = tmp_path / "fsdp", tmp_path / "zero3"
+    torchrun(a, [*FAST, *STEPS, "strategy=fsdp", "strategy.activation_checkpointing=true", "trainer.compile=true"])
+    torchrun(b, [*FAST, *STEPS, "strategy=deepspeed_zero3", "strategy.activation_checkpointing=true"])
+    for run in (a, b):
+        same_run(ddp_pretrain, run, tol=1e-5)
+
+
+FT = ["trainer.max_steps=6", "trainer.val_every_n_steps=3", "trainer.ckpt_every_n_steps=3", "stage.grad_accum=2", "eval=none",
+      "data.micro_batch_size=4", "data.val_batches=2"]
+
+
+@pytest.mark.slow
+def test_fine_tuning_stages_under_sharding(tmp_path, tiny_base, sft_run):
+    """SFT (full and LoRA), reward model and DPO under ZeRO-3 and FSDP: the same losses as DDP,
+    a consolidated export equal to DDP's, and the stage's own artefacts (LoRA adapter)."""
+    sft_export = sft_run[1]["export"]
+    runs = {
+        "sft": [*SFT, f"model.pretrained={tiny_base}"],
+        "lora": [*SFT, "stage=sft_lora", f"model.pretrained={tiny_base}"],
+        "rm": [*SFT, "stage=rm", "data=pref_demo", f"model.pretrained={sft_export}"],
+        "dpo": [*SFT, "stage=dpo", "data=pref_demo", f"model.pretrained={sft_export}"],
+    }
+    plan = {"sft": ["fsdp"], "lora": ["deepspeed_zero3"], "rm": ["deepspeed_zero3", "fsdp"], "dpo": ["deepspeed_zero3", "fsdp"]}
+    for stage, strategies in plan.items():
+        ref = tmp_path / f"{stage}-ddp"
+        torchrun(ref, [*runs[stage], *FT, "strategy=ddp"])
+        for s in strategies:
+            run = tmp_path / f"{stage}-{s}"
+            torchrun(run, [*runs[stage], *FT, f"strategy={s}"])
+            same_run(ref, run, tol=1e-5)
+            same_weights(ref, run)
+            if stage == "lora":
+                assert (run / "adapters" / "default" / "adapter_model.safetensors").is_file()
+            if stage == "rm":
+                same_run(ref, run, "val/accuracy", tol=1e-6)
+
+
+@pytest.mark.slow
+def test_bench_strategies_quick(tmp_path):
+    """The strategy benchmark: state bytes per rank fall with sharding (FSDP holds half of DDP's
+    state on each of 2 ranks; ZeRO-2 shards gradients and Adam state) and every figure is there."""
+    out = tmp_path / "bench.json"
+    md = tmp_path / "B.md"
+    subprocess.run([sys.executable, "-m", "llm.bench_strategies", "--quick", "--json", str(out), "--markdown", str(md),
+                    "--out", str(tmp_path / "runs")], check=True, cwd=ROOT, timeout=900, capture_output=True)
+    rows = {r["strategy"]: r for r in json.loads(out.read_text())["rows"]}
+    ddp, z2, z3, fsdp = (rows[k]["ranks"][0] for k in ("ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"))
+    assert fsdp["params"] * 2 == ddp["params"] and abs(fsdp["total"] / ddp["total"] - 0.5) < 0.02
+    assert z2["grads"] * 2 == ddp["grads"] and z2["total"] < 0.8 * ddp["total"]
+    assert z3["params"] * 2 == ddp["params"] and z3["total"] < 0.7 * ddp["total"]
+    assert all(r["tokens_per_s"] > 0 for r in rows.values())
+    assert "| fsdp | 2 |" in md.read_text()
