@@ -226,3 +226,23 @@ def test_stage_chain_with_dependencies(cluster, tmp_path):
             sh("scancel", job, check=False)
         for stage, job, _ in jobs:
             shutil.rmtree(ROOT / "outputs" / stage / f"slurm-{job}", ignore_errors=True)
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed_zero3", "fsdp"])
+def test_sbatch_sharded_strategy(cluster, tmp_path, strategy):
+    """`sbatch slurm/pretrain.sh strategy=...` unchanged: 2 ranks, sharded checkpoints, a
+    consolidated export that transformers loads, and a falling loss."""
+    job, log = submit(tmp_path, f"strategy={strategy}", "trainer.max_steps=30", "trainer.ckpt_every_n_steps=15", wait=True)
+    try:
+        meta = finished(job)
+        assert meta["global_step"] == 30
+        ckpts = sorted(p.name for p in (run_dir(job) / "checkpoints").iterdir())
+        assert ckpts == ["step0000015.ckpt", "step0000030.ckpt"] and all((run_dir(job) / "checkpoints" / c).is_dir() for c in ckpts)
+        rows = list(csv.DictReader(open(run_dir(job) / "metrics.csv")))
+        loss = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+        assert loss[max(loss)] < loss[min(loss)] - 0.3, loss
+        from transformers import AutoModelForCausalLM
+
+        AutoModelForCausalLM.from_pretrained(run_dir(job) / "export")
+    finally:
+        cleanup(job)
