@@ -380,7 +380,11 @@ def parallelize(model: torch.nn.Module, *, activation_checkpointing: bool = Fals
     if activation_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", True):
             raise ValueError(f"strategy.activation_checkpointing: {type(model).__name__} does not support gradient checkpointing")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "config"):
             model.config.use_cache = False
     layers = decoder_layers(model) if (mesh is not None) else []

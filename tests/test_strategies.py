@@ -94,12 +94,12 @@ def test_parallelize_switches_and_layers():
     from llm.strategy import decoder_layers, parallelize
 
     llama = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=50))
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=16))
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
     assert decoder_layers(llama) == list(llama.model.layers) and decoder_layers(gpt2) == list(gpt2.transformer.h)
     lora = get_peft_model(llama, LoraConfig(r=2, target_modules=["q_proj"]))
     assert decoder_layers(lora) == list(lora.base_model.model.model.layers)
     m = parallelize(gpt2, activation_checkpointing=True)
-    assert m.is_gradient_checkpointing
+    assert m.is_activation_checkpointing
     # recomputed activations give the same gradients
     ids = torch.randint(0, 50, (2, 16))
     m.train()
@@ -107,7 +107,7 @@ def test_parallelize_switches_and_layers():
     loss.backward()
     g1 = [p.grad.clone() for p in m.parameters()]
     m.zero_grad()
-    m.gradient_checkpointing_disable()
+    m.activation_checkpointing_disable()
     m(input_ids=ids, labels=ids).loss.backward()
     for a, b in zip(g1, [p.grad for p in m.parameters()]):
         torch.testing.assert_close(a, b)
@@ -241,7 +241,8 @@ def test_bench_strategies_quick(tmp_path):
     rows = {r["strategy"]: r for r in json.loads(out.read_text())["rows"]}
     ddp, z2, z3, fsdp = (rows[k]["ranks"][0] for k in ("ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"))
     assert fsdp["params"] * 2 == ddp["params"] and abs(fsdp["total"] / ddp["total"] - 0.5) < 0.02
-    assert z2["grads"] * 2 == ddp["grads"] and z2["total"] < 0.8 * ddp["total"]
-    assert z3["params"] * 2 == ddp["params"] and z3["total"] < 0.7 * ddp["total"]
+    half = lambda a, b: abs(2 * a / b - 1) < 0.02  # noqa: E731  (DeepSpeed pads partitions a little)
+    assert half(z2["grads"], ddp["grads"]) and z2["params"] == ddp["params"] and z2["total"] < 0.8 * ddp["total"]
+    assert half(z3["params"], ddp["params"]) and z3["total"] < 0.7 * ddp["total"]
     assert all(r["tokens_per_s"] > 0 for r in rows.values())
     assert "| fsdp | 2 |" in md.read_text()
