@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -185,6 +186,30 @@ def test_sharded_kill_and_resume_matches(tmp_path, ddp_pretrain, strategy):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step0000004.ckpt"]
     r = torchrun(run, [*FAST, *STEPS, f"strategy={strategy}", "ckpt_path=last"])
     assert "resuming from" in r.stdout + r.stderr
+    same_run(ddp_pretrain, run)
+    same_weights(ddp_pretrain, run)
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_write_error_keeps_previous(tmp_path, ddp_pretrain):
+    """ZeRO-3 shards are written into ``<name>.tmp`` and renamed only when every rank has
+    finished. A rank killed at step 6 leaves the step-4 checkpoint; the resumed run may write no
+    file over 2 MiB (``ulimit -f``, as a full disk would stop it), so the step-8 checkpoint fails
+    part-way: the job fails, step 4 is still the only checkpoint, and a third run resumes from it
+    to the uninterrupted result, clearing the partial ``.tmp``."""
+    run = tmp_path / "run"
+    args = [*FAST, *STEPS, "strategy=deepspeed_zero3"]
+    assert torchrun(run, [*args, "trainer.crash_at_step=6"], check=False).returncode != 0
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions")}
+    cmd = (f"ulimit -f 2048; exec {sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2 -m llm.train "
+           + " ".join([*args, "ckpt_path=last", f"hydra.run.dir={run}"]))
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
+    # torch.save reports EFBIG as "iostream error" (its C++ writer) or "File too large"
+    assert r.returncode != 0 and re.search("iostream error|File too large", r.stdout + r.stderr), r.stderr[-3000:]
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names[0] == "step0000004.ckpt" and all(n.endswith(".tmp") for n in names[1:]), names
+    torchrun(run, [*args, "ckpt_path=last"])
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step0000004.ckpt", "step0000008.ckpt"]
     same_run(ddp_pretrain, run)
     same_weights(ddp_pretrain, run)
 
