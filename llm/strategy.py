@@ -404,6 +404,21 @@ def parallelize(model: torch.nn.Module, *, activation_checkpointing: bool = Fals
     return model
 
 
+def shard_module(module: torch.nn.Module, mesh: Any) -> torch.nn.Module:
+    """FSDP2 for a module beside the model (PPO's value head or critic): per decoder layer when
+    it has them, then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    try:
+        layers = decoder_layers(module)
+    except ValueError:
+        layers = []
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    return module
+
+
 def micro_batch_context(strategy: Any, last: bool) -> Any:
     """Around the backward of one micro-batch of a step: DDP skips its all-reduce on every
     micro-batch but the last; DeepSpeed is told which micro-batch ends the step (its own

@@ -399,12 +399,15 @@ def check_strategy(cfg: Config, placement: Any) -> None:
     name = cfg.strategy.name
     if name in ("single", "auto", "ddp"):
         return
-    if cfg.stage.name == "ppo":
+    if cfg.stage.name == "ppo" and name != "fsdp":
         raise ValueError(
-            f"stage=ppo does not run under strategy={name}: PPO takes several optimizer steps per iteration with gradients it "
-            "averages over ranks itself, and generates with the policy between them; DeepSpeed's engine and FSDP own the "
-            "gradients, and under ZeRO-3/FSDP every generated token would all-gather the sharded weights (DeepSpeed-Chat "
-            "needs its Hybrid Engine for this). Run PPO with strategy=ddp, or use DPO (stage=dpo), which runs under every strategy")
+            f"stage=ppo does not run under strategy={name}: PPO takes several optimizer steps per iteration (its minibatch "
+            "updates), with gradients it averages itself and generation between them, while DeepSpeed's engine owns the gradients "
+            "and the step; under ZeRO-3 every generated token would also all-gather the weights (DeepSpeed-Chat needs its Hybrid "
+            "Engine for this). Run PPO with strategy=ddp or strategy=fsdp, or use DPO (stage=dpo), which runs under every strategy")
+    if cfg.stage.name == "ppo" and cfg.stage.ppo.critic == "separate":
+        raise ValueError("stage=ppo with stage.ppo.critic=separate under strategy=fsdp: the separate critic is read through "
+                         "its backbone, outside the forward that FSDP hooks; use stage.ppo.critic=shared (a value head) or strategy=ddp")
     if placement.param_sharded and cfg.eval.tasks and cfg.eval.every_n_steps > 0:
         raise ValueError(
             f"eval.every_n_steps={cfg.eval.every_n_steps} under strategy={name}: the evaluator runs on rank 0 alone, which "

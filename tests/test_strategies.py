@@ -2,7 +2,8 @@
 torchrun. Each one trains the same model on the same data as DDP and must give the same losses
 and the same exported weights (fp32: up to float reordering); ZeRO-3 and FSDP runs end in a
 consolidated Hugging Face export; a killed sharded run resumes to the uninterrupted result;
-every stage runs under the sharding strategies (PPO refuses them, with its reason)."""
+every stage runs under the sharding strategies (PPO under FSDP; it refuses DeepSpeed, with the
+reason)."""
 
 from __future__ import annotations
 
@@ -140,6 +141,8 @@ def test_refusals_name_the_reason(tmp_path):
 
     with pytest.raises(ValueError, match="stage=ppo does not run under strategy=deepspeed_zero2: PPO takes several optimizer steps"):
         train(compose(["stage=ppo", "model=hf", "model.pretrained=x", "data=prompts_demo", "strategy=deepspeed_zero2"], run_dir=tmp_path))
+    with pytest.raises(ValueError, match="stage.ppo.critic=separate under strategy=fsdp"):
+        train(compose(["stage=ppo", "model=hf", "model.pretrained=x", "data=prompts_demo", "strategy=fsdp", "stage.ppo.critic=separate"], run_dir=tmp_path))
     with pytest.raises(ValueError, match="eval.every_n_steps=5 under strategy=fsdp: the evaluator runs on rank 0 alone"):
         train(compose(["strategy=fsdp", "eval=pretrain", "eval.every_n_steps=5"], run_dir=tmp_path))
     with pytest.raises(ValueError, match="trainer.compile=true under strategy=deepspeed_zero3"):
@@ -231,8 +234,9 @@ FT = ["trainer.max_steps=6", "trainer.val_every_n_steps=3", "trainer.ckpt_every_
 
 @pytest.mark.slow
 def test_fine_tuning_stages_under_sharding(tmp_path, tiny_base, sft_run):
-    """SFT (full and LoRA), reward model and DPO under ZeRO-3 and FSDP: the same losses as DDP,
-    a consolidated export equal to DDP's, and the stage's own artefacts (LoRA adapter)."""
+    """SFT (full and LoRA), reward model and DPO under ZeRO-3 and FSDP, and PPO under FSDP: the
+    same losses (PPO: scores, policy and value losses) as DDP, a consolidated export equal to
+    DDP's, and the stage's own artefacts (LoRA adapter)."""
     sft_export = sft_run[1]["export"]
     runs = {
         "sft": [*SFT, f"model.pretrained={tiny_base}"],
@@ -253,6 +257,14 @@ def test_fine_tuning_stages_under_sharding(tmp_path, tiny_base, sft_run):
                 assert (run / "adapters" / "default" / "adapter_model.safetensors").is_file()
             if stage == "rm":
                 same_run(ref, run, "val/accuracy", tol=1e-6)
+    # PPO under FSDP (generation with synced ranks, the value head sharded too) with the RM above
+    ppo = [*SFT, "stage=ppo", "data=prompts_demo", f"model.pretrained={sft_export}", f"stage.reward.model={tmp_path / 'rm-ddp' / 'export'}",
+           "trainer.max_steps=4", "trainer.val_every_n_steps=2", "trainer.ckpt_every_n_steps=2", "data.micro_batch_size=4", "eval=none"]
+    torchrun(tmp_path / "ppo-ddp", [*ppo, "strategy=ddp"])
+    torchrun(tmp_path / "ppo-fsdp", [*ppo, "strategy=fsdp"])
+    for key in ("ppo/score", "ppo/policy_loss", "ppo/value_loss"):
+        same_run(tmp_path / "ppo-ddp", tmp_path / "ppo-fsdp", key, tol=1e-5)
+    same_weights(tmp_path / "ppo-ddp", tmp_path / "ppo-fsdp")
 
 
 @pytest.mark.slow

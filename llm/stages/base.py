@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from llm.config import ModelConfig, StageConfig
 from llm.model.build import build_model, count_params, flops_per_token
 from llm.perf import StepTimer
-from llm.strategy import clip_gradients, micro_batch_context, norm_after_step, parallelize
+from llm.strategy import clip_gradients, micro_batch_context, norm_after_step, parallelize, shard_module
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,17 @@ class BaseStage(L.LightningModule):
         self._flops_per_token = flops_per_token(self.model.config, n, seq_len)  # before any sharding
         mesh = self._device_mesh["data_parallel"] if getattr(self, "_device_mesh", None) is not None else None
         self.model = parallelize(self.model, activation_checkpointing=self.activation_checkpointing, compile=self.compile, mesh=mesh)
+        if mesh is not None:
+            for extra in self.extra_trained_modules():
+                shard_module(extra, mesh)
+        self.sharded = mesh is not None
+
+    sharded: bool = False
+    """FSDP: the model (and ``extra_trained_modules``) hold one shard of their weights per rank."""
+
+    def extra_trained_modules(self) -> list[torch.nn.Module]:
+        """Trained modules beside ``self.model`` (PPO's value head or critic): sharded like it."""
+        return []
 
     def on_model_ready(self) -> None:
         """Hook: the model is built (and wrapped for LoRA); stages add what they need."""

@@ -149,6 +149,9 @@ class PPOStage(BaseStage):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.iteration_samples: list[dict] = []
 
+    def extra_trained_modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.value_head, self.critic) if m is not None]
+
     def optim_modules(self) -> torch.nn.Module:
         extra = self.value_head if self.value_head is not None else self.critic
         return torch.nn.ModuleList([self.model, extra])
@@ -198,6 +201,8 @@ class PPOStage(BaseStage):
             pad_token_id=self.pad_id,
             use_cache=True,
         )
+        if self.sharded and self._trainer is not None and self.trainer.world_size > 1:
+            kw["synced_gpus"] = True  # FSDP: every rank runs the same number of forward passes (they all-gather)
         if greedy:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -358,7 +363,7 @@ class PPOStage(BaseStage):
     def _average_gradients_over_ranks(self) -> None:
         """DDP synchronises gradients only in the backward that follows its forward; PPO runs many
         backward passes in one training step, so it averages the gradients over ranks itself."""
-        if self.trainer.world_size <= 1:
+        if self.trainer.world_size <= 1 or self.sharded:  # FSDP reduce-scatters in every backward
             return
         import torch.distributed as dist
 
@@ -375,7 +380,7 @@ class PPOStage(BaseStage):
 
     def on_train_end(self) -> None:
         """Every rank must end with the same weights: a cheap check that gradients were in sync."""
-        if self.trainer.world_size <= 1:
+        if self.trainer.world_size <= 1 or self.sharded:  # FSDP: each rank holds its own shard
             return
         total = torch.stack([p.detach().double().sum() for p in self.optim_modules().parameters()]).sum().reshape(1)
         every = self.all_gather(total).reshape(-1)
