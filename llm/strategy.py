@@ -198,14 +198,7 @@ def atomic_checkpoint_io() -> Any:
                 except OSError:
                     pass
                 raise
-            try:  # the rename itself reaches the disk
-                fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass
+            _fsync_dir(os.path.dirname(path) or ".")  # the rename itself reaches the disk
 
     return AtomicCheckpointIO()
 
@@ -256,12 +249,25 @@ def _atomic_directory_save(strategy: Any, filepath: Any, write: Any) -> None:
     strategy.barrier("ckpt_renamed")
 
 
+class _DirectoryCheckpoints:
+    """Mixin for strategies whose checkpoints are directories of per-rank shards: written
+    atomically (:func:`_atomic_directory_save`) and removed whole."""
+
+    def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
+        parent = super()
+        _atomic_directory_save(self, filepath, lambda tmp: parent.save_checkpoint(checkpoint, tmp, storage_options))
+
+    def remove_checkpoint(self, filepath: Any) -> None:
+        if self.is_global_zero and os.path.exists(filepath):
+            shutil.rmtree(filepath) if os.path.isdir(filepath) else os.remove(filepath)
+
+
 def _deepspeed_strategy_class() -> type:
     from lightning.pytorch.accelerators import CUDAAccelerator
     from lightning.pytorch.strategies import DeepSpeedStrategy
     from lightning.fabric.utilities.seed import reset_seed
 
-    class XiulianDeepSpeedStrategy(DeepSpeedStrategy):
+    class XiulianDeepSpeedStrategy(_DirectoryCheckpoints, DeepSpeedStrategy):
         """Lightning's DeepSpeed strategy, also on CPU processes (tests, laptops)."""
 
         def setup_environment(self) -> None:
@@ -311,13 +317,6 @@ def _deepspeed_strategy_class() -> type:
             self._init_config_if_needed()
             yield
 
-        def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
-            _atomic_directory_save(self, filepath, lambda tmp: DeepSpeedStrategy.save_checkpoint(self, checkpoint, tmp, storage_options))
-
-        def remove_checkpoint(self, filepath: Any) -> None:
-            if self.is_global_zero and os.path.exists(filepath):
-                shutil.rmtree(filepath) if os.path.isdir(filepath) else os.remove(filepath)
-
     return XiulianDeepSpeedStrategy
 
 
@@ -326,11 +325,7 @@ def fill_auto_buckets(config: dict, module: torch.nn.Module) -> None:
     DeepSpeed integration): reduce bucket h², ZeRO-3 prefetch 0.9 h², parameters under 10 h
     elements stay whole on every rank. DeepSpeed's own default reduce bucket (5e8 elements) is a
     2 GB fp32 buffer per rank whatever the model's size."""
-    cfg = None
-    for m in module.modules():
-        cfg = getattr(m, "config", None)
-        if cfg is not None and hasattr(cfg, "to_dict"):
-            break
+    cfg = next((m.config for m in module.modules() if hasattr(getattr(m, "config", None), "to_dict")), None)
     h = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or 1024
     zero = config.get("zero_optimization", {})
     auto = {"reduce_bucket_size": h * h, "stage3_prefetch_bucket_size": int(0.9 * h * h), "stage3_param_persistence_threshold": 10 * h}
@@ -342,16 +337,9 @@ def fill_auto_buckets(config: dict, module: torch.nn.Module) -> None:
 def _fsdp_strategy_class() -> type:
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    class XiulianFSDPStrategy(ModelParallelStrategy):
+    class XiulianFSDPStrategy(_DirectoryCheckpoints, ModelParallelStrategy):
         """FSDP2 through Lightning's ModelParallelStrategy; the stage shards its model in
         ``configure_model`` with :func:`parallelize`."""
-
-        def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
-            _atomic_directory_save(self, filepath, lambda tmp: ModelParallelStrategy.save_checkpoint(self, checkpoint, tmp, storage_options))
-
-        def remove_checkpoint(self, filepath: Any) -> None:
-            if self.is_global_zero and os.path.exists(filepath):
-                shutil.rmtree(filepath) if os.path.isdir(filepath) else os.remove(filepath)
 
     return XiulianFSDPStrategy
 
