@@ -137,29 +137,18 @@ def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig, grad_clip: 
             device = torch.device("cpu")
         return Placement(accelerator, 1, 1, SingleDeviceStrategy(device=device), precision, "single")
 
-    if cfg.name == "ddp":
-        if devices == "auto":
-            devices = torch.cuda.device_count() if accelerator == "gpu" else 2
-        backend = cfg.process_group_backend or ("nccl" if accelerator == "gpu" else "gloo")
-        from datetime import timedelta
-
-        extra = {"timeout": timedelta(minutes=cfg.timeout_minutes)} if cfg.timeout_minutes else {}
-        strategy = DDPStrategy(
-            process_group_backend=backend,
-            find_unused_parameters=cfg.find_unused_parameters,
-            gradient_as_bucket_view=True,
-            **extra,
-        )
-        return Placement(accelerator, devices, num_nodes, strategy, precision, "ddp")
-
     if cfg.name not in STRATEGIES:
         raise ValueError(f"strategy.name={cfg.name!r}: unknown (choose one of {', '.join(STRATEGIES)})")
     if devices == "auto":
         devices = torch.cuda.device_count() if accelerator == "gpu" else 2
     from datetime import timedelta
 
-    timeout = timedelta(minutes=cfg.timeout_minutes) if cfg.timeout_minutes else timedelta(minutes=30)
+    timeout = timedelta(minutes=cfg.timeout_minutes or 30)  # 30: torch's default
     backend = cfg.process_group_backend or ("nccl" if accelerator == "gpu" else "gloo")
+    if cfg.name == "ddp":
+        strategy = DDPStrategy(process_group_backend=backend, find_unused_parameters=cfg.find_unused_parameters,
+                               gradient_as_bucket_view=True, timeout=timeout)
+        return Placement(accelerator, devices, num_nodes, strategy, precision, "ddp")
     if cfg.name in DEEPSPEED:
         conf = deepspeed_config(cfg, grad_clip, micro_batch_size, gpu=accelerator == "gpu")
         strategy = _deepspeed_strategy_class()(config=conf, process_group_backend=backend, timeout=timeout)
@@ -345,7 +334,7 @@ def _fsdp_strategy_class() -> type:
 
 
 def is_deepspeed(strategy: Any) -> bool:
-    return type(strategy).__name__ == "XiulianDeepSpeedStrategy" or any(c.__name__ == "DeepSpeedStrategy" for c in type(strategy).__mro__)
+    return any(c.__name__ == "DeepSpeedStrategy" for c in type(strategy).__mro__)  # without importing deepspeed
 
 
 # --------------------------------------------------------- helpers for stages

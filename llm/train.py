@@ -475,17 +475,17 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     if peak is None:
         dev = torch.device("cuda") if placement.accelerator == "gpu" else torch.device("cpu")
         peak = peak_flops(dev, placement.precision)
-    def make_module(sharded: bool = True) -> Any:
+    def make_module(for_training: bool = True) -> Any:
         m = STAGES[stage]()(
             cfg.model,
             cfg.stage,
             vocab_size=len(tokenizer),
             special_tokens=special,
             tokenizer=tokenizer,
-            compile=cfg.trainer.compile and sharded,
+            compile=cfg.trainer.compile and for_training,
             peak_flops=peak,
             new_token_ids=new_ids,
-            activation_checkpointing=cfg.strategy.activation_checkpointing and sharded,
+            activation_checkpointing=cfg.strategy.activation_checkpointing and for_training,
         )
         m.seq_len = cfg.data.seq_len
         return m
@@ -619,7 +619,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     full = consolidated_state_dict(trainer.strategy, module) if placement.param_sharded else None
     if trainer.is_global_zero:
         if full is not None:
-            plain = make_module(sharded=False)
+            plain = make_module(for_training=False)
             plain.configure_model()
             plain.load_state_dict(full)
             module = plain
