@@ -117,6 +117,46 @@ else
   did+=("chromium: MISSING")
 fi
 
+# --- stage-1 data pipeline: real web pages and text (tests/test_pipeline.py) ------------------
+#   python3.11-doc  /usr/share/doc/python3.11/html (530 Sphinx pages + _sources reference text)
+#   fortunes, fortunes-zh  /usr/share/games/fortunes/* ("%"-separated records; zh: chinese, tang300, song100)
+#   bible-kjv  the `bible` program; written here as .cache/fixtures/kjv/kjv.jsonl, one chapter per line
+DATA_PKGS=(python3.11-doc fortunes fortunes-zh bible-kjv)
+have_data() { [ -d /usr/share/doc/python3.11/html/_sources ] && [ -f /usr/share/games/fortunes/tang300 ] && command -v bible >/dev/null; }
+data_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${DATA_PKGS[@]}" >>"$LOG" 2>&1
+}
+if have_data; then
+  did+=("pipeline data: present")
+elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  warn "not root or no apt-get: cannot install ${DATA_PKGS[*]}; pipeline tests on real pages will skip"
+  did+=("pipeline data: MISSING")
+elif { data_install || { apt-get update -q >>"$LOG" 2>&1 && data_install; }; } && have_data; then
+  did+=("pipeline data: installed ${DATA_PKGS[*]} with apt-get")
+else
+  warn "could not install ${DATA_PKGS[*]} (see .cache/fixtures/apt.log); pipeline tests will skip"
+  did+=("pipeline data: MISSING")
+fi
+if command -v bible >/dev/null && [ ! -s .cache/fixtures/kjv/kjv.jsonl ]; then
+  mkdir -p .cache/fixtures/kjv
+  if bible -f Gen1:1-Rev22:21 2>/dev/null | $PY -c '
+import json, re, sys
+chapters = {}
+for line in sys.stdin:
+    m = re.match(r"(\w+?)(\d+):(\d+) (.*)", line.strip())
+    if m:
+        chapters.setdefault(f"{m[1]}{m[2]}", []).append(m[4])
+for key, verses in chapters.items():
+    print(json.dumps({"id": key, "text": " ".join(verses)}))
+' > .cache/fixtures/kjv/kjv.jsonl.tmp && [ -s .cache/fixtures/kjv/kjv.jsonl.tmp ]; then
+    mv .cache/fixtures/kjv/kjv.jsonl.tmp .cache/fixtures/kjv/kjv.jsonl
+    did+=("kjv: $(wc -l < .cache/fixtures/kjv/kjv.jsonl) chapters")
+  else
+    rm -f .cache/fixtures/kjv/kjv.jsonl.tmp
+    warn "bible -f failed; no KJV fixture"
+  fi
+fi
+
 [ -n "$gguf" ] && did+=("gguf: $gguf")
 line=$(printf '; %s' "${did[@]}")
 echo "[fixtures] ${line:2}"

@@ -1,0 +1,59 @@
+"""``python -m llm.data <config> [key=value ...] [--restart] [--stage S ...]``: run the stage-1
+data pipeline (see llm/pipeline/run.py). ``<config>`` is a name in conf/pipeline/ (e.g.
+``python_docs``) or a path to a YAML file; overrides are Hydra's, e.g. ``executor=slurm``
+(the one switch between the local executor and Slurm array jobs) or ``executor.tasks=8``.
+A rerun resumes: finished tasks are skipped. ``--restart`` discards the previous work dir."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "pipeline"
+
+
+def load_config(config: str, overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        conf_dir, name = path.resolve().parent, path.stem
+        if conf_dir != CONF:
+            overrides = [f"hydra.searchpath=[file://{CONF}]", *overrides]
+    else:
+        conf_dir, name = CONF, config
+        if not (CONF / f"{name}.yaml").is_file():
+            known = sorted(p.stem for p in CONF.glob("*.yaml"))
+            raise SystemExit(f"no pipeline config {config!r}: give a YAML path or one of {known}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m llm.data", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. executor=slurm executor.tasks=8")
+    ap.add_argument("--restart", action="store_true", help="discard the previous run's work dir first")
+    ap.add_argument("--stage", action="append", help="run only these stages (and nothing they depend on)")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    from llm.pipeline.run import run_pipeline
+
+    report = run_pipeline(cfg, restart=args.restart, only=args.stage)
+    if report:
+        kept = report.get("kept_documents")
+        print(json.dumps({"kept_documents": kept, "removed_by_reason": report.get("removed_by_reason"),
+                          "bad_input": report.get("bad_input"), "report": str(Path(cfg["out"]) / "report")},
+                         indent=1, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

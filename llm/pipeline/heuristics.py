@@ -1,0 +1,180 @@
+"""Gopher / C4 heuristic quality rules, CJK-aware, thresholds in config.
+
+Rules follow Gopher (Rae et al. 2021, appendix A) and C4 (Raffel et al. 2020) as implemented by
+datatrove's ``GopherQualityFilter`` / ``GopherRepetitionFilter`` / ``C4QualityFilter``, with two
+changes measured on real pages:
+
+- Words come from ``llm.pipeline.text.words`` (a regex; every CJK character is a word), not from
+  spaCy, which datatrove needs for every word rule and which has no Chinese word splitter without
+  extra models. For CJK documents the rules that assume spaces (mean word length, stop words by
+  default) are off, and lengths are counted in characters.
+- C4's "every line must end in terminal punctuation" is off by default (``c4_terminal_punct``):
+  it deletes every bullet item and heading, and a clean bulleted list with emoji must survive.
+
+Thresholds are read per language (``default`` overridden by ``<lang>``) and per source
+(``sources.<name>``), e.g. short fortunes need a lower ``min_words`` than web pages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from datatrove.pipeline.filters.base_filter import BaseFilter
+
+from llm.pipeline.text import CJK_LANGUAGES, is_cjk, words
+
+DEFAULTS = {
+    "min_words": 50, "max_words": 100_000,
+    "min_mean_word_length": 3.0, "max_mean_word_length": 10.0,
+    "max_symbol_word_ratio": 0.1,
+    "max_bullet_lines_ratio": 0.9,
+    "max_ellipsis_lines_ratio": 0.3,
+    "min_alpha_words_ratio": 0.8,
+    "min_stop_words": 2,
+    "max_dup_line_fraction": 0.3, "max_dup_line_char_fraction": 0.2,
+    "max_dup_para_fraction": 0.3, "max_dup_para_char_fraction": 0.2,
+    "top_ngram_max_fraction": {2: 0.2, 3: 0.18, 4: 0.16},
+    "dup_ngram_max_fraction": {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
+    "c4_lorem_ipsum": True, "c4_policy_lines": True, "c4_terminal_punct": False,
+}
+STOP_WORDS = {
+    "en": {"the", "be", "to", "of", "and", "that", "have", "with"},
+    "zh": set("的了是在不我有这人他你们就也和"),
+}
+CJK_DEFAULTS = {"min_words": 20, "min_mean_word_length": None, "max_mean_word_length": None,
+                "min_stop_words": 0, "min_alpha_words_ratio": 0.5}
+
+BULLETS = ("•", "●", "○", "▪", "■", "◦", "‣", "-", "*", "–", "—", "·")
+_ELLIPSIS = ("...", "…")
+_POLICY = re.compile(r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|"
+                     r"javascript.{0,30}(enable|disabled|required)", re.I)
+_TERMINAL = (".", "!", "?", '"', "'", "。", "！", "？", "”", "」", "…")
+
+
+def _merge(base: dict, over: dict | None) -> dict:
+    out = dict(base)
+    for k, v in (over or {}).items():
+        if k not in DEFAULTS:
+            raise ValueError(f"heuristics: unknown threshold {k!r}; known: {sorted(DEFAULTS)}")
+        out[k] = {int(a): float(b) for a, b in v.items()} if isinstance(v, dict) else v
+    return out
+
+
+def _dup_stats(items: list[str]) -> tuple[float, float]:
+    """Fraction of items that repeat an earlier one, and the fraction of characters in them."""
+    seen: set[str] = set()
+    dup = dup_chars = 0
+    for it in items:
+        if it in seen:
+            dup += 1
+            dup_chars += len(it)
+        seen.add(it)
+    total_chars = sum(map(len, items)) or 1
+    return dup / max(1, len(items)), dup_chars / total_chars
+
+
+def _top_ngram_fraction(ws: list[str], n: int) -> float:
+    grams = [" ".join(ws[i:i + n]) for i in range(len(ws) - n + 1)]
+    if not grams:
+        return 0.0
+    gram, count = Counter(grams).most_common(1)[0]
+    return (len(gram) - (n - 1)) * count / max(1, sum(map(len, ws)))  # characters without the joining spaces
+
+
+def _dup_ngram_fraction(ws: list[str], n: int) -> float:
+    total = sum(map(len, ws)) or 1
+    seen: set[tuple] = set()
+    covered = [False] * len(ws)
+    for i in range(len(ws) - n + 1):
+        g = tuple(ws[i:i + n])
+        if g in seen:
+            for j in range(i, i + n):
+                covered[j] = True
+        seen.add(g)
+    return sum(len(w) for w, c in zip(ws, covered) if c) / total
+
+
+class HeuristicFilter(BaseFilter):
+    name = "heuristics"
+    type = "🔻 - FILTER"
+
+    def __init__(self, default: dict | None = None, languages: dict | None = None, sources: dict | None = None,
+                 exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.base = _merge(DEFAULTS, default)
+        self.languages = {k: dict(v or {}) for k, v in (languages or {}).items()}
+        self.sources = {k: dict(v or {}) for k, v in (sources or {}).items()}
+        for over in list(self.languages.values()) + list(self.sources.values()):
+            _merge(DEFAULTS, over)  # validate keys early
+        self._cache: dict[tuple, dict] = {}
+
+    def thresholds(self, lang: str, source: str, cjk: bool) -> dict:
+        key = (lang, source, cjk)
+        if key not in self._cache:
+            t = _merge(self.base, CJK_DEFAULTS if cjk else None)
+            t = _merge(t, self.languages.get(lang))
+            self._cache[key] = _merge(t, self.sources.get(source))
+        return self._cache[key]
+
+    def filter(self, doc) -> bool | tuple[bool, str]:
+        text = doc.text
+        lang = doc.metadata.get("language", "en")
+        cjk = lang in CJK_LANGUAGES or is_cjk(text)
+        t = self.thresholds(lang, doc.metadata.get("source", ""), cjk)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        ws = words(text)
+        n = len(ws)
+        # --- C4 rules
+        if t["c4_lorem_ipsum"] and "lorem ipsum" in text.lower():
+            return False, "c4_lorem_ipsum"
+        if t["c4_policy_lines"] or t["c4_terminal_punct"]:
+            kept = [ln for ln in lines if not (t["c4_policy_lines"] and _POLICY.search(ln))
+                    and not (t["c4_terminal_punct"] and not ln.endswith(_TERMINAL))]
+            if len(kept) != len(lines):
+                self.stat_update("c4_lines_removed", value=len(lines) - len(kept))
+                text = "\n".join(kept)
+                doc.text, lines, ws = text, kept, words(text)
+                n = len(ws)
+        # --- Gopher quality
+        if n < t["min_words"]:
+            return False, "gopher_short_document"
+        if n > t["max_words"]:
+            return False, "gopher_long_document"
+        if not cjk and t["min_mean_word_length"] is not None:
+            mean = sum(map(len, ws)) / n
+            if mean < t["min_mean_word_length"] or (t["max_mean_word_length"] and mean > t["max_mean_word_length"]):
+                return False, "gopher_mean_word_length"
+        symbols = text.count("#") + text.count("...") + text.count("…")
+        if symbols / n > t["max_symbol_word_ratio"]:
+            return False, "gopher_symbol_word_ratio"
+        if lines and sum(ln.startswith(BULLETS) for ln in lines) / len(lines) > t["max_bullet_lines_ratio"]:
+            return False, "gopher_bullet_lines"
+        if lines and sum(ln.endswith(_ELLIPSIS) for ln in lines) / len(lines) > t["max_ellipsis_lines_ratio"]:
+            return False, "gopher_ellipsis_lines"
+        tokens = text.split() if not cjk else ws
+        if tokens:
+            alpha = sum(any(c.isalpha() for c in w) for w in tokens) / len(tokens)
+            if alpha < t["min_alpha_words_ratio"]:
+                return False, "gopher_alpha_words"
+        stop = STOP_WORDS.get(lang)
+        if t["min_stop_words"] and stop is not None:
+            found = sum(1 for w in ws if w.lower() in stop)
+            if found < t["min_stop_words"]:
+                return False, "gopher_stop_words"
+        # --- Gopher repetition
+        paras = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+        frac, chars = _dup_stats(paras)
+        if frac > t["max_dup_para_fraction"] or chars > t["max_dup_para_char_fraction"]:
+            return False, "gopher_dup_paragraphs"
+        frac, chars = _dup_stats(lines)
+        if frac > t["max_dup_line_fraction"] or chars > t["max_dup_line_char_fraction"]:
+            return False, "gopher_dup_lines"
+        low = [w.lower() for w in ws]
+        for k, mx in t["top_ngram_max_fraction"].items():
+            if _top_ngram_fraction(low, k) > mx:
+                return False, f"gopher_top_{k}gram"
+        for k, mx in t["dup_ngram_max_fraction"].items():
+            if _dup_ngram_fraction(low, k) > mx:
+                return False, f"gopher_dup_{k}gram"
+        return True

@@ -1,0 +1,49 @@
+"""Text helpers shared by the blocks: word splitting that needs no model (CJK as characters)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# CJK Unified Ideographs (+ext A), compatibility ideographs, kana, hangul syllables
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
+_WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]|[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_SPACES = re.compile(r"\s+")
+_PUNCT = re.compile(r"[^\w\s]|_", re.UNICODE)
+
+CJK_LANGUAGES = frozenset({"zh", "ja", "ko"})
+
+
+def cjk_ratio(text: str) -> float:
+    """Fraction of non-space characters that are CJK ideographs, kana or hangul."""
+    chars = len(text) - text.count(" ") - text.count("\n")
+    return len(_CJK.findall(text)) / chars if chars > 0 else 0.0
+
+
+def is_cjk(text: str, threshold: float = 0.2) -> bool:
+    return cjk_ratio(text) >= threshold
+
+
+def words(text: str) -> list[str]:
+    """Words of space-delimited scripts; every CJK character counts as one word."""
+    return _WORD.findall(text)
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def normalize(text: str) -> str:
+    """Normalisation for exact-duplicate hashing: NFKC, lower case, no punctuation, one space."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return _SPACES.sub(" ", _PUNCT.sub(" ", text)).strip()
+
+
+def normalize_line(line: str) -> str:
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", line)).strip().lower()
+
+
+def fasttext_tokens(text: str) -> str:
+    """One line of space-separated tokens for fastText: lower-cased words, CJK characters apart."""
+    return " ".join(w.lower() for w in words(text))

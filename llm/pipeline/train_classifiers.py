@@ -1,0 +1,148 @@
+"""The ``prepare`` stage's classifier training (quality and harmful), one task, idempotent.
+
+Quality (``quality.train``): positives are the reference texts read with the readers named in
+``positive`` (e.g. Sphinx ``_sources/*.rst.txt``, with ``rst: true`` to drop reST markup so the
+model cannot learn "markup = good"); negatives are raw crawl text: the pages of
+``negative_sources`` rendered whole (navigation, sidebars and footers included, as a naive
+crawl extraction would give them), not our cleaned documents, which share the reference
+text's content. Documents whose id contains ``eval_negative_match`` (e.g.
+"genindex": the index pages are pure link lists) are kept out of training and scored against
+the held-out reference texts: that AUC is the figure the report shows.
+
+Harmful (``harmful.classifier_languages``): per language, positives are the labelled harmful
+examples of ``llm/pipeline/assets/harmful_seed.jsonl`` plus ``harmful.train`` files (jsonl with
+text/label/lang); negatives are the seed's benign examples plus paragraphs of the extracted
+documents of that language.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+from datatrove.io import get_datafolder
+from datatrove.utils.logging import logger
+
+from llm.pipeline.classify import FastTextScorer, held_out, roc_auc, train_fasttext
+from llm.pipeline.readers import READERS
+from llm.pipeline.text import words
+
+SEED = Path(__file__).parent / "assets" / "harmful_seed.jsonl"
+
+
+_RST = [
+    (re.compile(r"^\s*\.\. [^\n]*$", re.M), ""),                 # directives, comments, targets
+    (re.compile(r"^\s*:[a-zA-Z-]+:.*$", re.M), ""),               # field lists / directive options
+    (re.compile(r"^([=\-~^\"'`#*+]{3,})\s*$", re.M), ""),           # section underlines
+    (re.compile(r":[a-zA-Z:]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`"), r"\1"),  # :role:`text <target>`
+    (re.compile(r"`([^`<]*?)\s*<[^>]*>`_+"), r"\1"),               # `text <url>`_
+    (re.compile(r"``([^`]*)``"), r"\1"), (re.compile(r"\*\*([^*]*)\*\*"), r"\1"),
+    (re.compile(r"\|([^|\n]+)\|"), r"\1"), (re.compile(r"\n{3,}"), "\n\n"),
+]
+
+
+def strip_rst(text: str) -> str:
+    for pat, rep in _RST:
+        text = pat.sub(rep, text)
+    return text.strip()
+
+
+def read_spec_texts(spec: dict) -> list[tuple[str, str]]:
+    """(id, text) of every document the reader spec gives."""
+    opts = {k: v for k, v in spec.items() if k not in ("name", "kind", "path", "glob", "rst")}
+    reader = READERS[spec["kind"]](spec["path"], spec.get("name", spec["kind"]),
+                                   **({"glob_pattern": spec["glob"]} if spec.get("glob") else {}), **opts)
+    out = []
+    for f in sorted(reader.data_folder.list_files(glob_pattern=reader.glob_pattern, recursive=True)):
+        out.extend((d.id, strip_rst(d.text) if spec.get("rst") else d.text) for d in reader.read_file(f))
+    return out
+
+
+def extracted_docs(folder: str):
+    df = get_datafolder(folder)
+    for path in sorted(df.list_files(glob_pattern="*.jsonl.gz")):
+        with df.open(path, "rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+
+class ClassifierTrainer:
+    name = "classifiers"
+
+    def __init__(self, cfg: dict, extracted: str, models: str):
+        self.cfg, self.extracted, self.models = cfg, extracted, Path(models)
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        q = self.cfg["quality"]
+        if q.get("enabled", True) and not q.get("model"):
+            self.train_quality(q)
+        for lang in self.cfg["harmful"].get("classifier_languages", []):
+            self.train_harmful(lang)
+        return iter(())
+
+    def train_quality(self, q: dict) -> None:
+        out = self.models / "quality.bin"
+        if out.exists() and out.with_name("quality.bin.json").exists():
+            return
+        from llm.pipeline.extract import raw_extract
+
+        t = q["train"]
+        positive = [x for spec in t["positive"] for _, x in read_spec_texts(spec)]
+        match = t.get("eval_negative_match")
+        negative, eval_negative = [], []
+        wanted = set(t["negative_sources"])
+        for inp in self.cfg["inputs"]:
+            if inp["name"] not in wanted:
+                continue
+            for doc_id, text in read_spec_texts(inp):
+                if inp["kind"] in ("html", "warc"):
+                    text = raw_extract(text)
+                (eval_negative if match and match in doc_id else negative).append(text)
+        holdout = float(t.get("holdout", 0.2))
+        seed = int(self.cfg.get("seed", 0))
+        figures = train_fasttext(positive, negative, out, holdout=holdout, seed=seed, epoch=t.get("epoch", 25),
+                                 word_ngrams=t.get("word_ngrams", 2), dim=t.get("dim", 32))
+        if eval_negative:
+            scorer = FastTextScorer(out)
+            pos = [scorer(x) for x in positive if held_out(x, holdout, seed)]
+            figures["eval_negative_match"] = match
+            figures["eval_negative"] = len(eval_negative)
+            figures["eval_auc"] = roc_auc(pos, [scorer(x) for x in eval_negative])
+        out.with_name("quality.bin.json").write_text(json.dumps(figures, indent=2))
+        logger.info(f"quality classifier: {figures}")
+
+    def train_harmful(self, lang: str) -> None:
+        out = self.models / f"harmful_{lang}.bin"
+        if out.exists():
+            return
+        hf = self.cfg["harmful"]
+        pos, neg = [], []
+        for f in [str(SEED)] + list(hf.get("train") or []):
+            for line in Path(f).read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    if rec.get("lang", lang) == lang:
+                        (pos if rec["label"] == "harmful" else neg).append(rec["text"])
+        limit = int(hf.get("benign_paragraphs", 3000))
+        from llm.pipeline.harmful import HarmfulFilter
+
+        block = HarmfulFilter(blocklists=hf.get("blocklists"))
+        block._load()
+        terms = block.words.get(lang, set())
+        phrases = block.phrases.get(lang, [])
+        for rec in extracted_docs(self.extracted):
+            if rec.get("metadata", {}).get("language") != lang:
+                continue
+            for para in rec["text"].split("\n\n"):
+                if len(neg) >= limit:
+                    break
+                low = para.lower()
+                if len(para.strip()) >= 20 and not (set(words(low)) & terms or any(p in low for p in phrases)):
+                    neg.append(para.strip())  # corpus text is assumed benign unless a blocklist term is in it
+        if pos and neg:  # a few dozen labelled examples against thousands of paragraphs: rebalance to 1:2
+            pos = pos * max(1, len(neg) // (2 * len(pos)))
+        figures = train_fasttext(pos, neg, out, holdout=0.0, seed=int(self.cfg.get("seed", 0)),
+                                 epoch=int(hf.get("epoch", 50)), word_ngrams=2, dim=16)
+        logger.info(f"harmful classifier ({lang}): {figures}")
