@@ -12,7 +12,8 @@ from hydra.errors import ConfigCompositionException
 from conftest import CONF, ROOT, compose
 from llm.model.build import build_model, count_params
 
-GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir()}
+# conf/pipeline/ is the data pipeline's own config tree (python -m llm.data), not a training group
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir() and g.name != "pipeline"}
 
 # published sizes (parameters), within 3%
 NOMINAL = {
@@ -88,3 +89,15 @@ def test_unknown_option_lists_choices():
     with pytest.raises(ConfigCompositionException) as e:
         compose(["model=llama_8b"])
     assert "llama_7b" in str(e.value)  # Hydra lists the available options
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "pipeline").glob("*.yaml") if p.stem != "base"))
+@pytest.mark.parametrize("executor", ["local", "slurm"])
+def test_pipeline_configs_compose_and_build(name, executor, tmp_path):
+    from llm.data.__main__ import load_config
+    from llm.pipeline.run import STAGES, build_stages
+
+    cfg = load_config(name, [f"executor={executor}", f"out={tmp_path}"])
+    assert cfg["executor"]["kind"] == executor
+    stages = build_stages(cfg)
+    assert list(stages) == list(STAGES)
