@@ -152,3 +152,20 @@ def test_rerun_skips_finished_tasks(run):
     report = run_pipeline(run["cfg"])
     assert report["kept_documents"] == run["report"]["kept_documents"]
     assert all(f.stat().st_mtime == m for f, m in mtimes.items())
+
+
+def test_output_shards_train_pretraining(run, tmp_path):
+    import csv
+
+    from conftest import FAST, compose
+    from llm.train import train
+
+    shards = run["root"] / "out" / "shards"
+    cfg = compose(["data=shards", f"data.shards={shards}", "data.seq_len=64", "data.micro_batch_size=8",
+                   "trainer.max_steps=40", "trainer.val_every_n_steps=1000", "trainer.ckpt_every_n_steps=0",
+                   "export=false", *FAST], run_dir=tmp_path / "train")
+    result = train(cfg)
+    assert result["global_step"] == 40
+    rows = list(csv.DictReader(open(next((tmp_path / "train").rglob("metrics.csv")))))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses[-1] < losses[0] - 1.0
