@@ -55,8 +55,10 @@ fi
 have_faq() {  # $1: root of the tree (/ or the local unpack dir)
   compgen -G "$1$FAQ/*.en.html" >/dev/null && compgen -G "$1$FAQ/zh-cn/*.zh-cn.html" >/dev/null
 }
+# apt_install PKG...: install; refresh the package lists only when the install fails for lack of them
 apt_install() {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PKGS[@]}" >>"$LOG" 2>&1
+  local cmd=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@")
+  "${cmd[@]}" >>"$LOG" 2>&1 || { apt-get update -q >>"$LOG" 2>&1 && "${cmd[@]}" >>"$LOG" 2>&1; }
 }
 unpack_local() {  # no root (or dpkg excludes /usr/share/doc): download the .debs and unpack them here
   local tmp
@@ -77,8 +79,7 @@ elif have_faq "$LOCAL"; then
 elif ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
   root=""; warn "no apt-get/dpkg-deb here: cannot fetch ${PKGS[*]}; FAQ tests will skip"
 elif [ "$(id -u)" = 0 ]; then
-  # install; refresh the package lists only when the install fails for lack of them
-  if { apt_install || { apt-get update -q >>"$LOG" 2>&1 && apt_install; }; } && have_faq ""; then
+  if apt_install "${PKGS[@]}" && have_faq ""; then
     root=/; did+=("debian-faq: installed ${PKGS[*]} with apt-get")
   elif unpack_local && have_faq "$LOCAL"; then
     root=$LOCAL; did+=("debian-faq: unpacked ${PKGS[*]} into $LOCAL")
@@ -102,15 +103,12 @@ fi
 # --- headless chromium + chromedriver (tests/test_rank.py drives the ranking page) ----------
 BROWSER_PKGS=(chromium chromium-driver)
 have_browser() { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }
-browser_install() {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${BROWSER_PKGS[@]}" >>"$LOG" 2>&1
-}
 if have_browser; then
   did+=("chromium: present")
 elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   warn "not root or no apt-get: cannot install ${BROWSER_PKGS[*]}; browser tests will skip"
   did+=("chromium: MISSING")
-elif { browser_install || { apt-get update -q >>"$LOG" 2>&1 && browser_install; }; } && have_browser; then
+elif apt_install "${BROWSER_PKGS[@]}" && have_browser; then
   did+=("chromium: installed ${BROWSER_PKGS[*]} with apt-get")
 else
   warn "could not install ${BROWSER_PKGS[*]} (see .cache/fixtures/apt.log); browser tests will skip"
@@ -123,15 +121,12 @@ fi
 #   bible-kjv  the `bible` program; written here as .cache/fixtures/kjv/kjv.jsonl, one chapter per line
 DATA_PKGS=(python3.11-doc fortunes fortunes-zh bible-kjv)
 have_data() { [ -d /usr/share/doc/python3.11/html/_sources ] && [ -f /usr/share/games/fortunes/tang300 ] && command -v bible >/dev/null; }
-data_install() {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${DATA_PKGS[@]}" >>"$LOG" 2>&1
-}
 if have_data; then
   did+=("pipeline data: present")
 elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   warn "not root or no apt-get: cannot install ${DATA_PKGS[*]}; pipeline tests on real pages will skip"
   did+=("pipeline data: MISSING")
-elif { data_install || { apt-get update -q >>"$LOG" 2>&1 && data_install; }; } && have_data; then
+elif apt_install "${DATA_PKGS[@]}" && have_data; then
   did+=("pipeline data: installed ${DATA_PKGS[*]} with apt-get")
 else
   warn "could not install ${DATA_PKGS[*]} (see .cache/fixtures/apt.log); pipeline tests will skip"

@@ -2,15 +2,13 @@
 
 ``train_fasttext`` writes a binary classifier (labels ``__label__pos`` / ``__label__neg``) from
 two lists of texts, holding out a deterministic fraction (by a hash of the text) to report the
-held-out ROC AUC; the model file is written atomically. ``FastTextScorer`` gives P(pos).
+held-out ROC AUC; the model file is written atomically, the caller records the figures. ``FastTextScorer`` gives P(pos).
 Texts are lower-cased words with every CJK character a token (``fasttext_tokens``), so one
 model handles English and Chinese.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -18,12 +16,11 @@ from typing import Iterable
 
 import numpy as np
 
-from llm.pipeline.text import fasttext_tokens
+from llm.pipeline.text import fasttext_tokens, unit_hash
 
 
 def held_out(text: str, fraction: float, seed: int = 0) -> bool:
-    h = int.from_bytes(hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest(), "little")
-    return h / 2**64 < fraction
+    return unit_hash(f"{seed}:{text}") < fraction
 
 
 def roc_auc(pos: Iterable[float], neg: Iterable[float]) -> float:
@@ -42,7 +39,8 @@ def roc_auc(pos: Iterable[float], neg: Iterable[float]) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def _quiet():
+def fasttext_module():
+    """``fasttext`` with its load-time warning silenced."""
     import fasttext
 
     fasttext.FastText.eprint = lambda *a, **k: None
@@ -52,10 +50,10 @@ def _quiet():
 def train_fasttext(positive: list[str], negative: list[str], out: str | os.PathLike, *, holdout: float = 0.2,
                    seed: int = 0, epoch: int = 25, lr: float = 0.5, word_ngrams: int = 2, dim: int = 32,
                    min_count: int = 1, max_chars: int = 20000) -> dict:
-    """Train, write ``out`` (+ ``out.json`` with the figures), return the figures."""
+    """Train and write ``out`` atomically; return the figures (counts, held-out AUC)."""
     if not positive or not negative:
         raise ValueError(f"classifier {out}: need positive and negative texts, got {len(positive)} and {len(negative)}")
-    fasttext = _quiet()
+    fasttext = fasttext_module()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows, test_pos, test_neg = [], [], []
@@ -85,9 +83,6 @@ def train_fasttext(positive: list[str], negative: list[str], out: str | os.PathL
         "heldout_positive": len(test_pos), "heldout_negative": len(test_neg),
         "heldout_auc": roc_auc(map(scorer, test_pos), map(scorer, test_neg)) if test_pos and test_neg else None,
     }
-    tmp = out.with_name(out.name + ".json.tmp")
-    tmp.write_text(json.dumps(figures, indent=2))
-    os.replace(tmp, out.with_name(out.name + ".json"))
     return figures
 
 
@@ -97,7 +92,7 @@ class FastTextScorer:
     def __init__(self, path: str | os.PathLike):
         if not Path(path).is_file():
             raise FileNotFoundError(f"classifier model not found: {path}")
-        self.model = _quiet().load_model(str(path))
+        self.model = fasttext_module().load_model(str(path))
 
     def __call__(self, text: str) -> float:
         labels, probs = self.model.predict(fasttext_tokens(text[:20000]), k=2)

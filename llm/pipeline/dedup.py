@@ -95,10 +95,7 @@ class LineCounter(PipelineStep):
                         text_of[h] = ln.strip()[:200]
             counts[src].update(hs)
             yield doc
-        out = {"docs": dict(docs), "lines": {}}
-        for src, c in counts.items():
-            common = [(h, n) for h, n in c.items()]
-            out["lines"][src] = common
+        out = {"docs": dict(docs), "lines": {src: list(c.items()) for src, c in counts.items()}}
         examples = {}
         for c in counts.values():
             for h, n in c.most_common(self.keep_examples):

@@ -53,6 +53,20 @@ def read_list(path: str | Path) -> set[str]:
     return out
 
 
+def load_blocklists(files_by_language: dict) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
+    """Per language: single words (matched as words) and phrases or CJK terms (matched as substrings)."""
+    words_, phrases = {}, {}
+    for lang, files in files_by_language.items():
+        terms = set().union(*(read_list(f) for f in files)) if files else set()
+        words_[lang] = {t for t in terms if " " not in t and not re.search(r"[\u4e00-\u9fff]", t)}
+        phrases[lang] = sorted(terms - words_[lang])
+    return words_, phrases
+
+
+def blocklist_files(extra: dict | None) -> dict[str, list[str]]:
+    return {**DEFAULT_BLOCKLISTS, **{k: list(v) for k, v in (extra or {}).items()}}
+
+
 class HarmfulFilter(BaseFilter):
     name = "harmful"
     type = "☣ - HARMFUL"
@@ -61,7 +75,7 @@ class HarmfulFilter(BaseFilter):
                  url_domains: str | None = None, classifier: dict | None = None, threshold: float = 0.5,
                  skip_sources=(), exclusion_writer=None):
         super().__init__(exclusion_writer)
-        self.blocklist_files = {**DEFAULT_BLOCKLISTS, **{k: list(v) for k, v in (blocklists or {}).items()}}
+        self.blocklist_files = blocklist_files(blocklists)
         self.min_hits, self.min_hit_ratio = min_hits, min_hit_ratio
         self.url_domains, self.threshold = url_domains, threshold
         self.classifier_paths = dict(classifier or {})
@@ -69,12 +83,7 @@ class HarmfulFilter(BaseFilter):
         self._loaded = False
 
     def _load(self):
-        self.words: dict[str, set[str]] = {}
-        self.phrases: dict[str, list[str]] = {}
-        for lang, files in self.blocklist_files.items():
-            terms = set().union(*(read_list(f) for f in files)) if files else set()
-            self.words[lang] = {t for t in terms if " " not in t and not re.search(r"[\u4e00-\u9fff]", t)}
-            self.phrases[lang] = sorted(terms - self.words[lang])
+        self.words, self.phrases = load_blocklists(self.blocklist_files)
         self.url_words = read_list(_datatrove_asset("banned_words.txt"))
         self.url_subwords = read_list(_datatrove_asset("banned_subwords.txt"))
         self.domains = read_list(self.url_domains) if self.url_domains else set()

@@ -35,10 +35,9 @@ def lid_model_path() -> Path:
 
 class LanguageId:
     def __init__(self, aliases: dict | None = None):
-        import fasttext
+        from llm.pipeline.classify import fasttext_module
 
-        fasttext.FastText.eprint = lambda *a, **k: None  # silence the load warning
-        self.model = fasttext.load_model(str(lid_model_path()))
+        self.model = fasttext_module().load_model(str(lid_model_path()))
         self.aliases = {**DEFAULT_ALIASES, **(aliases or {})}
 
     def __call__(self, text: str) -> tuple[str, float]:

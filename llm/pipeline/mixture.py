@@ -14,21 +14,16 @@ data.shards=<out>/shards`` trains on the result.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
-from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
-
-def _frac(doc_id: str, copy: int, seed: int) -> float:
-    h = hashlib.blake2b(f"{seed}:{copy}:{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64
+from llm.data.shards import atomic_write_json
+from llm.pipeline.text import unit_hash
+from llm.pipeline.writers import read_jsonl_gz
 
 
 def plan_mixture(sizes: dict[str, int], sources: dict[str, dict], total_chars: int | None = None) -> dict[str, float]:
@@ -55,7 +50,7 @@ class MixtureWriter(PipelineStep):
                  tokenizer: str | None = None, vocab_size: int = 8192, shard_max_tokens: int = 1 << 20,
                  val_fraction: float = 0.01, seed: int = 0):
         super().__init__()
-        self.input_folder = get_datafolder(input_folder)
+        self.input_folder = str(input_folder)
         self.out_dir = out_dir
         self.sources = {k: dict(v or {}) for k, v in (sources or {}).items()}
         self.total_chars, self.tokenizer = total_chars, tokenizer
@@ -63,20 +58,14 @@ class MixtureWriter(PipelineStep):
         self.val_fraction, self.seed = val_fraction, seed
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        import gzip
-
         from llm.data.shards import write_shards
         from llm.data.tokenizer import load_tokenizer, train_tokenizer
 
         docs: dict[str, list[tuple[str, str]]] = {}
-        for path in sorted(self.input_folder.list_files(glob_pattern="*.jsonl.gz")):
-            with self.input_folder.open(path, "rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
-                for line in f:
-                    rec = json.loads(line)
-                    src = rec.get("metadata", {}).get("source", "")
-                    docs.setdefault(src, []).append((rec["id"], rec["text"]))
+        for rec in read_jsonl_gz(self.input_folder):
+            docs.setdefault(rec.get("metadata", {}).get("source", ""), []).append((rec["id"], rec["text"]))
         if not docs:
-            raise RuntimeError(f"mixture: no documents in {self.input_folder.path}: every document was filtered out")
+            raise RuntimeError(f"mixture: no documents in {self.input_folder}: every document was filtered out")
         sizes = {s: sum(len(t) for _, t in v) for s, v in docs.items()}
         epochs = plan_mixture(sizes, self.sources, self.total_chars)
         chosen: list[tuple[str, int]] = []  # (source, index)
@@ -87,7 +76,7 @@ class MixtureWriter(PipelineStep):
             for copy in range(math.ceil(e)):
                 part = e - copy
                 for i, (doc_id, _) in enumerate(docs[s]):
-                    if part >= 1 or _frac(doc_id, copy, self.seed) < part:
+                    if part >= 1 or unit_hash(f"{self.seed}:{copy}:{doc_id}") < part:
                         chosen.append((s, i))
             plan[s] = {"documents": len(docs[s]), "chars": sizes[s], "epochs": round(e, 4),
                        "documents_written": len(chosen) - n_before,
@@ -105,11 +94,8 @@ class MixtureWriter(PipelineStep):
         manifest = write_shards((docs[chosen[j][0]][chosen[j][1]][1] for j in order), tok, out / "shards",
                                 shard_max_tokens=self.shard_max_tokens, val_fraction=self.val_fraction,
                                 seed=self.seed)
-        tmp = out / "mixture.json.tmp"
-        tmp.write_text(json.dumps({"sources": plan, "documents": len(chosen),
-                                   "shards": manifest["totals"]},
-                                  indent=2))
-        os.replace(tmp, out / "mixture.json")
+        atomic_write_json(out / "mixture.json", {"sources": plan, "documents": len(chosen),
+                                                 "shards": manifest["totals"]})
         self.stat_update("documents", value=len(chosen))
         return
         yield

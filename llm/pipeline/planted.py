@@ -19,6 +19,7 @@ import json
 import random
 import re
 import shutil
+import zlib
 from pathlib import Path
 
 HARMFUL = {
@@ -83,7 +84,7 @@ def _change_sentence(html: str, rng: random.Random) -> str | None:
 def _warc_record(uri: str, html: bytes) -> bytes:
     http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html
     head = (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: {uri}\r\n"
-            f"WARC-Record-ID: <urn:uuid:{abs(hash(uri)) % 10**12:012d}>\r\nWARC-Date: 2024-01-01T00:00:00Z\r\n"
+            f"WARC-Record-ID: <urn:uuid:{zlib.crc32(uri.encode()):012d}>\r\nWARC-Date: 2024-01-01T00:00:00Z\r\n"
             f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(http)}\r\n\r\n").encode()
     return head + http + b"\r\n\r\n"
 

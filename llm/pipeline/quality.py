@@ -12,17 +12,15 @@ in ``metadata["quality_score"]`` for the report and the mixture.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from llm.pipeline.classify import FastTextScorer
+from llm.pipeline.text import hash64
 
 
 def pareto_keep(doc_id: str, score: float, alpha: float, seed: int = 0) -> bool:
-    s = int.from_bytes(hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest(), "little")
-    return float(np.random.default_rng(s).pareto(alpha)) > 1.0 - score
+    return float(np.random.default_rng(hash64(f"{seed}:{doc_id}")).pareto(alpha)) > 1.0 - score
 
 
 class QualityFilter(BaseFilter):

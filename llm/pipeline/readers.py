@@ -30,6 +30,7 @@ class _Reader(BaseDiskReader):
 
     fmt = "text"
     name = "reader"
+    compression: str | None = None  # "infer": .gz/.zst files are decompressed while read
 
     def __init__(self, data_folder: str, source: str, glob_pattern: str | None = None, include: str | None = None,
                  exclude: str | None = None, **kw):
@@ -68,9 +69,9 @@ class _Reader(BaseDiskReader):
         if not self.wanted(filepath):
             return
         try:
-            with self.data_folder.open(filepath, "rb") as f:
+            with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
                 raw = f.read()
-        except OSError as e:
+        except (OSError, EOFError) as e:
             self.bad("unreadable_file", filepath, str(e))
             return
         if not raw.strip():
@@ -134,23 +135,14 @@ class TxtReader(_Reader):
 class JsonlTextReader(_Reader):
     """One document per line of .jsonl (optionally .gz/.zst); ``text_key`` names the text field."""
 
+    compression = "infer"
+
     def __init__(self, data_folder: str, source: str, glob_pattern: str = "**/*.jsonl*", text_key: str = "text",
                  id_key: str = "id", **kw):
         super().__init__(data_folder, source, glob_pattern=glob_pattern, **kw)
         self.text_field, self.id_field = text_key, id_key
 
-    def read_file(self, filepath: str) -> Iterator[Document]:
-        if not self.wanted(filepath):
-            return
-        try:
-            with self.data_folder.open(filepath, "rb", compression="infer") as f:
-                raw = f.read()
-        except (OSError, EOFError) as e:
-            self.bad("unreadable_file", filepath, str(e))
-            return
-        if not raw.strip():
-            self.bad("empty_file", filepath)
-            return
+    def parse(self, raw: bytes, filepath: str) -> Iterator[Document]:
         for lineno, line in enumerate(raw.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -242,3 +234,16 @@ class WarcReader(_Reader):
 
 
 READERS = {"html": HtmlDirReader, "txt": TxtReader, "jsonl": JsonlTextReader, "warc": WarcReader}
+SPEC_KEYS = ("name", "kind", "path", "glob")
+
+
+def make_reader(spec: dict, ignore: tuple[str, ...] = ()) -> _Reader:
+    """A reader from a config entry ``{name, kind, path, glob?, <reader options>}``; keys in
+    ``ignore`` belong to the caller."""
+    kind = spec["kind"]
+    if kind not in READERS:
+        raise ValueError(f"inputs[{spec.get('name')}].kind must be one of {sorted(READERS)}, got {kind!r}")
+    kw = {k: v for k, v in spec.items() if k not in SPEC_KEYS + ignore}
+    if spec.get("glob"):
+        kw["glob_pattern"] = spec["glob"]
+    return READERS[kind](spec["path"], spec.get("name", kind), **kw)

@@ -5,7 +5,6 @@ score histograms (PNG). Written to ``<out>/report/`` (report.json, report.md, *.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from collections import defaultdict
@@ -13,7 +12,9 @@ from pathlib import Path
 
 from datatrove.utils.stats import PipelineStats
 
+from llm.data.shards import atomic_write_json
 from llm.pipeline.run import STAGES, _paths
+from llm.pipeline.writers import read_jsonl_gz as _jsonl_gz
 
 
 def _stage_stats(logs: Path) -> list[dict]:
@@ -26,13 +27,6 @@ def _stage_stats(logs: Path) -> list[dict]:
 
 def _num(v) -> float:
     return v.get("total", 0) if isinstance(v, dict) else (v or 0)
-
-
-def _jsonl_gz(folder: Path):
-    for path in sorted(folder.glob("*.jsonl.gz")) if folder.is_dir() else []:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                yield json.loads(line)
 
 
 def _hist(values, title: str, path: Path, bins: int = 20) -> str | None:
@@ -145,9 +139,7 @@ def build_report(cfg: dict) -> dict:
             plots[key] = png
     report["plots"] = plots
     report["kept_documents"] = len(final)
-    tmp = p["report"] / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str))
-    os.replace(tmp, p["report"] / "report.json")
+    atomic_write_json(p["report"] / "report.json", report)
     (p["report"] / "report.md").write_text(to_markdown(report))
     if cfg.get("report", {}).get("wandb"):
         _to_wandb(cfg, report, p["report"])

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets,
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.utils.hashing import HashConfig
 
+from llm.data.shards import atomic_write_json
 from llm.pipeline.dedup import (BoilerplateFinder, BoilerplateRemover, LineCounter, MinhashSignature,
                                 normalized_content)
 from llm.pipeline.extract import HtmlExtractor
@@ -41,7 +41,7 @@ from llm.pipeline.heuristics import HeuristicFilter
 from llm.pipeline.langid import LanguageRouter
 from llm.pipeline.mixture import MixtureWriter
 from llm.pipeline.quality import QualityFilter
-from llm.pipeline.readers import READERS
+from llm.pipeline.readers import make_reader
 from llm.pipeline.writers import AtomicJsonlWriter
 
 STAGES = ("extract", "prepare", "filter", "buckets", "cluster", "final", "mixture", "report")
@@ -111,15 +111,7 @@ def build_stages(cfg: dict) -> dict[str, tuple[list, int]]:
     """stage name -> (pipeline, number of tasks)."""
     p = _paths(cfg)
     n = int(cfg["executor"]["tasks"])
-    readers = []
-    for inp in cfg["inputs"]:
-        kind = inp["kind"]
-        if kind not in READERS:
-            raise ValueError(f"inputs[{inp.get('name')}].kind must be one of {sorted(READERS)}, got {kind!r}")
-        kw = {k: v for k, v in inp.items() if k not in ("name", "kind", "path", "glob")}
-        if inp.get("glob"):
-            kw["glob_pattern"] = inp["glob"]
-        readers.append(READERS[kind](inp["path"], inp["name"], **kw))
+    readers = [make_reader(inp) for inp in cfg["inputs"]]
     ex, lid = cfg["extract"], cfg["langid"]
     extract = readers + [
         HtmlExtractor(engine=ex["engine"], timeout=ex["timeout"]),
@@ -204,9 +196,7 @@ def check_work_dir(cfg: dict, restart: bool = False) -> None:
                              "use another `out` or pass --restart to discard it")
         return
     p["work"].mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"fingerprint": fp, "config": cfg}, indent=1, default=str))
-    os.replace(tmp, stamp)
+    atomic_write_json(stamp, {"fingerprint": fp, "config": cfg})
 
 
 def make_executors(cfg: dict, stages: dict, only: list[str] | None = None) -> list:

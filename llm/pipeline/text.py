@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 
@@ -42,6 +43,16 @@ def normalize(text: str) -> str:
 
 def normalize_line(line: str) -> str:
     return _SPACES.sub(" ", unicodedata.normalize("NFKC", line)).strip().lower()
+
+
+def hash64(key: str) -> int:
+    """A reproducible 64-bit hash of ``key`` (the same on every machine and executor)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def unit_hash(key: str) -> float:
+    """A reproducible draw in [0, 1) from ``key``."""
+    return hash64(key) / 2**64
 
 
 def fasttext_tokens(text: str) -> str:

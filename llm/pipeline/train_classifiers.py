@@ -17,17 +17,18 @@ documents of that language.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from pathlib import Path
 
-from datatrove.io import get_datafolder
 from datatrove.utils.logging import logger
 
+from llm.data.shards import atomic_write_json
 from llm.pipeline.classify import FastTextScorer, held_out, roc_auc, train_fasttext
-from llm.pipeline.readers import READERS
+from llm.pipeline.harmful import blocklist_files, load_blocklists
+from llm.pipeline.readers import make_reader
 from llm.pipeline.text import words
+from llm.pipeline.writers import read_jsonl_gz
 
 SEED = Path(__file__).parent / "assets" / "harmful_seed.jsonl"
 
@@ -51,21 +52,11 @@ def strip_rst(text: str) -> str:
 
 def read_spec_texts(spec: dict) -> list[tuple[str, str]]:
     """(id, text) of every document the reader spec gives."""
-    opts = {k: v for k, v in spec.items() if k not in ("name", "kind", "path", "glob", "rst")}
-    reader = READERS[spec["kind"]](spec["path"], spec.get("name", spec["kind"]),
-                                   **({"glob_pattern": spec["glob"]} if spec.get("glob") else {}), **opts)
+    reader = make_reader(spec, ignore=("rst",))
     out = []
     for f in sorted(reader.data_folder.list_files(glob_pattern=reader.glob_pattern, recursive=True)):
         out.extend((d.id, strip_rst(d.text) if spec.get("rst") else d.text) for d in reader.read_file(f))
     return out
-
-
-def extracted_docs(folder: str):
-    df = get_datafolder(folder)
-    for path in sorted(df.list_files(glob_pattern="*.jsonl.gz")):
-        with df.open(path, "rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
-            for line in f:
-                yield json.loads(line)
 
 
 class ClassifierTrainer:
@@ -84,7 +75,7 @@ class ClassifierTrainer:
 
     def train_quality(self, q: dict) -> None:
         out = self.models / "quality.bin"
-        if out.exists() and out.with_name("quality.bin.json").exists():
+        if out.with_name("quality.bin.json").exists():  # written after the model: training finished
             return
         from llm.pipeline.extract import raw_extract
 
@@ -110,12 +101,12 @@ class ClassifierTrainer:
             figures["eval_negative_match"] = match
             figures["eval_negative"] = len(eval_negative)
             figures["eval_auc"] = roc_auc(pos, [scorer(x) for x in eval_negative])
-        out.with_name("quality.bin.json").write_text(json.dumps(figures, indent=2))
+        atomic_write_json(out.with_name("quality.bin.json"), figures)
         logger.info(f"quality classifier: {figures}")
 
     def train_harmful(self, lang: str) -> None:
         out = self.models / f"harmful_{lang}.bin"
-        if out.exists():
+        if out.with_name(out.name + ".json").exists():
             return
         hf = self.cfg["harmful"]
         pos, neg = [], []
@@ -126,13 +117,9 @@ class ClassifierTrainer:
                     if rec.get("lang", lang) == lang:
                         (pos if rec["label"] == "harmful" else neg).append(rec["text"])
         limit = int(hf.get("benign_paragraphs", 3000))
-        from llm.pipeline.harmful import HarmfulFilter
-
-        block = HarmfulFilter(blocklists=hf.get("blocklists"))
-        block._load()
-        terms = block.words.get(lang, set())
-        phrases = block.phrases.get(lang, [])
-        for rec in extracted_docs(self.extracted):
+        block_words, block_phrases = load_blocklists(blocklist_files(hf.get("blocklists")))
+        terms, phrases = block_words.get(lang, set()), block_phrases.get(lang, [])
+        for rec in read_jsonl_gz(self.extracted):
             if rec.get("metadata", {}).get("language") != lang:
                 continue
             for para in rec["text"].split("\n\n"):
@@ -145,4 +132,5 @@ class ClassifierTrainer:
             pos = pos * max(1, len(neg) // (2 * len(pos)))
         figures = train_fasttext(pos, neg, out, holdout=0.0, seed=int(self.cfg.get("seed", 0)),
                                  epoch=int(hf.get("epoch", 50)), word_ngrams=2, dim=16)
+        atomic_write_json(out.with_name(out.name + ".json"), figures)
         logger.info(f"harmful classifier ({lang}): {figures}")
