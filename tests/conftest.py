@@ -4,6 +4,8 @@ prepared copy of the demo data (real CPython documentation text), cached across 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -85,3 +87,19 @@ def sft_run(tmp_path_factory, tiny_base):
     run = tmp_path_factory.mktemp("sft")
     extra = ["trainer.max_steps=120", "trainer.val_every_n_steps=120", "stage.optim.lr=2e-3"]
     return run, train(compose([*SFT, f"model.pretrained={tiny_base}", *extra], run_dir=run))
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A real single-node Slurm cluster (slurm/local-cluster.sh, as root); skips where it cannot start."""
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster needs root (slurm/local-cluster.sh)")
+    was_up = shutil.which("sinfo") is not None and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+    if not was_up:
+        r = subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "up"], capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "XIULIAN_SLURM_FAST": "1"})
+        if r.returncode != 0:
+            pytest.skip(f"could not start the local Slurm cluster: {(r.stdout + r.stderr).strip().splitlines()[-1:]}")
+    yield
+    if not was_up:
+        subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "down"], capture_output=True, timeout=300)

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +29,17 @@ def _jsonl(folder: Path):
                 yield json.loads(line)
 
 
+def _overrides(root: Path, out: Path) -> list[str]:
+    """The python_docs config pointed at the planted corpus, written to ``out``."""
+    return [
+        f"out={out}", "executor.tasks=2", "executor.workers=2",
+        f"inputs=[{{name: pydocs, kind: html, path: '{root}/corpus/html', glob: '**/*.htm*'}},"
+        f"{{name: crawl, kind: warc, path: '{root}/corpus/warc', glob: '*.warc'}}]",
+        "quality.sources=[pydocs,crawl]", "quality.train.negative_sources=[pydocs]",
+        "mixture.sources={pydocs: {weight: 1, max_repeats: 1}}", "mixture.vocab_size=1024",
+    ]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from llm.data.__main__ import load_config
@@ -33,15 +49,29 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     pages = sorted(DOCS.glob("library/*.html"))[::4] + sorted(DOCS.glob("genindex-*.html"))[:6]
     planted = build_corpus(root / "corpus", pages, DOCS)
-    cfg = load_config("python_docs", [
-        f"out={root}/out", "executor.tasks=2", "executor.workers=2",
-        f"inputs=[{{name: pydocs, kind: html, path: '{root}/corpus/html', glob: '**/*.htm*'}},"
-        f"{{name: crawl, kind: warc, path: '{root}/corpus/warc', glob: '*.warc'}}]",
-        "quality.sources=[pydocs,crawl]", "quality.train.negative_sources=[pydocs]",
-        "mixture.sources={pydocs: {weight: 1, max_repeats: 1}}", "mixture.vocab_size=1024",
-    ])
+    cfg = load_config("python_docs", _overrides(root, root / "out"))
     report = run_pipeline(cfg)
     return {"root": root, "cfg": cfg, "planted": planted, "report": report, "work": root / "out" / "work"}
+
+
+def _same_output(a: Path, b: Path) -> None:
+    """Two runs of one config wrote the same documents (all but the path of the file read), the
+    same removals and byte-identical token shards."""
+    def docs(folder):
+        rows = list(_jsonl(folder))
+        for r in rows:
+            r["metadata"].pop("file_path", None)
+        return rows
+
+    for sub in ("work/final", "work/filtered", "work/extracted"):
+        assert docs(a / sub) == docs(b / sub), sub
+    for block in sorted(p.name for p in (a / "work/removed").iterdir()):
+        assert docs(a / "work/removed" / block) == docs(b / "work/removed" / block), block
+    tars = sorted(p.name for p in (a / "shards").glob("*.tar"))
+    assert tars and tars == sorted(p.name for p in (b / "shards").glob("*.tar"))
+    for t in tars:
+        assert (a / "shards" / t).read_bytes() == (b / "shards" / t).read_bytes(), t
+    assert json.loads((a / "mixture.json").read_text())["sources"] == json.loads((b / "mixture.json").read_text())["sources"]
 
 
 def _removed(run, block):
@@ -169,3 +199,52 @@ def test_output_shards_train_pretraining(run, tmp_path):
     rows = list(csv.DictReader(open(next((tmp_path / "train").rglob("metrics.csv")))))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_killed_run_resumes_without_redoing_finished_tasks(run, tmp_path):
+    """SIGKILL the whole CLI while the second extract task is writing: the first task's output and
+    completion marker stay, the half-written file is only a ``.partial``; the rerun skips the first
+    task, redoes the second and ends with exactly the uninterrupted run's output."""
+    from conftest import ROOT
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "llm.data", "python_docs", *_overrides(run["root"], out), "executor.workers=1"]
+    extracted, marks = out / "work/extracted", out / "work/logs/extract/completions"
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 300
+        while not (extracted / "00001.jsonl.gz.partial").exists():
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (marks / "00000").exists() and not (marks / "00001").exists()
+    assert (extracted / "00000.jsonl.gz").exists() and not (extracted / "00001.jsonl.gz").exists()
+    assert not (out / "work/logs/filter/completions").exists()
+    first = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (marks / "00000", extracted / "00000.jsonl.gz")}
+
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Skipping 1 already completed tasks" in r.stderr
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in first} == first  # not redone
+    assert (marks / "00001").exists() and not list(out.rglob("*.partial"))
+    _same_output(run["root"] / "out", out)
+
+
+@pytest.mark.slow
+def test_slurm_array_jobs_give_the_local_output(run, cluster, tmp_path):
+    """The same config with ``executor=slurm``: one array job per stage on the local Slurm cluster,
+    chained by afterok; the output equals the local executor's."""
+    from llm.data.__main__ import load_config
+    from llm.pipeline.run import run_pipeline
+
+    out = tmp_path / "out"
+    cfg = load_config("python_docs", [*_overrides(run["root"], out), "executor=slurm", "executor.tasks=2",
+                                      "executor.wait_timeout=900"])
+    assert cfg["executor"]["kind"] == "slurm"
+    report = run_pipeline(cfg)
+    assert report["kept_documents"] == run["report"]["kept_documents"]
+    script = (out / "work/logs/extract/launch_script.slurm").read_text()
+    assert "#SBATCH --array=0-1" in script and "srun" in script
+    assert len(list((out / "work/logs/extract/slurm_logs").glob("*_1.out"))) == 1  # array task 1 ran as its own job
+    _same_output(run["root"] / "out", out)

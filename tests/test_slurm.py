@@ -40,21 +40,6 @@ def sh(*cmd: str, check: bool = True, timeout: float = 120) -> subprocess.Comple
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    if os.geteuid() != 0:
-        pytest.skip("the local Slurm cluster needs root (slurm/local-cluster.sh)")
-    was_up = shutil.which("sinfo") is not None and sh("sinfo", "-h", check=False).returncode == 0
-    if not was_up:
-        r = subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "up"], capture_output=True, text=True, timeout=900,
-                           env={**os.environ, "XIULIAN_SLURM_FAST": "1"})
-        if r.returncode != 0:
-            pytest.skip(f"could not start the local Slurm cluster: {(r.stdout + r.stderr).strip().splitlines()[-1:]}")
-    yield
-    if not was_up:
-        subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "down"], capture_output=True, timeout=300)
-
-
 def submit(tmp: Path, *extra: str, wait: bool = False) -> tuple[str, Path]:
     """sbatch slurm/pretrain.sh as 2 CPU ranks; returns (job id, log file)."""
     log = tmp / "job-%j.out"

@@ -107,10 +107,10 @@ class HeuristicFilter(BaseFilter):
         self.sources = {k: dict(v or {}) for k, v in (sources or {}).items()}
         for over in list(self.languages.values()) + list(self.sources.values()):
             _merge(DEFAULTS, over)  # validate keys early
-        self._cache: dict[tuple, dict] = {}
+        self._cache: dict[str, dict] = {}  # str keys: datatrove writes the blocks' state to executor.json
 
     def thresholds(self, lang: str, source: str, cjk: bool) -> dict:
-        key = (lang, source, cjk)
+        key = f"{lang}|{source}|{int(cjk)}"
         if key not in self._cache:
             t = _merge(self.base, CJK_DEFAULTS if cjk else None)
             t = _merge(t, self.languages.get(lang))

@@ -215,11 +215,14 @@ def make_executors(cfg: dict, stages: dict, only: list[str] | None = None) -> li
         elif e["kind"] == "slurm":
             from datatrove.executor import SlurmPipelineExecutor
 
+            gb = float(e["mem_per_cpu_gb"])  # sbatch takes whole units only: 2.0G is refused, 1.5G -> 1536M
+            sbatch_args = {**({} if gb.is_integer() else {"mem-per-cpu": f"{int(gb * 1024)}M"}),
+                           **dict(e.get("sbatch_args") or {})}
             ex = SlurmPipelineExecutor(
                 pipeline, tasks=tasks, workers=int(e.get("workers", -1)), logging_dir=logs, depends=prev,
                 job_name=f"{cfg['name']}-{name}", partition=e["partition"], time=e["time"],
-                cpus_per_task=int(e["cpus_per_task"]), mem_per_cpu_gb=float(e["mem_per_cpu_gb"]),
-                sbatch_args=dict(e.get("sbatch_args") or {}), venv_path=e.get("venv_path"),
+                cpus_per_task=int(e["cpus_per_task"]), mem_per_cpu_gb=int(gb) if gb.is_integer() else gb,
+                sbatch_args=sbatch_args, venv_path=e.get("venv_path"),
                 max_array_size=int(e.get("max_array_size", 1001)),
                 env_command=e.get("env_command"), skip_completed=True,
                 srun_args=dict(e.get("srun_args") or {}) or None,
