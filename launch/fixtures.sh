@@ -119,8 +119,10 @@ fi
 #   python3.11-doc  /usr/share/doc/python3.11/html (530 Sphinx pages + _sources reference text)
 #   fortunes, fortunes-zh  /usr/share/games/fortunes/* ("%"-separated records; zh: chinese, tang300, song100)
 #   bible-kjv  the `bible` program; written here as .cache/fixtures/kjv/kjv.jsonl, one chapter per line
-DATA_PKGS=(python3.11-doc fortunes fortunes-zh bible-kjv)
-have_data() { [ -d /usr/share/doc/python3.11/html/_sources ] && [ -f /usr/share/games/fortunes/tang300 ] && command -v bible >/dev/null; }
+#   libmagic1  for datatrove's WarcReader, the baseline of python -m llm.bench_data
+DATA_PKGS=(python3.11-doc fortunes fortunes-zh bible-kjv libmagic1)
+have_data() { [ -d /usr/share/doc/python3.11/html/_sources ] && [ -f /usr/share/games/fortunes/tang300 ] && command -v bible >/dev/null \
+  && ldconfig -p | grep -q libmagic.so.1; }
 if have_data; then
   did+=("pipeline data: present")
 elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

@@ -167,6 +167,8 @@ def test_report_and_shards(run):
     rep = run["root"] / "out" / "report"
     assert (rep / "report.md").read_text().startswith("# Data pipeline report")
     assert (rep / "quality_score.png").stat().st_size > 1000
+    rows = {(b["stage"], b["block"]) for b in run["report"]["blocks"]}
+    assert {("prepare", "boilerplate_finder"), ("mixture", "mixture"), ("extract", "extract")} <= rows  # one-task steps too
     manifest = json.loads((run["root"] / "out" / "shards" / "manifest.json").read_text())
     assert manifest["totals"]["tokens"] > 10_000
     mix = json.loads((run["root"] / "out" / "mixture.json").read_text())
@@ -248,3 +250,47 @@ def test_slurm_array_jobs_give_the_local_output(run, cluster, tmp_path):
     assert "#SBATCH --array=0-1" in script and "srun" in script
     assert len(list((out / "work/logs/extract/slurm_logs").glob("*_1.out"))) == 1  # array task 1 ran as its own job
     _same_output(run["root"] / "out", out)
+
+
+def test_trafilatura_page_over_timeout_is_dropped_and_the_next_page_extracted():
+    """A page trafilatura needs longer than ``extract.timeout`` for is dropped and counted; its
+    worker process is killed and restarted, so the next page is still extracted."""
+    from datatrove.data import Document
+
+    from llm.pipeline.extract import HtmlExtractor
+
+    pages = sorted(DOCS.glob("library/*.html"))[:40]
+    big = "<html><body>" + "".join(p.read_text() for p in pages) + "</body></html>"  # a few MB of real pages
+    small = "<html><body><article><h1>Fruit</h1><p>Cherries from the old tree were sweet this year, " \
+            "and the pears were late but worth the wait.</p></article></body></html>"
+    docs = [Document(text=big, id="big", metadata={"format": "html"}),
+            Document(text=small, id="small", metadata={"format": "html"})]
+    ex = HtmlExtractor("trafilatura", timeout=0.5)
+    out = list(ex.run(iter(docs), 0, 1))
+    assert [d.id for d in out] == ["small"]
+    assert "Cherries from the old tree" in out[0].text
+    assert ex.stats["dropped_timeout"].total == 1 and ex.stats["forwarded"].total == 1
+
+
+def test_report_to_wandb_offline(run, tmp_path, monkeypatch):
+    """``report.wandb=true`` with ``WANDB_MODE=offline``: an offline W&B run in the report folder
+    holding the per-block table and the histograms, no connection."""
+    import copy
+
+    import wandb
+
+    from llm.pipeline.report import build_report
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = copy.deepcopy(run["cfg"])
+    cfg["report"]["wandb"] = True
+    report = build_report(cfg)
+    wandb.finish()
+    runs = list((run["root"] / "out" / "report" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert any(runs[0].glob("run-*.wandb"))
+    media = runs[0] / "files" / "media"
+    assert list(media.glob("table/blocks_*.table.json"))
+    logged = {p.name.rsplit("_", 2)[0] for p in media.glob("images/plots/*.png")}  # <key>_<step>_<hash>.png
+    assert report["plots"] and logged == set(report["plots"])

@@ -22,6 +22,7 @@ their outputs are the same.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -72,14 +73,22 @@ class Drain:
     def __init__(self, step):
         self.step = step
 
+    @property
+    def stats(self):
+        """The wrapped step's stats: datatrove's PipelineStats collects them, so the report has a row
+        for every one-task step too."""
+        return self.step.stats
+
     def __call__(self, data, rank: int = 0, world_size: int = 1):
         if data is not None:
             for _ in data:
                 pass
-        out = self.step.run(None, rank, world_size)
-        if out is not None:
-            for _ in out:
-                pass
+        timer = self.step.track_time("task") if hasattr(self.step, "track_time") else contextlib.nullcontext()
+        with timer:
+            out = self.step.run(None, rank, world_size)
+            if out is not None:
+                for _ in out:
+                    pass
         return iter(())
 
 

@@ -11,7 +11,7 @@ _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-
 _WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]|[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _SPACES = re.compile(r"\s+")
-_PUNCT = re.compile(r"[^\w\s]|_", re.UNICODE)
+_NON_WORD = re.compile(r"[\W_]+")  # punctuation, symbols and white space: one pass
 
 CJK_LANGUAGES = frozenset({"zh", "ja", "ko"})
 
@@ -37,8 +37,7 @@ def strip_ansi(text: str) -> str:
 
 def normalize(text: str) -> str:
     """Normalisation for exact-duplicate hashing: NFKC, lower case, no punctuation, one space."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return _SPACES.sub(" ", _PUNCT.sub(" ", text)).strip()
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
 
 
 def normalize_line(line: str) -> str:
