@@ -294,3 +294,51 @@ def test_report_to_wandb_offline(run, tmp_path, monkeypatch):
     assert list(media.glob("table/blocks_*.table.json"))
     logged = {p.name.rsplit("_", 2)[0] for p in media.glob("images/plots/*.png")}  # <key>_<step>_<hash>.png
     assert report["plots"] and logged == set(report["plots"])
+
+
+def test_blockwise_minhash_signature_equals_datatrove():
+    """Our signature (running minimum over blocks of shingles, bounded memory) is datatrove's."""
+    import numpy as np
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+    from datatrove.utils.hashing import HashConfig
+
+    from llm.pipeline.dedup import MinhashSignature
+
+    rng = np.random.default_rng(0)
+    for precision in (32, 64):
+        block = MinhashSignature("/tmp", config=MinhashConfig(hash_config=HashConfig(precision=precision)))
+        for n in (1, 7, block.SHINGLE_BLOCK, block.SHINGLE_BLOCK + 1, 3 * block.SHINGLE_BLOCK + 5):
+            sh = rng.integers(0, 2**63, size=(n, 1), dtype=np.uint64)
+            assert block.get_signature(sh) == MinhashDedupSignature.get_signature(block, sh), (precision, n)
+
+
+def test_langid_min_score_per_source():
+    """A short English fortune scores under the default 0.5; its source's own min_score keeps it,
+    other sources still use the default."""
+    from datatrove.data import Document
+
+    from llm.pipeline.langid import LanguageRouter
+
+    text = "I am a deeply superficial person.\t\t-- Andy Warhol"
+    router = LanguageRouter(["en", "zh"], min_score=0.5, sources={"fortunes": {"min_score": 0.3}})
+    kept = router.filter(Document(text=text, id="f", metadata={"source": "fortunes"}))
+    other = router.filter(Document(text=text, id="o", metadata={"source": "crawl"}))
+    assert kept is True
+    assert other == (False, "language_low_score")
+    with pytest.raises(ValueError, match="langid.sources.fortunes"):
+        LanguageRouter(sources={"fortunes": {"min_scor": 0.3}})
+
+
+def test_top_ngram_rule_needs_a_repeat():
+    """Gopher's top n-gram rule counts a repeated n-gram: a short quote whose every 3-gram occurs once
+    passes (datatrove's version drops it: one 3-gram is a quarter of 12 words), a repetitive text fails."""
+    from datatrove.data import Document
+
+    from llm.pipeline.heuristics import HeuristicFilter
+
+    flt = HeuristicFilter(default={"min_words": 5, "min_stop_words": 1})
+    quote = "186,282 miles per second:\n\tIt isn't just a good idea, it's the law!"
+    assert flt.filter(Document(text=quote, id="q", metadata={"language": "en"})) is True
+    spam = "buy cheap pills now and buy cheap pills today, buy cheap pills at the best price for you"
+    kept, reason = flt.filter(Document(text=spam, id="s", metadata={"language": "en"}))
+    assert kept is False and reason == "gopher_top_2gram"  # "buy cheap" three times

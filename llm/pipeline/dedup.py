@@ -7,6 +7,9 @@
   datatrove's needs spaCy for words: here shingles are word ``n_grams`` (regex words) and, for
   CJK text, character ``cjk_n_grams``. ``num_buckets`` x ``hashes_per_bucket`` permutations
   (default 14 x 8 = 112: P(candidate) = 1 - (1 - s^8)^14, 0.5 at s~0.72, 0.92 at s=0.8).
+  Its signature is computed over blocks of shingles with a running minimum (the same values as
+  datatrove's): datatrove builds one (shingles x 112) uint64 matrix per document, ~110 MiB for a
+  50,000-word page, which sets the stage's peak memory (``python -m llm.bench_data``).
 - Boilerplate lines: every task counts, per source, in how many documents each normalised line
   occurs (``LineCounter``); one task merges the counts (``BoilerplateFinder``) and marks lines
   found in at least ``min_docs`` documents and ``min_fraction`` of the source's documents;
@@ -24,7 +27,7 @@ import xxhash
 from datatrove.data import DocumentsPipeline
 from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature, _mersenne_prime
 from datatrove.utils.hashing import create_hash_func
 from datatrove.utils.text import simplify_text
 
@@ -49,6 +52,19 @@ class MinhashSignature(MinhashDedupSignature):
         self.word_tokenizer = None
         self.skip_existing_sigs = False
         self.cjk_n_grams = cjk_n_grams
+
+    SHINGLE_BLOCK = 4096  # rows per block: 4096 x 112 x 8 B = 3.5 MiB per intermediate
+
+    def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
+        a, b = self.parameters
+        low = None
+        for i in range(0, len(shingles), self.SHINGLE_BLOCK):
+            phv = (shingles[i:i + self.SHINGLE_BLOCK] * a + b) % _mersenne_prime
+            if self.config.hash_config.precision == 32:
+                phv = np.bitwise_and(phv, self.config.hash_config.max)
+            m = phv.min(axis=0)
+            low = m if low is None else np.minimum(low, m)
+        return [x.tolist() for x in np.split(low.astype(self.config.hash_config.np_dtype), self.config.num_buckets)]
 
     def get_shingles(self, text: str) -> np.ndarray:
         simple = simplify_text(text, self.config.norm_config)

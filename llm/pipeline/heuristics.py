@@ -79,6 +79,8 @@ def _top_ngram_fraction(ws: list[str], n: int) -> float:
     if not grams:
         return 0.0
     gram, count = Counter(grams).most_common(1)[0]
+    if count < 2:  # an n-gram seen once repeats nothing (Gopher's rule, for documents of any length)
+        return 0.0
     return (len(gram) - (n - 1)) * count / max(1, sum(map(len, ws)))  # characters without the joining spaces
 
 

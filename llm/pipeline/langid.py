@@ -56,10 +56,18 @@ class LanguageRouter(BaseFilter):
     type = "🌍 - LANGID"
 
     def __init__(self, languages=("en", "zh"), min_score: float = 0.5, keep_other: bool = False,
-                 aliases: dict | None = None, exclusion_writer=None):
+                 aliases: dict | None = None, sources: dict | None = None, exclusion_writer=None):
+        """``sources``: per input source, ``{min_score: x}`` (short texts such as fortunes get
+        lower scores for the right language)."""
         super().__init__(exclusion_writer)
         self.languages, self.min_score, self.keep_other = list(languages), min_score, keep_other
         self.aliases = dict(aliases or {})
+        self.source_min_score = {}
+        for src, over in (sources or {}).items():
+            unknown = set(over or {}) - {"min_score"}
+            if unknown:
+                raise ValueError(f"langid.sources.{src}: unknown keys {sorted(unknown)} (only min_score)")
+            self.source_min_score[src] = float(over["min_score"])
         self._lid = None
 
     def filter(self, doc):
@@ -67,7 +75,8 @@ class LanguageRouter(BaseFilter):
             self._lid = LanguageId(self.aliases)
         lang, score = self._lid(doc.text)
         doc.metadata["language"], doc.metadata["language_score"] = lang, round(score, 4)
-        if lang in self.languages and score >= self.min_score:
+        min_score = self.source_min_score.get(doc.metadata.get("source"), self.min_score)
+        if lang in self.languages and score >= min_score:
             self.stat_update(f"lang_{lang}")
             return True
         if self.keep_other:

@@ -125,7 +125,7 @@ def build_stages(cfg: dict) -> dict[str, tuple[list, int]]:
     extract = readers + [
         HtmlExtractor(engine=ex["engine"], timeout=ex["timeout"]),
         LanguageRouter(languages=lid["languages"], min_score=lid["min_score"], keep_other=lid["keep_other"],
-                       aliases=lid.get("aliases"), exclusion_writer=_excluded(p, "langid")),
+                       aliases=lid.get("aliases"), sources=lid.get("sources"), exclusion_writer=_excluded(p, "langid")),
         AtomicJsonlWriter(str(p["extracted"])),
         LineCounter(str(p["line_counts"]), min_chars=cfg["dedup"]["boilerplate"]["min_chars"]),
         ExactDedupSignature(str(p["exact_sigs"]), config=_exact_config()),
