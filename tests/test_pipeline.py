@@ -342,3 +342,26 @@ def test_top_ngram_rule_needs_a_repeat():
     spam = "buy cheap pills now and buy cheap pills today, buy cheap pills at the best price for you"
     kept, reason = flt.filter(Document(text=spam, id="s", metadata={"language": "en"}))
     assert kept is False and reason == "gopher_top_2gram"  # "buy cheap" three times
+
+
+def test_pareto_keep_rule_matches_gpt3(run):
+    """GPT-3's rule, keep when pareto(alpha) > 1 - score: the kept fraction at each score is
+    (2 - score)^-alpha (Lomax tail), decisions are reproducible per document, and the filter
+    applies it to the trained classifier's scores."""
+    from datatrove.data import Document
+
+    from llm.pipeline.quality import QualityFilter, pareto_keep
+
+    n = 6000
+    for score in (0.3, 0.8, 1.0):
+        kept = sum(pareto_keep(f"d{i}", score, 9.0) for i in range(n)) / n
+        p = (2.0 - score) ** -9.0
+        assert abs(kept - p) <= 4 * (p * (1 - p) / n) ** 0.5 + 1e-9, (score, kept, p)
+    assert [pareto_keep(f"d{i}", 0.8, 9.0) for i in range(50)] == [pareto_keep(f"d{i}", 0.8, 9.0) for i in range(50)]
+    model = str(run["work"] / "models" / "quality.bin")
+    docs = [r for r in _jsonl(run["work"] / "filtered")]
+    flt = QualityFilter(model, rule="pareto", alpha=2.0)
+    out = [flt.filter(Document(text=r["text"], id=r["id"], metadata=dict(r["metadata"]))) for r in docs]
+    kept = [d for d, o in zip(docs, out) if o is True]
+    assert 0 < len(kept) < len(docs)
+    assert all(o == (False, "quality_pareto") for o in out if o is not True)
