@@ -49,19 +49,14 @@ def pin_one_core() -> int:
     return cpu
 
 
-def _docs_module():
-    from datatrove.data import Document
-
-    return Document
-
-
 def doc_text(doc) -> str:
     """datatrove's exact dedup on the raw text (ours normalises it first)."""
     return doc.text
 
 
 def fresh(docs):
-    Document = _docs_module()
+    from datatrove.data import Document
+
     return [Document(text=d.text, id=d.id, metadata=dict(d.metadata)) for d in docs]
 
 
@@ -441,10 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m llm.bench_data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / ".cache" / "bench_data"), help="scratch directory")
-    ap.add_argument("--quick", action="store_true", help="60 pages, small sizes: checks the script in about a minute")
+    ap.add_argument("--quick", action="store_true", help="59 pages, small sizes: checks the script in about 1.5 minutes")
     ap.add_argument("--min-seconds", type=float, default=None, help="time each block for at least this long")
     ap.add_argument("--mem-sizes", default=None, help="comma-separated document counts for the memory fit")
-    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end runs")
+    ap.add_argument("--no-e2e", action="store_true",
+                    help="skip datatrove's end-to-end run (ours always runs: it trains the models the block rows use)")
     ap.add_argument("--markdown", help="append the tables to this file (e.g. BENCHMARKS.md)")
     ap.add_argument("--json", help="write every figure to this JSON file")
     ap.add_argument("--e2e", choices=("ours", "datatrove"), help=argparse.SUPPRESS)
