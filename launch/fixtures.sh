@@ -100,20 +100,27 @@ else
   did+=("debian-faq: MISSING")
 fi
 
+# ensure_apt LABEL HAVE_FN WHAT_SKIPS PKG...: present already, or installed with apt-get as root,
+# or reported MISSING (WHAT_SKIPS then skip)
+ensure_apt() {
+  local label=$1 have=$2 skips=$3; shift 3
+  if "$have"; then
+    did+=("$label: present")
+  elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    warn "not root or no apt-get: cannot install $*; $skips will skip"
+    did+=("$label: MISSING")
+  elif apt_install "$@" && "$have"; then
+    did+=("$label: installed $* with apt-get")
+  else
+    warn "could not install $* (see .cache/fixtures/apt.log); $skips will skip"
+    did+=("$label: MISSING")
+  fi
+}
+
 # --- headless chromium + chromedriver (tests/test_rank.py drives the ranking page) ----------
 BROWSER_PKGS=(chromium chromium-driver)
 have_browser() { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }
-if have_browser; then
-  did+=("chromium: present")
-elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-  warn "not root or no apt-get: cannot install ${BROWSER_PKGS[*]}; browser tests will skip"
-  did+=("chromium: MISSING")
-elif apt_install "${BROWSER_PKGS[@]}" && have_browser; then
-  did+=("chromium: installed ${BROWSER_PKGS[*]} with apt-get")
-else
-  warn "could not install ${BROWSER_PKGS[*]} (see .cache/fixtures/apt.log); browser tests will skip"
-  did+=("chromium: MISSING")
-fi
+ensure_apt chromium have_browser "browser tests" "${BROWSER_PKGS[@]}"
 
 # --- stage-1 data pipeline: real web pages and text (tests/test_pipeline.py) ------------------
 #   python3.11-doc  /usr/share/doc/python3.11/html (530 Sphinx pages + _sources reference text)
@@ -123,17 +130,7 @@ fi
 DATA_PKGS=(python3.11-doc fortunes fortunes-zh bible-kjv libmagic1)
 have_data() { [ -d /usr/share/doc/python3.11/html/_sources ] && [ -f /usr/share/games/fortunes/tang300 ] && command -v bible >/dev/null \
   && ldconfig -p | grep -q libmagic.so.1; }
-if have_data; then
-  did+=("pipeline data: present")
-elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-  warn "not root or no apt-get: cannot install ${DATA_PKGS[*]}; pipeline tests on real pages will skip"
-  did+=("pipeline data: MISSING")
-elif apt_install "${DATA_PKGS[@]}" && have_data; then
-  did+=("pipeline data: installed ${DATA_PKGS[*]} with apt-get")
-else
-  warn "could not install ${DATA_PKGS[*]} (see .cache/fixtures/apt.log); pipeline tests will skip"
-  did+=("pipeline data: MISSING")
-fi
+ensure_apt "pipeline data" have_data "pipeline tests on real pages" "${DATA_PKGS[@]}"
 if command -v bible >/dev/null && [ ! -s .cache/fixtures/kjv/kjv.jsonl ]; then
   mkdir -p .cache/fixtures/kjv
   if bible -f Gen1:1-Rev22:21 2>/dev/null | $PY -c '

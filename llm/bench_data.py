@@ -117,6 +117,21 @@ def no_exclusions(block):
     return block
 
 
+def datatrove_lang_and_url():
+    """datatrove's LanguageFilter and URLFilter, offline: the same lid.176 (compressed) model as
+    ours, copied instead of downloaded; tldextract's bundled suffix list."""
+    from datatrove.pipeline.filters import LanguageFilter, URLFilter
+    from tldextract import TLDExtract
+
+    from llm.pipeline.langid import lid_model_path
+
+    lang = LanguageFilter(languages=["en", "zh"])
+    lang.model.MODEL_URL = str(lid_model_path())
+    url = URLFilter()
+    url.tldextractor = TLDExtract(suffix_list_urls=())
+    return lang, url
+
+
 def block_pairs(cfg: dict, models: Path, warc_dir: Path, tmp: Path) -> list[tuple[str, list, list, str, str]]:
     """(row, our blocks, datatrove's blocks, input kind, notes)."""
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupSignature
@@ -124,21 +139,16 @@ def block_pairs(cfg: dict, models: Path, warc_dir: Path, tmp: Path) -> list[tupl
     from datatrove.utils.hashing import HashConfig
     from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.filters import (C4QualityFilter, FastTextClassifierFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter, LanguageFilter, URLFilter)
+                                            GopherRepetitionFilter)
     from datatrove.pipeline.readers import WarcReader as DTWarcReader
     from datatrove.pipeline.writers import JsonlWriter
-    from tldextract import TLDExtract
 
     from llm.pipeline.extract import HtmlExtractor
-    from llm.pipeline.langid import lid_model_path
     from llm.pipeline.run import _minhash_config, build_stages
 
     stages = build_stages(cfg)
     ours = {type(b).__name__: no_exclusions(b) for b in stages["extract"][0] + stages["filter"][0] + stages["final"][0]}
-    lang = LanguageFilter(languages=["en", "zh"])
-    lang.model.MODEL_URL = str(lid_model_path())  # the same lid.176 (compressed) as ours, copied, not downloaded
-    url = URLFilter()
-    url.tldextractor = TLDExtract(suffix_list_urls=())  # its bundled suffix list, no download
+    lang, url = datatrove_lang_and_url()
     q = cfg["quality"]["keep"]
     mh = _minhash_config(cfg)
     return [
@@ -203,21 +213,16 @@ def e2e_datatrove(work: Path, warc_dir: Path, kjv: Path, quality_model: Path, th
                                                   MinhashDedupFilter, MinhashDedupSignature)
     from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.filters import (C4QualityFilter, FastTextClassifierFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter, LanguageFilter, URLFilter)
+                                            GopherRepetitionFilter)
     from datatrove.pipeline.readers import JsonlReader, WarcReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
-    from tldextract import TLDExtract
 
-    from llm.pipeline.langid import lid_model_path
 
     if work.exists():
         shutil.rmtree(work)
     w = str(work)
-    lang = LanguageFilter(languages=["en", "zh"])
-    lang.model.MODEL_URL = str(lid_model_path())
-    url = URLFilter()
-    url.tldextractor = TLDExtract(suffix_list_urls=())
+    lang, url = datatrove_lang_and_url()
     mh = MinhashConfig(hash_config=HashConfig(precision=64))  # 5-grams, 14 buckets x 8 hashes, as ours
     ex = ExactDedupConfig(content_getter=doc_text, hash_config=HashConfig(precision=64))
     stages = {
@@ -292,15 +297,15 @@ def mem_stage(stage: str, work: Path) -> dict:
 
     mh = MinhashConfig(hash_config=HashConfig(precision=64))
     w = str(work)
+    sort_only = MinhashSignature(f"{w}/sigs", config=mh)
+    sort_only.skip_existing_sigs = True  # its own files exist: datatrove skips hashing and only sorts
     pipes = {
         "signature": ([JsonlReader(f"{w}/input"), MinhashSignature(f"{w}/sigs", config=mh)], 1),
-        # the same block again on its own files: datatrove skips hashing and only sorts (the other phase)
-        "signature_sort": ([MinhashSignature(f"{w}/sigs", config=mh)], 1),
+        "signature_sort": ([sort_only], 1),
         "buckets": ([MinhashDedupBuckets(f"{w}/sigs", f"{w}/buckets", config=mh)], mh.num_buckets),
         "cluster": ([MinhashDedupCluster(f"{w}/buckets", f"{w}/clusters", config=mh, save_cluster_size=True)], 1),
         "filter": ([JsonlReader(f"{w}/input"), MinhashDedupFilter(f"{w}/clusters")], 1),
     }
-    pipes["signature_sort"][0][0].skip_existing_sigs = True
     t = time.perf_counter()
     if stage != "none":
         pipe, tasks = pipes[stage]
