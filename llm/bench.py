@@ -261,7 +261,7 @@ def _bare(cfg, log_every: int) -> dict[str, Any]:
     from llm.losses import token_nll_sum
     from llm.model.build import build_model
     from llm.stages.base import param_groups, warmup_cosine
-    from llm.train import resolve_data
+    from llm.data.builders import resolve_data
 
     threads = torch.get_num_threads()
     load0 = loadavg()
@@ -450,7 +450,7 @@ def bench_fixed_cost(steps: int, log_every: int, repeats: int, workdir: Path, sa
 def bench_loader(cfg, num_workers: int, seconds: float) -> dict[str, Any]:
     """Iterate the framework's train DataLoader alone for ``seconds`` (new epochs as needed)."""
     from llm.data.shards import TokenDataModule
-    from llm.train import resolve_data
+    from llm.data.builders import resolve_data
 
     _, shards = resolve_data(cfg.data)
     d = cfg.data
@@ -518,7 +518,7 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
     from llm.losses import token_nll_sum
     from llm.model.build import build_model, count_params
     from llm.stages.base import param_groups
-    from llm.train import resolve_data
+    from llm.data.builders import resolve_data
 
     cfg = compose_config([f"model={preset}", "data=demo", *overrides, f"data.seq_len={seq_len}", f"data.micro_batch_size={micro_batch_size}"])
     dev = torch.device(device)

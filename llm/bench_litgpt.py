@@ -101,7 +101,7 @@ def child(overrides: list[str], steps: int, log_every: int, out: str) -> None:
     from llm.bench import compose_config
     from llm.data.shards import PackedTokenStream
     from llm.model.build import build_model, count_params
-    from llm.train import resolve_data
+    from llm.data.builders import resolve_data
 
     cfg = compose_config(overrides)
     d, o = cfg.data, cfg.stage.optim

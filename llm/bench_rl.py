@@ -218,12 +218,13 @@ def _response_tokens(responses: Any, stop_ids: list[int]) -> Any:
 def _build_ppo_module(cfg: Any) -> tuple[Any, Any, Any]:
     """(PPOStage with its model built, tokenizer, prompt data module), as ``llm.train.train``
     builds them for ``stage=ppo``."""
-    from llm.train import STAGES, build_prompt_data, load_sft_tokenizer
+    from llm.stages.registry import get_stage
+    from llm.train import build_module
 
-    tok, new_ids = load_sft_tokenizer(cfg)
-    dm = build_prompt_data(cfg, tok)
-    special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-    module = STAGES["ppo"]()(cfg.model, cfg.stage, vocab_size=len(tok), special_tokens=special, tokenizer=tok, new_token_ids=new_ids)
+    stage = get_stage("ppo")
+    data = stage.data(cfg)
+    module = build_module(cfg, stage, data)
+    tok, dm = data.tokenizer, data.datamodule
     module.configure_model()
     return module, tok, dm
 

@@ -170,3 +170,42 @@ class StateMemory(L.Callback):
             log.info("memory of rank 0 (MiB, %s, %d ranks): %s", self.strategy_name, trainer.world_size, mib)
             for lg in trainer.loggers:
                 lg.log_metrics({f"memory/{k}_mib": float(v) for k, v in mib.items()}, step=trainer.global_step)
+
+
+def build_callbacks(cfg: Any, stage: Any, placement: Any, run_dir: Path) -> tuple[list, Any, Optional[Preemption]]:
+    """(callbacks, the checkpoint callback or None, the preemption callback or None) of a run."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    tc, st = cfg.trainer, cfg.stage
+    callbacks: list = [DataReport()]
+    if stage.samples_during_training and not placement.param_sharded:
+        callbacks.append(SampleText(st.sample_every_n_steps, list(st.sample_prompts), st.sample_max_new_tokens, chat=stage.chat))
+    elif stage.samples_during_training and st.sample_every_n_steps and st.sample_prompts:
+        log.info("strategy=%s: no samples during training (each rank holds a shard of the weights); the samples at the end "
+                 "come from the consolidated model", cfg.strategy.name)
+    ckpt = None
+    if tc.ckpt_every_n_steps > 0 and not tc.fast_dev_run:
+        ckpt = ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=tc.ckpt_every_n_steps,
+            save_top_k=tc.ckpt_keep,
+            monitor="step",
+            mode="max",
+            save_last=False,
+        )
+        callbacks.append(ckpt)
+    if cfg.eval.tasks and cfg.eval.every_n_steps > 0:
+        callbacks.append(EvalSuite(cfg.eval))
+    if tc.memory_report:
+        callbacks.append(StateMemory(cfg.strategy.name))
+    if tc.crash_at_step is not None:
+        callbacks.append(CrashAtStep(tc.crash_at_step))
+    preempt = None
+    if os.environ.get("XIULIAN_PREEMPT_FILE"):  # set by slurm/stage.sh: the flag its USR1 trap creates
+        preempt = Preemption(os.environ["XIULIAN_PREEMPT_FILE"])
+        callbacks.append(preempt)
+    if tc.progress_bar:
+        callbacks.append(ProgressBar(leave=True))
+    return callbacks, ckpt, preempt

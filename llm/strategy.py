@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-from llm.config import StrategyConfig, TrainerConfig
+from llm.config import EvalConfig, StrategyConfig, TrainerConfig
 
 #: DeepSpeed strategy name -> ZeRO stage
 DEEPSPEED = {"deepspeed_zero1": 1, "deepspeed_zero2": 2, "deepspeed_zero3": 3, "deepspeed_zero3_offload": 3}
@@ -158,6 +158,20 @@ def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig, grad_clip: 
     strategy = _fsdp_strategy_class()(data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=True,
                                       process_group_backend=backend, timeout=timeout)
     return Placement(accelerator, devices, num_nodes, strategy, precision, "fsdp")
+
+
+def check_switches(placement: Placement, strategy: StrategyConfig, trainer_cfg: TrainerConfig, eval_cfg: EvalConfig) -> None:
+    """Refuse, at start and with the reason, the switches a strategy cannot honour (the stages'
+    own refusals are in their declarations, ``llm.stages``)."""
+    name = strategy.name
+    if placement.param_sharded and eval_cfg.tasks and eval_cfg.every_n_steps > 0:
+        raise ValueError(
+            f"eval.every_n_steps={eval_cfg.every_n_steps} under strategy={name}: the evaluator runs on rank 0 alone, which "
+            "holds only a shard of the weights; set eval.every_n_steps=0 (the suite still runs on the consolidated model at the end)")
+    if name in ("deepspeed_zero3", "deepspeed_zero3_offload") and trainer_cfg.compile:
+        raise ValueError(
+            f"trainer.compile=true under strategy={name}: ZeRO-3 fetches each parameter in module hooks that torch.compile "
+            "cannot trace through; use strategy=fsdp (compiled per layer) or deepspeed_zero1/2 to compile")
 
 
 def atomic_checkpoint_io() -> Any:

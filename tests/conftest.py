@@ -46,7 +46,7 @@ def compose(overrides: list[str] | None = None, run_dir: Path | None = None):
 @pytest.fixture(scope="session")
 def demo_data():
     """(tokenizer, shards dir) of the demo text at the test vocabulary size."""
-    from llm.train import resolve_data
+    from llm.data.builders import resolve_data
 
     cfg = compose()
     return resolve_data(cfg.data)

@@ -209,7 +209,8 @@ def test_training_writes_eval_results_beside_export(tiny_base):
 
 
 def test_cli_and_suite_errors(tiny_base, tmp_path):
-    from llm.eval.__main__ import load_suite, main
+    from llm.eval.__main__ import main
+    from llm.eval.suites import load_suite
 
     out = tmp_path / "r.json"
     res = main([tiny_base, "--limit", "4", "--out", str(out), "--set", "tasks.1.shots=2"])
@@ -288,7 +289,8 @@ def test_smollm2_scores_well_above_chance():
     completion, and asked in its chat template), held-out perplexity of PEP 20."""
     from fixtures import require_smollm2
 
-    from llm.eval.__main__ import load_suite, load_model
+    from llm.eval.__main__ import load_model
+    from llm.eval.suites import load_suite
 
     model, tok = load_model(str(require_smollm2()))
     pre = run_suite(model, tok, load_suite("pretrain"))["tasks"]

@@ -127,7 +127,7 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, demo_data):
 
 
 def test_ckpt_path_last_without_checkpoint_starts_fresh(tmp_path):
-    from llm.train import find_checkpoint
+    from llm.rundir import find_checkpoint
 
     assert find_checkpoint("last", tmp_path) is None
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):

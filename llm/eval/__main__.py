@@ -16,38 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_suite(name_or_path: str, overrides: list[str] = ()) -> Any:
-    """A suite from ``conf/eval/<name>.yaml`` or a YAML path, validated against EvalConfig."""
-    from omegaconf import OmegaConf
-
-    from llm.config import EvalConfig
-
-    p = Path(name_or_path)
-    if not p.suffix:
-        p = ROOT / "conf" / "eval" / f"{name_or_path}.yaml"
-    if not p.is_file():
-        have = sorted(q.stem for q in (ROOT / "conf" / "eval").glob("*.yaml"))
-        raise FileNotFoundError(f"eval suite not found: {p} (suites in conf/eval: {', '.join(have)})")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(p))
-    except Exception as e:  # omegaconf's errors name the key; add the file
-        raise ValueError(f"{p}: {e}") from None
-    import yaml
-
-    for o in overrides:
-        key, sep, value = o.partition("=")
-        if not sep:
-            raise ValueError(f"--set {o!r}: expected KEY=VALUE (e.g. tasks.0.shots=2)")
-        try:
-            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=True)
-        except Exception as e:
-            raise ValueError(f"--set {o!r}: {e}") from None
-    return cfg
-
-
 def load_model(path: str, dtype: str = "float32") -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -81,6 +49,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = ap.parse_args(argv)
 
     from llm.eval.core import HEADLINE, flat_metrics, run_suite, write_results
+    from llm.eval.suites import load_suite
 
     suite = load_suite(args.suite, args.set)
     if args.limit is not None:
@@ -103,9 +72,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if args.wandb:
         import wandb
 
-        from llm.train import _wandb_mode
+        from llm.loggers import wandb_mode
 
-        run = wandb.init(project=args.project, job_type="eval", mode=_wandb_mode("auto"), config={"model": res["model"], "suite": suite.name})
+        run = wandb.init(project=args.project, job_type="eval", mode=wandb_mode("auto"), config={"model": res["model"], "suite": suite.name})
         run.log(flat_metrics(res))
         run.summary.update(flat_metrics(res))
         run.finish()

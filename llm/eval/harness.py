@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("suite", help="suite name in conf/eval or a YAML file")
     ap.add_argument("out_dir")
     args = ap.parse_args(argv)
-    from llm.eval.__main__ import load_suite
+    from llm.eval.suites import load_suite
 
     names = write_tasks(load_suite(args.suite), Path(args.out_dir))
     print(f"wrote {len(names)} task(s) to {args.out_dir}: {', '.join(names)}")

@@ -22,7 +22,7 @@ starting points, as the paper does. With compute C = 6 N D, minimising L gives::
 The plot shows every run's loss against its compute, each size as a line, and the fitted
 frontier ``min_N L(N, C/6N)``; it is written to ``scaling.png`` and logged to W&B with ``--wandb``.
 Fits on tiny CPU models are illustrations of the machinery, not predictions: the exponents of a
-real law need sizes spread over orders of magnitude (see docs in README, "Scaling laws").
+real law need sizes spread over orders of magnitude (see docs/evaluation.md, "Scaling laws").
 """
 
 from __future__ import annotations
@@ -296,9 +296,9 @@ def main(argv: Optional[list[str]] = None) -> Any:
     if args.wandb:
         import wandb
 
-        from llm.train import _wandb_mode
+        from llm.loggers import wandb_mode
 
-        run = wandb.init(project="xiulian", job_type="scaling", mode=_wandb_mode("auto"), config={"root": str(args.root), "params": args.params})
+        run = wandb.init(project="xiulian", job_type="scaling", mode=wandb_mode("auto"), config={"root": str(args.root), "params": args.params})
         table = wandb.Table(columns=["N", "D", "C", "loss", "fit"], data=[[r.N, r.D, r.flops, r.loss, float(law.predict(r.N, r.D))] for r in runs])
         run.log({"scaling/plot": wandb.Image(str(png)), "scaling/runs": table})
         run.summary.update({f"scaling/{k}": v for k, v in asdict(law).items()})

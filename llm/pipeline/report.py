@@ -13,7 +13,8 @@ from pathlib import Path
 from datatrove.utils.stats import PipelineStats
 
 from llm.data.shards import atomic_write_json
-from llm.pipeline.run import STAGES, _paths
+from llm.pipeline.layout import STAGES
+from llm.pipeline.layout import paths as _paths
 from llm.pipeline.writers import read_jsonl_gz as _jsonl_gz
 
 

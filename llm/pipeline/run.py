@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import time
-from pathlib import Path
 
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
@@ -40,12 +39,13 @@ from llm.pipeline.extract import HtmlExtractor
 from llm.pipeline.harmful import HarmfulFilter
 from llm.pipeline.heuristics import HeuristicFilter
 from llm.pipeline.langid import LanguageRouter
+from llm.pipeline.layout import STAGES
+from llm.pipeline.layout import paths as _paths
 from llm.pipeline.mixture import MixtureWriter
 from llm.pipeline.quality import QualityFilter
 from llm.pipeline.readers import make_reader
+from llm.pipeline.report import ReportWriter
 from llm.pipeline.writers import AtomicJsonlWriter
-
-STAGES = ("extract", "prepare", "filter", "buckets", "cluster", "final", "mixture", "report")
 
 
 class RankFileReader(JsonlReader):
@@ -90,16 +90,6 @@ class Drain:
                 for _ in out:
                     pass
         return iter(())
-
-
-def _paths(cfg: dict) -> dict[str, Path]:
-    out = Path(cfg["out"]).resolve()
-    work = out / "work"
-    return {"out": out, "work": work, "logs": work / "logs", "extracted": work / "extracted",
-            "line_counts": work / "line_counts", "exact_sigs": work / "exact" / "sigs",
-            "exact_dups": work / "exact" / "dups", "boilerplate": work / "boilerplate",
-            "filtered": work / "filtered", "removed": work / "removed", "minhash": work / "minhash",
-            "final": work / "final", "models": work / "models", "report": out / "report"}
 
 
 def _minhash_config(cfg: dict) -> MinhashConfig:
@@ -176,8 +166,6 @@ def build_stages(cfg: dict) -> dict[str, tuple[list, int]]:
                                    total_chars=mx.get("total_chars"), tokenizer=mx.get("tokenizer"),
                                    vocab_size=mx["vocab_size"], shard_max_tokens=mx["shard_max_tokens"],
                                    val_fraction=mx["val_fraction"], seed=cfg.get("seed", 0)))]
-    from llm.pipeline.report import ReportWriter
-
     report = [Drain(ReportWriter(cfg, str(p["out"])))]
     return {"extract": (extract, n), "prepare": (prepare, 1), "filter": (filt, n),
             "buckets": (buckets, mh.num_buckets), "cluster": (cluster, 1), "final": (final, n),

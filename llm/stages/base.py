@@ -76,8 +76,19 @@ class BaseStage(L.LightningModule):
         peak_flops: Optional[float] = None,
         new_token_ids: Optional[list[int]] = None,
         activation_checkpointing: bool = False,
+        seq_len: Optional[int] = None,
+        on_nonfinite: str = "stop",
+        max_skipped_steps: int = 10,
+        nan_at_step: Optional[int] = None,
     ) -> None:
         super().__init__()
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"trainer.on_nonfinite={on_nonfinite}: choose stop or skip")
+        self.seq_len = seq_len
+        """Training sequence length (``data.seq_len``; ``None``: the model's maximum): for MFU."""
+        self.on_nonfinite, self.max_skipped_steps, self.nan_at_step = on_nonfinite, max_skipped_steps, nan_at_step
+        """A NaN/inf loss or gradient norm: ``stop``, or ``skip`` the update (at most
+        ``max_skipped_steps`` times); ``nan_at_step`` injects one (fault tests)."""
         self.new_token_ids = list(new_token_ids or [])
         """Tokens added to the vocabulary (chat template): embeddings are resized for them."""
         self.automatic_optimization = False
@@ -116,7 +127,7 @@ class BaseStage(L.LightningModule):
 
             self.model = apply_lora(self.model, lora, self.new_token_ids)
         self.on_model_ready()
-        seq_len = getattr(self, "seq_len", None) or self.model_cfg.max_seq_len
+        seq_len = self.seq_len or self.model_cfg.max_seq_len
         self._flops_per_token = flops_per_token(self.model.config, n, seq_len)  # before any sharding
         mesh = self._device_mesh["data_parallel"] if getattr(self, "_device_mesh", None) is not None else None
         self.model = parallelize(self.model, activation_checkpointing=self.activation_checkpointing, compile=self.compile, mesh=mesh)
@@ -242,9 +253,6 @@ class BaseStage(L.LightningModule):
         self.after_step()
         return loss
 
-    nan_at_step: Optional[int] = None
-    on_nonfinite: str = "stop"
-    max_skipped_steps: int = 10
     skipped_steps: int = 0
     _nan_injected: bool = False
 

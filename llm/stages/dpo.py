@@ -21,10 +21,12 @@ from typing import Any, Optional
 
 import torch
 
+from llm.data import builders
 from llm.data.preference import positions_from_mask
 from llm.losses import dpo_loss, sequence_logprobs
 from llm.model.lora import is_peft
 from llm.stages.base import BaseStage
+from llm.stages.registry import Stage
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +162,7 @@ class DPOStage(BaseStage):
         super().on_load_checkpoint(checkpoint)
         if "dpo_ref_logps" in checkpoint:
             self.ref_logps = dict(checkpoint["dpo_ref_logps"])
+
+
+STAGE = Stage(name="dpo", module=DPOStage, data=builders.preference_data, eval_suite="sft", needs_pretrained=True)
+"""Stage 3, RL-free: direct preference optimisation against a frozen reference."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from llm.data import builders
 from llm.losses import token_nll_sum
 from llm.stages.base import BaseStage
+from llm.stages.registry import Stage
 
 
 class LMStage(BaseStage):
@@ -20,3 +22,17 @@ class LMStage(BaseStage):
             kwargs["position_ids"] = batch["position_ids"]
         out = self.model(input_ids=batch["input_ids"], use_cache=False, **kwargs)
         return token_nll_sum(out.logits, batch["labels"])
+
+
+PRETRAIN = Stage(
+    name="pretrain",
+    module=LMStage,
+    data=builders.pretrain_data,
+    eval_suite="pretrain",
+    chat=False,
+    val_before_train=False,
+)
+"""Stage 1: next-token prediction on packed text, from random weights (or a checkpoint)."""
+
+SFT = Stage(name="sft", module=LMStage, data=builders.sft_data, eval_suite="sft")
+"""Stage 2: instruction fine-tuning; loss on the assistant's tokens only (labels are -100 elsewhere)."""

@@ -41,6 +41,7 @@ from typing import Any, Optional
 
 import torch
 
+from llm.data import builders
 from llm.data.chat import stop_token_ids
 from llm.data.preference import encode_answer, pad_batch, positions_from_mask
 from llm.losses import (
@@ -55,6 +56,7 @@ from llm.rl.advantages import gae, masked_mean, masked_var, masked_whiten
 from llm.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from llm.rl.rewards import load_reward_fn
 from llm.stages.base import BaseStage
+from llm.stages.registry import Stage
 from llm.stages.reward import backbone_and_head, reward_scores
 
 log = logging.getLogger(__name__)
@@ -451,3 +453,32 @@ class PPOStage(BaseStage):
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
+
+
+_NOT_UNDER_DEEPSPEED = (
+    "PPO takes several optimizer steps per iteration (its minibatch updates), with gradients it averages itself and "
+    "generation between them, while DeepSpeed's engine owns the gradients and the step; under ZeRO-3 every generated "
+    "token would also all-gather the weights (DeepSpeed-Chat needs its Hybrid Engine for this). Run PPO with "
+    "strategy=ddp or strategy=fsdp, or use DPO (stage=dpo), which runs under every strategy"
+)
+
+
+def _check(cfg: Any) -> None:
+    if cfg.strategy.name == "fsdp" and cfg.stage.ppo.critic == "separate":
+        raise ValueError("stage=ppo with stage.ppo.critic=separate under strategy=fsdp: the separate critic is read through "
+                         "its backbone, outside the forward that FSDP hooks; use stage.ppo.critic=shared (a value head) or strategy=ddp")
+
+
+STAGE = Stage(
+    name="ppo",
+    module=PPOStage,
+    data=builders.prompt_data,
+    eval_suite="sft",
+    needs_pretrained=True,
+    samples_during_training=False,
+    refused_strategies={
+        s: _NOT_UNDER_DEEPSPEED for s in ("deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
+    },
+    check=_check,
+)
+"""Stage 3b: PPO against a reward model or function, with a KL penalty toward the starting model."""

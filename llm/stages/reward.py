@@ -6,7 +6,7 @@ right padding give the same score; a reward model that reads a padding position 
 next to nothing (near-chance accuracy), a classic bug. The model is transformers'
 ``AutoModelForSequenceClassification`` with one label, so the export loads as that class and
 its own forward agrees with ours (the tokenizer's pad token is a dedicated token, never part of
-a conversation: see ``llm.train.load_preference_tokenizer``).
+a conversation: see ``llm.data.builders.load_chat_tokenizer``).
 
 Loss per pair: ``-log sigmoid(r_chosen - r_rejected - margin)``, normalised by the number of
 pairs over micro-batches and ranks (the base stage's rule). Held-out metrics: pairwise accuracy,
@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 
+from llm.data import builders
 from llm.data.preference import positions_from_mask
 from llm.losses import pairwise_reward_loss
 from llm.stages.base import BaseStage
+from llm.stages.registry import Stage
 
 
 def backbone_and_head(model: Any) -> tuple[Any, Any]:
@@ -121,3 +123,15 @@ class RewardStage(BaseStage):
         self.log("val/reward_mean", mean)
         self.log("val/reward_std", var**0.5)
         self.log("val/margin", gap / n)
+
+
+STAGE = Stage(
+    name="rm",
+    module=RewardStage,
+    data=builders.reward_data,
+    needs_pretrained=True,
+    lora_refused="stage=rm trains the whole reward model; LoRA is offered for sft, dpo and ppo (set stage.lora.enabled=false)",
+    samples_during_training=False,
+    samples_at_end=False,
+)
+"""Stage 3a: the reward model, from an SFT export."""
