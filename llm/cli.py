@@ -1,0 +1,73 @@
+"""``xiulian <command> [arguments]``: one console command for every tool, as a table.
+
+Each command is the ``main`` of a module that also runs as ``python -m <module>``; the arguments
+after the command go to it unchanged (``xiulian train`` takes Hydra overrides, the others their
+own ``--help``). ``xiulian bench <kind>`` picks one of the benchmarks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable, Optional
+
+#: command -> (module whose ``main`` runs it, one line of help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("llm.train", "train one stage: Hydra overrides, e.g. stage=sft model=hf model.pretrained=DIR data=sft_demo"),
+    "data": ("llm.data.__main__", "the stage-1 cleaning pipeline: raw pages -> filtered, deduplicated text -> token shards"),
+    "prepare": ("llm.data.prepare", "text files -> a BPE tokenizer and WebDataset token shards"),
+    "self-instruct": ("llm.data.self_instruct", "grow instruction data from seed tasks with a teacher model"),
+    "eval": ("llm.eval.__main__", "evaluate a model directory or .gguf on a suite of conf/eval"),
+    "harness": ("llm.eval.harness", "write a conf/eval suite as lm-evaluation-harness tasks"),
+    "scaling": ("llm.eval.scaling", "scaling-law sweeps and fits"),
+    "generate": ("llm.generate", "continue a prompt with a model directory"),
+    "chat": ("llm.chat", "chat with an instruction-tuned model in the terminal"),
+    "rank": ("llm.rank", "the ranking page: people order answers into preference pairs"),
+    "bench": ("llm.bench", "benchmarks against named baselines; `xiulian bench KIND --help`"),
+}
+
+#: ``xiulian bench <kind>`` -> module whose ``main`` runs that benchmark
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "train": ("llm.bench", "training loop vs a bare PyTorch loop (and litgpt, TRL with --baselines)"),
+    "sft": ("llm.bench_sft", "SFT vs TRL's SFTTrainer; full vs LoRA memory"),
+    "rl": ("llm.bench_rl", "PPO vs TRL"),
+    "data": ("llm.bench_data", "the stage-1 pipeline's blocks vs datatrove's"),
+    "strategies": ("llm.bench_strategies", "memory and throughput per rank of DDP, ZeRO 1/2/3 and FSDP"),
+    "litgpt": ("llm.bench_litgpt", "our pretraining loop vs litgpt's"),
+}
+
+
+def _usage(table: dict[str, tuple[str, str]], prog: str) -> str:
+    width = max(map(len, table))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in table.items())
+    return f"usage: {prog} <command> [arguments]\n\ncommands:\n{rows}\n"
+
+
+def resolve(argv: list[str]) -> tuple[Callable[[], object], list[str], str]:
+    """(the command's main, its arguments, its program name) for ``xiulian`` + ``argv``."""
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        raise SystemExit(f"xiulian: unknown command {cmd!r}\n\n" + _usage(COMMANDS, "xiulian"))
+    module, prog = COMMANDS[cmd][0], f"xiulian {cmd}"
+    if cmd == "bench" and rest and rest[0] in BENCHMARKS:
+        module, prog, rest = BENCHMARKS[rest[0]][0], f"xiulian bench {rest[0]}", rest[1:]
+    elif cmd == "bench" and rest and not rest[0].startswith("-"):
+        raise SystemExit(f"xiulian bench: unknown benchmark {rest[0]!r}\n\n" + _usage(BENCHMARKS, "xiulian bench"))
+    return getattr(importlib.import_module(module), "main"), rest, prog
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage(COMMANDS, "xiulian") + "\nbenchmarks (xiulian bench KIND):\n"
+              + "\n".join(f"  {k:<10}  {h}" for k, (_, h) in BENCHMARKS.items()))
+        return
+    fn, rest, prog = resolve(argv)
+    # every main reads sys.argv (Hydra's does, argparse's do when given no list)
+    sys.argv = [prog, *rest]
+    code = fn()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
