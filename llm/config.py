@@ -8,10 +8,45 @@ value of the wrong type fails at start-up with a message naming the key.  Only
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+class Choice(str, Enum):
+    """A closed set of strings. A field of such a type rejects any other value when the config is
+    composed (the error names the key and the allowed values); its members compare equal to, hash
+    and print as their strings, so code reads them as plain strings."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+def _choice(name: str, *values: str) -> type[Choice]:
+    return Choice(name, [(v, v) for v in values])  # type: ignore[return-value]
+
+
+Arch = _choice("Arch", "llama", "gpt2")
+ChatFormat = _choice("ChatFormat", "auto", "openai", "alpaca", "sharegpt", "task")
+OnBadRow = _choice("OnBadRow", "error", "skip")
+OnTruncated = _choice("OnTruncated", "skip", "error")
+ChatTemplate = _choice("ChatTemplate", "auto", "default")
+PaddingSide = _choice("PaddingSide", "right", "left")
+LoraBias = _choice("LoraBias", "none", "all", "lora_only")
+KLEstimator = _choice("KLEstimator", "k1", "k2", "k3", "abs")
+Critic = _choice("Critic", "shared", "separate")
+StrategyName = _choice("StrategyName", "auto", "single", "ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3",
+                       "deepspeed_zero3_offload", "fsdp")
+Accelerator = _choice("Accelerator", "auto", "cpu", "gpu")
+OnNonfinite = _choice("OnNonfinite", "stop", "skip")
+TaskType = _choice("TaskType", "perplexity", "choice", "generate")
+FewshotSampler = _choice("FewshotSampler", "first_n", "random")
+WandbMode = _choice("WandbMode", "auto", "online", "offline", "disabled")
 
 
 @dataclass
@@ -20,7 +55,7 @@ class ModelConfig:
 
     name: str = MISSING
     """Preset name (for logs and the export's README)."""
-    arch: str = "llama"
+    arch: Arch = Arch.llama
     """``llama`` (RoPE, RMSNorm, SwiGLU, grouped-query attention) or ``gpt2`` (learned positions,
     LayerNorm, GELU MLP)."""
     pretrained: Optional[str] = None
@@ -53,7 +88,7 @@ class ChatDatasetConfig:
     path: str = MISSING
     """A ``.jsonl``/``.json`` file, or ``builtin:python-qa`` (questions and answers made from
     the documentation that ships with CPython)."""
-    format: str = "auto"
+    format: ChatFormat = ChatFormat.auto
     """``auto`` (by the keys of each record), ``openai`` (messages), ``alpaca``
     (instruction/input/output), ``sharegpt`` (conversations/from/value), ``task`` (a labelled
     record turned into an instruction by ``template``)."""
@@ -108,16 +143,16 @@ class DataConfig:
     packing: bool = True
     """Pack several conversations into one ``seq_len`` row (positions restart per
     conversation, no attention across them); ``False``: one conversation per row, padded."""
-    on_bad_row: str = "error"
+    on_bad_row: OnBadRow = OnBadRow.error
     """``error``: a bad record stops the run naming file, line and field; ``skip``: counted by
     reason in the data report."""
-    on_truncated: str = "skip"
+    on_truncated: OnTruncated = OnTruncated.skip
     """A conversation whose assistant tokens are all cut off by ``seq_len``: ``skip`` (counted and
     reported) or ``error``. Conversations only partly cut are kept and counted."""
-    chat_template: str = "auto"
+    chat_template: ChatTemplate = ChatTemplate.auto
     """``auto``: the checkpoint's own template, else the framework default (role markers and
     ``<|end|>``); ``default``: always the framework default."""
-    padding_side: str = "right"
+    padding_side: PaddingSide = PaddingSide.right
     """Reward model and DPO batches: ``right`` or ``left`` padding (both read the right tokens:
     positions and the reward's read-out come from the attention mask)."""
 
@@ -152,7 +187,7 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Module name suffixes (``q_proj``, ``v_proj``...) or ``all-linear`` (every linear layer but
     the output head, as QLoRA recommends)."""
-    bias: str = "none"
+    bias: LoraBias = LoraBias.none
 
 
 @dataclass
@@ -195,7 +230,7 @@ class PPOConfig:
     whiten_advantages: bool = True
     kl_coef: float = 0.05
     """beta: the per-token KL penalty's coefficient (the start value when ``adaptive_kl``)."""
-    kl_estimator: str = "k1"
+    kl_estimator: KLEstimator = KLEstimator.k1
     """k1 (log-ratio, InstructGPT), k2, k3 or abs (llm/rl/kl.py)."""
     adaptive_kl: bool = False
     """Ziegler et al.'s controller: move beta so the KL per sequence approaches ``target_kl``."""
@@ -204,7 +239,7 @@ class PPOConfig:
     early_stop_kl: Optional[float] = 0.5
     """Stop an iteration's updates when the approximate KL between the new and the rollout
     policy (mean per token) exceeds this; ``None``: never."""
-    critic: str = "shared"
+    critic: Critic = Critic.shared
     """``shared``: a value head on the policy's backbone; ``separate``: a critic network of its
     own (``critic_model``, default the reward model, else the policy's start point)."""
     critic_model: Optional[str] = None
@@ -245,12 +280,12 @@ class StageConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "auto"
+    name: StrategyName = StrategyName.auto
     """``single`` (one device), ``ddp`` (replicas), ``deepspeed_zero1`` (optimizer state sharded),
     ``deepspeed_zero2`` (+ gradients), ``deepspeed_zero3`` (+ parameters),
     ``deepspeed_zero3_offload`` (ZeRO-3 with optimizer state and parameters in CPU memory) or
     ``fsdp`` (PyTorch FSDP2: parameters, gradients and optimizer state sharded per decoder layer)."""
-    accelerator: str = "auto"
+    accelerator: Accelerator = Accelerator.auto
     devices: Any = "auto"
     num_nodes: int = 1
     process_group_backend: Optional[str] = None
@@ -296,7 +331,7 @@ class TrainerConfig:
     rate on CPU."""
     progress_bar: bool = True
     num_sanity_val_steps: int = 0
-    on_nonfinite: str = "stop"
+    on_nonfinite: OnNonfinite = OnNonfinite.stop
     """A NaN or inf loss or gradient norm: ``stop`` (before the update: the weights and the last
     checkpoint stay good; the error names the step, epoch, batch and rank) or ``skip`` (drop that
     update, log a warning and ``train/skipped_steps``, go on with the next batch)."""
@@ -318,7 +353,7 @@ class EvalTaskConfig:
     """One evaluation task (``llm/eval/core.py``). Records are JSON lines; field names below."""
 
     name: str = MISSING
-    type: str = "choice"
+    type: TaskType = TaskType.choice
     """``perplexity`` (held-out text), ``choice`` (log-likelihood of each option, the
     lm-evaluation-harness way; few-shot classification is a choice task with ``shots > 0``)
     or ``generate`` (greedy answer, exact match)."""
@@ -343,7 +378,7 @@ class EvalTaskConfig:
     shots: int = 0
     fewshot_path: Optional[str] = None
     """Where the k examples come from (``None``: the task's own records, never the query itself)."""
-    fewshot_sampler: str = "first_n"
+    fewshot_sampler: FewshotSampler = FewshotSampler.first_n
     """``first_n`` (the first k records, lm-eval's ``first_n``) or ``random`` (seeded, per query)."""
     seed: int = 1234
     limit: Optional[int] = None
@@ -377,7 +412,7 @@ class LoggerConfig:
     wandb: bool = False
     project: str = "xiulian"
     entity: Optional[str] = None
-    mode: str = "auto"
+    mode: WandbMode = WandbMode.auto
     """W&B mode: ``auto`` = online if an API key is configured, else offline (never hangs)."""
     tags: list[str] = field(default_factory=list)
 

@@ -70,7 +70,7 @@ def build_loggers(cfg: Config, run_dir: Path) -> list:
                 resume="allow",
                 mode=mode,
                 tags=list(cfg.logger.tags),
-                config=OmegaConf.to_container(cfg, resolve=True),
+                config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             )
         )
     return loggers

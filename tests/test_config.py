@@ -79,6 +79,75 @@ def test_wrong_type_names_it():
     assert "max_steps" in msg and "many" in msg
 
 
+@pytest.mark.parametrize("override,allowed", [
+    ("trainer.on_nonfinite=ignore", "stop, skip"),
+    ("strategy.name=zero3", "deepspeed_zero3"),
+    ("data.on_bad_row=drop", "error, skip"),
+    ("data.chat_template=chatml", "auto, default"),
+    ("stage.ppo.kl_estimator=k4", "k1, k2, k3, abs"),
+    ("model.arch=mamba", "llama, gpt2"),
+    ("logger.mode=online-ish", "auto, online, offline, disabled"),
+])
+def test_closed_choice_rejected_at_compose(override, allowed):
+    """A closed choice is an enum: a wrong value fails when the config is composed, before any
+    work, naming the key and the values it takes."""
+    key, _, value = override.partition("=")
+    with pytest.raises(ConfigCompositionException) as e:
+        compose([override])
+    msg = str(e.value.__cause__ or e.value)
+    assert key in msg and repr(value) in msg and allowed in msg
+
+
+def test_choices_read_as_strings(tmp_path):
+    """Code compares and prints choices as plain strings; what is saved is the plain string."""
+    from omegaconf import OmegaConf
+
+    cfg = compose(["trainer.on_nonfinite=skip", "strategy=ddp"])
+    assert cfg.trainer.on_nonfinite == "skip" and f"{cfg.trainer.on_nonfinite}" == "skip" and str(cfg.strategy.name) == "ddp"
+    assert {"ddp": 1}[cfg.strategy.name] == 1
+    OmegaConf.save(cfg, tmp_path / "c.yaml")
+    assert "on_nonfinite: skip" in (tmp_path / "c.yaml").read_text()
+    plain = OmegaConf.to_container(cfg.trainer, enum_to_str=True)
+    assert type(plain["on_nonfinite"]) is str
+
+
+def _leaves(d: dict, path: tuple = ()):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, (*path, k))
+        elif k != "defaults":
+            yield (*path, k), v
+
+
+@pytest.mark.parametrize("group", ["model", "data", "stage", "strategy", "trainer", "logger", "eval"])
+def test_group_files_state_only_what_differs(group):
+    """A conf file holds what differs from its dataclass's defaults (or from the option it
+    extends): defaults live in llm/config.py alone, so they cannot drift apart."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from llm import config as C
+
+    node = {"model": C.ModelConfig, "data": C.DataConfig, "stage": C.StageConfig, "strategy": C.StrategyConfig,
+            "trainer": C.TrainerConfig, "logger": C.LoggerConfig, "eval": C.EvalConfig}[group]
+    restated = []
+    for f in sorted((CONF / group).glob("*.yaml")):
+        data = yaml.safe_load(f.read_text()) or {}
+        base = OmegaConf.structured(node)
+        for parent in data.get("defaults") or []:
+            if parent != "_self_":
+                base = OmegaConf.merge(base, {k: v for k, v in yaml.safe_load((f.parent / f"{parent}.yaml").read_text()).items() if k != "defaults"})
+        base = OmegaConf.to_container(base, enum_to_str=True)
+        for path, value in _leaves(data):
+            d = base
+            for k in path:
+                d = d.get(k, "<absent>") if isinstance(d, dict) else "<absent>"
+            if path != ("name",) and d not in ("<absent>", "???") and d == value and type(d) is type(value) or (
+                    isinstance(d, float) and isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == d):
+                restated.append(f"{f.relative_to(CONF)}: {'.'.join(path)}: {value!r} is the default")
+    assert not restated, "\n".join(restated)
+
+
 def test_cli_typo_fails_at_start():
     r = subprocess.run([sys.executable, "-m", "llm.train", "model.n_layers=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0

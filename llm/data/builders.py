@@ -83,7 +83,7 @@ def chat_specs(cfg: DataConfig) -> tuple[list, list]:
     from llm.data.chat import DatasetSpec
 
     def spec(d: Any) -> DatasetSpec:
-        d = OmegaConf.to_container(d, resolve=True) if OmegaConf.is_config(d) else dict(d)
+        d = OmegaConf.to_container(d, resolve=True, enum_to_str=True) if OmegaConf.is_config(d) else dict(d)
         return DatasetSpec(**d)
 
     train = [spec(d) for d in cfg.datasets] + [DatasetSpec(path=str(p)) for p in cfg.sources]
@@ -113,8 +113,6 @@ def load_chat_tokenizer(cfg: Config, dedicated_pad: bool = False) -> tuple[Any, 
         tok = AutoTokenizer.from_pretrained(str(resolve_pretrained(cfg.model.pretrained)), trust_remote_code=cfg.model.trust_remote_code)
     else:
         raise ValueError("stage=sft with random_init needs a tokenizer: set data.tokenizer=<dir>")
-    if cfg.data.chat_template not in ("auto", "default"):
-        raise ValueError(f"data.chat_template must be auto or default, got {cfg.data.chat_template!r}")
     if cfg.data.chat_template == "default":
         tok.chat_template = None
     added = ensure_chat_template(tok)

@@ -57,7 +57,7 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
 
 
 class BaseStage(L.LightningModule):
