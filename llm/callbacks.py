@@ -11,7 +11,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
-from llm.model.generate import generate_text
+from llm.model.engine import generate_text
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ Interactive commands: ``/reset`` (forget the history), ``/adapter NAME`` (switch
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
+
+from llm.model.engine import Engine, Sampling
 
 
 class ChatSession:
@@ -43,7 +43,7 @@ class ChatSession:
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from llm.data.chat import ensure_chat_template, stop_token_ids
+        from llm.data.chat import ensure_chat_template
         from llm.model.build import resolve_pretrained
 
         path = resolve_pretrained(model_path)
@@ -64,7 +64,7 @@ class ChatSession:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         if ensure_chat_template(self.tokenizer):
             print("[chat] this model has no chat template and no chat tokens; using the framework default", file=sys.stderr)
-        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.engine = Engine(self.model, self.tokenizer, chat=True)
         self.device = device
         self.adapter: Optional[str] = None
         if adapters:
@@ -95,46 +95,12 @@ class ChatSession:
 
     def stream(self, user: str) -> Iterator[str]:
         """Yield the answer's text pieces as they are generated; the turn joins the history."""
-        from transformers import TextIteratorStreamer
-
-        from llm.data.chat import render_text
-
-        prompt = render_text(self.tokenizer, self.messages(user), add_generation_prompt=True)
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(self.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs: dict[str, Any] = dict(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=self.max_new_tokens,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0],
-            use_cache=True,
-            streamer=streamer,
-        )
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        ctx = self.model.disable_adapter() if self.adapter == "base" else contextlib.nullcontext()
-        error: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with ctx, torch.no_grad():
-                    self.model.generate(**kwargs)
-            except BaseException as e:  # surfaced in the caller's thread
-                error.append(e)
-                streamer.end()
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
+        sampling = Sampling(self.max_new_tokens, do_sample=self.temperature > 0, temperature=self.temperature, top_p=self.top_p)
+        ctx = self.model.disable_adapter() if self.adapter == "base" else None
         pieces = []
-        for piece in streamer:
+        for piece in self.engine.stream(self.messages(user), sampling, context=ctx):
             pieces.append(piece)
             yield piece
-        worker.join()
-        if error:
-            raise error[0]
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": "".join(pieces).strip()}]
 
     def ask(self, user: str) -> str:

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm.model.generate import generate_text
+    from llm.model.engine import generate_text
 
     path = Path(args.model)
     if not (path / "config.json").is_file():

@@ -180,7 +180,7 @@ class ModelSource:
         self.seed = seed
 
     def sample(self, prompt: Prompt, n: int, attempt: int) -> list[str]:
-        from llm.model.generate import generate_text
+        from llm.model.engine import generate_text
 
         conv: Any = prompt.text if len(prompt.messages) == 1 else prompt.messages
         seed = None if self.seed is None else self.seed + 1_000_003 * attempt

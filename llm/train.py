@@ -151,7 +151,7 @@ def finish(cfg: Config, stage: Stage, data: StageData, trainer: Any, module: Any
     taking part), greedy samples, the Hugging Face export (LoRA merged, its adapter saved beside
     it) and the evaluation suite; ``result`` gets what they produce."""
     from llm.export import export_hf
-    from llm.model.generate import generate_text
+    from llm.model.engine import generate_text
     from llm.strategy import consolidated_state_dict
 
     tc, tokenizer = cfg.trainer, data.tokenizer

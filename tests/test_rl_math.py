@@ -19,6 +19,7 @@ from llm.losses import (
     token_logprobs,
 )
 from llm.rl.advantages import gae, masked_mean, masked_var, masked_whiten
+from llm.rl.experience import Rollout, kl_penalised_rewards
 from llm.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from llm.rl.rewards import contains_word, load_reward_fn, short
 
@@ -176,6 +177,20 @@ def test_gae_matches_python_loop_random_ragged():
     # the length-1 row: A_0 = r_0 - V_0
     close(adv[2, 0], rewards[2][0] - values[2][0], atol=1e-12)
 
+
+
+def test_kl_penalised_rewards_by_hand():
+    kl = torch.tensor([[0.5, -0.25, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    rewards = kl_penalised_rewards(kl, torch.tensor([2.0, -1.0, 3.0]), mask, kl_coef=0.1)
+    # -0.1 * kl everywhere; the score on each row's last response token (row 2 is empty: position 0)
+    assert torch.allclose(rewards, torch.tensor([[-0.05, 0.025, 2.0], [-0.1 - 1.0, 0.0, 0.0], [3.0, 0.0, 0.0]]))
+
+
+def test_rollout_sequences_join_prompt_and_response():
+    ro = Rollout(prompt_ids=torch.tensor([[0, 5, 6]]), prompt_mask=torch.tensor([[0, 1, 1]]), responses=torch.tensor([[7, 2, 0]]),
+                 response_mask=torch.tensor([[1, 1, 0]]), ended=torch.tensor([True]), texts=["x"], prompts=[[{"role": "user", "content": "q"}]])
+    assert ro.sequences.tolist() == [[0, 5, 6, 7, 2, 0]] and ro.attention_mask.tolist() == [[0, 1, 1, 1, 1, 0]] and ro.prompt_len == 3
 
 # ===================================================================== KL
 @pytest.mark.parametrize(

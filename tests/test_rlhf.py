@@ -107,7 +107,7 @@ def _mean_rule_reward(model_dir, max_chars, n=16):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm.data.chat import builtin_python_qa
-    from llm.model.generate import generate_text
+    from llm.model.engine import generate_text
     from llm.rl.rewards import short
 
     questions = [r["instruction"] for r in builtin_python_qa()[-n:]]

@@ -34,7 +34,7 @@ def _ends_with_end_of_turn(model_dir, questions, max_new_tokens=64):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm.data.chat import end_of_turn_token, ensure_chat_template
-    from llm.model.generate import generate_text
+    from llm.model.engine import generate_text
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     ensure_chat_template(tok)
@@ -157,7 +157,7 @@ def test_chat_streams_keeps_history_and_picks_adapters(sft_run, lora_runs, tiny_
 
     _, runs = lora_runs
     multi = ChatSession(tiny_base, adapters={n: r["adapter"] for n, r in runs.items()}, use="echo", max_new_tokens=8)
-    from llm.model.generate import generate_text
+    from llm.model.engine import generate_text
     from transformers import AutoModelForCausalLM
 
     for name in ("echo", "qa"):

@@ -344,7 +344,7 @@ def _cut(text: str, stops: Iterable[str]) -> str:
 
 
 def run_generate(model: Any, tokenizer: Any, task: Any) -> dict[str, Any]:
-    from llm.model.generate import generate_text
+    from llm.model.engine import generate_text
 
     if task.chat and not getattr(tokenizer, "chat_template", None):
         raise EvalDataError(f"task {task.name}: chat: true needs a model with a chat template (an SFT export); this tokenizer has none")

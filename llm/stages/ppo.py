@@ -51,8 +51,10 @@ from llm.losses import (
     ppo_value_loss,
     token_logprobs,
 )
+from llm.model.engine import Engine, Sampling
 from llm.model.lora import is_peft
 from llm.rl.advantages import gae, masked_mean, masked_var, masked_whiten
+from llm.rl.experience import Experience, Rollout, kl_penalised_rewards
 from llm.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from llm.rl.rewards import load_reward_fn
 from llm.stages.base import BaseStage
@@ -193,38 +195,24 @@ class PPOStage(BaseStage):
         with self.model.disable_adapter():
             return self._policy_forward(seq, attn, P, responses, rmask, values=False)[0]
 
-    @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """Responses [B, R] to left-padded prompts [B, P], through the one generation engine."""
         cfg = self.stage_cfg.ppo
-        kw: dict[str, Any] = dict(
-            attention_mask=prompt_mask,
-            max_new_tokens=cfg.max_new_tokens,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
-            use_cache=True,
-        )
+        sampling = Sampling(cfg.max_new_tokens, do_sample=not greedy, temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p)
+        extra = {}
         if self.sharded and self._trainer is not None and self.trainer.world_size > 1:
-            kw["synced_gpus"] = True  # FSDP: every rank runs the same number of forward passes (they all-gather)
-        if greedy:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
-        was = self.model.training
-        self.model.eval()
-        try:
-            out = self.model.generate(input_ids=prompt_ids, **kw)
-        finally:
-            self.model.train(was)
-        return out[:, prompt_ids.shape[1] :]
+            extra["synced_gpus"] = True  # FSDP: every rank runs the same number of forward passes (they all-gather)
+        return Engine(self.model, self.tokenizer, chat=True).generate(prompt_ids, prompt_mask, sampling, **extra)
 
-    def rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        """(responses [B, R] padded after their stop token, their mask, ended [B], decoded texts)."""
+    def rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, prompts: list[list[dict]], greedy: bool = False) -> Rollout:
+        """The policy's responses to a batch of prompts, cut after their first stop token."""
         responses = self.generate(prompt_ids, prompt_mask, greedy=greedy)
         if responses.shape[1] == 0:
             responses = torch.full((prompt_ids.shape[0], 1), self.pad_id, device=self.device, dtype=torch.long)
         rmask, ended = response_mask(responses, self.stop_ids)
         responses = responses.masked_fill(rmask == 0, self.pad_id)
-        return responses, rmask, ended, self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        return Rollout(prompt_ids, prompt_mask, responses, rmask, ended, texts, prompts)
 
     @torch.no_grad()
     def score(self, prompts: list[list[dict]], texts: list[str], ended: torch.Tensor) -> torch.Tensor:
@@ -247,47 +235,33 @@ class PPOStage(BaseStage):
         return [dm.prompt_messages(split, int(i)) for i in index.tolist()]
 
     # ---------------------------------------------------------------- one iteration
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    @torch.no_grad()
+    def make_experience(self, ro: Rollout, scores: torch.Tensor) -> Experience:
+        """Steps 3-5: old and reference log-probs and values, KL-penalised rewards, advantages."""
         cfg = self.stage_cfg.ppo
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
-        prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
-        prompts = self._prompts_of("train", batch["index"])
-        B, P = prompt_ids.shape
-        t0 = time.perf_counter()
-
-        # 1. rollout
-        responses, rmask, ended, texts = self.rollout(prompt_ids, prompt_mask)
-        t1 = time.perf_counter()
-
-        # 2. score
-        scores = self.score(prompts, texts, ended)
-        t2 = time.perf_counter()
-
-        # 3. old log-probs, reference log-probs, values
-        seq = torch.cat([prompt_ids, responses], 1)
-        attn = torch.cat([prompt_mask, rmask], 1)
-        fmask = rmask.float()
-        with torch.no_grad():
-            self.model.eval()
-            old_logp, old_values, old_ent = self._policy_forward(seq, attn, P, responses, rmask)
-            self.model.train()
-            ref_logp = self._reference_logprobs(seq, attn, P, responses, rmask)
-        # 4. rewards: -beta * KL per token, the score on the last response token
+        seq, attn, P = ro.sequences, ro.attention_mask, ro.prompt_len
+        fmask = ro.response_mask.float()
+        self.model.eval()
+        old_logp, old_values, old_ent = self._policy_forward(seq, attn, P, ro.responses, ro.response_mask)
+        self.model.train()
+        ref_logp = self._reference_logprobs(seq, attn, P, ro.responses, ro.response_mask)
         kl = kl_estimate(old_logp, ref_logp, cfg.kl_estimator) * fmask
         beta = self.kl_ctl.value
-        rewards = -beta * kl
-        last = (rmask.sum(1) - 1).clamp(min=0)
-        rewards[torch.arange(B, device=self.device), last] += scores
-        # 5. advantages
+        rewards = kl_penalised_rewards(kl, scores, ro.response_mask, beta)
         adv, returns = gae(rewards, old_values, fmask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             adv = masked_whiten(adv, fmask)
-        t3 = time.perf_counter()
+        return Experience(ro, scores, old_logp, old_values, old_ent, ref_logp, kl, beta, rewards, adv, returns)
 
-        # 6. updates
+    def update(self, exp: Experience, opt: Any) -> tuple[dict[str, list[float]], int, bool]:
+        """Step 6: ``epochs`` passes of minibatch updates over the experience. Returns (the
+        per-update statistics, the number of updates, whether the approximate KL stopped them)."""
+        cfg = self.stage_cfg.ppo
+        ro = exp.rollout
+        seq, attn, P, responses, rmask, fmask = ro.sequences, ro.attention_mask, ro.prompt_len, ro.responses, ro.response_mask, exp.mask
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac", "approx_kl", "entropy", "grad_norm")}
         raw = opt.optimizer if hasattr(opt, "optimizer") else opt
+        B = len(exp)
         mb = max(1, min(cfg.minibatch_size, B))
         stopped_early = False
         n_updates = 0
@@ -298,8 +272,8 @@ class PPOStage(BaseStage):
                 i = perm[lo : lo + mb]
                 logp, values, ent = self._policy_forward(seq[i], attn[i], P, responses[i], rmask[i])
                 m = fmask[i]
-                pg, clipfrac, approx_kl = ppo_policy_loss(logp, old_logp[i], adv[i], m, cfg.clip_range)
-                vf, vf_clipfrac = ppo_value_loss(values, old_values[i], returns[i], m, cfg.value_clip)
+                pg, clipfrac, approx_kl = ppo_policy_loss(logp, exp.old_logprobs[i], exp.advantages[i], m, cfg.clip_range)
+                vf, vf_clipfrac = ppo_value_loss(values, exp.old_values[i], exp.returns[i], m, cfg.value_clip)
                 entropy = masked_mean(ent, m)
                 loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * entropy
                 with self._no_sync(last=False):  # several updates per step: PPO averages gradients itself
@@ -321,6 +295,20 @@ class PPOStage(BaseStage):
             if cfg.early_stop_kl is not None and sum(epoch_kl) / len(epoch_kl) > cfg.early_stop_kl:
                 stopped_early = True
                 break
+        return stats, n_updates, stopped_early
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        prompts = self._prompts_of("train", batch["index"])
+        t0 = time.perf_counter()
+        ro = self.rollout(batch["prompt_ids"], batch["prompt_mask"], prompts)  # 1. rollout
+        t1 = time.perf_counter()
+        scores = self.score(prompts, ro.texts, ro.ended)  # 2. score
+        t2 = time.perf_counter()
+        exp = self.make_experience(ro, scores)  # 3-5. evaluate, rewards, advantages
+        t3 = time.perf_counter()
+        stats, n_updates, stopped_early = self.update(exp, opt)  # 6. updates
         lr = sched.get_last_lr()[0]
         opt.zero_grad(set_to_none=True)
         opt.step()  # no gradients: changes nothing, makes Lightning count this iteration as one step
@@ -328,24 +316,25 @@ class PPOStage(BaseStage):
         t4 = time.perf_counter()
 
         # bookkeeping
-        kl_seq = float(self._mean_over_ranks(kl.sum(1).mean()))
+        B, fmask, rmask = len(exp), exp.mask, ro.response_mask
+        kl_seq = float(self._mean_over_ranks(exp.kl.sum(1).mean()))
         self.kl_ctl.update(kl_seq, B * self.trainer.world_size)
         gen_tokens = int(rmask.sum())
         self.tokens_seen += gen_tokens
         metrics = {
             "ppo/score": self._mean_over_ranks(scores.mean()),
-            "ppo/reward": self._mean_over_ranks((rewards * fmask).sum(1).mean()),
+            "ppo/reward": self._mean_over_ranks((exp.rewards * fmask).sum(1).mean()),
             "ppo/kl": kl_seq,
-            "ppo/kl_coef": beta,
-            "ppo/entropy": self._mean_over_ranks(masked_mean(old_ent, fmask)),
+            "ppo/kl_coef": exp.kl_coef,
+            "ppo/entropy": self._mean_over_ranks(masked_mean(exp.old_entropy, fmask)),
             "ppo/clipfrac": _mean(stats["clipfrac"]),
             "ppo/approx_kl": _mean(stats["approx_kl"]),
             "ppo/policy_loss": _mean(stats["pg_loss"]),
             "ppo/value_loss": _mean(stats["vf_loss"]),
             "ppo/value_clipfrac": _mean(stats["vf_clipfrac"]),
-            "ppo/explained_variance": float(1 - masked_var(returns - old_values, fmask) / masked_var(returns, fmask).clamp(min=1e-8)),
+            "ppo/explained_variance": float(1 - masked_var(exp.returns - exp.old_values, fmask) / masked_var(exp.returns, fmask).clamp(min=1e-8)),
             "ppo/response_length": self._mean_over_ranks(rmask.sum(1).float().mean()),
-            "ppo/ended_with_eos": self._mean_over_ranks(ended.float().mean()),
+            "ppo/ended_with_eos": self._mean_over_ranks(ro.ended.float().mean()),
             "ppo/updates": float(n_updates),
             "ppo/early_stopped": float(stopped_early),
             "ppo/grad_norm": _mean(stats["grad_norm"]),
@@ -358,7 +347,7 @@ class PPOStage(BaseStage):
         }
         self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False)
         self.log("ppo/score_mean", float(metrics["ppo/score"]), prog_bar=True)
-        self._record_samples(prompts, texts, scores)
+        self._record_samples(prompts, ro.texts, scores)
         self.after_step()
         return torch.tensor(float(metrics["ppo/score"]))
 
@@ -424,9 +413,9 @@ class PPOStage(BaseStage):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         prompts = self._prompts_of("val", batch["index"])
-        _, rmask, ended, texts = self.rollout(batch["prompt_ids"], batch["prompt_mask"], greedy=True)
-        scores = self.score(prompts, texts, ended)
-        self._val += torch.stack([scores.double().sum(), scores.new_tensor(len(texts)).double(), rmask.sum(1).double().sum()])
+        ro = self.rollout(batch["prompt_ids"], batch["prompt_mask"], prompts, greedy=True)
+        scores = self.score(prompts, ro.texts, ro.ended)
+        self._val += torch.stack([scores.double().sum(), scores.new_tensor(len(ro.texts)).double(), ro.response_mask.sum(1).double().sum()])
 
     def on_validation_epoch_end(self) -> None:
         s, n, length = self._sum_over_ranks(self._val).tolist()

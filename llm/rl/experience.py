@@ -1,0 +1,71 @@
+"""One PPO iteration's experience, typed: what the rollout phase hands the update phase.
+
+B prompts (left-padded to P tokens) and their responses (right-padded to R tokens). The code
+that makes an :class:`Experience` (``PPOStage.make_experience``: generate, score, evaluate) and
+the code that trains on it (``PPOStage.update``) meet only here; the arithmetic between them
+(:func:`kl_penalised_rewards`, GAE) is pure functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """Prompts and the policy's sampled (or greedy) responses."""
+
+    prompt_ids: torch.Tensor  # [B, P] long, left-padded
+    prompt_mask: torch.Tensor  # [B, P] long, 1 on prompt tokens
+    responses: torch.Tensor  # [B, R] long, pad after the first stop token
+    response_mask: torch.Tensor  # [B, R] long, 1 up to and including the first stop token
+    ended: torch.Tensor  # [B] bool, the response reached a stop token within R
+    texts: list[str]  # B decoded responses (special tokens skipped)
+    prompts: list[list[dict]]  # B conversations ({"role", "content"} messages) the prompts render
+
+    @property
+    def sequences(self) -> torch.Tensor:  # [B, P + R]
+        return torch.cat([self.prompt_ids, self.responses], 1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:  # [B, P + R]
+        return torch.cat([self.prompt_mask, self.response_mask], 1)
+
+    @property
+    def prompt_len(self) -> int:  # P
+        return int(self.prompt_ids.shape[1])
+
+
+@dataclass
+class Experience:
+    """A rollout with everything the updates need, computed once with the rollout policy."""
+
+    rollout: Rollout
+    scores: torch.Tensor  # [B] float, the reward of each whole response
+    old_logprobs: torch.Tensor  # [B, R] float, log pi_old of each response token (0 on padding)
+    old_values: torch.Tensor  # [B, R] float, the critic's values
+    old_entropy: torch.Tensor  # [B, R] float, the policy's entropy at each position
+    ref_logprobs: torch.Tensor  # [B, R] float, log pi_ref of each response token
+    kl: torch.Tensor  # [B, R] float, the KL estimator per token (0 on padding)
+    kl_coef: float  # beta used for ``rewards``
+    rewards: torch.Tensor  # [B, R] float, -beta * kl, plus the score on the last response token
+    advantages: torch.Tensor  # [B, R] float, GAE (whitened when configured)
+    returns: torch.Tensor  # [B, R] float, advantages + values (the critic's targets)
+
+    @property
+    def mask(self) -> torch.Tensor:  # [B, R] float, response tokens
+        return self.rollout.response_mask.float()
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def kl_penalised_rewards(kl: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token rewards [B, R]: ``-kl_coef * kl`` everywhere, plus each row's score [B] on its
+    last response token (the last position where ``mask`` is 1; position 0 for an empty row)."""
+    rewards = -kl_coef * kl
+    last = (mask.sum(1) - 1).clamp(min=0).long()
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores
+    return rewards
