@@ -156,6 +156,11 @@ class DataConfig:
     """Reward model and DPO batches: ``right`` or ``left`` padding (both read the right tokens:
     positions and the reward's read-out come from the attention mask)."""
 
+    def __post_init__(self) -> None:
+        _check(0 <= self.val_fraction < 1, f"data.val_fraction={self.val_fraction}: a fraction in [0, 1)")
+        _check(self.seq_len > 0 and self.micro_batch_size > 0,
+               f"data.seq_len={self.seq_len}, data.micro_batch_size={self.micro_batch_size}: both must be positive")
+
 
 @dataclass
 class OptimConfig:
@@ -246,6 +251,12 @@ class PPOConfig:
     log_samples_every: int = 10
     """Every N iterations, log a table of prompts, responses and scores (W&B and samples.jsonl)."""
 
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1 and self.minibatch_size >= 1,
+               f"stage.ppo.epochs={self.epochs}, stage.ppo.minibatch_size={self.minibatch_size}: both must be at least 1")
+        _check(self.temperature > 0, f"stage.ppo.temperature={self.temperature}: must be positive (rollouts sample)")
+        _check(0 < self.top_p <= 1, f"stage.ppo.top_p={self.top_p}: must be in (0, 1]")
+
 
 @dataclass
 class DPOConfig:
@@ -307,6 +318,10 @@ class StrategyConfig:
     the job at once (the launcher watches its processes); under Lightning's own launcher the
     surviving ranks wait in their next collective until this timeout."""
 
+    def __post_init__(self) -> None:
+        _check(not self.offload_params or self.name in ("deepspeed_zero3", "deepspeed_zero3_offload"),
+               f"strategy.offload_params needs ZeRO-3 (strategy={self.name}): use strategy=deepspeed_zero3_offload")
+
 
 @dataclass
 class TrainerConfig:
@@ -346,6 +361,9 @@ class TrainerConfig:
     steps becomes NaN (once)."""
     crash_at_step: Optional[int] = None
     """Fault injection for tests: the process SIGKILLs itself when this optimizer step begins."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_skipped_steps >= 0, f"trainer.max_skipped_steps={self.max_skipped_steps}: must be at least 0")
 
 
 @dataclass
@@ -435,6 +453,26 @@ class Config:
     """Write the Hugging Face export to ``run_dir/export`` at the end."""
     weights_only: bool = True
     """Checkpoints are loaded with ``torch.load(weights_only=True)``: no arbitrary unpickling."""
+
+    def __post_init__(self) -> None:  # the fields' own checks ran in their __post_init__
+        _check(self.model.pretrained or self.data.seq_len <= self.model.max_seq_len,
+               f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+
+
+def _check(ok: Any, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def check_config(cfg: Any) -> None:
+    """Run every cross-field check (the dataclasses' ``__post_init__``) on a composed config:
+    OmegaConf validates types and closed choices when it composes, not these."""
+    from omegaconf import OmegaConf
+
+    try:
+        OmegaConf.to_object(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg))
+    except ValueError as e:
+        raise ValueError(str(e).split("\n    full_key")[0]) from None
 
 
 def register_configs() -> None:

@@ -80,8 +80,6 @@ def deepspeed_config(cfg: StrategyConfig, grad_clip: float, micro_batch_size: in
     stage = DEEPSPEED[cfg.name]  # gradient_accumulation_steps: Lightning sets it to 1 (accumulate_grad_batches)
     offload_opt = cfg.offload_optimizer or cfg.name == "deepspeed_zero3_offload"
     offload_par = cfg.offload_params or cfg.name == "deepspeed_zero3_offload"
-    if offload_par and stage != 3:
-        raise ValueError(f"strategy.offload_params needs ZeRO-3 (strategy={cfg.name}): use strategy=deepspeed_zero3_offload")
     zero: dict[str, Any] = {"stage": stage, "contiguous_gradients": True, "overlap_comm": gpu, "reduce_bucket_size": "auto"}
     if stage == 3:
         zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto")

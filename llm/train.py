@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from llm.config import Config, register_configs
+from llm.config import Config, check_config, register_configs
 from llm.data.builders import StageData
 from llm.stages.registry import Stage, get_stage
 
@@ -55,6 +55,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     from llm.rundir import find_checkpoint, resolve_run_dir, trim_metrics
     from llm.strategy import build_placement, check_switches
 
+    check_config(cfg)
     stage = get_stage(cfg.stage.name)
     stage.validate(cfg)
     quiet_lightning()
@@ -69,8 +70,6 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     check_switches(placement, cfg.strategy, tc, cfg.eval)
 
     data = stage.data(cfg)
-    if cfg.data.seq_len > cfg.model.max_seq_len and not cfg.model.pretrained:
-        raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
     peak = tc.peak_flops
     if peak is None:
         peak = peak_flops(torch.device("cuda") if placement.accelerator == "gpu" else torch.device("cpu"), placement.precision)

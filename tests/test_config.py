@@ -39,8 +39,11 @@ def test_groups_are_known():
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_option_composes(group, option):
+    from llm.config import check_config
+
     cfg = compose([f"{group}={option}", *REQUIRED.get((group, option), [])])
     assert cfg[group] is not None if group != "debug" else True
+    check_config(cfg)  # the cross-field checks pass on every shipped option
 
 
 @pytest.mark.parametrize("preset", GROUPS["model"])
@@ -96,6 +99,22 @@ def test_closed_choice_rejected_at_compose(override, allowed):
         compose([override])
     msg = str(e.value.__cause__ or e.value)
     assert key in msg and repr(value) in msg and allowed in msg
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["strategy=deepspeed_zero2", "strategy.offload_params=true"], "strategy.offload_params needs ZeRO-3"),
+    (["data.seq_len=512", "model.max_seq_len=256"], "data.seq_len=512 exceeds model.max_seq_len=256"),
+    (["stage=ppo", "stage.ppo.top_p=0"], "stage.ppo.top_p=0.0: must be in (0, 1]"),
+    (["data.val_fraction=1.5"], "data.val_fraction=1.5"),
+    (["trainer.max_skipped_steps=-1"], "trainer.max_skipped_steps=-1"),
+])
+def test_cross_field_checks_name_the_fields(overrides, message):
+    """``__post_init__`` checks, run on the composed config before any work (``check_config``)."""
+    from llm.config import check_config
+
+    with pytest.raises(ValueError) as e:
+        check_config(compose(overrides))
+    assert message in str(e.value)
 
 
 def test_choices_read_as_strings(tmp_path):
