@@ -449,7 +449,7 @@ def bench_fixed_cost(steps: int, log_every: int, repeats: int, workdir: Path, sa
 # ================================================================================ loader
 def bench_loader(cfg, num_workers: int, seconds: float) -> dict[str, Any]:
     """Iterate the framework's train DataLoader alone for ``seconds`` (new epochs as needed)."""
-    from llm.data.shards import TokenDataModule
+    from llm.data.shards.datamodule import TokenDataModule
     from llm.data.builders import resolve_data
 
     _, shards = resolve_data(cfg.data)

@@ -1,4 +1,4 @@
-"""Self-instruct data generator (llm/data/self_instruct.py).
+"""Self-instruct data generator (llm/data/self_instruct/).
 
 Pure tests (ROUGE-L, list parsing, filters, seeds), an end-to-end run against a scripted
 OpenAI-compatible server in a thread, the HTTP teacher's retries and errors, a local teacher on
@@ -40,6 +40,7 @@ from llm.data.self_instruct import (
     rouge_l,
     tokenize,
 )
+from llm.data.self_instruct.prompts import _parse_items
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -159,9 +160,9 @@ def test_parse_numbered_list_bullets_only_without_numbers():
 
 
 def test_parse_items_reports_an_unclosed_last_item():
-    assert si._parse_items("1. A task here.\n2. Another task")[1] is False
-    assert si._parse_items("1. A task here.\n2. Another task.\n\nHope this helps")[1] is True
-    assert si._parse_items("1. A task here.\n3")[0] == ["A task here.", ""]  # a bare number starts an item
+    assert _parse_items("1. A task here.\n2. Another task")[1] is False
+    assert _parse_items("1. A task here.\n2. Another task.\n\nHope this helps")[1] is True
+    assert _parse_items("1. A task here.\n3")[0] == ["A task here.", ""]  # a bare number starts an item
 
 
 @pytest.mark.parametrize(
@@ -670,7 +671,7 @@ def test_protocol_stub_and_ctrl_c_keeps_what_was_made(tmp_path, monkeypatch):
     check_report_consistency(result.report)
 
     # the CLI writes what was kept, says so, and exits 130
-    monkeypatch.setattr(si, "make_teacher", lambda *a, **k: ScriptedTeacher(interrupt_at_call=4))
+    monkeypatch.setattr("llm.data.self_instruct.cli.make_teacher", lambda *a, **k: ScriptedTeacher(interrupt_at_call=4))
     seeds = tmp_path / "s.txt"
     seeds.write_text("Give three tips for staying healthy.\n")
     out = tmp_path / "o.jsonl"
@@ -688,7 +689,7 @@ def test_write_outputs_is_atomic_and_keeps_the_old_file_on_error(tmp_path, monke
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(si.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         si.write_outputs(result, out)
     assert out.read_text() == "old\n"

@@ -29,11 +29,11 @@ from llm.data.prepare import prepare_data  # noqa: E402
 from llm.data.shards import (  # noqa: E402
     PackedTokenStream,
     ShardError,
-    TokenDataModule,
     load_manifest,
     validate_shards,
     write_shards,
 )
+from llm.data.shards.datamodule import TokenDataModule  # noqa: E402
 from llm.data.text import BUILTIN_PYTHON_DOCS, builtin_python_docs  # noqa: E402
 from llm.data.tokenizer import load_tokenizer  # noqa: E402
 

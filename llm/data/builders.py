@@ -251,7 +251,7 @@ def _log_sft_report(rep: dict, path: Path) -> None:
 # ------------------------------------------------------------------ one builder per kind of data
 def pretrain_data(cfg: Config) -> StageData:
     """Text -> tokenizer and token shards (prepared once, cached), or ``data.shards`` as given."""
-    from llm.data.shards import TokenDataModule
+    from llm.data.shards.datamodule import TokenDataModule
 
     tokenizer, shards = resolve_data(cfg.data)
     d = cfg.data
