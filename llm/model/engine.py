@@ -38,13 +38,20 @@ class Sampling:
     """Nucleus sampling (``None``: no top-p filter)."""
 
 
-def stop_ids(tokenizer: Any, chat: bool) -> Any:
-    """The token ids that end a generation: end-of-turn and eos for a chat model, eos otherwise."""
-    if chat:
-        from llm.data.chat import stop_token_ids
+def stop_ids(tokenizer: Any, chat: bool, model: Any = None) -> Any:
+    """The token ids that end a generation. A chat model: its template's end-of-turn token, the
+    tokenizer's eos and the ids the model's own ``generation_config`` stops at (Llama 3 lists
+    two); a plain language model: eos."""
+    if not chat:
+        return tokenizer.eos_token_id
+    from llm.data.chat import stop_token_ids
 
-        return stop_token_ids(tokenizer)
-    return tokenizer.eos_token_id
+    ids = stop_token_ids(tokenizer)
+    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for i in declared if isinstance(declared, (list, tuple)) else [declared]:
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
 
 
 def pad_id(tokenizer: Any) -> Optional[int]:
@@ -66,7 +73,7 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any, chat: bool = False, stop_at_eos: bool = True) -> None:
         self.model, self.tokenizer, self.chat = model, tokenizer, chat
-        self.eos = stop_ids(tokenizer, chat) if stop_at_eos else None
+        self.eos = stop_ids(tokenizer, chat, model) if stop_at_eos else None
         self.pad = pad_id(tokenizer)
 
     @property

@@ -188,15 +188,14 @@ def _retry_after(e: urllib.error.HTTPError) -> float | None:
 
 
 # token strings that end an assistant turn in common chat templates
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "</s>")
 
 
 class LocalTeacher:
     """A local chat model: batched ``generate`` with left padding, KV cache and sampling.
 
     ``path`` is a Hugging Face model directory or a ``.gguf`` file. The tokenizer must carry a
-    chat template. Generation stops at the tokenizer's eos and the end-of-turn tokens of
-    common templates (``<|im_end|>``, ``<|eot_id|>``, ...) that the vocabulary has.
+    chat template. Generation runs through the one engine (``llm.model.engine``), which decides
+    where it stops: the template's end-of-turn token, eos, and the model's declared stop ids.
     """
 
     def __init__(
@@ -234,17 +233,12 @@ class LocalTeacher:
         self.tokenizer = tok
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(self.device).eval()
-        vocab = tok.get_vocab()
-        eos: set[int] = set()
-        if tok.eos_token_id is not None:
-            eos.add(int(tok.eos_token_id))
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        if gen_eos is not None:
-            eos.update(int(i) for i in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]))
-        eos.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
-        if not eos:
+        from llm.model.engine import Engine
+
+        self.engine = Engine(self.model, tok, chat=True)
+        self.eos_ids = list(self.engine.eos)
+        if not self.eos_ids:
             raise TeacherError(f"{path}: no eos or end-of-turn token to stop generation at")
-        self.eos_ids = sorted(eos)
         self.temperature = temperature
         self.top_p = top_p
         self.max_new_tokens = max_new_tokens
@@ -263,22 +257,13 @@ class LocalTeacher:
     def _complete_batch(self, conversations: Sequence[Sequence[Message]]) -> list[Completion]:
         import torch
 
+        from llm.model.engine import Sampling
+
         tok = self.tokenizer
         texts = [tok.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "use_cache": True,
-            "eos_token_id": self.eos_ids,
-            "pad_token_id": tok.pad_token_id,
-        }
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=None)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.no_grad():
-            out = self.model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1] :]
+        sampling = Sampling(self.max_new_tokens, do_sample=self.temperature > 0, temperature=self.temperature, top_p=self.top_p)
+        new = self.engine.generate(enc["input_ids"], enc["attention_mask"], sampling)
         eos = torch.tensor(self.eos_ids, device=new.device)
         results = []
         for row in new:
