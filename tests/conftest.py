@@ -103,3 +103,44 @@ def cluster():
     yield
     if not was_up:
         subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "down"], capture_output=True, timeout=300)
+
+
+# ------------------------------------------------------------------------------------- tiers
+#: unit: no training, no subprocess (the inner loop, under a minute);
+#: integration: in-process runs of the tiny model, CLIs as subprocesses;
+#: system: torchrun, DeepSpeed, Slurm, the real SmolLM2 checkpoint, the browser, Docker (``slow``).
+TIERS = ("unit", "integration", "system")
+#: fixtures that train or start something: a test using one is not a unit test
+INTEGRATION_FIXTURES = {"demo_data", "tiny_base", "sft_run"}
+SYSTEM_FIXTURES = {"cluster"}
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The closest ``tier("...")`` declaration (function, then class, then module); ``slow``
+    counts as system. Undeclared: system with a system fixture, integration with a training
+    fixture, else unit. The result is added as the marker ``unit``, ``integration`` or ``system``."""
+    for mark in item.iter_markers():
+        if mark.name == "tier":
+            if not mark.args or mark.args[0] not in TIERS:
+                raise pytest.UsageError(f"{item.nodeid}: tier({', '.join(map(repr, mark.args))}): choose one of {', '.join(TIERS)}")
+            return mark.args[0]
+        if mark.name == "slow":
+            return "system"
+    names = set(getattr(item, "fixturenames", ()))
+    if names & SYSTEM_FIXTURES:
+        return "system"
+    return "integration" if names & INTEGRATION_FIXTURES else "unit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    bad = []
+    for item in items:
+        tier = tier_of(item)
+        item.add_marker(getattr(pytest.mark, tier))
+        if tier == "system":
+            item.add_marker(pytest.mark.slow)  # `-m "not slow"` keeps meaning: no system tests
+        uses = set(getattr(item, "fixturenames", ())) & (INTEGRATION_FIXTURES | SYSTEM_FIXTURES)
+        if tier == "unit" and uses:
+            bad.append(f"{item.nodeid}: marked unit but uses {', '.join(sorted(uses))}")
+    if bad:
+        raise pytest.UsageError("tests in the wrong tier:\n  " + "\n  ".join(bad))

@@ -43,6 +43,7 @@ def _xiulian() -> list[str]:
     return [found] if found else [sys.executable, "-m", "llm"]
 
 
+@pytest.mark.tier("integration")
 def test_console_script_is_installed():
     exe = Path(sys.executable).parent / "xiulian"
     assert exe.is_file(), f"{exe}: no console script; pyproject.toml declares xiulian = llm.cli:main (rerun launch/setup.sh)"
@@ -52,6 +53,7 @@ def test_console_script_is_installed():
         assert f"  {name} " in out.stdout
 
 
+@pytest.mark.tier("integration")
 def test_subcommands_pass_their_arguments(tmp_path):
     out = subprocess.run([*_xiulian(), "generate", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--max-new-tokens" in out.stdout

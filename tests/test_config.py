@@ -167,6 +167,7 @@ def test_group_files_state_only_what_differs(group):
     assert not restated, "\n".join(restated)
 
 
+@pytest.mark.tier("integration")
 def test_cli_typo_fails_at_start():
     r = subprocess.run([sys.executable, "-m", "llm.train", "model.n_layers=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0

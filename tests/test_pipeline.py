@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path("/usr/share/doc/python3.11/html")
-pytestmark = pytest.mark.skipif(not (DOCS / "_sources").is_dir(),
-                                reason="python3.11-doc is not installed (bash launch/fixtures.sh as root)")
+pytestmark = [pytest.mark.tier("integration"),  # the pipeline on real pages, in process
+              pytest.mark.skipif(not (DOCS / "_sources").is_dir(), reason="python3.11-doc is not installed (bash launch/fixtures.sh as root)")]
 
 
 def _jsonl(folder: Path):

@@ -107,6 +107,7 @@ def _check_fields(rec, model):
     assert datetime.fromisoformat(rec["time"].replace("Z", "+00:00")).tzinfo == timezone.utc
 
 
+@pytest.mark.tier("system")
 def test_rank_page_with_candidates(tmp_path, browser):
     from selenium.common.exceptions import NoAlertPresentException
 
@@ -149,6 +150,7 @@ def tiny_model(sft_run):
     return sft_run[1]["export"]
 
 
+@pytest.mark.tier("system")
 def test_rank_page_with_model_samples(tmp_path, browser, tiny_model):
     prompts, out = tmp_path / "prompts.jsonl", tmp_path / "prefs.jsonl"
     recs = [{"messages": [{"role": "user", "content": "What does the function `os.path.join` do?"}, {"role": "assistant", "content": "Joins paths."}]},

@@ -15,6 +15,8 @@ from conftest import compose
 
 from llm.train import train
 
+pytestmark = pytest.mark.tier("integration")
+
 FAST = ["trainer.progress_bar=false", "trainer.log_every_n_steps=1", "trainer.ckpt_every_n_steps=0"]
 
 

@@ -59,6 +59,7 @@ def test_grid_numbering_matches_multirun_order():
     assert [x[1].split("=")[1] + "/" + x[3].split("=")[1] for x in g] == ["32/10", "32/20", "64/10", "64/20"]
 
 
+@pytest.mark.tier("integration")
 def test_tiny_sweep_on_cpu_fits_and_plots(tmp_path, demo_data):
     """Hydra multirun over 3 widths x 3 budgets, then the fit, the plot and the suggestion."""
     out = tmp_path / "sweep"
@@ -85,6 +86,7 @@ def test_tiny_sweep_on_cpu_fits_and_plots(tmp_path, demo_data):
     assert json.loads((out / "scaling.json").read_text())["law"] == res["law"]
 
 
+@pytest.mark.tier("integration")
 def test_array_task_runs_one_grid_point(tmp_path):
     cmd = main(["sweep", "--widths", "16,32", "--steps", "10,20", "--layers", "1", "--out", str(tmp_path), "--task", "3", "--print"])
     assert "model.n_embd=32" in cmd and "trainer.max_steps=20" in cmd and f"run_dir={tmp_path / 'L1_d32_s20'}" in cmd

@@ -594,6 +594,7 @@ def test_end_to_end_against_a_scripted_server(tmp_path, monkeypatch, capsys):
     assert trace[7]["truncated"] is True
 
 
+@pytest.mark.tier("integration")
 def test_same_seed_same_requests(tmp_path):
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("\n".join(f"Task number {w} about a topic." for w in "abcdefghijkl"))
@@ -820,12 +821,14 @@ def tiny_chat_model(path: Path, chat_template: str | None) -> Path:
     return path
 
 
+@pytest.mark.tier("integration")
 def test_local_teacher_needs_a_chat_template(tmp_path):
     path = tiny_chat_model(tmp_path / "m", chat_template=None)
     with pytest.raises(TeacherError, match="no chat_template; the teacher must be a chat"):
         si.LocalTeacher(path)
 
 
+@pytest.mark.tier("integration")
 def test_local_teacher_batches_with_left_padding(tmp_path):
     path = tiny_chat_model(tmp_path / "m", CHAT_TEMPLATE)
     convs = [
@@ -845,6 +848,7 @@ def test_local_teacher_batches_with_left_padding(tmp_path):
     assert sampled[0] == sampled[1]  # seeded
 
 
+@pytest.mark.tier("integration")
 def test_local_teacher_cuts_at_end_of_turn_and_flags_truncation(tmp_path, monkeypatch):
     import torch
 

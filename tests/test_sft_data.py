@@ -68,6 +68,7 @@ def test_default_template_assistant_tokens_exactly(tok):
     assert ex.n_assistant == sum(expected)
 
 
+@pytest.mark.tier("system")
 def test_chatml_template_of_a_real_checkpoint():
     from fixtures import smollm2_dir
     from transformers import AutoTokenizer

@@ -90,6 +90,7 @@ def test_auto_buckets_scale_with_width():
     assert conf["zero_optimization"] == {"reduce_bucket_size": 4096, "stage3_prefetch_bucket_size": 3686, "stage3_param_persistence_threshold": 7}
 
 
+@pytest.mark.tier("integration")
 def test_parallelize_switches_and_layers():
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -137,6 +138,7 @@ def test_state_bytes_single_process():
     assert b["total"] == b["params"] + b["grads"] + b["optimizer"] + b["other"] == b["cpu_total"]
 
 
+@pytest.mark.tier("integration")
 def test_refusals_name_the_reason(tmp_path):
     from llm.train import train
 
