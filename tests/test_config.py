@@ -190,3 +190,96 @@ def test_pipeline_configs_compose_and_build(name, executor, tmp_path):
     assert cfg["executor"]["kind"] == executor
     stages = build_stages(cfg)
     assert list(stages) == list(STAGES)
+
+
+# ---- the pipeline config (conf/pipeline/, llm/pipeline/config.py)
+
+PIPELINE_MISTAKES = {  # overrides -> what the message must name
+    "typo": (["dedup.boilerplat.min_chars=3"], ["dedup.boilerplat"]),
+    "typo_added": (["+dedup.boilerplat.min_chars=3"], ["dedup.boilerplat"]),
+    "typo_in_a_source": (["+mixture.sources.kjv.wieght=2"], ["mixture.sources.kjv", "wieght"]),
+    "slurm_key_under_local": (["executor.partition=x"], ["executor.partition"]),
+    "wrong_type": (["extract.timeout=fast"], ["extract.timeout"]),
+    "wrong_type_slurm": (["executor=slurm", "executor.mem_per_cpu_gb=many"], ["executor.mem_per_cpu_gb"]),
+    "bad_choice": (["extract.engine=lxml"], ["extract.engine", "resiliparse", "trafilatura"]),
+    "bad_choice_rule": (["quality.keep.rule=top"], ["quality.keep.rule", "pareto"]),
+    "bad_choice_input": (["inputs.0.kind=pdf"], ["inputs[0].kind", "warc"]),
+    "cross_fraction": (["dedup.boilerplate.min_fraction=1.5"], ["dedup.boilerplate.min_fraction"]),
+    "cross_weight": (["mixture.sources.kjv.weight=-1"], ["mixture.sources.kjv.weight"]),
+    "cross_reader_option": (["inputs.0.separator=x"], ["inputs[0].separator", "txt"]),
+    "cross_heuristics": (["+heuristics.sources.fortunes.min_wrds=3"], ["heuristics.sources.fortunes", "min_wrds"]),
+    "cross_executor": (["executor=slurm", "executor.tasks=0"], ["executor.tasks"]),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(PIPELINE_MISTAKES))
+def test_pipeline_config_mistake_names_the_key(mistake):
+    from llm.data.__main__ import load_config
+    from llm.pipeline.config import PipelineConfigError
+
+    overrides, named = PIPELINE_MISTAKES[mistake]
+    with pytest.raises(PipelineConfigError) as e:
+        load_config("python_docs", overrides)
+    for word in named:
+        assert word in str(e.value), (word, str(e.value))
+
+
+@pytest.mark.parametrize("body,named", [
+    ("dedup:\n  boilerplat: {min_chars: 3}\n", ["boilerplat", "dedup"]),
+    ("extract: {timeout: fast}\n", ["extract.timeout"]),
+    ("quality:\n  keep: {rule: top}\n", ["quality.keep.rule", "threshold, pareto"]),
+    ("mixture: {val_fraction: 1.0}\n", ["mixture.val_fraction"]),
+    ("inputs: [{name: a, kind: txt, path: /tmp}, {name: a, kind: html, path: /tmp}]\n", ["inputs", "'a'"]),
+    ("extract: {timeout: 1\n", ["mine.yaml", "line 2"]),  # not YAML
+])
+def test_pipeline_config_file_mistake_names_the_key(body, named, tmp_path):
+    """The same checks for a config file of one's own (next to nothing but ``base``)."""
+    from llm.data.__main__ import load_config
+    from llm.pipeline.config import PipelineConfigError
+
+    f = tmp_path / "mine.yaml"
+    f.write_text("defaults: [base, _self_]\n" + body + ("" if "quality" in body else "quality: {enabled: false}\n"))
+    with pytest.raises(PipelineConfigError) as e:
+        load_config(str(f), [])
+    for word in named:
+        assert word in str(e.value), (word, str(e.value))
+
+
+def test_pipeline_cli_mistake_exits_naming_the_key():
+    r = subprocess.run([sys.executable, "-m", "llm.data", "python_docs", "dedup.boilerplat.min_chars=3"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "dedup.boilerplat" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "pipeline").glob("*.yaml") if p.stem != "base"))
+@pytest.mark.parametrize("executor", ["local", "slurm"])
+def test_pipeline_configs_are_schema_defaults_plus_their_own_keys(name, executor):
+    """A shipped config loads to the dataclasses' defaults with its own file's keys merged over them:
+    base.yaml and the executor files add nothing (defaults live in llm/pipeline/config.py alone)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from llm.data.__main__ import load_config
+    from llm.pipeline import config as P
+
+    def body(path):
+        return {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"}
+
+    schema = {"local": P.LocalExecutorConfig, "slurm": P.SlurmExecutorConfig}[executor]
+    expected = OmegaConf.merge(OmegaConf.structured(P.PipelineConfig), {"executor": OmegaConf.structured(schema)},
+                               {"executor": body(CONF / "pipeline" / "executor" / f"{executor}.yaml")},
+                               body(CONF / "pipeline" / f"{name}.yaml"))
+    assert body(CONF / "pipeline" / "base.yaml") == {}
+    assert load_config(name, [f"executor={executor}"]) == P.to_plain(expected)
+
+
+def test_pipeline_config_reader_options_unset_are_left_out():
+    """Each reader receives only the options its spec states (an html reader takes no separator)."""
+    from llm.data.__main__ import load_config
+
+    cfg = load_config("python_docs", [])
+    assert cfg["inputs"][0] == {"name": "pydocs", "kind": "html", "path": cfg["docs"], "glob": "**/*.html"}
+    assert cfg["quality"]["train"]["positive"][0]["rst"] is True
+    assert isinstance(cfg["extract"]["engine"], str) and type(cfg["extract"]["engine"]) is str
