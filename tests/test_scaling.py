@@ -23,12 +23,14 @@ def synthetic(law: Law, noise: float = 0.0, seed: int = 0):
     return N, D, L
 
 
+@pytest.mark.tier("integration")  # the real fit: L-BFGS from 4,500 starts, ~30 s
 def test_fit_recovers_chinchilla_exponents():
     fit = fit_law(*synthetic(CHINCHILLA))
     assert fit.alpha == pytest.approx(0.34, abs=0.01) and fit.beta == pytest.approx(0.28, abs=0.01)
     assert fit.E == pytest.approx(1.69, abs=0.02)
 
 
+@pytest.mark.tier("integration")  # the real fit: L-BFGS from 4,500 starts, ~30 s
 def test_fit_with_noise_and_other_exponents():
     """0.3% multiplicative noise on every loss (about what seeds give a real sweep)."""
     truth = Law(E=1.8, A=1000.0, B=2000.0, alpha=0.4, beta=0.3)
