@@ -245,6 +245,7 @@ def test_pipeline_config_file_mistake_names_the_key(body, named, tmp_path):
         assert word in str(e.value), (word, str(e.value))
 
 
+@pytest.mark.tier("integration")
 def test_pipeline_cli_mistake_exits_naming_the_key():
     r = subprocess.run([sys.executable, "-m", "llm.data", "python_docs", "dedup.boilerplat.min_chars=3"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
