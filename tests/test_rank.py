@@ -28,7 +28,8 @@ def serving(server):
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:
-        yield "http://%s:%d/" % server.server_address[:2]
+        host, port = server.server_address[:2]
+        yield f"http://{host}:{port}/"
     finally:
         server.shutdown()
         server.server_close()

@@ -154,19 +154,14 @@ def build_sft_data(cfg: Config, tokenizer: Any) -> Any:
     train = mix(loaded, cfg.data.seed)
     if total.skipped:
         log.warning("SFT data: skipped %d bad record(s): %s", sum(total.skipped.values()), dict(total.skipped))
-    return SFTDataModule(
-        train,
-        val,
-        tokenizer,
-        seq_len=cfg.data.seq_len,
-        micro_batch_size=cfg.data.micro_batch_size,
-        grad_accum=cfg.stage.grad_accum,
-        packing=cfg.data.packing,
-        seed=cfg.data.seed,
-        on_truncated=cfg.data.on_truncated,
-        val_batches=cfg.data.val_batches,
-        read_report=per_source,
-    )
+    return SFTDataModule(train, val, tokenizer, packing=cfg.data.packing, read_report=per_source, **_batching(cfg))
+
+
+def _batching(cfg: Config) -> dict[str, Any]:
+    """The settings every conversation-pair data module shares."""
+    d = cfg.data
+    return dict(seq_len=d.seq_len, micro_batch_size=d.micro_batch_size, grad_accum=cfg.stage.grad_accum, seed=d.seed,
+                on_truncated=d.on_truncated, val_batches=d.val_batches)
 
 
 def _read_sources(specs: list, read: Any, per_source: dict, tag: str) -> list:
@@ -193,19 +188,7 @@ def build_preference_data(cfg: Config, tokenizer: Any) -> Any:
     val = _read_sources(val_specs, lambda sp: read_preferences(sp.path, cfg.data.on_bad_row, cfg.data.seed), per_source, "val:")
     if not val_specs:
         train, val = split_pairs(train, cfg.data.val_fraction, cfg.data.seed)
-    return PreferenceDataModule(
-        train,
-        val,
-        tokenizer,
-        seq_len=cfg.data.seq_len,
-        micro_batch_size=cfg.data.micro_batch_size,
-        grad_accum=cfg.stage.grad_accum,
-        seed=cfg.data.seed,
-        on_truncated=cfg.data.on_truncated,
-        val_batches=cfg.data.val_batches,
-        padding_side=cfg.data.padding_side,
-        read_report=per_source,
-    )
+    return PreferenceDataModule(train, val, tokenizer, padding_side=cfg.data.padding_side, read_report=per_source, **_batching(cfg))
 
 
 def build_prompt_data(cfg: Config, tokenizer: Any) -> Any:

@@ -71,7 +71,7 @@ def _entries(entries: dict[str, Any], schema: type, key: str) -> dict[str, Any]:
         try:
             out[name] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), value or {}))
         except OmegaConfBaseException as e:
-            msg = re.sub(r"full_key: (\S+)", lambda m: f"full_key: {key}.{name}.{m.group(1)}", describe(e))
+            msg = re.sub(r"full_key: (\S+)", lambda m, name=name: f"full_key: {key}.{name}.{m.group(1)}", describe(e))
             raise PipelineConfigError(f"{key}.{name}: {msg}") from None
     return out
 
