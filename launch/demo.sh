@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
+source launch/hydra-quote.sh  # paths go to Hydra quoted: a comma, quote or '=' in them is no syntax
 run=${XIULIAN_RUN_ID:-demo-$(date +%Y-%m-%d_%H-%M-%S)}
 stages=${STAGES:-pretrain sft rm ppo}
 log=$(mktemp)
@@ -28,7 +29,7 @@ want sft || exit 0
 
 echo "== stage 2: instruction fine-tuning from $base =="
 # shellcheck disable=SC2086
-XIULIAN_RUN_ID=$run python3 -m llm.train stage=sft model=hf "model.pretrained=$base" data=sft_demo \
+XIULIAN_RUN_ID=$run python3 -m llm.train stage=sft model=hf "model.pretrained=$(hydra_quote "$base")" data=sft_demo \
   trainer.max_steps=150 trainer.val_every_n_steps=50 stage.optim.lr=2e-3 ${SFT_ARGS:-} | tee "$log"
 sft=$(export_of)
 [ -n "$sft" ] || { echo "stage 2 printed no export path" >&2; exit 1; }
@@ -36,7 +37,7 @@ want rm || exit 0
 
 echo "== stage 3a: reward model from $sft =="
 # shellcheck disable=SC2086
-XIULIAN_RUN_ID=$run python3 -m llm.train stage=rm model=hf "model.pretrained=$sft" data=pref_demo \
+XIULIAN_RUN_ID=$run python3 -m llm.train stage=rm model=hf "model.pretrained=$(hydra_quote "$sft")" data=pref_demo \
   data.seq_len=128 trainer.max_steps=80 trainer.val_every_n_steps=40 stage.optim.lr=1e-3 ${RM_ARGS:-} | tee "$log"
 rm_export=$(export_of)
 [ -n "$rm_export" ] || { echo "stage 3a printed no export path" >&2; exit 1; }
@@ -44,5 +45,5 @@ want ppo || exit 0
 
 echo "== stage 3b: PPO from $sft, reward model $rm_export =="
 # shellcheck disable=SC2086
-XIULIAN_RUN_ID=$run python3 -m llm.train stage=ppo model=hf "model.pretrained=$sft" data=prompts_demo \
-  "stage.reward.model=$rm_export" trainer.max_steps=60 trainer.val_every_n_steps=30 ${PPO_ARGS:-} | tee "$log"
+XIULIAN_RUN_ID=$run python3 -m llm.train stage=ppo model=hf "model.pretrained=$(hydra_quote "$sft")" data=prompts_demo \
+  "stage.reward.model=$(hydra_quote "$rm_export")" trainer.max_steps=60 trainer.val_every_n_steps=30 ${PPO_ARGS:-} | tee "$log"

@@ -10,6 +10,7 @@
 # A requeued job (preemption, time limit) keeps its id, so the chain waits for it and goes on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source launch/hydra-quote.sh  # export paths go to Hydra quoted (commas, quotes, '=' in the checkout path)
 stages=${STAGES:-pretrain sft rm ppo}
 want() { [[ " $stages " == *" $1 "* ]]; }
 export_of() { echo "$PWD/outputs/$1/slurm-$2/export"; }
@@ -29,14 +30,14 @@ else
 fi
 want sft || exit 0
 # shellcheck disable=SC2086
-sft=$(submit "$dep" slurm/sft.sh model=hf "model.pretrained=$base" data=sft_demo ${SFT_ARGS:-})
+sft=$(submit "$dep" slurm/sft.sh model=hf "model.pretrained=$(hydra_quote "$base")" data=sft_demo ${SFT_ARGS:-})
 echo "sft $sft $(export_of sft "$sft")"
 want rm || exit 0
 # shellcheck disable=SC2086
-rmj=$(submit "$sft" slurm/rm.sh model=hf "model.pretrained=$(export_of sft "$sft")" data=pref_demo data.seq_len=128 ${RM_ARGS:-})
+rmj=$(submit "$sft" slurm/rm.sh model=hf "model.pretrained=$(hydra_quote "$(export_of sft "$sft")")" data=pref_demo data.seq_len=128 ${RM_ARGS:-})
 echo "rm $rmj $(export_of rm "$rmj")"
 want ppo || exit 0
 # shellcheck disable=SC2086
-ppo=$(submit "$rmj" slurm/ppo.sh model=hf "model.pretrained=$(export_of sft "$sft")" "stage.reward.model=$(export_of rm "$rmj")" \
+ppo=$(submit "$rmj" slurm/ppo.sh model=hf "model.pretrained=$(hydra_quote "$(export_of sft "$sft")")" "stage.reward.model=$(hydra_quote "$(export_of rm "$rmj")")" \
   data=prompts_demo ${PPO_ARGS:-})
 echo "ppo $ppo $(export_of ppo "$ppo")"

@@ -71,3 +71,17 @@ def test_xiulian_train_runs_a_stage(tmp_path, demo_data):
     export = out.stdout.strip().splitlines()[-1]
     assert export == f"export: {tmp_path / 'run' / 'export'}"
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+
+
+@pytest.mark.tier("integration")
+@pytest.mark.parametrize("path", ["/plain/export", "/tmp/check out, it's=(odd)/export", "/x\\y'z", "/ends/with\\"])
+def test_hydra_quote_round_trips_paths(path):
+    """launch/hydra-quote.sh quotes a path so that Hydra's override parser gives it back unchanged."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    quoted = subprocess.run(["bash", "-c", 'source launch/hydra-quote.sh && hydra_quote "$1"', "_", path],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert OverridesParser.create().parse_override(f"model.pretrained={quoted}").value() == path
+    if "," in path or "'" in path:  # unquoted, such a path is a syntax error or a list
+        with pytest.raises(Exception):
+            assert OverridesParser.create().parse_override(f"model.pretrained={path}").value() == path
