@@ -46,7 +46,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Optional
 
-from llm.data.chat import BUILTIN_PYTHON_QA, ChatDataError, builtin_python_qa, validate_messages
+from llm.data.chat import BUILTIN_PYTHON_QA, ChatDataError, builtin_python_qa, jsonl_records, validate_messages
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,10 @@ def _jsonl(path: str | Path) -> list[tuple[str, Any]]:
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
     out = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append((f"{p}:{lineno}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ChatDataError(f"{p}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    for where, rec in jsonl_records(p):
+        if isinstance(rec, ChatDataError):
+            raise rec
+        out.append((where, rec))
     if not out:
         raise ChatDataError(f"{p}: no records")
     return out
@@ -209,13 +206,13 @@ class Ranker:
         self.done: set[str] = set()
         self.saved = 0
         if self.out.exists():
-            for lineno, line in enumerate(self.out.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
+            for where, rec in jsonl_records(self.out):
+                if isinstance(rec, ChatDataError):
+                    raise ChatDataError(f"{rec} (a ranking file: fix or remove the line)")
                 try:
-                    self.done.add(_key(json.loads(line)["prompt"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ChatDataError(f"{self.out}:{lineno}: not a ranking line (fix or remove it)") from None
+                    self.done.add(_key(rec["prompt"]))
+                except (KeyError, TypeError):
+                    raise ChatDataError(f"{where}: not a ranking line (fix or remove it)") from None
                 self.saved += 1
         self.queue = deque(p for p in source.prompts if _key(p.record) not in self.done)
         self.shown: Optional[dict] = None

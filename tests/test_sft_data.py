@@ -247,3 +247,40 @@ def test_builtin_python_qa_is_real_and_stable():
     assert qa == chat.builtin_python_qa()
     assert any(r["instruction"] == "What is the Python module `csv` for?" for r in qa)
     assert all(40 <= len(r["output"]) <= 400 for r in qa)
+
+
+def _latin1_file(tmp_path, rows: list, bad_at: int):
+    """JSON lines with one line encoded as Latin-1 ('café' -> byte e9): not UTF-8."""
+    p = tmp_path / "mixed.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in rows]
+    lines.insert(bad_at - 1, json.dumps({"messages": [{"role": "user", "content": "café?"}, {"role": "assistant", "content": "oui"}]},
+                                        ensure_ascii=False).encode("latin-1"))
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    return p
+
+
+def test_non_utf8_line_is_named_and_skippable_in_every_reader(tmp_path):
+    from llm.data.preference import read_preferences, read_prompts
+    from llm.rank import read_prompts as rank_prompts
+
+    pair = {"prompt": "q", "chosen": "good", "rejected": "bad"}
+    readers = [
+        ("sft", lambda p, on: read_conversations(str(p), on_error=on), [GOOD, GOOD, GOOD]),
+        ("preference", lambda p, on: read_preferences(str(p), on_error=on), [pair, pair, pair]),
+        ("prompts", lambda p, on: read_prompts(str(p), on_error=on), [GOOD, GOOD, GOOD]),
+    ]
+    for name, read, rows in readers:
+        (tmp_path / name).mkdir()
+        p = _latin1_file(tmp_path / name, rows, bad_at=2)
+        with pytest.raises(ChatDataError) as e:
+            read(p, "error")
+        assert f"{p}:2: not UTF-8 text (byte e9" in str(e.value), (name, str(e.value))
+        items, rep = read(p, "skip")
+        assert rep.read == 4 and rep.kept == 3 and sum(rep.skipped.values()) == 1, (name, rep)
+    p = _latin1_file(tmp_path, [{"prompt": "a"}, {"prompt": "b"}], bad_at=3)
+    with pytest.raises(ChatDataError, match=rf"{p}:3: not UTF-8 text"):
+        rank_prompts(p)
+    whole = tmp_path / "latin1.json"
+    whole.write_bytes('[\n{"instruction": "q", "output": "a"},\n{"instruction": "café", "output": "a"}\n]'.encode("latin-1"))
+    with pytest.raises(ChatDataError, match=rf"{whole}:3: not UTF-8 text"):
+        read_conversations(str(whole))

@@ -285,8 +285,12 @@ def _records(path: str) -> Iterator[tuple[str, Any]]:
     if not p.is_file():
         raise FileNotFoundError(f"{path}: no such file (SFT data is .jsonl, .json or {BUILTIN_PYTHON_QA})")
     if p.suffix == ".json":
+        raw = p.read_bytes()
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise ChatDataError(f"{p}:{line}: not UTF-8 text ({_bad_bytes(e)})") from None
         except json.JSONDecodeError as e:
             raise ChatDataError(f"{p}:{e.lineno}: invalid JSON: {e.msg}") from None
         if not isinstance(data, list):
@@ -294,15 +298,33 @@ def _records(path: str) -> Iterator[tuple[str, Any]]:
         for i, rec in enumerate(data):
             yield f"{p}[{i}]", rec
         return
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    yield from jsonl_records(p)
+
+
+def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``(file:line, record)`` for each non-blank line of a JSON-lines file. A line that is not
+    UTF-8 or not JSON gives a :class:`ChatDataError` naming the file and line in place of its
+    record, so a reader raises it or, with ``on_bad_row=skip``, counts it and goes on."""
+    p = Path(path)
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{p}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, ChatDataError(f"{where}: not UTF-8 text ({_bad_bytes(e)})")
+                continue
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                rec = ChatDataError(f"{p}:{lineno}: invalid JSON: {e.msg} (column {e.colno})")
-            yield f"{p}:{lineno}", rec
+                rec = ChatDataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})")
+            yield where, rec
+
+
+def _bad_bytes(e: UnicodeDecodeError) -> str:
+    return f"byte {e.object[e.start:e.start + 1].hex()} at offset {e.start}; save the file as UTF-8"
 
 
 # ---------------------------------------------------------------------------- builtin data
