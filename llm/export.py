@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from transformers import GenerationConfig
 
+from llm.writes import write_guard
+
 
 def export_hf(model: Any, tokenizer: Any, out_dir: str | os.PathLike, extra: Optional[dict] = None, eos_token_id: Any = None) -> Path:
     """Write ``model`` and ``tokenizer`` as a plain HF directory. ``eos_token_id`` (an id or a
@@ -24,9 +26,10 @@ def export_hf(model: Any, tokenizer: Any, out_dir: str | os.PathLike, extra: Opt
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+    with write_guard(out, "export"):
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     gen = GenerationConfig(
         bos_token_id=getattr(tokenizer, "bos_token_id", None),
         eos_token_id=eos_token_id if eos_token_id is not None else getattr(tokenizer, "eos_token_id", None),

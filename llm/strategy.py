@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from llm.config import EvalConfig, StrategyConfig, TrainerConfig
+from llm.writes import write_guard
 
 #: DeepSpeed strategy name -> ZeRO stage
 DEEPSPEED = {"deepspeed_zero1": 1, "deepspeed_zero2": 2, "deepspeed_zero3": 3, "deepspeed_zero3_offload": 3}
@@ -188,7 +189,7 @@ def atomic_checkpoint_io() -> Any:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             tmp = path + ".tmp"
             try:
-                with open(tmp, "wb") as f:
+                with write_guard(path, "checkpoint"), open(tmp, "wb") as f:
                     torch.save(checkpoint, f)
                     f.flush()
                     os.fsync(f.fileno())
@@ -256,7 +257,8 @@ class _DirectoryCheckpoints:
 
     def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
         parent = super()
-        _atomic_directory_save(self, filepath, lambda tmp: parent.save_checkpoint(checkpoint, tmp, storage_options))
+        with write_guard(filepath, "checkpoint"):
+            _atomic_directory_save(self, filepath, lambda tmp: parent.save_checkpoint(checkpoint, tmp, storage_options))
 
     def remove_checkpoint(self, filepath: Any) -> None:
         if self.is_global_zero and os.path.exists(filepath):
