@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -244,3 +246,26 @@ def test_lora_on_smollm2_lowers_heldout_faq_perplexity(tmp_path):
     before, after = res["before"]["val/loss"], res["metrics"]["val/loss"]
     print(f"SmolLM2 held-out FAQ answer perplexity: {math.exp(before):.2f} -> {math.exp(after):.2f}")
     assert after < before - 0.05, (before, after)
+
+
+def test_truncated_weights_are_named(tmp_path, tiny_base):
+    """A model directory whose model.safetensors was cut off (a copy or a write that stopped) is
+    refused naming the file, before transformers reads it (where the error names no file)."""
+    import shutil
+
+    from llm.model.build import resolve_pretrained
+
+    bad = tmp_path / "cut"
+    shutil.copytree(tiny_base, bad)
+    weights = bad / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    where = re.escape(str(weights))
+    with pytest.raises(ValueError, match=rf"{where}: truncated: [\d,]+ bytes, its header describes [\d,]+"):
+        resolve_pretrained(bad)
+    with pytest.raises(ValueError, match=rf"{where}: truncated"):  # the run refuses it at start
+        train(compose([*SFT, f"model.pretrained={bad}", "trainer.max_steps=1"], run_dir=tmp_path / "run"))
+    weights.write_bytes(b"\x00" * 4)
+    with pytest.raises(ValueError, match=rf"{where}: not a readable safetensors file"):
+        resolve_pretrained(bad)
+    assert resolve_pretrained(tiny_base) == Path(tiny_base)  # a whole export passes

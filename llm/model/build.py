@@ -93,6 +93,23 @@ def _file_key(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def check_safetensors(path: Path) -> None:
+    """Refuse, naming the file, a ``.safetensors`` file that is shorter than its header says (a
+    copy or a write cut off) or has no readable header; reads the header only."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                raise ValueError("no complete header")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e}); export or copy it again") from None
+    if size < 8 + n + end:
+        raise ValueError(f"{path}: truncated: {size:,} bytes, its header describes {8 + n + end:,}; export or copy it again")
+
+
 def resolve_pretrained(path: str | os.PathLike, cache_dir: Optional[str | os.PathLike] = None) -> Path:
     """A Hugging Face model directory for ``path``.
 
@@ -107,6 +124,8 @@ def resolve_pretrained(path: str | os.PathLike, cache_dir: Optional[str | os.Pat
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory or a .gguf file)")
+        for f in sorted(path.glob("*.safetensors")):
+            check_safetensors(f)
         return path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model directory or .gguf file")
