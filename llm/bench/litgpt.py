@@ -1,8 +1,8 @@
 """Baseline: litgpt's own pretraining loop (``litgpt.pretrain``) against Xiulian's, same model
 shape, same data, same machine, one run.
 
-    python -m llm.bench_litgpt                  # tiny preset, demo data
-    python -m llm.bench_litgpt --steps 40 --model tiny --json out.jsonl
+    python -m llm.bench.litgpt                  # tiny preset, demo data
+    python -m llm.bench.litgpt --steps 40 --model tiny --json out.jsonl
 
 litgpt (0.5.13) is installed on first use into the cache (``pip install --no-deps --target``;
 its pinned ``huggingface_hub<1.4`` would otherwise downgrade the one transformers 5 needs) and
@@ -98,7 +98,7 @@ def child(overrides: list[str], steps: int, log_every: int, out: str) -> None:
     from litgpt.data import DataModule
     from torch.utils.data import DataLoader, IterableDataset
 
-    from llm.bench import compose_config
+    from llm.bench.train import compose_config
     from llm.data.shards import PackedTokenStream
     from llm.model.build import build_model, count_params
     from llm.data.builders import resolve_data
@@ -177,7 +177,7 @@ def run_litgpt(overrides: list[str], steps: int, log_every: int, path: str) -> d
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "litgpt.json"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([path, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        cmd = [sys.executable, "-m", "llm.bench_litgpt", "--child", str(out), "--steps", str(steps), "--log-every", str(log_every),
+        cmd = [sys.executable, "-m", "llm.bench.litgpt", "--child", str(out), "--steps", str(steps), "--log-every", str(log_every),
                *[x for o in overrides for x in ("--override", o)]]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
         if p.returncode != 0 or not out.is_file():
@@ -186,7 +186,7 @@ def run_litgpt(overrides: list[str], steps: int, log_every: int, path: str) -> d
 
 
 def xiulian_child(overrides: list[str], out: str, workdir: str) -> None:
-    from llm.bench import compose_config, run_framework
+    from llm.bench.train import compose_config, run_framework
 
     res = run_framework(compose_config(overrides), Path(tempfile.mkdtemp(dir=workdir)))
     Path(out).write_text(json.dumps({k: v for k, v in res.items() if k in ("tokens_per_s", "windows", "losses")}))
@@ -195,7 +195,7 @@ def xiulian_child(overrides: list[str], out: str, workdir: str) -> None:
 def run_xiulian(overrides: list[str], compile: bool, workdir: str) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(dir=workdir)) / "xiulian.json"
     ov = [*overrides, f"trainer.compile={compile}"]
-    cmd = [sys.executable, "-m", "llm.bench_litgpt", "--xiulian-child", str(out), "--workdir", workdir, *[x for o in ov for x in ("--override", o)]]
+    cmd = [sys.executable, "-m", "llm.bench.litgpt", "--xiulian-child", str(out), "--workdir", workdir, *[x for o in ov for x in ("--override", o)]]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if p.returncode != 0 or not out.is_file():
         raise RuntimeError(f"Xiulian run failed (exit {p.returncode}):\n{p.stderr[-4000:]}")
@@ -205,7 +205,7 @@ def run_xiulian(overrides: list[str], compile: bool, workdir: str) -> dict[str, 
 
 
 def compare(model: str, steps: int, log_every: int, repeats: int, extra: list[str], say=print) -> dict[str, Any]:
-    from llm.bench import bench_overrides
+    from llm.bench.train import bench_overrides
 
     path, how = ensure_litgpt(say)
     if path is None:
@@ -257,7 +257,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any] | None:
-    ap = argparse.ArgumentParser(prog="python -m llm.bench_litgpt", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m llm.bench.litgpt", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--steps", type=int, default=40)

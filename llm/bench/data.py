@@ -1,4 +1,4 @@
-"""``python -m llm.bench_data``: the stage-1 data pipeline against datatrove's own blocks, on the
+"""``python -m llm.bench.data``: the stage-1 data pipeline against datatrove's own blocks, on the
 same input, in the same run.
 
 * **per block**: documents/s on one core (this process pinned to one CPU), our block next to
@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 DOCS = Path("/usr/share/doc/python3.11/html")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def say(*a) -> None:
@@ -250,12 +250,12 @@ def e2e_datatrove(work: Path, warc_dir: Path, kjv: Path, quality_model: Path, th
 
 
 def run_pinned(args: list[str], timeout: float = 3600) -> dict:
-    """``python -m llm.bench_data <args>`` as its own process (pinned to one core by itself); its
+    """``python -m llm.bench.data <args>`` as its own process (pinned to one core by itself); its
     last stdout line is JSON."""
-    r = subprocess.run([sys.executable, "-m", "llm.bench_data", *args], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "llm.bench.data", *args], capture_output=True, text=True,
                        timeout=timeout, cwd=ROOT)
     if r.returncode != 0:
-        raise RuntimeError(f"llm.bench_data {' '.join(args)} failed:\n{r.stderr[-4000:]}")
+        raise RuntimeError(f"llm.bench.data {' '.join(args)} failed:\n{r.stderr[-4000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -438,7 +438,7 @@ def tables(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m llm.bench_data", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m llm.bench.data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / ".cache" / "bench_data"), help="scratch directory")
     ap.add_argument("--quick", action="store_true", help="59 pages, small sizes: checks the script in about 1.5 minutes")
@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     n_kjv = sum(1 for _ in open(kjv / "kjv.jsonl"))
     say(f"input: {len(pages)} pages in {warc_dir / 'pages.warc'}, {n_kjv} KJV chapters")
 
-    res: dict = {"machine": machine(), "command": "python -m llm.bench_data " + " ".join(argv or sys.argv[1:]),
+    res: dict = {"machine": machine(), "command": "python -m llm.bench.data " + " ".join(argv or sys.argv[1:]),
                  "e2e": {}}
     say("end to end: ours (one process, one core)")
     ours = run_pinned(["--e2e", "ours", "--work", str(work / "e2e_ours"), "--arg", str(warc_dir), "--arg", str(kjv)])

