@@ -126,7 +126,7 @@ ensure_apt chromium have_browser "browser tests" "${BROWSER_PKGS[@]}"
 #   python3.11-doc  /usr/share/doc/python3.11/html (530 Sphinx pages + _sources reference text)
 #   fortunes, fortunes-zh  /usr/share/games/fortunes/* ("%"-separated records; zh: chinese, tang300, song100)
 #   bible-kjv  the `bible` program; written here as .cache/fixtures/kjv/kjv.jsonl, one chapter per line
-#   libmagic1  for datatrove's WarcReader, the baseline of python -m llm.bench_data
+#   libmagic1  for datatrove's WarcReader, the baseline of python -m llm.bench.data
 DATA_PKGS=(python3.11-doc fortunes fortunes-zh bible-kjv libmagic1)
 have_data() { [ -d /usr/share/doc/python3.11/html/_sources ] && [ -f /usr/share/games/fortunes/tang300 ] && command -v bible >/dev/null \
   && ldconfig -p | grep -q libmagic.so.1; }

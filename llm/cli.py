@@ -23,17 +23,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("llm.generate", "continue a prompt with a model directory"),
     "chat": ("llm.chat", "chat with an instruction-tuned model in the terminal"),
     "rank": ("llm.rank", "the ranking page: people order answers into preference pairs"),
-    "bench": ("llm.bench", "benchmarks against named baselines; `xiulian bench KIND --help`"),
+    "bench": ("llm.bench.train", "benchmarks against named baselines; `xiulian bench KIND --help`"),
 }
 
 #: ``xiulian bench <kind>`` -> module whose ``main`` runs that benchmark
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "train": ("llm.bench", "training loop vs a bare PyTorch loop (and litgpt, TRL with --baselines)"),
-    "sft": ("llm.bench_sft", "SFT vs TRL's SFTTrainer; full vs LoRA memory"),
-    "rl": ("llm.bench_rl", "PPO vs TRL"),
-    "data": ("llm.bench_data", "the stage-1 pipeline's blocks vs datatrove's"),
-    "strategies": ("llm.bench_strategies", "memory and throughput per rank of DDP, ZeRO 1/2/3 and FSDP"),
-    "litgpt": ("llm.bench_litgpt", "our pretraining loop vs litgpt's"),
+    "train": ("llm.bench.train", "training loop vs a bare PyTorch loop (and litgpt, TRL with --baselines)"),
+    "sft": ("llm.bench.sft", "SFT vs TRL's SFTTrainer; full vs LoRA memory"),
+    "rl": ("llm.bench.rl", "PPO vs TRL"),
+    "data": ("llm.bench.data", "the stage-1 pipeline's blocks vs datatrove's"),
+    "strategies": ("llm.bench.strategies", "memory and throughput per rank of DDP, ZeRO 1/2/3 and FSDP"),
+    "litgpt": ("llm.bench.litgpt", "our pretraining loop vs litgpt's"),
 }
 
 

@@ -355,7 +355,7 @@ class TrainerConfig:
     memory_report: bool = False
     """Count, on every rank, the bytes held in parameters, gradients, optimizer state and other
     tensors at the second optimizer step; written to ``memory_per_rank.json`` (callback
-    ``StateMemory``; ``python -m llm.bench_strategies`` compares strategies with it)."""
+    ``StateMemory``; ``python -m llm.bench.strategies`` compares strategies with it)."""
     nan_at_step: Optional[int] = None
     """Fault injection for tests: the loss of the step that starts after this many optimizer
     steps becomes NaN (once)."""

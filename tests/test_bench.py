@@ -15,7 +15,7 @@ SMALL = ["--override", "data.vocab_size=1024", "--seq-len", "64", "--micro-batch
 
 
 def test_bench_small_run(tmp_path, demo_data):
-    from llm.bench import parse_args, run
+    from llm.bench.train import parse_args, run
 
     out = tmp_path / "bench.jsonl"
     lines: list[str] = []
@@ -52,7 +52,7 @@ def test_bench_small_run(tmp_path, demo_data):
 
 def test_markdown_table(tmp_path):
     """--markdown appends one section per run to BENCHMARKS.md-style file, header written once."""
-    from llm.bench import append_markdown, parse_args
+    from llm.bench.train import append_markdown, parse_args
 
     out = {"machine": {"cpu": "X", "cores_usable": 2, "torch": "2", "torch_threads": 2, "cuda": None, "lightning": "2", "transformers": "5"},
            "throughput": {"model": "tiny", "framework_median": 1000.0, "bare_median": 990.0, "ratio": 1.0101, "pair_ratios": [1.01],
@@ -86,7 +86,7 @@ def test_bench_quick_cli(tmp_path, demo_data):
 @pytest.mark.slow
 def test_litgpt_baseline_same_shape_and_both_learn(demo_data):
     """litgpt's own pretraining loop on our data with our model's shape (skips if litgpt cannot be installed)."""
-    from llm.bench_litgpt import compare
+    from llm.bench.litgpt import compare
 
     res = compare("tiny", 12, 4, 1, ["data.vocab_size=1024", "data.seq_len=64", "data.micro_batch_size=8"], say=print)
     if "skipped" in res:

@@ -1,4 +1,4 @@
-"""``python -m llm.bench_data --quick``: the data benchmark runs end to end and reports every block
+"""``python -m llm.bench.data --quick``: the data benchmark runs end to end and reports every block
 on both sides. No timing is asserted (the figures are the script's output, not a test's), only
 that each side did the same work on the same input."""
 
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow,
 def test_bench_data_quick(tmp_path):
     out = tmp_path / "bench.json"
     md = tmp_path / "BENCH.md"
-    r = subprocess.run([sys.executable, "-m", "llm.bench_data", "--quick", "--min-seconds", "0.05",
+    r = subprocess.run([sys.executable, "-m", "llm.bench.data", "--quick", "--min-seconds", "0.05",
                         "--mem-sizes", "500,2000", "--work", str(tmp_path / "work"), "--json", str(out),
                         "--markdown", str(md)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]

@@ -1,4 +1,4 @@
-"""llm.bench_rl: rollout vs plain generate, PPO iteration phases, full vs LoRA memory, Xiulian vs
+"""llm.bench.rl: rollout vs plain generate, PPO iteration phases, full vs LoRA memory, Xiulian vs
 TRL PPO -- every figure comes out and both sides of each comparison did the same work. No
 wall-clock assertion."""
 
@@ -21,12 +21,12 @@ def _pos(x) -> bool:
 
 @pytest.mark.slow
 def test_bench_rl_quick_cli(tmp_path):
-    """``python -m llm.bench_rl --model tiny --quick``: 5 fresh processes (prepare + rollout,
+    """``python -m llm.bench.rl --model tiny --quick``: 5 fresh processes (prepare + rollout,
     Xiulian and TRL in TRL's layout, Xiulian default full and LoRA), about a minute once the
     tiny export is cached. TRL's PPO may be unavailable (it left TRL in 1.13): then the json
     says why and the rest must still be there."""
     out = tmp_path / "bench_rl.json"
-    r = subprocess.run([sys.executable, "-m", "llm.bench_rl", "--model", "tiny", "--quick", "--json", str(out)],
+    r = subprocess.run([sys.executable, "-m", "llm.bench.rl", "--model", "tiny", "--quick", "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Xiulian RLHF benchmark" in r.stdout
@@ -73,7 +73,7 @@ def test_bench_rl_quick_cli(tmp_path):
 
 def test_summary_without_trl():
     """No TRL run: the summary still has the Xiulian figures, the memory comparison and no ratio."""
-    from llm.bench_rl import summarize
+    from llm.bench.rl import summarize
 
     def run(lora: bool, peak: int) -> dict:
         phases = [{"generate_s": 0.2, "score_s": 0.01, "evaluate_s": 0.1, "train_s": 0.3, "generate_tokens_per_s": 1000.0,

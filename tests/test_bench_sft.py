@@ -1,4 +1,4 @@
-"""llm.bench_sft: Xiulian SFT vs TRL SFTTrainer and full vs LoRA -- every figure comes out, and
+"""llm.bench.sft: Xiulian SFT vs TRL SFTTrainer and full vs LoRA -- every figure comes out, and
 both sides did the same work. No wall-clock assertion."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from conftest import ROOT
 
 @pytest.mark.slow
 def test_bench_sft_quick_cli(tmp_path):
-    """``python -m llm.bench_sft --quick --model tiny``: 3 fresh processes (Xiulian, TRL, Xiulian
+    """``python -m llm.bench.sft --quick --model tiny``: 3 fresh processes (Xiulian, TRL, Xiulian
     LoRA), about a minute once the tiny export is cached."""
     out = tmp_path / "bench_sft.json"
-    r = subprocess.run([sys.executable, "-m", "llm.bench_sft", "--quick", "--model", "tiny", "--json", str(out)],
+    r = subprocess.run([sys.executable, "-m", "llm.bench.sft", "--quick", "--model", "tiny", "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Xiulian SFT benchmark" in r.stdout
@@ -49,7 +49,7 @@ def test_bench_sft_quick_cli(tmp_path):
 
 def test_summary_without_trl():
     """With no TRL run the summary has Xiulian's figures and memory, and no ratio."""
-    from llm.bench_sft import summarize
+    from llm.bench.sft import summarize
 
     def run(lora: bool, peak: int) -> dict:
         return {"tokens_per_s": 100.0, "loss_tokens_per_s": 50.0, "padded_tokens_per_s": 120.0, "median_step_s": 0.5,

@@ -20,9 +20,9 @@ def test_every_command_resolves_to_a_main():
         fn = getattr(importlib.import_module(module), "main", None)
         assert callable(fn), f"xiulian {name}: {module} has no main()"
     fn, rest, prog = resolve(["bench", "sft", "--quick"])
-    assert fn.__module__ == "llm.bench_sft" and rest == ["--quick"] and prog == "xiulian bench sft"
+    assert fn.__module__ == "llm.bench.sft" and rest == ["--quick"] and prog == "xiulian bench sft"
     fn, rest, _ = resolve(["bench", "--quick"])  # no kind: the training benchmark
-    assert fn.__module__ == "llm.bench" and rest == ["--quick"]
+    assert fn.__module__ == "llm.bench.train" and rest == ["--quick"]
 
 
 def test_unknown_command_lists_the_commands():

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: imported, deliberately not declared: module -> why
 NOT_DECLARED = {
-    # installed at run time by llm/bench_litgpt.py into its own cache directory (pip --target),
+    # installed at run time by llm/bench/litgpt.py into its own cache directory (pip --target),
     # so that litgpt's pins never touch the project's environment
     "litgpt": "installed into a cache by the litgpt benchmark",
 }

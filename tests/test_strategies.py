@@ -276,7 +276,7 @@ def test_bench_strategies_quick(tmp_path):
     state on each of 2 ranks; ZeRO-2 shards gradients and Adam state) and every figure is there."""
     out = tmp_path / "bench.json"
     md = tmp_path / "B.md"
-    subprocess.run([sys.executable, "-m", "llm.bench_strategies", "--quick", "--json", str(out), "--markdown", str(md),
+    subprocess.run([sys.executable, "-m", "llm.bench.strategies", "--quick", "--json", str(out), "--markdown", str(md),
                     "--out", str(tmp_path / "runs")], check=True, cwd=ROOT, timeout=900, capture_output=True)
     rows = {r["strategy"]: r for r in json.loads(out.read_text())["rows"]}
     ddp, z2, z3, fsdp = (rows[k]["ranks"][0] for k in ("ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"))

