@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
@@ -110,7 +110,7 @@ class Preemption(L.Callback):
 
     def __init__(self, flag: str) -> None:
         self.flag = flag
-        self.preempted_at: Optional[int] = None
+        self.preempted_at: int | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         seen = os.path.exists(self.flag) if trainer.is_global_zero else False
@@ -139,7 +139,7 @@ class StateMemory(L.Callback):
     def __init__(self, strategy_name: str, step: int = 1) -> None:
         self.strategy_name = strategy_name
         self.step = step
-        self.report: Optional[dict] = None
+        self.report: dict | None = None
 
     def on_before_optimizer_step(self, trainer: L.Trainer, module: Any, optimizer: Any) -> None:
         if trainer.global_step != self.step or self.report is not None:
@@ -172,7 +172,7 @@ class StateMemory(L.Callback):
                 lg.log_metrics({f"memory/{k}_mib": float(v) for k, v in mib.items()}, step=trainer.global_step)
 
 
-def build_callbacks(cfg: Any, stage: Any, placement: Any, run_dir: Path) -> tuple[list, Any, Optional[Preemption]]:
+def build_callbacks(cfg: Any, stage: Any, placement: Any, run_dir: Path) -> tuple[list, Any, Preemption | None]:
     """(callbacks, the checkpoint callback or None, the preemption callback or None) of a run."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import torch
 
@@ -32,14 +32,14 @@ class ChatSession:
     def __init__(
         self,
         model_path: str,
-        adapters: Optional[dict[str, str]] = None,
-        use: Optional[str] = None,
-        system: Optional[str] = None,
+        adapters: dict[str, str] | None = None,
+        use: str | None = None,
+        system: str | None = None,
         device: str = "cpu",
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         top_p: float = 0.95,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,7 +66,7 @@ class ChatSession:
             print("[chat] this model has no chat template and no chat tokens; using the framework default", file=sys.stderr)
         self.engine = Engine(self.model, self.tokenizer, chat=True)
         self.device = device
-        self.adapter: Optional[str] = None
+        self.adapter: str | None = None
         if adapters:
             self.set_adapter(use or self.adapter_names[0])
         self.system = system
@@ -117,7 +117,7 @@ def _parse_adapters(items: list[str]) -> dict[str, str]:
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m llm.chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="HF model directory (an export), or the base model when --adapter is given; .gguf works too")
     ap.add_argument("-p", "--prompt", action="append", help="one-shot: ask this (repeat for a multi-turn exchange) and exit")

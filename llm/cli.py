@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
 
 #: command -> (module whose ``main`` runs it, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,10 +53,10 @@ def resolve(argv: list[str]) -> tuple[Callable[[], object], list[str], str]:
         module, prog, rest = BENCHMARKS[rest[0]][0], f"xiulian bench {rest[0]}", rest[1:]
     elif cmd == "bench" and rest and not rest[0].startswith("-"):
         raise SystemExit(f"xiulian bench: unknown benchmark {rest[0]!r}\n\n" + _usage(BENCHMARKS, "xiulian bench"))
-    return getattr(importlib.import_module(module), "main"), rest, prog
+    return importlib.import_module(module).main, rest, prog
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage(COMMANDS, "xiulian") + "\nbenchmarks (xiulian bench KIND):\n"

@@ -11,14 +11,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from transformers import GenerationConfig
 
 from llm.writes import write_guard
 
 
-def export_hf(model: Any, tokenizer: Any, out_dir: str | os.PathLike, extra: Optional[dict] = None, eos_token_id: Any = None) -> Path:
+def export_hf(model: Any, tokenizer: Any, out_dir: str | os.PathLike, extra: dict | None = None, eos_token_id: Any = None) -> Path:
     """Write ``model`` and ``tokenizer`` as a plain HF directory. ``eos_token_id`` (an id or a
     list: a chat model stops at its end-of-turn token) goes into generation_config.json."""
     out = Path(out_dir).absolute()

@@ -23,7 +23,7 @@ _GPU_PEAK_BF16 = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_matmul_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5) -> float:
     """FLOP/s of a square matmul on this device, measured (the CPU's practical peak): the best
     of three bursts of ``seconds / 3``, so that a noisy neighbour lowers it less."""

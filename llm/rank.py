@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from llm.data.chat import BUILTIN_PYTHON_QA, ChatDataError, builtin_python_qa, jsonl_records, validate_messages
 
@@ -158,7 +158,7 @@ class ModelSource:
     """Answers sampled from a Hugging Face causal LM, lazily, one prompt at a time."""
 
     def __init__(self, model_dir: str | Path, prompts: str | Path | list[Prompt], max_new_tokens: int = 64,
-                 temperature: float = 0.9, top_p: float = 0.95, seed: Optional[int] = 0):
+                 temperature: float = 0.9, top_p: float = 0.95, seed: int | None = 0):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -215,7 +215,7 @@ class Ranker:
                     raise ChatDataError(f"{where}: not a ranking line (fix or remove it)") from None
                 self.saved += 1
         self.queue = deque(p for p in source.prompts if _key(p.record) not in self.done)
-        self.shown: Optional[dict] = None
+        self.shown: dict | None = None
         self.next_id = 0
 
     def _status(self) -> dict:
@@ -248,7 +248,7 @@ class Ranker:
     def _payload(self) -> dict:
         return {k: v for k, v in (self.shown or {}).items() if k != "record"}
 
-    def _check_id(self, body: Any) -> Optional[str]:
+    def _check_id(self, body: Any) -> str | None:
         if not isinstance(body, dict):
             return "expected a JSON object"
         if self.shown is None or body.get("id") != self.shown["id"]:
@@ -389,7 +389,7 @@ load();
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "RankServer"
+    server: RankServer
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
@@ -451,7 +451,7 @@ def make_server(source: Any, out_path: str | Path, n: int = 4, host: str = "127.
     return RankServer((host, port), Ranker(source, out_path, n))
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m llm.rank", description=__doc__.split("\n\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="Hugging Face causal-LM directory to sample answers from")

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -32,7 +31,7 @@ def resolve_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def find_checkpoint(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
+def find_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     """``last``: the checkpoint with the highest step in run_dir/checkpoints (none: start fresh).
     A checkpoint is a file (single, ddp) or a directory of shards (DeepSpeed, FSDP); ``.tmp``
     ones are unfinished writes and never taken."""

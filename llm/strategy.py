@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
@@ -266,9 +267,9 @@ class _DirectoryCheckpoints:
 
 
 def _deepspeed_strategy_class() -> type:
+    from lightning.fabric.utilities.seed import reset_seed
     from lightning.pytorch.accelerators import CUDAAccelerator
     from lightning.pytorch.strategies import DeepSpeedStrategy
-    from lightning.fabric.utilities.seed import reset_seed
 
     class XiulianDeepSpeedStrategy(_DirectoryCheckpoints, DeepSpeedStrategy):
         """Lightning's DeepSpeed strategy, also on CPU processes (tests, laptops)."""
@@ -429,7 +430,7 @@ def micro_batch_context(strategy: Any, last: bool) -> Any:
     return nullcontext()
 
 
-def clip_gradients(strategy: Any, params: list[torch.nn.Parameter], max_norm: float) -> Optional[torch.Tensor]:
+def clip_gradients(strategy: Any, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor | None:
     """Global gradient norm (clipped to ``max_norm`` when > 0), before the optimizer step.
     ``None`` under DeepSpeed: its engine holds the gradients, clips them inside its step
     (``gradient_clipping``) and reports the norm afterwards (:func:`norm_after_step`)."""
@@ -447,7 +448,7 @@ def clip_gradients(strategy: Any, params: list[torch.nn.Parameter], max_norm: fl
     return norm
 
 
-def norm_after_step(strategy: Any) -> Optional[torch.Tensor]:
+def norm_after_step(strategy: Any) -> torch.Tensor | None:
     """DeepSpeed: the gradient norm its last step computed (before clipping)."""
     if not is_deepspeed(strategy):
         return None
@@ -455,7 +456,7 @@ def norm_after_step(strategy: Any) -> Optional[torch.Tensor]:
     return None if n is None else torch.as_tensor(float(n))
 
 
-def consolidated_state_dict(strategy: Any, module: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]:
+def consolidated_state_dict(strategy: Any, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """The whole state dict of the LightningModule, on CPU, on rank 0 (``None`` on the other
     ranks); a collective under ZeRO-3 and FSDP, so every rank must call it. ``None`` everywhere
     when the parameters are not sharded (rank 0 holds them already)."""
@@ -471,7 +472,7 @@ def consolidated_state_dict(strategy: Any, module: torch.nn.Module) -> Optional[
 
 
 # ------------------------------------------------------------ memory accounting
-def _storage_key(t: torch.Tensor) -> Optional[tuple]:
+def _storage_key(t: torch.Tensor) -> tuple | None:
     local = getattr(t, "_local_tensor", None)  # DTensor: this rank's shard
     if local is not None:
         t = local

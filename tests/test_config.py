@@ -9,8 +9,9 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from conftest import CONF, ROOT, compose
 from llm.model.build import build_model, count_params
+
+from conftest import CONF, ROOT, compose
 
 # conf/pipeline/ is the data pipeline's own config tree (python -m llm.data), not a training group
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir() and g.name != "pipeline"}

@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
 
 #: a checkout path with what Hydra's override syntax gives a meaning to: a space, a comma (a list),
 #: a quote, '=' and parentheses; each stage's export path, passed to the next, contains it

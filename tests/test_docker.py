@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tomllib
 
 import pytest
+import tomllib
 
 from conftest import ROOT
 

@@ -287,10 +287,10 @@ def test_lm_eval_harness_hf_matches(tiny_base, tmp_path):
 def test_smollm2_scores_well_above_chance():
     """A real pretrained model on the shipped suites: few-shot sentiment, capitals (2-shot
     completion, and asked in its chat template), held-out perplexity of PEP 20."""
-    from fixtures import require_smollm2
-
     from llm.eval.__main__ import load_model
     from llm.eval.suites import load_suite
+
+    from fixtures import require_smollm2
 
     model, tok = load_model(str(require_smollm2()))
     pre = run_suite(model, tok, load_suite("pretrain"))["tasks"]
@@ -305,9 +305,9 @@ def test_suite_during_training_logs_eval_metrics(tmp_path, demo_data):
     """eval.every_n_steps: the suite runs during training too; rows land in metrics.csv."""
     import csv
 
-    from conftest import compose
-
     from llm.train import train
+
+    from conftest import compose
 
     cfg = compose(["trainer.max_steps=6", "trainer.val_every_n_steps=1000", "trainer.ckpt_every_n_steps=0", "eval=pretrain",
                    "eval.every_n_steps=3", "export=false"], run_dir=tmp_path)

@@ -11,9 +11,9 @@ import re
 import pytest
 import torch
 
-from conftest import compose
-
 from llm.train import train
+
+from conftest import compose
 
 BASE = ["trainer.max_steps=8", "trainer.val_every_n_steps=1000", "eval=none", "export=false", "trainer.nan_at_step=3"]
 

@@ -189,8 +189,9 @@ def test_rerun_skips_finished_tasks(run):
 def test_output_shards_train_pretraining(run, tmp_path):
     import csv
 
-    from conftest import FAST, compose
     from llm.train import train
+
+    from conftest import FAST, compose
 
     shards = run["root"] / "out" / "shards"
     cfg = compose(["data=shards", f"data.shards={shards}", "data.seq_len=64", "data.micro_batch_size=8",

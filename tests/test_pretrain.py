@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST, ROOT, compose
 from llm.train import train
+
+from conftest import FAST, ROOT, compose
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:

@@ -11,9 +11,10 @@ import os
 
 import pytest
 import torch
-from conftest import compose
 
 from llm.train import train
+
+from conftest import compose
 
 pytestmark = pytest.mark.tier("integration")
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SFT, compose
 from safetensors.torch import load_file
 
 from llm.train import train
+
+from conftest import ROOT, SFT, compose
+
 
 def _sft(tiny_base, run_dir, extra=()):
     return train(compose([*SFT, f"model.pretrained={tiny_base}", *extra], run_dir=run_dir))
@@ -96,7 +98,8 @@ def test_lora_base_frozen_merge_and_two_adapters(lora_runs, tiny_base, tmp_path)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from llm.model.lora import load_with_adapters, main as lora_main
+    from llm.model.lora import load_with_adapters
+    from llm.model.lora import main as lora_main
 
     runs_dir, runs = lora_runs
     base_sd = load_file(os.path.join(tiny_base, "model.safetensors"))
@@ -159,8 +162,9 @@ def test_chat_streams_keeps_history_and_picks_adapters(sft_run, lora_runs, tiny_
 
     _, runs = lora_runs
     multi = ChatSession(tiny_base, adapters={n: r["adapter"] for n, r in runs.items()}, use="echo", max_new_tokens=8)
-    from llm.model.engine import generate_text
     from transformers import AutoModelForCausalLM
+
+    from llm.model.engine import generate_text
 
     for name in ("echo", "qa"):
         multi.set_adapter(name)
@@ -206,11 +210,12 @@ def test_sft_sigkill_and_resume_matches_uninterrupted(tmp_path, tiny_base):
 # ----------------------------------------------------------------------- the real model
 @pytest.mark.slow
 def test_smollm2_through_the_framework_equals_plain_transformers():
-    from fixtures import require_smollm2
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm.config import ModelConfig
     from llm.model.build import build_model
+
+    from fixtures import require_smollm2
 
     gguf = require_smollm2()
     ours = build_model(ModelConfig(name="hf", pretrained=str(gguf))).eval()  # through the GGUF cache

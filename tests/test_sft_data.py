@@ -70,8 +70,9 @@ def test_default_template_assistant_tokens_exactly(tok):
 
 @pytest.mark.tier("system")
 def test_chatml_template_of_a_real_checkpoint():
-    from fixtures import smollm2_dir
     from transformers import AutoTokenizer
+
+    from fixtures import smollm2_dir
 
     t = AutoTokenizer.from_pretrained(str(smollm2_dir()))
     assert t.chat_template and chat.ensure_chat_template(t) == []  # its own template is kept

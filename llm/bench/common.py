@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def usable_cores() -> Optional[int]:
+def usable_cores() -> int | None:
     """The cores this process may run on (its affinity), else all of them."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -107,13 +107,13 @@ class ForeignLoad:
     other processes kept busy (``cores``), and the cores' worth of time the hypervisor stole
     (``steal``); both slow a CPU benchmark down."""
 
-    def start(self, now: Optional[float] = None) -> "ForeignLoad":
+    def start(self, now: float | None = None) -> ForeignLoad:
         self.t0 = time.perf_counter() if now is None else now
         self.own0 = own_cpu_s()
         self.busy0, self.steal0 = cpu_busy_s()
         return self
 
-    def stop(self, now: Optional[float] = None) -> "ForeignLoad":
+    def stop(self, now: float | None = None) -> ForeignLoad:
         wall = (time.perf_counter() if now is None else now) - self.t0
         busy, steal = cpu_busy_s()
         other = (busy - self.busy0) - (own_cpu_s() - self.own0)
@@ -121,7 +121,7 @@ class ForeignLoad:
         self.steal = (steal - self.steal0) / wall if wall > 0 else float("nan")
         return self
 
-    def __enter__(self) -> "ForeignLoad":
+    def __enter__(self) -> ForeignLoad:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -189,7 +189,7 @@ def add_run_arguments(p: argparse.ArgumentParser, children: dict[str, Callable[[
 
 
 @contextlib.contextmanager
-def workspace(path: Optional[str], keep: bool, prefix: str) -> Iterator[Path]:
+def workspace(path: str | None, keep: bool, prefix: str) -> Iterator[Path]:
     """``path`` (``--workdir``), or a temporary directory removed at the end unless ``keep``."""
     d = Path(path or tempfile.mkdtemp(prefix=prefix)).absolute()
     d.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ def workspace(path: Optional[str], keep: bool, prefix: str) -> Iterator[Path]:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def child_env(threads: Optional[int] = None) -> dict[str, str]:
+def child_env(threads: int | None = None) -> dict[str, str]:
     """The environment of a benchmark's child: ``threads`` torch threads, offline, this checkout's
     ``llm`` first on the path."""
     env = dict(os.environ)
@@ -214,8 +214,8 @@ def child_env(threads: Optional[int] = None) -> dict[str, str]:
     return env
 
 
-def run_module(module: str, args: Sequence[str], *, timeout: float, env: Optional[dict[str, str]] = None,
-               cwd: Optional[Path] = None, out: Optional[Path] = None, name: Optional[str] = None) -> Any:
+def run_module(module: str, args: Sequence[str], *, timeout: float, env: dict[str, str] | None = None,
+               cwd: Path | None = None, out: Path | None = None, name: str | None = None) -> Any:
     """``python -m MODULE ARGS`` in a fresh process, its output captured, and its result: the JSON
     it wrote to ``out``, else its last result line (:func:`print_result`). Raises
     :class:`ChildFailed` when it times out, exits non-zero or leaves no result."""
@@ -236,8 +236,8 @@ def run_module(module: str, args: Sequence[str], *, timeout: float, env: Optiona
     return json.loads(found[-1])
 
 
-def run_child(module: str, kind: str, spec: dict, workdir: Path, *, threads: Optional[int] = None,
-              pythonpath: Optional[str] = None, timeout: float = 1800) -> dict[str, Any]:
+def run_child(module: str, kind: str, spec: dict, workdir: Path, *, threads: int | None = None,
+              pythonpath: str | None = None, timeout: float = 1800) -> dict[str, Any]:
     """``python -m MODULE --child KIND --spec FILE`` (:func:`run_or_child`) in a fresh process with
     :func:`child_env` (``pythonpath`` in front); its result, with the process's wall time and the
     load average before and after."""
@@ -253,7 +253,7 @@ def run_child(module: str, kind: str, spec: dict, workdir: Path, *, threads: Opt
     return res
 
 
-def pip_install_into(target: Path, packages: list[str], check: Optional[Callable[[Path], bool]] = None) -> tuple[bool, str]:
+def pip_install_into(target: Path, packages: list[str], check: Callable[[Path], bool] | None = None) -> tuple[bool, str]:
     """``pip install --no-deps --target`` of ``packages`` into a fresh directory beside ``target``,
     renamed to ``target`` once it installed (and ``check(dir)`` holds): (done, pip's last error line)."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -282,13 +282,13 @@ def interleaved(sides: Sequence[T], repeats: int) -> list[tuple[int, T]]:
     return [(r, s) for r in range(repeats) for s in (sides if r % 2 == 0 else sides[::-1])]
 
 
-def median(xs: Iterable[Optional[float]]) -> Optional[float]:
+def median(xs: Iterable[float | None]) -> float | None:
     """The median of the values that are not None; None if there are none."""
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
 
 
-def rel_diff(a: Optional[float], b: Optional[float]) -> Optional[float]:
+def rel_diff(a: float | None, b: float | None) -> float | None:
     """|a - b| / |b|; None if either is missing."""
     if a is None or b is None:
         return None
@@ -309,9 +309,9 @@ class StepRecorder:
         self.padded: list[int] = []
         self.losses: list[float] = []
         self.fingerprints: list[str] = []
-        self.rss_before_first_step: Optional[int] = None
-        self.t_first_start: Optional[float] = None
-        self._window: Optional[tuple[ForeignLoad, float]] = None
+        self.rss_before_first_step: int | None = None
+        self.t_first_start: float | None = None
+        self._window: tuple[ForeignLoad, float] | None = None
         self.window_load: dict[str, float] = {}
 
     def step_start(self) -> None:
@@ -477,23 +477,23 @@ def num(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 1 else f"{x:.3g}"
 
 
-def mib(x: Optional[float]) -> str:
+def mib(x: float | None) -> str:
     return "-" if x is None else f"{x / 2**20:,.0f} MiB"
 
 
-def span(xs: Iterable[Optional[float]]) -> str:
+def span(xs: Iterable[float | None]) -> str:
     """``min..max`` of the values that are not None, 2 decimals; ``-`` if none."""
     xs = [x for x in xs if x is not None]
     return f"{min(xs):.2f}..{max(xs):.2f}" if xs else "-"
 
 
-def command_line(module: str, argv: Optional[Sequence[str]] = None) -> str:
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     """The command that ran a benchmark, for its report: ``python -m MODULE ARGS`` (default: the
     arguments of this process)."""
     return " ".join(["python -m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
-def utc_stamp(t: Optional[float] = None) -> str:
+def utc_stamp(t: float | None = None) -> str:
     """``YYYY-MM-DD HH:MM UTC`` of ``t`` (default: now), the title of a BENCHMARKS.md section."""
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
 
@@ -505,7 +505,7 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str = 
     return [f"| {' | '.join(header)} |", f"|{'|'.join(rule)}|", *(f"| {' | '.join(str(c) for c in r)} |" for r in rows)]
 
 
-def append_section(path: Path, title: str, lines: Sequence[str], new_file_header: Optional[str] = None) -> Path:
+def append_section(path: Path, title: str, lines: Sequence[str], new_file_header: str | None = None) -> Path:
     """Append a section ``## title`` with ``lines`` to a Markdown file (BENCHMARKS.md); a new file
     starts with ``new_file_header``."""
     path = Path(path)

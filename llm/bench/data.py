@@ -147,12 +147,11 @@ def block_pairs(cfg: dict, models: Path, warc_dir: Path, tmp: Path) -> list[tupl
     """(row, our blocks, datatrove's blocks, input kind, notes)."""
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupSignature
     from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
-    from datatrove.utils.hashing import HashConfig
     from datatrove.pipeline.extractors import Trafilatura
-    from datatrove.pipeline.filters import (C4QualityFilter, FastTextClassifierFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
+    from datatrove.pipeline.filters import C4QualityFilter, FastTextClassifierFilter, GopherQualityFilter, GopherRepetitionFilter
     from datatrove.pipeline.readers import WarcReader as DTWarcReader
     from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashing import HashConfig
 
     from llm.pipeline.extract import HtmlExtractor
     from llm.pipeline.run import _minhash_config, build_stages
@@ -218,13 +217,16 @@ def e2e_datatrove(work: Path, warc_dir: Path, kjv: Path, quality_model: Path, th
     import shutil
 
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.exact_dedup import (ExactDedupConfig, ExactDedupFilter, ExactDedupSignature,
-                                                      ExactFindDedups)
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.extractors import Trafilatura
-    from datatrove.pipeline.filters import (C4QualityFilter, FastTextClassifierFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
+    from datatrove.pipeline.filters import C4QualityFilter, FastTextClassifierFilter, GopherQualityFilter, GopherRepetitionFilter
     from datatrove.pipeline.readers import JsonlReader, WarcReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
@@ -295,8 +297,7 @@ def mem_stage(stage: str, work: Path) -> dict:
     """Run one MinHash stage (one task; buckets: every bucket in this process) and report this
     process's peak RSS; ``none`` imports the same and does nothing (the baseline)."""
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupFilter)
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.utils.hashing import HashConfig
 

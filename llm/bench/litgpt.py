@@ -34,7 +34,7 @@ import os
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from llm.bench.common import (
     argument_parser,
@@ -52,7 +52,7 @@ LITGPT_VERSION = "0.5.13"
 LITGPT_EXTRA = ["jsonargparse==4.41.0", "docstring_parser", "typeshed_client"]
 
 
-def ensure_litgpt(say=print) -> tuple[Optional[str], str]:
+def ensure_litgpt(say=print) -> tuple[str | None, str]:
     """(a directory to put on PYTHONPATH, how it was found) or (None, why not)."""
     target = cache_root() / "bench_litgpt" / f"litgpt-{LITGPT_VERSION}"
     if (target / "litgpt" / "pretrain.py").is_file():
@@ -91,9 +91,9 @@ def child(overrides: list[str], steps: int, log_every: int, out: str) -> None:
     from litgpt.data import DataModule
     from torch.utils.data import DataLoader, IterableDataset
 
+    from llm.data.builders import resolve_data
     from llm.data.shards import PackedTokenStream
     from llm.model.build import build_model, count_params
-    from llm.data.builders import resolve_data
 
     cfg = compose_config(overrides)
     d, o = cfg.data, cfg.stage.optim
@@ -101,7 +101,7 @@ def child(overrides: list[str], steps: int, log_every: int, out: str) -> None:
     lconf = litgpt_config(cfg, len(tokenizer))
 
     class Windows(IterableDataset):
-        def __init__(self, split: str, max_steps: Optional[int] = None) -> None:
+        def __init__(self, split: str, max_steps: int | None = None) -> None:
             self.split, self.max_steps = split, max_steps
 
         def __iter__(self):
@@ -111,7 +111,7 @@ def child(overrides: list[str], steps: int, log_every: int, out: str) -> None:
                 yield torch.cat([b["input_ids"][0], b["labels"][0, :, -1:]], dim=1)
 
     class Packed(DataModule):
-        def connect(self, tokenizer: Any = None, batch_size: int = 1, max_seq_length: Optional[int] = None) -> None:
+        def connect(self, tokenizer: Any = None, batch_size: int = 1, max_seq_length: int | None = None) -> None:
             pass
 
         def setup(self, stage: str = "") -> None:
@@ -236,7 +236,7 @@ def format_report(r: dict[str, Any]) -> str:
     ])
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any] | None:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap = argument_parser("llm.bench.litgpt", __doc__)
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--steps", type=int, default=40)

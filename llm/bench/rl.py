@@ -400,7 +400,13 @@ def child_trl(spec: dict) -> dict[str, Any]:
     import trl
     from datasets import Dataset
     from torch.utils.data import DataLoader
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainerCallback
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        TrainerCallback,
+    )
 
     P = _trl_ppo_module()
     PPOConfig = P.PPOConfig

@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,11 +123,11 @@ def bench_device(cfg) -> tuple[torch.device, Any]:
 def _bare(cfg, log_every: int) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
+    from llm.data.builders import resolve_data
     from llm.data.shards import PackedTokenStream
     from llm.losses import token_nll_sum
     from llm.model.build import build_model
     from llm.stages.base import param_groups, warmup_cosine
-    from llm.data.builders import resolve_data
 
     threads = torch.get_num_threads()
     load0 = loadavg()
@@ -313,8 +313,8 @@ def bench_fixed_cost(steps: int, log_every: int, repeats: int, workdir: Path, sa
 # ================================================================================ loader
 def bench_loader(cfg, num_workers: int, seconds: float) -> dict[str, Any]:
     """Iterate the framework's train DataLoader alone for ``seconds`` (new epochs as needed)."""
-    from llm.data.shards.datamodule import TokenDataModule
     from llm.data.builders import resolve_data
+    from llm.data.shards.datamodule import TokenDataModule
 
     _, shards = resolve_data(cfg.data)
     d = cfg.data
@@ -368,11 +368,11 @@ def _reset_peak() -> bool:
 
 def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, overrides: list[str] = ()) -> dict[str, Any]:
     """Run in a fresh process: memory of one training step of ``preset`` (see module doc)."""
+    from llm.data.builders import resolve_data
     from llm.data.shards import PackedTokenStream
     from llm.losses import token_nll_sum
     from llm.model.build import build_model, count_params
     from llm.stages.base import param_groups
-    from llm.data.builders import resolve_data
 
     cfg = compose_config([f"model={preset}", "data=demo", *overrides, f"data.seq_len={seq_len}", f"data.micro_batch_size={micro_batch_size}"])
     dev = torch.device(device)
@@ -460,12 +460,12 @@ def bench_memory(preset: str, seq_len: int, micro_batch_size: int, overrides: li
 
 
 # ================================================================================ report
-def _mb(x: Optional[float]) -> str:
+def _mb(x: float | None) -> str:
     return "-" if x is None else f"{x / 2**20:,.1f} MiB"
 
 
-def format_report(machine: dict, thr: Optional[dict], loaders: list[dict], mems: list[dict], peak: Optional[float], notes: list[str],
-                  fixed: Optional[dict] = None) -> str:
+def format_report(machine: dict, thr: dict | None, loaders: list[dict], mems: list[dict], peak: float | None, notes: list[str],
+                  fixed: dict | None = None) -> str:
     L: list[str] = []
     L.append("=" * 88)
     L.append("Xiulian benchmark")
@@ -706,7 +706,7 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
     return out
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argument_parser("llm.bench", __doc__)
     p.add_argument("--quick", action="store_true", help="about a minute: fewer steps and runs, no 117M memory run")
     p.add_argument("--model", default="tiny", help="model preset for the throughput comparison (tiny, gpt1_117m, ...)")
@@ -756,7 +756,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return a
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("XIULIAN_CACHE", str(Path.home() / ".cache" / "xiulian"))
     if args.memory_child:

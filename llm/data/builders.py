@@ -14,9 +14,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -35,7 +36,7 @@ class StageData:
     """The LightningDataModule of the stage."""
     new_token_ids: list[int] = field(default_factory=list)
     """Tokens the chat template added to the tokenizer: the model's embeddings grow for them."""
-    announce: Optional[Callable[[Path], None]] = None
+    announce: Callable[[Path], None] | None = None
     """Called once on rank 0 with the run directory before training: writes and logs the data report."""
 
 

@@ -34,9 +34,10 @@ import logging
 import random
 import sysconfig
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,10 @@ class DatasetSpec:
     path: str
     format: str = "auto"
     weight: float = 1.0
-    template: Optional[str] = None
-    answer: Optional[str] = None
-    system: Optional[str] = None
-    name: Optional[str] = None
+    template: str | None = None
+    answer: str | None = None
+    system: str | None = None
+    name: str | None = None
 
 
 @dataclass
@@ -104,7 +105,7 @@ class ReadReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
 
-    def merge(self, other: "ReadReport") -> None:
+    def merge(self, other: ReadReport) -> None:
         self.read += other.read
         self.kept += other.kept
         self.skipped.update(other.skipped)
@@ -416,7 +417,7 @@ def assistant_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tup
     return full, spans
 
 
-def end_of_turn_token(tokenizer: Any) -> Optional[int]:
+def end_of_turn_token(tokenizer: Any) -> int | None:
     """The id of the token a template puts after an assistant's content (``<|end|>``,
     ``<|im_end|>``, ``<|eot_id|>``...), or ``None`` when it is not a single special token."""
     probe = "PROBE_ANSWER"
@@ -448,7 +449,7 @@ class Encoded:
     truncated: bool
 
 
-def encode_conversation(tokenizer: Any, messages: list[dict], max_tokens: Optional[int] = None) -> Encoded:
+def encode_conversation(tokenizer: Any, messages: list[dict], max_tokens: int | None = None) -> Encoded:
     """Tokens of the rendered conversation and next-token labels on the assistant's tokens only.
 
     ``max_tokens`` bounds the number of input positions (the rendered sequence is cut to

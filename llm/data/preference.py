@@ -30,8 +30,9 @@ import hashlib
 import json
 import random
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -248,7 +249,7 @@ class EncodedAnswer:
     truncated: bool
 
 
-def encode_answer(tokenizer: Any, prompt: list[dict], answer: str, max_tokens: int) -> Optional[EncodedAnswer]:
+def encode_answer(tokenizer: Any, prompt: list[dict], answer: str, max_tokens: int) -> EncodedAnswer | None:
     """``None`` when the prompt leaves no answer token within ``max_tokens`` tokens."""
     enc = encode_conversation(tokenizer, prompt + [{"role": "assistant", "content": answer}], max_tokens=max_tokens - 1)
     last = max((t for t, lab in enumerate(enc.labels) if lab != IGNORE_INDEX), default=None)
@@ -304,9 +305,9 @@ class PreferenceDataModule(StepDataModule):
         grad_accum: int = 1,
         seed: int = 0,
         on_truncated: str = "skip",
-        val_batches: Optional[int] = None,
+        val_batches: int | None = None,
         padding_side: str = "right",
-        read_report: Optional[dict] = None,
+        read_report: dict | None = None,
     ) -> None:
         super().__init__(micro_batch_size, grad_accum, seed, val_batches)
         if on_truncated not in ("skip", "error"):
@@ -354,7 +355,7 @@ class PreferenceDataModule(StepDataModule):
     def has_split(self, split: str) -> bool:
         return bool(self.pairs.get(split))
 
-    def collate_micro(self, split: str, idx: Sequence[Optional[int]]) -> dict[str, torch.Tensor]:
+    def collate_micro(self, split: str, idx: Sequence[int | None]) -> dict[str, torch.Tensor]:
         items = [self.pairs[split][i] if i is not None else None for i in idx]
         longest = max((len(s.ids) for it in items if it for s in it[:2]), default=1)
         length = int(-(-longest // 8) * 8)
@@ -410,8 +411,8 @@ class PromptDataModule(StepDataModule):
         batch_size: int,
         seed: int = 0,
         on_truncated: str = "skip",
-        val_batches: Optional[int] = None,
-        read_report: Optional[dict] = None,
+        val_batches: int | None = None,
+        read_report: dict | None = None,
     ) -> None:
         super().__init__(batch_size, 1, seed, val_batches)
         self.tokenizer, self.max_prompt_tokens = tokenizer, max_prompt_tokens

@@ -18,7 +18,8 @@ import logging
 import math
 import random
 from collections import Counter
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -97,8 +98,8 @@ class SFTDataModule(StepDataModule):
         packing: bool = True,
         seed: int = 0,
         on_truncated: str = "skip",
-        val_batches: Optional[int] = None,
-        read_report: Optional[dict] = None,
+        val_batches: int | None = None,
+        read_report: dict | None = None,
     ) -> None:
         super().__init__(micro_batch_size, grad_accum, seed, val_batches)
         if on_truncated not in ("skip", "error"):

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import lightning as L
 import torch
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class _StepStream(IterableDataset):
-    def __init__(self, dm: "StepDataModule", split: str, epoch: int, start_step: int, max_steps: Optional[int]) -> None:
+    def __init__(self, dm: StepDataModule, split: str, epoch: int, start_step: int, max_steps: int | None) -> None:
         self.dm, self.split, self.epoch, self.start, self.max_steps = dm, split, epoch, start_step, max_steps
         self.steps = dm.plan(split, epoch)
         n = len(self.steps)
@@ -52,12 +53,12 @@ class StepDataModule(L.LightningDataModule):
     kind = "data"
     report_name = "data_report.json"
 
-    def __init__(self, micro_batch_size: int, grad_accum: int = 1, seed: int = 0, val_batches: Optional[int] = None) -> None:
+    def __init__(self, micro_batch_size: int, grad_accum: int = 1, seed: int = 0, val_batches: int | None = None) -> None:
         super().__init__()
         self.mb, self.grad_accum, self.seed, self.val_batches = micro_batch_size, grad_accum, seed, val_batches
         self._epoch = 0
         self._step_in_epoch = 0
-        self._resume: Optional[tuple[int, int]] = None
+        self._resume: tuple[int, int] | None = None
         self._plans: dict[tuple[str, int], list] = {}
 
     # ------------------------------------------------------------ subclass API

@@ -22,8 +22,8 @@ import json
 import os
 import sys
 import sysconfig
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 __all__ = [
     "BUILTIN_PYTHON_DOCS",

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
 
 def load_model(path: str, dtype: str = "float32") -> tuple[Any, Any]:
     import torch
@@ -33,7 +34,7 @@ def results_path(model_path: str) -> Path:
     return p / "eval_results.json" if p.is_dir() else p.with_name(p.name + ".eval_results.json")
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m llm.eval", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("model", help="an HF model directory (e.g. a run's export/) or a .gguf file")

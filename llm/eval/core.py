@@ -30,8 +30,9 @@ import math
 import random
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -199,7 +200,7 @@ def score_sequences(model: Any, seqs: Sequence[Sequence[int]], n_targets: Sequen
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # similar lengths share a batch
-    out: list[Optional[tuple[float, bool]]] = [None] * len(seqs)
+    out: list[tuple[float, bool] | None] = [None] * len(seqs)
     try:
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
@@ -228,7 +229,7 @@ def score_sequences(model: Any, seqs: Sequence[Sequence[int]], n_targets: Sequen
 
 
 def loglikelihoods(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str]], batch_size: int = 8,
-                   max_length: Optional[int] = None) -> list[tuple[float, bool]]:
+                   max_length: int | None = None) -> list[tuple[float, bool]]:
     """``log p(continuation | context)`` and is-greedy per ``(context, continuation)``, as
     lm-evaluation-harness's ``hf`` model computes them."""
     L = max_length or model_max_length(model)
@@ -287,7 +288,7 @@ def zen_of_python() -> str:
     return codecs.decode(s, "rot13")
 
 
-def perplexity(model: Any, tokenizer: Any, docs: Sequence[str], batch_size: int = 8, max_length: Optional[int] = None) -> dict[str, float]:
+def perplexity(model: Any, tokenizer: Any, docs: Sequence[str], batch_size: int = 8, max_length: int | None = None) -> dict[str, float]:
     L = max_length or model_max_length(model)
     p = prefix_token(tokenizer)
     seqs, ns = [], []

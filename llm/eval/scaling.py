@@ -35,9 +35,10 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ class Law:
         return np.array(out)
 
 
-def fit_law(N: Sequence[float], D: Sequence[float], L: Sequence[float], delta: float = 1e-3, grid: Optional[dict] = None) -> Law:
+def fit_law(N: Sequence[float], D: Sequence[float], L: Sequence[float], delta: float = 1e-3, grid: dict | None = None) -> Law:
     """Chinchilla's approach-3 fit: Huber loss on log residuals, L-BFGS from a grid of starts
     (all starts optimised together as one batch; the best is then refined alone)."""
     logN = torch.tensor(np.log(np.asarray(N, dtype=float)), dtype=torch.float64)
@@ -169,7 +170,7 @@ def _count_from_safetensors(export: Path) -> int:
     return n
 
 
-def plot(runs: list[Run], law: Law, path: Path, budget: Optional[float] = None) -> Path:
+def plot(runs: list[Run], law: Law, path: Path, budget: float | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,7 +234,7 @@ def sweep_command(widths: Sequence[int], steps: Sequence[int], layers: Sequence[
             f"hydra.sweep.dir={out}", f"hydra.sweep.subdir={SUBDIR}"]
 
 
-def main(argv: Optional[list[str]] = None) -> Any:
+def main(argv: list[str] | None = None) -> Any:
     ap = argparse.ArgumentParser(prog="python -m llm.eval.scaling", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
@@ -34,7 +34,7 @@ def llama_intermediate(n_embd: int, multiple: int = 64) -> int:
     return _pad_vocab(int(2 * 4 * n_embd / 3), multiple)
 
 
-def hf_config(cfg: ModelConfig, vocab_size: Optional[int] = None, special: Optional[dict] = None) -> PretrainedConfig:
+def hf_config(cfg: ModelConfig, vocab_size: int | None = None, special: dict | None = None) -> PretrainedConfig:
     """The transformers config for a preset. ``vocab_size`` (from the tokenizer) is used when
     the preset leaves it unset; ``special`` holds bos/eos/pad token ids."""
     special = special or {}
@@ -110,7 +110,7 @@ def check_safetensors(path: Path) -> None:
         raise ValueError(f"{path}: truncated: {size:,} bytes, its header describes {8 + n + end:,}; export or copy it again")
 
 
-def resolve_pretrained(path: str | os.PathLike, cache_dir: Optional[str | os.PathLike] = None) -> Path:
+def resolve_pretrained(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """A Hugging Face model directory for ``path``.
 
     ``path`` is a model directory (returned as is: a stage export, a ``save_pretrained`` output,
@@ -163,8 +163,8 @@ def resolve_pretrained(path: str | os.PathLike, cache_dir: Optional[str | os.Pat
 
 def build_model(
     cfg: ModelConfig,
-    vocab_size: Optional[int] = None,
-    special: Optional[dict] = None,
+    vocab_size: int | None = None,
+    special: dict | None = None,
     dtype: torch.dtype = torch.float32,
     resize_embeddings: bool = False,
     head: str = "causal_lm",

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -32,9 +33,9 @@ class Sampling:
     do_sample: bool = False
     """``False``: greedy (the other fields but ``max_new_tokens`` are ignored)."""
     temperature: float = 1.0
-    top_k: Optional[int] = None
+    top_k: int | None = None
     """Keep the k most likely tokens (``None``: no top-k filter)."""
-    top_p: Optional[float] = None
+    top_p: float | None = None
     """Nucleus sampling (``None``: no top-p filter)."""
 
 
@@ -54,11 +55,11 @@ def stop_ids(tokenizer: Any, chat: bool, model: Any = None) -> Any:
     return ids
 
 
-def pad_id(tokenizer: Any) -> Optional[int]:
+def pad_id(tokenizer: Any) -> int | None:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def generate_kwargs(sampling: Sampling, eos: Any, pad: Optional[int]) -> dict[str, Any]:
+def generate_kwargs(sampling: Sampling, eos: Any, pad: int | None) -> dict[str, Any]:
     """The keyword arguments of transformers' ``generate`` for ``sampling``."""
     kw: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=eos, pad_token_id=pad, use_cache=True)
     if sampling.do_sample:
@@ -108,7 +109,7 @@ class Engine:
             ids = torch.tensor([[first]], device=self.device)
         return ids
 
-    def complete(self, prompts: Sequence[Any], sampling: Sampling, seed: Optional[int] = None, return_ids: bool = False) -> list[Any]:
+    def complete(self, prompts: Sequence[Any], sampling: Sampling, seed: int | None = None, return_ids: bool = False) -> list[Any]:
         """Continue each prompt, one at a time (no padding subtleties; for a few samples): the new
         text only (or the new ids). ``seed`` fixes the sampling and leaves the global RNG as it was."""
         state = None
@@ -159,9 +160,9 @@ def generate_text(
     *,
     do_sample: bool = False,
     temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    seed: Optional[int] = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
     stop_at_eos: bool = True,
     chat: bool = False,
     return_ids: bool = False,

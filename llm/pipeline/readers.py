@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from datatrove.data import Document
 from datatrove.pipeline.readers.base import BaseDiskReader

@@ -33,8 +33,7 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.utils.hashing import HashConfig
 
 from llm.data.shards import atomic_write_json
-from llm.pipeline.dedup import (BoilerplateFinder, BoilerplateRemover, LineCounter, MinhashSignature,
-                                normalized_content)
+from llm.pipeline.dedup import BoilerplateFinder, BoilerplateRemover, LineCounter, MinhashSignature, normalized_content
 from llm.pipeline.extract import HtmlExtractor
 from llm.pipeline.harmful import HarmfulFilter
 from llm.pipeline.heuristics import HeuristicFilter

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 from datatrove.io import get_datafolder
 from datatrove.pipeline.writers.jsonl import JsonlWriter

@@ -6,16 +6,14 @@ after its end. Every function here ignores masked positions.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 
-def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     return (x * mask).sum() if dim is None else (x * mask).sum(dim)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean over the positions where ``mask`` is 1 (all of them, or along ``dim``)."""
     mask = mask.to(x.dtype)
     if dim is None:

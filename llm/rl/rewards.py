@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 RewardFn = Callable[..., Sequence[float]]
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import random
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -69,17 +69,17 @@ class BaseStage(L.LightningModule):
         self,
         model_cfg: ModelConfig,
         stage_cfg: StageConfig,
-        vocab_size: Optional[int] = None,
-        special_tokens: Optional[dict] = None,
+        vocab_size: int | None = None,
+        special_tokens: dict | None = None,
         tokenizer: Any = None,
         compile: bool = False,
-        peak_flops: Optional[float] = None,
-        new_token_ids: Optional[list[int]] = None,
+        peak_flops: float | None = None,
+        new_token_ids: list[int] | None = None,
         activation_checkpointing: bool = False,
-        seq_len: Optional[int] = None,
+        seq_len: int | None = None,
         on_nonfinite: str = "stop",
         max_skipped_steps: int = 10,
-        nan_at_step: Optional[int] = None,
+        nan_at_step: int | None = None,
     ) -> None:
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
@@ -100,14 +100,14 @@ class BaseStage(L.LightningModule):
         self.compile = compile
         self.activation_checkpointing = activation_checkpointing
         self.peak_flops = peak_flops
-        self.model: Optional[torch.nn.Module] = None
+        self.model: torch.nn.Module | None = None
         # plain containers only: checkpoints load with weights_only=True
         self.save_hyperparameters(
             {"model": _plain(self.model_cfg), "stage": _plain(self.stage_cfg), "vocab_size": vocab_size, "new_token_ids": self.new_token_ids}
         )
         self.timer = StepTimer()
         self.tokens_seen = 0
-        self._flops_per_token: Optional[float] = None
+        self._flops_per_token: float | None = None
         self.samples: list[tuple[int, str, str]] = []
 
     # ------------------------------------------------------------------ model
@@ -256,7 +256,7 @@ class BaseStage(L.LightningModule):
     skipped_steps: int = 0
     _nan_injected: bool = False
 
-    def _nonfinite(self, opt: Any, loss: torch.Tensor, grad_norm: Optional[torch.Tensor], batch_idx: int) -> None:
+    def _nonfinite(self, opt: Any, loss: torch.Tensor, grad_norm: torch.Tensor | None, batch_idx: int) -> None:
         """A NaN/inf loss or gradient norm, before the update: stop, or skip this update."""
         where = (f"optimizer step {self.global_step + 1} (epoch {self.current_epoch}, batch {batch_idx} of the epoch, "
                  f"rank {self.global_rank} of {self.trainer.world_size})")
@@ -277,7 +277,7 @@ class BaseStage(L.LightningModule):
             f"the last checkpoint is intact: resume with ckpt_path=last, perhaps with a lower stage.optim.lr or "
             f"trainer.on_nonfinite=skip")
 
-    def _clip_gradients(self, opt: Any) -> Optional[torch.Tensor]:
+    def _clip_gradients(self, opt: Any) -> torch.Tensor | None:
         max_norm = self.stage_cfg.optim.grad_clip
         params = [p for p in self.optim_modules().parameters() if p.requires_grad]
         return clip_gradients(self.trainer.strategy, params, max_norm)
@@ -309,7 +309,7 @@ class BaseStage(L.LightningModule):
             self.log("val/ppl", torch.exp(loss))
 
     # ------------------------------------------------------------- MFU
-    def mfu(self, tokens_per_s: float) -> Optional[float]:
+    def mfu(self, tokens_per_s: float) -> float | None:
         if not self.peak_flops:
             return None
         if self._flops_per_token is None:

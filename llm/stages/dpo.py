@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -123,7 +123,7 @@ class DPOStage(BaseStage):
         self._stats = stats if self._stats is None else self._stats + stats
         return (loss * valid).sum(), valid.sum()
 
-    _stats: Optional[torch.Tensor] = None
+    _stats: torch.Tensor | None = None
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._stats = None

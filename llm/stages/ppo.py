@@ -37,7 +37,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -92,7 +92,7 @@ class RewardModel:
         self.max_tokens = min(max_tokens, getattr(self.model.config, "max_position_embeddings", max_tokens) or max_tokens)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-    def to(self, device: torch.device) -> "RewardModel":
+    def to(self, device: torch.device) -> RewardModel:
         self.model.to(device)
         return self
 
@@ -132,8 +132,8 @@ class PPOStage(BaseStage):
             self._frozen["rm"] = RewardModel(rcfg.model)
         self.reward_fn = load_reward_fn(rcfg.function) if rcfg.function else None
         hidden = self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.n_embd
-        self.value_head: Optional[ValueHead] = None
-        self.critic: Optional[torch.nn.Module] = None
+        self.value_head: ValueHead | None = None
+        self.critic: torch.nn.Module | None = None
         if cfg.critic == "shared":
             self.value_head = ValueHead(hidden)
         elif cfg.critic == "separate":
@@ -168,7 +168,7 @@ class PPOStage(BaseStage):
         self._place_frozen()
 
     # --------------------------------------------------------------- forward passes
-    def _policy_forward(self, seq: torch.Tensor, attn: torch.Tensor, P: int, responses: torch.Tensor, rmask: torch.Tensor, model: Any = None, values: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    def _policy_forward(self, seq: torch.Tensor, attn: torch.Tensor, P: int, responses: torch.Tensor, rmask: torch.Tensor, model: Any = None, values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(log-probs [B, R] of the response tokens, values [B, R] or None, entropy [B, R])."""
         model = model if model is not None else self.model
         want_hidden = values and self.value_head is not None

@@ -8,8 +8,9 @@ declaration, plus one line in :data:`REGISTRY`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llm.config import Config
@@ -34,7 +35,7 @@ class Stage:
     """The stage's name: ``stage=<name>`` on the command line."""
     module: type
     """Its LightningModule (a ``BaseStage``): how a batch becomes a loss."""
-    data: Callable[["Config"], "StageData"]
+    data: Callable[[Config], StageData]
     """Builds the tokenizer and the data module from the config (``llm.data.builders``)."""
     eval_suite: str = "none"
     """The evaluation suite (``conf/eval/<name>.yaml``) that ``eval=auto`` runs."""
@@ -44,7 +45,7 @@ class Stage:
     needs_pretrained: bool = False
     """Starts from a fine-tuned model: ``model.pretrained`` is required even with
     ``stage.random_init=true``."""
-    lora_refused: Optional[str] = None
+    lora_refused: str | None = None
     """Why ``stage.lora.enabled=true`` is refused (``None``: LoRA is offered)."""
     samples_during_training: bool = True
     """``stage.sample_every_n_steps`` greedy samples while training (PPO logs its own rollouts)."""
@@ -54,10 +55,10 @@ class Stage:
     """Default of ``trainer.val_before_train``: validate the starting model first."""
     refused_strategies: Mapping[str, str] = field(default_factory=dict)
     """Strategy name -> why this stage does not run under it."""
-    check: Optional[Callable[["Config"], None]] = None
+    check: Callable[[Config], None] | None = None
     """Further start-up checks of the stage's own settings; raises ``ValueError``."""
 
-    def validate(self, cfg: "Config") -> None:
+    def validate(self, cfg: Config) -> None:
         """Refuse, at start and with the reason, what this stage cannot do with ``cfg``."""
         if not cfg.model.pretrained and not cfg.stage.random_init:
             raise ValueError(
