@@ -181,8 +181,11 @@ def build_callbacks(cfg: Any, stage: Any, placement: Any, run_dir: Path) -> tupl
     if stage.samples_during_training and not placement.param_sharded:
         callbacks.append(SampleText(st.sample_every_n_steps, list(st.sample_prompts), st.sample_max_new_tokens, chat=stage.chat))
     elif stage.samples_during_training and st.sample_every_n_steps and st.sample_prompts:
-        log.info("strategy=%s: no samples during training (each rank holds a shard of the weights); the samples at the end "
-                 "come from the consolidated model", cfg.strategy.name)
+        log.info(
+            "strategy=%s: no samples during training (each rank holds a shard of the weights); the samples at the end "
+            "come from the consolidated model",
+            cfg.strategy.name,
+        )
     ckpt = None
     if tc.ckpt_every_n_steps > 0 and not tc.fast_dev_run:
         ckpt = ModelCheckpoint(

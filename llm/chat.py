@@ -131,8 +131,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     try:
-        chat = ChatSession(args.model, _parse_adapters(args.adapter), args.use, args.system, args.device,
-                           args.max_new_tokens, args.temperature, args.top_p, args.seed)
+        chat = ChatSession(
+            args.model,
+            _parse_adapters(args.adapter),
+            args.use,
+            args.system,
+            args.device,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_p,
+            args.seed,
+        )
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
 
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[{e}]", file=sys.stderr)
             continue
         if line.startswith("/system"):
-            chat.system = line[len("/system"):].strip() or None
+            chat.system = line[len("/system") :].strip() or None
             continue
         sys.stdout.write("ai> ")
         answer(line)

@@ -59,8 +59,11 @@ def resolve(argv: list[str]) -> tuple[Callable[[], object], list[str], str]:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage(COMMANDS, "xiulian") + "\nbenchmarks (xiulian bench KIND):\n"
-              + "\n".join(f"  {k:<10}  {h}" for k, (_, h) in BENCHMARKS.items()))
+        print(
+            _usage(COMMANDS, "xiulian")
+            + "\nbenchmarks (xiulian bench KIND):\n"
+            + "\n".join(f"  {k:<10}  {h}" for k, (_, h) in BENCHMARKS.items())
+        )
         return
     fn, rest, prog = resolve(argv)
     # every main reads sys.argv (Hydra's does, argparse's do when given no list)

@@ -40,8 +40,9 @@ PaddingSide = _choice("PaddingSide", "right", "left")
 LoraBias = _choice("LoraBias", "none", "all", "lora_only")
 KLEstimator = _choice("KLEstimator", "k1", "k2", "k3", "abs")
 Critic = _choice("Critic", "shared", "separate")
-StrategyName = _choice("StrategyName", "auto", "single", "ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3",
-                       "deepspeed_zero3_offload", "fsdp")
+StrategyName = _choice(
+    "StrategyName", "auto", "single", "ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp"
+)
 Accelerator = _choice("Accelerator", "auto", "cpu", "gpu")
 OnNonfinite = _choice("OnNonfinite", "stop", "skip")
 TaskType = _choice("TaskType", "perplexity", "choice", "generate")
@@ -158,8 +159,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(0 <= self.val_fraction < 1, f"data.val_fraction={self.val_fraction}: a fraction in [0, 1)")
-        _check(self.seq_len > 0 and self.micro_batch_size > 0,
-               f"data.seq_len={self.seq_len}, data.micro_batch_size={self.micro_batch_size}: both must be positive")
+        _check(
+            self.seq_len > 0 and self.micro_batch_size > 0,
+            f"data.seq_len={self.seq_len}, data.micro_batch_size={self.micro_batch_size}: both must be positive",
+        )
 
 
 @dataclass
@@ -252,8 +255,10 @@ class PPOConfig:
     """Every N iterations, log a table of prompts, responses and scores (W&B and samples.jsonl)."""
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1 and self.minibatch_size >= 1,
-               f"stage.ppo.epochs={self.epochs}, stage.ppo.minibatch_size={self.minibatch_size}: both must be at least 1")
+        _check(
+            self.epochs >= 1 and self.minibatch_size >= 1,
+            f"stage.ppo.epochs={self.epochs}, stage.ppo.minibatch_size={self.minibatch_size}: both must be at least 1",
+        )
         _check(self.temperature > 0, f"stage.ppo.temperature={self.temperature}: must be positive (rollouts sample)")
         _check(0 < self.top_p <= 1, f"stage.ppo.top_p={self.top_p}: must be in (0, 1]")
 
@@ -319,8 +324,10 @@ class StrategyConfig:
     surviving ranks wait in their next collective until this timeout."""
 
     def __post_init__(self) -> None:
-        _check(not self.offload_params or self.name in ("deepspeed_zero3", "deepspeed_zero3_offload"),
-               f"strategy.offload_params needs ZeRO-3 (strategy={self.name}): use strategy=deepspeed_zero3_offload")
+        _check(
+            not self.offload_params or self.name in ("deepspeed_zero3", "deepspeed_zero3_offload"),
+            f"strategy.offload_params needs ZeRO-3 (strategy={self.name}): use strategy=deepspeed_zero3_offload",
+        )
 
 
 @dataclass
@@ -455,8 +462,10 @@ class Config:
     """Checkpoints are loaded with ``torch.load(weights_only=True)``: no arbitrary unpickling."""
 
     def __post_init__(self) -> None:  # the fields' own checks ran in their __post_init__
-        _check(self.model.pretrained or self.data.seq_len <= self.model.max_seq_len,
-               f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        _check(
+            self.model.pretrained or self.data.seq_len <= self.model.max_seq_len,
+            f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}",
+        )
 
 
 def _check(ok: Any, message: str) -> None:

@@ -37,8 +37,15 @@ def main(argv: list[str] | None = None) -> None:
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=args.trust_remote_code).to(args.device)
     outs = generate_text(
-        model, tok, args.prompt, args.max_new_tokens,
-        do_sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        model,
+        tok,
+        args.prompt,
+        args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
     )
     for prompt, text in zip(args.prompt, outs):
         print(prompt + text)

@@ -26,9 +26,7 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(tokens[..., t] | ...) from aligned ``logits`` [..., T, V]: [..., T]. Positions whose
     token is ``IGNORE_INDEX`` give 0. Computed as a cross-entropy (no [T, V] log-softmax copy)."""
     shape = tokens.shape
-    lp = -F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), tokens.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    )
+    lp = -F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tokens.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
     return lp.view(shape)
 
 

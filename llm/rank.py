@@ -157,8 +157,15 @@ class CandidateSource:
 class ModelSource:
     """Answers sampled from a Hugging Face causal LM, lazily, one prompt at a time."""
 
-    def __init__(self, model_dir: str | Path, prompts: str | Path | list[Prompt], max_new_tokens: int = 64,
-                 temperature: float = 0.9, top_p: float = 0.95, seed: int | None = 0):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        prompts: str | Path | list[Prompt],
+        max_new_tokens: int = 64,
+        temperature: float = 0.9,
+        top_p: float = 0.95,
+        seed: int | None = 0,
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -181,8 +188,17 @@ class ModelSource:
 
         conv: Any = prompt.text if len(prompt.messages) == 1 else prompt.messages
         seed = None if self.seed is None else self.seed + 1_000_003 * attempt
-        return generate_text(self.model, self.tok, [conv] * n, self.gen["max_new_tokens"], do_sample=True,
-                             temperature=self.gen["temperature"], top_p=self.gen["top_p"], seed=seed, chat=True)
+        return generate_text(
+            self.model,
+            self.tok,
+            [conv] * n,
+            self.gen["max_new_tokens"],
+            do_sample=True,
+            temperature=self.gen["temperature"],
+            top_p=self.gen["top_p"],
+            seed=seed,
+            chat=True,
+        )
 
 
 def _distinct(answers: list[str], n: int) -> list[str]:
@@ -239,8 +255,13 @@ class Ranker:
                 if len(answers) < 2:
                     log.warning("skipping a prompt with fewer than 2 distinct answers: %.60r", p.text)
                     continue
-                self.shown = {"id": self.next_id, "prompt": p.text, "context": p.context, "record": p.record,
-                              "answers": [{"id": i, "text": a} for i, a in enumerate(answers)]}
+                self.shown = {
+                    "id": self.next_id,
+                    "prompt": p.text,
+                    "context": p.context,
+                    "record": p.record,
+                    "answers": [{"id": i, "text": a} for i, a in enumerate(answers)],
+                }
                 self.next_id += 1
                 return {**self._payload(), **self._status()}
             return {"done": True, **self._status()}
@@ -265,8 +286,13 @@ class Ranker:
             if not (isinstance(order, list) and all(type(i) is int for i in order) and sorted(order) == list(range(k))):
                 return 400, {"error": f"order must be a permutation of the answer ids 0..{k - 1} (best first, no ties), got {order!r}"}
             texts = [self.shown["answers"][i]["text"] for i in order]
-            line = {"prompt": self.shown["record"], "responses": texts, "source": "rank-ui", "model": self.source.name,
-                    "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")}
+            line = {
+                "prompt": self.shown["record"],
+                "responses": texts,
+                "source": "rank-ui",
+                "model": self.source.name,
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            }
             self._append(json.dumps(line, ensure_ascii=False) + "\n")
             self.done.add(_key(self.shown["record"]))
             self.saved += 1
@@ -470,8 +496,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.model and not a.prompts:
         ap.error("--model needs --prompts")
     try:
-        source: Any = (ModelSource(a.model, a.prompts, a.max_new_tokens, a.temperature, a.top_p, a.seed)
-                       if a.model else CandidateSource(a.candidates))
+        source: Any = (
+            ModelSource(a.model, a.prompts, a.max_new_tokens, a.temperature, a.top_p, a.seed) if a.model else CandidateSource(a.candidates)
+        )
         server = make_server(source, a.out, a.n, a.host, a.port)
     except (ChatDataError, OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None

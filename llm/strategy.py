@@ -146,8 +146,9 @@ def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig, grad_clip: 
     timeout = timedelta(minutes=cfg.timeout_minutes or 30)  # 30: torch's default
     backend = cfg.process_group_backend or ("nccl" if accelerator == "gpu" else "gloo")
     if cfg.name == "ddp":
-        strategy = DDPStrategy(process_group_backend=backend, find_unused_parameters=cfg.find_unused_parameters,
-                               gradient_as_bucket_view=True, timeout=timeout)
+        strategy = DDPStrategy(
+            process_group_backend=backend, find_unused_parameters=cfg.find_unused_parameters, gradient_as_bucket_view=True, timeout=timeout
+        )
         return Placement(accelerator, devices, num_nodes, strategy, precision, "ddp")
     if cfg.name in DEEPSPEED:
         conf = deepspeed_config(cfg, grad_clip, micro_batch_size, gpu=accelerator == "gpu")
@@ -155,8 +156,9 @@ def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig, grad_clip: 
         return Placement(accelerator, devices, num_nodes, strategy, precision, cfg.name)
     # fsdp: one data-parallel mesh dimension over every rank (no tensor parallelism)
     world = int(devices) * int(num_nodes)
-    strategy = _fsdp_strategy_class()(data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=True,
-                                      process_group_backend=backend, timeout=timeout)
+    strategy = _fsdp_strategy_class()(
+        data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=True, process_group_backend=backend, timeout=timeout
+    )
     return Placement(accelerator, devices, num_nodes, strategy, precision, "fsdp")
 
 
@@ -167,11 +169,13 @@ def check_switches(placement: Placement, strategy: StrategyConfig, trainer_cfg: 
     if placement.param_sharded and eval_cfg.tasks and eval_cfg.every_n_steps > 0:
         raise ValueError(
             f"eval.every_n_steps={eval_cfg.every_n_steps} under strategy={name}: the evaluator runs on rank 0 alone, which "
-            "holds only a shard of the weights; set eval.every_n_steps=0 (the suite still runs on the consolidated model at the end)")
+            "holds only a shard of the weights; set eval.every_n_steps=0 (the suite still runs on the consolidated model at the end)"
+        )
     if name in ("deepspeed_zero3", "deepspeed_zero3_offload") and trainer_cfg.compile:
         raise ValueError(
             f"trainer.compile=true under strategy={name}: ZeRO-3 fetches each parameter in module hooks that torch.compile "
-            "cannot trace through; use strategy=fsdp (compiled per layer) or deepspeed_zero1/2 to compile")
+            "cannot trace through; use strategy=fsdp (compiled per layer) or deepspeed_zero1/2 to compile"
+        )
 
 
 def atomic_checkpoint_io() -> Any:
@@ -364,8 +368,9 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     raise ValueError(f"{type(model).__name__}: no ModuleList of {n} decoder layers found to shard")
 
 
-def parallelize(model: torch.nn.Module, *, activation_checkpointing: bool = False, compile: bool = False,
-                mesh: Any = None) -> torch.nn.Module:
+def parallelize(
+    model: torch.nn.Module, *, activation_checkpointing: bool = False, compile: bool = False, mesh: Any = None
+) -> torch.nn.Module:
     """torchtitan's order: activation checkpointing, then compile, then sharding (FSDP2 when a
     data-parallel ``mesh`` is given: each decoder layer, then the root). Under FSDP each layer
     is compiled on its own (a graph per block, as torchtitan does); otherwise the whole model."""
@@ -522,7 +527,7 @@ def state_bytes(strategy: Any, module: torch.nn.Module, optimizer: Any) -> dict[
                     claim(g, "grads")
         for name in ("grad_partitions_flat_buffer", "ipg_buffer"):
             b = getattr(inner, name, None)
-            for g in (b if isinstance(b, (list, tuple)) else [b]):
+            for g in b if isinstance(b, (list, tuple)) else [b]:
                 claim(g, "grads")
         inner = inner.optimizer
     for group in getattr(inner, "param_groups", []):

@@ -134,8 +134,11 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     if preempt is not None and preempt.preempted_at is not None:
         result["preempted_at"] = preempt.preempted_at
         if trainer.is_global_zero:
-            log.warning("stopped for preemption at step %d; the checkpoint is in %s (no export: the run is not finished)",
-                        preempt.preempted_at, run_dir / "checkpoints")
+            log.warning(
+                "stopped for preemption at step %d; the checkpoint is in %s (no export: the run is not finished)",
+                preempt.preempted_at,
+                run_dir / "checkpoints",
+            )
         return result
     if ckpt_cb is not None and trainer.global_step > 0:
         final = Path(ckpt_cb.dirpath) / f"step{trainer.global_step:07d}.ckpt"
@@ -173,8 +176,14 @@ def finish(cfg: Config, stage: Stage, data: StageData, trainer: Any, module: Any
             for p, t in result["samples"]:
                 print(f"  {p!r} -> {t!r}")
         if cfg.export and not tc.fast_dev_run:
-            extra = {"stage": stage.name, "model": cfg.model.name, "base": cfg.model.pretrained, "global_step": trainer.global_step,
-                     "tokens_seen": module.tokens_seen, "metrics": result["metrics"]}
+            extra = {
+                "stage": stage.name,
+                "model": cfg.model.name,
+                "base": cfg.model.pretrained,
+                "global_step": trainer.global_step,
+                "tokens_seen": module.tokens_seen,
+                "metrics": result["metrics"],
+            }
             if cfg.stage.lora.enabled:
                 from llm.model.lora import save_adapter
 

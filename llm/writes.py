@@ -39,11 +39,16 @@ def explain_write_error(path: Any, exc: BaseException, what: str = "file") -> OS
     soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     if code == errno.ENOSPC or (code is None and free is not None and free < 64 * 2**20):
         where = f" ({_mib(free)} free)" if free is not None else ""
-        return OSError(errno.ENOSPC, f"disk full: could not write the {what} {path}{where}; free some space and resume "
-                                     f"(the files written before it are intact)")
+        return OSError(
+            errno.ENOSPC,
+            f"disk full: could not write the {what} {path}{where}; free some space and resume (the files written before it are intact)",
+        )
     if code == errno.EFBIG or (soft != resource.RLIM_INFINITY and "unexpected pos" in str(exc)):
-        return OSError(errno.EFBIG, f"file size limit: could not write the {what} {path}: the process may write files of "
-                                    f"at most {_mib(soft)} (ulimit -f); the files written before it are intact")
+        return OSError(
+            errno.EFBIG,
+            f"file size limit: could not write the {what} {path}: the process may write files of "
+            f"at most {_mib(soft)} (ulimit -f); the files written before it are intact",
+        )
     return OSError(code or errno.EIO, f"could not write the {what} {path}: {exc}")
 
 

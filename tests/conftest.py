@@ -75,7 +75,9 @@ def tiny_base(tmp_path_factory, demo_data):
     from llm.train import train
 
     run = tmp_path_factory.mktemp("pretrain")
-    cfg = compose(["trainer.max_steps=150", "trainer.val_every_n_steps=1000", "model.max_seq_len=256", "trainer.ckpt_every_n_steps=0"], run_dir=run)
+    cfg = compose(
+        ["trainer.max_steps=150", "trainer.val_every_n_steps=1000", "model.max_seq_len=256", "trainer.ckpt_every_n_steps=0"], run_dir=run
+    )
     return train(cfg)["export"]
 
 
@@ -96,8 +98,13 @@ def cluster():
         pytest.skip("the local Slurm cluster needs root (slurm/local-cluster.sh)")
     was_up = shutil.which("sinfo") is not None and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
     if not was_up:
-        r = subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "up"], capture_output=True, text=True, timeout=900,
-                           env={**os.environ, "XIULIAN_SLURM_FAST": "1"})
+        r = subprocess.run(
+            ["bash", str(ROOT / "slurm" / "local-cluster.sh"), "up"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "XIULIAN_SLURM_FAST": "1"},
+        )
         if r.returncode != 0:
             pytest.skip(f"could not start the local Slurm cluster: {(r.stdout + r.stderr).strip().splitlines()[-1:]}")
     yield

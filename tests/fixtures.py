@@ -301,7 +301,7 @@ def _faq(directory: Path, pattern: str) -> tuple[tuple[str, str, str], ...]:
     for path in sorted(directory.glob(pattern)):
         for anchor, heading, body, _ in _sections(_parse(path)):
             m = _SECTION_NO.match(heading)
-            number, question = (m.group(0).strip(), heading[m.end():]) if m else ("", heading)
+            number, question = (m.group(0).strip(), heading[m.end() :]) if m else ("", heading)
             answer = "\n\n".join(text for _, text in _blocks(body)).strip()
             own = _norm("".join(_text(c, links=False) for c in body))
             if not answer or not re.search(r"\w", own):  # no text of its own, or only links

@@ -19,10 +19,32 @@ def test_bench_small_run(tmp_path, demo_data):
 
     out = tmp_path / "bench.jsonl"
     lines: list[str] = []
-    res = run(parse_args([*SMALL, "--steps", "8", "--log-every", "4", "--repeats", "1", "--loader-seconds", "0.5",
-                          "--fixed-steps", "20", "--fixed-repeats", "1",
-                          "--memory", "tiny:64x8", "--workdir", str(tmp_path / "runs"), "--json", str(out)]),
-              say=lines.append)
+    res = run(
+        parse_args(
+            [
+                *SMALL,
+                "--steps",
+                "8",
+                "--log-every",
+                "4",
+                "--repeats",
+                "1",
+                "--loader-seconds",
+                "0.5",
+                "--fixed-steps",
+                "20",
+                "--fixed-repeats",
+                "1",
+                "--memory",
+                "tiny:64x8",
+                "--workdir",
+                str(tmp_path / "runs"),
+                "--json",
+                str(out),
+            ]
+        ),
+        say=lines.append,
+    )
     thr = res["throughput"]
     # same model, seed, batches and optimizer: the logged losses are the bare loop's
     assert thr["max_rel_loss_diff"] is not None and thr["max_rel_loss_diff"] < 1e-5
@@ -54,28 +76,58 @@ def test_markdown_table(tmp_path):
     """--markdown appends one section per run to BENCHMARKS.md-style file, header written once."""
     from llm.bench.train import append_markdown, parse_args
 
-    out = {"machine": {"cpu": "X", "cores_usable": 2, "torch": "2", "torch_threads": 2, "cuda": None, "lightning": "2", "transformers": "5"},
-           "throughput": {"model": "tiny", "framework_median": 1000.0, "bare_median": 990.0, "ratio": 1.0101, "pair_ratios": [1.01],
-                          "tokens_per_step": 512, "framework_step_s": 0.5, "framework_mfu": 0.31,
-                          "bare_phases_s": {"data": 0.01, "forward": 0.15, "backward": 0.3, "optimizer": 0.04}},
-           "fixed_cost": None, "memory": [], "peak_flops": 1e11, "time": 0,
-           "baselines": {"litgpt": {"ratio_xiulian_vs_litgpt": 0.98, "ratio_xiulian_compiled_vs_litgpt": 1.03, "litgpt_version": "0.5.13",
-                                    "tokens_per_s": {"litgpt": 1020.0}}, "trl": {"ratio": 1.18, "model": "tiny", "xiulian": 70.0, "trl": 59.3}}}
+    out = {
+        "machine": {"cpu": "X", "cores_usable": 2, "torch": "2", "torch_threads": 2, "cuda": None, "lightning": "2", "transformers": "5"},
+        "throughput": {
+            "model": "tiny",
+            "framework_median": 1000.0,
+            "bare_median": 990.0,
+            "ratio": 1.0101,
+            "pair_ratios": [1.01],
+            "tokens_per_step": 512,
+            "framework_step_s": 0.5,
+            "framework_mfu": 0.31,
+            "bare_phases_s": {"data": 0.01, "forward": 0.15, "backward": 0.3, "optimizer": 0.04},
+        },
+        "fixed_cost": None,
+        "memory": [],
+        "peak_flops": 1e11,
+        "time": 0,
+        "baselines": {
+            "litgpt": {
+                "ratio_xiulian_vs_litgpt": 0.98,
+                "ratio_xiulian_compiled_vs_litgpt": 1.03,
+                "litgpt_version": "0.5.13",
+                "tokens_per_s": {"litgpt": 1020.0},
+            },
+            "trl": {"ratio": 1.18, "model": "tiny", "xiulian": 70.0, "trl": 59.3},
+        },
+    }
     md = tmp_path / "B.md"
     for _ in range(2):
         append_markdown(md, out, parse_args([]))
     text = md.read_text()
     assert text.count("# Benchmarks") == 1 and text.count("| figure | value | notes |") == 2
-    for needle in ("**1.010**", "| MFU | 31.00% |", "| forward | 150.0 ms | 30% of a bare-loop step (500.0 ms) |",
-                   "Xiulian / litgpt pretrain** | **0.980**", "Xiulian / TRL SFTTrainer** | **1.180**"):
+    for needle in (
+        "**1.010**",
+        "| MFU | 31.00% |",
+        "| forward | 150.0 ms | 30% of a bare-loop step (500.0 ms) |",
+        "Xiulian / litgpt pretrain** | **0.980**",
+        "Xiulian / TRL SFTTrainer** | **1.180**",
+    ):
         assert needle.replace("| forward", "|   forward") in text or needle in text, needle
 
 
 @pytest.mark.slow
 def test_bench_quick_cli(tmp_path, demo_data):
     """``python -m llm.bench --quick`` (the demo data at its own vocabulary) in under ~1.5 minutes."""
-    r = subprocess.run([sys.executable, "-m", "llm.bench", "--quick", "--json", str(tmp_path / "b.jsonl"), "--markdown", str(tmp_path / "B.md")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "llm.bench", "--quick", "--json", str(tmp_path / "b.jsonl"), "--markdown", str(tmp_path / "B.md")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ratio framework/bare" in r.stdout and "x training" in r.stdout and "step time split" in r.stdout
     assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 6

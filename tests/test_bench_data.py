@@ -14,22 +14,43 @@ import pytest
 from conftest import ROOT
 
 DOCS = Path("/usr/share/doc/python3.11/html")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (DOCS / "_sources").is_dir(),
-                                 reason="python3.11-doc is not installed (bash launch/fixtures.sh as root)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (DOCS / "_sources").is_dir(), reason="python3.11-doc is not installed (bash launch/fixtures.sh as root)"),
+]
 
 
 def test_bench_data_quick(tmp_path):
     out = tmp_path / "bench.json"
     md = tmp_path / "BENCH.md"
-    r = subprocess.run([sys.executable, "-m", "llm.bench.data", "--quick", "--min-seconds", "0.05",
-                        "--mem-sizes", "500,2000", "--work", str(tmp_path / "work"), "--json", str(out),
-                        "--markdown", str(md)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm.bench.data",
+            "--quick",
+            "--min-seconds",
+            "0.05",
+            "--mem-sizes",
+            "500,2000",
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     res = json.loads(out.read_text())
     blocks = {b["block"]: b for b in res["blocks"]}
-    assert {"read WARC", "extract HTML (resiliparse)", "language id", "heuristic rules", "MinHash signature",
-            "quality classifier"} <= set(blocks)
+    assert {"read WARC", "extract HTML (resiliparse)", "language id", "heuristic rules", "MinHash signature", "quality classifier"} <= set(
+        blocks
+    )
     for b in res["blocks"]:
         assert b["ours"]["docs_per_s"] > 0 and b["datatrove"]["docs_per_s"] > 0, b
     # pass-through blocks keep everything on both sides; the same lid model routes the same way

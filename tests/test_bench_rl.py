@@ -27,8 +27,14 @@ def test_bench_rl_quick_cli(tmp_path):
     tiny export is cached. TRL's PPO may be unavailable (it left TRL in 1.13): then the json
     says why and the rest must still be there."""
     out = tmp_path / "bench_rl.json"
-    r = subprocess.run([sys.executable, "-m", "llm.bench.rl", "--model", "tiny", "--quick", "--json", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "llm.bench.rl", "--model", "tiny", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Xiulian RLHF benchmark" in r.stdout
     res = json.loads(out.read_text())
@@ -77,11 +83,31 @@ def test_summary_without_trl():
     from llm.bench.rl import summarize
 
     def run(lora: bool, peak: int) -> dict:
-        phases = [{"generate_s": 0.2, "score_s": 0.01, "evaluate_s": 0.1, "train_s": 0.3, "generate_tokens_per_s": 1000.0,
-                   "response_length": 30.0, "score": 0.5}] * 3
-        return {"phases": phases, "step_s": [0.7, 0.7], "median_step_s": 0.7, "tokens_per_s": 300.0, "losses": [0.5, 0.5, 0.6],
-                "peak_rss": peak, "rss_after_imports": 100, "rss_before_first_step": 150, "trainable_params": 10 if lora else 1000,
-                "total_params": 1010 if lora else 1000, "reference": "adapters disabled" if lora else "frozen copy", "fingerprints": ["a"] * 3}
+        phases = [
+            {
+                "generate_s": 0.2,
+                "score_s": 0.01,
+                "evaluate_s": 0.1,
+                "train_s": 0.3,
+                "generate_tokens_per_s": 1000.0,
+                "response_length": 30.0,
+                "score": 0.5,
+            }
+        ] * 3
+        return {
+            "phases": phases,
+            "step_s": [0.7, 0.7],
+            "median_step_s": 0.7,
+            "tokens_per_s": 300.0,
+            "losses": [0.5, 0.5, 0.6],
+            "peak_rss": peak,
+            "rss_after_imports": 100,
+            "rss_before_first_step": 150,
+            "trainable_params": 10 if lora else 1000,
+            "total_params": 1010 if lora else 1000,
+            "reference": "adapters disabled" if lora else "frozen copy",
+            "fingerprints": ["a"] * 3,
+        }
 
     s = summarize(None, [run(False, 400)], [run(True, 300)], [run(False, 500)], [], warmup=1, order=["X", "D", "L"])
     assert "ratio_time_xiulian_over_trl" not in s["trl_comparison"] and s["trl_comparison"]["trl"] is None

@@ -19,8 +19,14 @@ def test_bench_sft_quick_cli(tmp_path):
     """``python -m llm.bench.sft --quick --model tiny``: 3 fresh processes (Xiulian, TRL, Xiulian
     LoRA), about a minute once the tiny export is cached."""
     out = tmp_path / "bench_sft.json"
-    r = subprocess.run([sys.executable, "-m", "llm.bench.sft", "--quick", "--model", "tiny", "--json", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "llm.bench.sft", "--quick", "--model", "tiny", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Xiulian SFT benchmark" in r.stdout
     res = json.loads(out.read_text())
@@ -53,11 +59,23 @@ def test_summary_without_trl():
     from llm.bench.sft import summarize
 
     def run(lora: bool, peak: int) -> dict:
-        return {"tokens_per_s": 100.0, "loss_tokens_per_s": 50.0, "padded_tokens_per_s": 120.0, "median_step_s": 0.5,
-                "window_steps": 2, "tokens_per_step": [10, 10, 10], "losses": [3.0, 2.9, 2.8], "peak_rss": peak,
-                "rss_after_imports": 100, "rss_before_first_step": 150, "trainable_params": 10 if lora else 1000,
-                "total_params": 1010 if lora else 1000, "torch_threads": 2, "internal_loss_tokens_per_s": [40.0],
-                "fingerprints": ["a", "b", "c"]}
+        return {
+            "tokens_per_s": 100.0,
+            "loss_tokens_per_s": 50.0,
+            "padded_tokens_per_s": 120.0,
+            "median_step_s": 0.5,
+            "window_steps": 2,
+            "tokens_per_step": [10, 10, 10],
+            "losses": [3.0, 2.9, 2.8],
+            "peak_rss": peak,
+            "rss_after_imports": 100,
+            "rss_before_first_step": 150,
+            "trainable_params": 10 if lora else 1000,
+            "total_params": 1010 if lora else 1000,
+            "torch_threads": 2,
+            "internal_loss_tokens_per_s": [40.0],
+            "fingerprints": ["a", "b", "c"],
+        }
 
     s = summarize([run(False, 400)], [], [run(True, 300)], ["X", "L"])
     assert "ratio" not in s["throughput"] and "trl" not in s["throughput"]

@@ -65,8 +65,18 @@ def test_subcommands_pass_their_arguments(tmp_path):
 def test_xiulian_train_runs_a_stage(tmp_path, demo_data):
     """Hydra reads sys.argv: the overrides after ``xiulian train`` reach it unchanged."""
     env = {**os.environ, "XIULIAN_CACHE": os.environ["XIULIAN_CACHE"], "WANDB_MODE": "offline"}
-    cmd = [*_xiulian(), "train", "stage=pretrain", "model=tiny", "data=demo", *FAST, "trainer.max_steps=3",
-           "trainer.val_every_n_steps=3", "eval=none", f"run_dir={tmp_path / 'run'}"]
+    cmd = [
+        *_xiulian(),
+        "train",
+        "stage=pretrain",
+        "model=tiny",
+        "data=demo",
+        *FAST,
+        "trainer.max_steps=3",
+        "trainer.val_every_n_steps=3",
+        "eval=none",
+        f"run_dir={tmp_path / 'run'}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     export = out.stdout.strip().splitlines()[-1]
@@ -80,8 +90,9 @@ def test_hydra_quote_round_trips_paths(path):
     """launch/hydra-quote.sh quotes a path so that Hydra's override parser gives it back unchanged."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    quoted = subprocess.run(["bash", "-c", 'source launch/hydra-quote.sh && hydra_quote "$1"', "_", path],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    quoted = subprocess.run(
+        ["bash", "-c", 'source launch/hydra-quote.sh && hydra_quote "$1"', "_", path], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert OverridesParser.create().parse_override(f"model.pretrained={quoted}").value() == path
     if "," in path or "'" in path:  # unquoted, such a path is a syntax error or a list
         from hydra.errors import OverrideParseException

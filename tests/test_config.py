@@ -83,15 +83,18 @@ def test_wrong_type_names_it():
     assert "max_steps" in msg and "many" in msg
 
 
-@pytest.mark.parametrize("override,allowed", [
-    ("trainer.on_nonfinite=ignore", "stop, skip"),
-    ("strategy.name=zero3", "deepspeed_zero3"),
-    ("data.on_bad_row=drop", "error, skip"),
-    ("data.chat_template=chatml", "auto, default"),
-    ("stage.ppo.kl_estimator=k4", "k1, k2, k3, abs"),
-    ("model.arch=mamba", "llama, gpt2"),
-    ("logger.mode=online-ish", "auto, online, offline, disabled"),
-])
+@pytest.mark.parametrize(
+    "override,allowed",
+    [
+        ("trainer.on_nonfinite=ignore", "stop, skip"),
+        ("strategy.name=zero3", "deepspeed_zero3"),
+        ("data.on_bad_row=drop", "error, skip"),
+        ("data.chat_template=chatml", "auto, default"),
+        ("stage.ppo.kl_estimator=k4", "k1, k2, k3, abs"),
+        ("model.arch=mamba", "llama, gpt2"),
+        ("logger.mode=online-ish", "auto, online, offline, disabled"),
+    ],
+)
 def test_closed_choice_rejected_at_compose(override, allowed):
     """A closed choice is an enum: a wrong value fails when the config is composed, before any
     work, naming the key and the values it takes."""
@@ -102,13 +105,16 @@ def test_closed_choice_rejected_at_compose(override, allowed):
     assert key in msg and repr(value) in msg and allowed in msg
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["strategy=deepspeed_zero2", "strategy.offload_params=true"], "strategy.offload_params needs ZeRO-3"),
-    (["data.seq_len=512", "model.max_seq_len=256"], "data.seq_len=512 exceeds model.max_seq_len=256"),
-    (["stage=ppo", "stage.ppo.top_p=0"], "stage.ppo.top_p=0.0: must be in (0, 1]"),
-    (["data.val_fraction=1.5"], "data.val_fraction=1.5"),
-    (["trainer.max_skipped_steps=-1"], "trainer.max_skipped_steps=-1"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["strategy=deepspeed_zero2", "strategy.offload_params=true"], "strategy.offload_params needs ZeRO-3"),
+        (["data.seq_len=512", "model.max_seq_len=256"], "data.seq_len=512 exceeds model.max_seq_len=256"),
+        (["stage=ppo", "stage.ppo.top_p=0"], "stage.ppo.top_p=0.0: must be in (0, 1]"),
+        (["data.val_fraction=1.5"], "data.val_fraction=1.5"),
+        (["trainer.max_skipped_steps=-1"], "trainer.max_skipped_steps=-1"),
+    ],
+)
 def test_cross_field_checks_name_the_fields(overrides, message):
     """``__post_init__`` checks, run on the composed config before any work (``check_config``)."""
     from llm.config import check_config
@@ -148,22 +154,36 @@ def test_group_files_state_only_what_differs(group):
 
     from llm import config as C
 
-    node = {"model": C.ModelConfig, "data": C.DataConfig, "stage": C.StageConfig, "strategy": C.StrategyConfig,
-            "trainer": C.TrainerConfig, "logger": C.LoggerConfig, "eval": C.EvalConfig}[group]
+    node = {
+        "model": C.ModelConfig,
+        "data": C.DataConfig,
+        "stage": C.StageConfig,
+        "strategy": C.StrategyConfig,
+        "trainer": C.TrainerConfig,
+        "logger": C.LoggerConfig,
+        "eval": C.EvalConfig,
+    }[group]
     restated = []
     for f in sorted((CONF / group).glob("*.yaml")):
         data = yaml.safe_load(f.read_text()) or {}
         base = OmegaConf.structured(node)
         for parent in data.get("defaults") or []:
             if parent != "_self_":
-                base = OmegaConf.merge(base, {k: v for k, v in yaml.safe_load((f.parent / f"{parent}.yaml").read_text()).items() if k != "defaults"})
+                base = OmegaConf.merge(
+                    base, {k: v for k, v in yaml.safe_load((f.parent / f"{parent}.yaml").read_text()).items() if k != "defaults"}
+                )
         base = OmegaConf.to_container(base, enum_to_str=True)
         for path, value in _leaves(data):
             d = base
             for k in path:
                 d = d.get(k, "<absent>") if isinstance(d, dict) else "<absent>"
-            if path != ("name",) and d not in ("<absent>", "???") and d == value and type(d) is type(value) or (
-                    isinstance(d, float) and isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == d):
+            if (
+                path != ("name",)
+                and d not in ("<absent>", "???")
+                and d == value
+                and type(d) is type(value)
+                or (isinstance(d, float) and isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == d)
+            ):
                 restated.append(f"{f.relative_to(CONF)}: {'.'.join(path)}: {value!r} is the default")
     assert not restated, "\n".join(restated)
 
@@ -225,14 +245,17 @@ def test_pipeline_config_mistake_names_the_key(mistake):
         assert word in str(e.value), (word, str(e.value))
 
 
-@pytest.mark.parametrize("body,named", [
-    ("dedup:\n  boilerplat: {min_chars: 3}\n", ["boilerplat", "dedup"]),
-    ("extract: {timeout: fast}\n", ["extract.timeout"]),
-    ("quality:\n  keep: {rule: top}\n", ["quality.keep.rule", "threshold, pareto"]),
-    ("mixture: {val_fraction: 1.0}\n", ["mixture.val_fraction"]),
-    ("inputs: [{name: a, kind: txt, path: /tmp}, {name: a, kind: html, path: /tmp}]\n", ["inputs", "'a'"]),
-    ("extract: {timeout: 1\n", ["mine.yaml", "line 2"]),  # not YAML
-])
+@pytest.mark.parametrize(
+    "body,named",
+    [
+        ("dedup:\n  boilerplat: {min_chars: 3}\n", ["boilerplat", "dedup"]),
+        ("extract: {timeout: fast}\n", ["extract.timeout"]),
+        ("quality:\n  keep: {rule: top}\n", ["quality.keep.rule", "threshold, pareto"]),
+        ("mixture: {val_fraction: 1.0}\n", ["mixture.val_fraction"]),
+        ("inputs: [{name: a, kind: txt, path: /tmp}, {name: a, kind: html, path: /tmp}]\n", ["inputs", "'a'"]),
+        ("extract: {timeout: 1\n", ["mine.yaml", "line 2"]),  # not YAML
+    ],
+)
 def test_pipeline_config_file_mistake_names_the_key(body, named, tmp_path):
     """The same checks for a config file of one's own (next to nothing but ``base``)."""
     from llm.data.__main__ import load_config
@@ -248,8 +271,13 @@ def test_pipeline_config_file_mistake_names_the_key(body, named, tmp_path):
 
 @pytest.mark.tier("integration")
 def test_pipeline_cli_mistake_exits_naming_the_key():
-    r = subprocess.run([sys.executable, "-m", "llm.data", "python_docs", "dedup.boilerplat.min_chars=3"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "llm.data", "python_docs", "dedup.boilerplat.min_chars=3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert "dedup.boilerplat" in r.stderr
     assert "Traceback" not in r.stderr
@@ -270,9 +298,12 @@ def test_pipeline_configs_are_schema_defaults_plus_their_own_keys(name, executor
         return {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"}
 
     schema = {"local": P.LocalExecutorConfig, "slurm": P.SlurmExecutorConfig}[executor]
-    expected = OmegaConf.merge(OmegaConf.structured(P.PipelineConfig), {"executor": OmegaConf.structured(schema)},
-                               {"executor": body(CONF / "pipeline" / "executor" / f"{executor}.yaml")},
-                               body(CONF / "pipeline" / f"{name}.yaml"))
+    expected = OmegaConf.merge(
+        OmegaConf.structured(P.PipelineConfig),
+        {"executor": OmegaConf.structured(schema)},
+        {"executor": body(CONF / "pipeline" / "executor" / f"{executor}.yaml")},
+        body(CONF / "pipeline" / f"{name}.yaml"),
+    )
     assert body(CONF / "pipeline" / "base.yaml") == {}
     assert load_config(name, [f"executor={executor}"]) == P.to_plain(expected)
 

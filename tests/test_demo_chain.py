@@ -39,7 +39,12 @@ def test_demo_chains_the_three_stages_and_the_reward_rises(tmp_path):
     env = {**os.environ, "XIULIAN_RUN_ID": run_id, "XIULIAN_SKIP_SETUP": "1"}
     proc = subprocess.Popen(
         ["bash", "launch/demo.sh", "trainer.max_steps=200", "trainer.progress_bar=false"],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         stdout, stderr = proc.communicate(timeout=1700)

@@ -29,8 +29,7 @@ from llm.eval.core import (
     zen_of_python,
 )
 
-WORDS = ["<s>", "</s>", "<unk>", "good", "bad", "day", "luck", "pos", "neg", "|",
-         "france", "germany", "paris", "berlin", "rome", "is"]
+WORDS = ["<s>", "</s>", "<unk>", "good", "bad", "day", "luck", "pos", "neg", "|", "france", "germany", "paris", "berlin", "rome", "is"]
 V = len(WORDS)
 ID = {w: i for i, w in enumerate(WORDS)}
 
@@ -49,9 +48,20 @@ def bigram_model(table: dict[tuple[str, str], float]):
     """logits(next | cur) = B[cur, next]: B is 0 except the entries in ``table``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=V, hidden_size=V, intermediate_size=4, num_hidden_layers=1, num_attention_heads=1,
-                      num_key_value_heads=1, head_dim=V, max_position_embeddings=64, rms_norm_eps=1e-12,
-                      tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=V,
+        intermediate_size=4,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=V,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-12,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
     m = LlamaForCausalLM(cfg).eval()
     B = torch.zeros(V, V)
     for (a, b), v in table.items():
@@ -65,8 +75,15 @@ def bigram_model(table: dict[tuple[str, str], float]):
     return m
 
 
-TABLE = {("day", "pos"): 2.0, ("luck", "neg"): 2.0, ("pos", "pos"): 1.0,
-         ("france", "paris"): 5.0, ("germany", "rome"): 5.0, ("paris", "</s>"): 9.0, ("rome", "</s>"): 9.0}
+TABLE = {
+    ("day", "pos"): 2.0,
+    ("luck", "neg"): 2.0,
+    ("pos", "pos"): 1.0,
+    ("france", "paris"): 5.0,
+    ("germany", "rome"): 5.0,
+    ("paris", "</s>"): 9.0,
+    ("rome", "</s>"): 9.0,
+}
 
 
 def lp_row(row_logits: dict[str, float], nxt: str) -> float:
@@ -84,9 +101,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-SENT = [{"query": "good day", "answer": "pos"}, {"query": "bad luck", "answer": "neg"},
-        {"query": "bad day", "answer": "neg"}, {"query": "good luck", "answer": "pos"},
-        {"query": "luck day", "answer": "pos"}]
+SENT = [
+    {"query": "good day", "answer": "pos"},
+    {"query": "bad luck", "answer": "neg"},
+    {"query": "bad day", "answer": "neg"},
+    {"query": "good luck", "answer": "pos"},
+    {"query": "luck day", "answer": "pos"},
+]
 
 
 # ------------------------------------------------------------------------------- bigram: by hand
@@ -137,8 +158,7 @@ def test_multiple_choice_acc_norm_by_hand(tmp_path):
 def test_exact_match_by_hand(tmp_path):
     tok, m = bigram_tokenizer(), bigram_model(TABLE)
     rows = [{"country": "france", "answer": "Paris"}, {"country": "germany", "answer": ["Berlin", "berlin"]}]
-    t = task(name="cap", type="generate", path=write_jsonl(tmp_path / "cap.jsonl", rows), template="{country}",
-             max_new_tokens=4, stop=[])
+    t = task(name="cap", type="generate", path=write_jsonl(tmp_path / "cap.jsonl", rows), template="{country}", max_new_tokens=4, stop=[])
     res = run_task(m, tok, t)
     # greedy: france -> paris -> </s> (stop); germany -> rome -> </s>
     assert [p["output"] for p in res["predictions"]] == ["paris", "rome"]
@@ -146,8 +166,15 @@ def test_exact_match_by_hand(tmp_path):
     t2 = task(name="cap", type="generate", path=t.path, template="{country}", max_new_tokens=4, stop=[], ignore_case=False)
     assert run_task(m, tok, t2)["exact_match"] == 0.0
     rows = [{"country": "france", "answer": "par"}, {"country": "germany", "answer": "ger"}]
-    t3 = task(name="cap", type="generate", path=write_jsonl(tmp_path / "cap3.jsonl", rows), template="{country}",
-              max_new_tokens=4, stop=[], extract=r"^(\w{3})")
+    t3 = task(
+        name="cap",
+        type="generate",
+        path=write_jsonl(tmp_path / "cap3.jsonl", rows),
+        template="{country}",
+        max_new_tokens=4,
+        stop=[],
+        extract=r"^(\w{3})",
+    )
     assert [p["output"] for p in run_task(m, tok, t3)["predictions"]] == ["par", "rom"]
 
 
@@ -174,7 +201,7 @@ def test_perplexity_equals_independent_nll(tiny_base):
         for d in docs:
             ids = [tok.bos_token_id] + tok(d).input_ids
             for s in range(0, len(ids) - 1, L):
-                w = torch.tensor(ids[s:s + L + 1])
+                w = torch.tensor(ids[s : s + L + 1])
                 logits = m(w[None, :-1]).logits[0]
                 nll += F.cross_entropy(logits, w[1:], reduction="sum").item()
                 n += len(w) - 1
@@ -189,8 +216,12 @@ def test_batched_scores_equal_one_at_a_time(tiny_base):
 
     m = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
     tok = AutoTokenizer.from_pretrained(tiny_base)
-    reqs = [("Question: Which keyword defines a function?\nAnswer:", " def"), ("A list is", " a mutable sequence"),
-            ("x", " y"), ("The ", "end of the story, which is long enough to pad the others")]
+    reqs = [
+        ("Question: Which keyword defines a function?\nAnswer:", " def"),
+        ("A list is", " a mutable sequence"),
+        ("x", " y"),
+        ("The ", "end of the story, which is long enough to pad the others"),
+    ]
     one = [loglikelihoods(m, tok, [r])[0][0] for r in reqs]
     many = [ll for ll, _ in loglikelihoods(m, tok, reqs, batch_size=4)]
     assert many == pytest.approx(one, abs=1e-4)
@@ -244,7 +275,9 @@ def test_bad_task_data_names_file_line_and_field(tmp_path):
         run_task(m, tok, task(name="a", type="choice", path=str(p), choices=["pos", "neg"], shots=3))
     with pytest.raises(EvalDataError, match="chat: true needs a model with a chat template"):
         run_task(m, tok, task(name="a", type="generate", path=str(p), chat=True))
-    suite = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"name": "s", "tasks": [{"name": "a", "path": str(p)}, {"name": "a", "path": str(p)}]})
+    suite = OmegaConf.merge(
+        OmegaConf.structured(EvalConfig), {"name": "s", "tasks": [{"name": "a", "path": str(p)}, {"name": "a", "path": str(p)}]}
+    )
     with pytest.raises(EvalDataError, match="repeated: a"):
         run_suite(m, tok, suite)
 
@@ -260,20 +293,39 @@ def test_lm_eval_harness_hf_matches(tiny_base, tmp_path):
     from llm.eval.harness import write_tasks
 
     zh = [json.loads(x) for x in (TASKS_DIR / "zh_sentiment.jsonl").read_text(encoding="utf-8").splitlines()]
-    suite = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"name": "h", "tasks": [
-        {"name": "python_mc", "type": "choice", "path": "builtin:python_mc", "template": "Question: {query}\nAnswer:"},
-        {"name": "zh_3shot", "type": "choice", "path": write_jsonl(tmp_path / "zh_test.jsonl", zh[4:]),
-         "fewshot_path": write_jsonl(tmp_path / "zh_shots.jsonl", zh[:4]), "shots": 3, "choices": ["正面", "負面"],
-         "template": "{query} |", "fewshot_delimiter": " | "},
-    ]})
+    suite = OmegaConf.merge(
+        OmegaConf.structured(EvalConfig),
+        {
+            "name": "h",
+            "tasks": [
+                {"name": "python_mc", "type": "choice", "path": "builtin:python_mc", "template": "Question: {query}\nAnswer:"},
+                {
+                    "name": "zh_3shot",
+                    "type": "choice",
+                    "path": write_jsonl(tmp_path / "zh_test.jsonl", zh[4:]),
+                    "fewshot_path": write_jsonl(tmp_path / "zh_shots.jsonl", zh[:4]),
+                    "shots": 3,
+                    "choices": ["正面", "負面"],
+                    "template": "{query} |",
+                    "fewshot_delimiter": " | ",
+                },
+            ],
+        },
+    )
     names = write_tasks(suite, tmp_path / "harness")
     assert names == ["xiulian_python_mc", "xiulian_zh_3shot"]
     m = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
     tok = AutoTokenizer.from_pretrained(tiny_base)
     ours = run_suite(m, tok, suite)["tasks"]
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tiny_base},dtype=float32", tasks=names,
-                                  task_manager=TaskManager(include_path=str(tmp_path / "harness")), device="cpu",
-                                  batch_size=8, log_samples=True)
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={tiny_base},dtype=float32",
+        tasks=names,
+        task_manager=TaskManager(include_path=str(tmp_path / "harness")),
+        device="cpu",
+        batch_size=8,
+        log_samples=True,
+    )
     for ours_name, name in zip(["python_mc", "zh_3shot"], names):
         r = out["results"][name]
         assert r["acc,none"] == pytest.approx(ours[ours_name]["acc"])
@@ -309,8 +361,17 @@ def test_suite_during_training_logs_eval_metrics(tmp_path, demo_data):
 
     from conftest import compose
 
-    cfg = compose(["trainer.max_steps=6", "trainer.val_every_n_steps=1000", "trainer.ckpt_every_n_steps=0", "eval=pretrain",
-                   "eval.every_n_steps=3", "export=false"], run_dir=tmp_path)
+    cfg = compose(
+        [
+            "trainer.max_steps=6",
+            "trainer.val_every_n_steps=1000",
+            "trainer.ckpt_every_n_steps=0",
+            "eval=pretrain",
+            "eval.every_n_steps=3",
+            "export=false",
+        ],
+        run_dir=tmp_path,
+    )
     res = train(cfg)
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     steps = sorted({int(r["step"]) for r in rows if r.get("eval/python_mc/acc")})

@@ -32,7 +32,9 @@ def test_nan_skip_drops_one_update_and_goes_on(tmp_path, demo_data):
 
 
 def test_nan_stop_names_step_and_batch_and_resumes(tmp_path, demo_data):
-    with pytest.raises(FloatingPointError, match=r"optimizer step 4 \(epoch 0, batch 3 of the epoch, rank 0 of 1\).*last checkpoint is intact"):
+    with pytest.raises(
+        FloatingPointError, match=r"optimizer step 4 \(epoch 0, batch 3 of the epoch, rank 0 of 1\).*last checkpoint is intact"
+    ):
         train(compose([*BASE, "trainer.ckpt_every_n_steps=2"], run_dir=tmp_path))
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
     assert ckpts == ["step0000002.ckpt"]
@@ -44,7 +46,9 @@ def test_nan_stop_names_step_and_batch_and_resumes(tmp_path, demo_data):
 
 def test_max_skipped_steps_then_stops(tmp_path, demo_data):
     with pytest.raises(FloatingPointError, match=r"0 updates were skipped already \(trainer.max_skipped_steps=0\)"):
-        train(compose([*BASE, "trainer.on_nonfinite=skip", "trainer.max_skipped_steps=0", "trainer.ckpt_every_n_steps=0"], run_dir=tmp_path))
+        train(
+            compose([*BASE, "trainer.on_nonfinite=skip", "trainer.max_skipped_steps=0", "trainer.ckpt_every_n_steps=0"], run_dir=tmp_path)
+        )
 
 
 def test_write_error_during_checkpoint_keeps_previous(tmp_path, demo_data, monkeypatch):
@@ -95,8 +99,10 @@ def test_full_disk_is_named_and_keeps_previous(tmp_path, demo_data):
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=36m", "tmpfs", str(ckpts)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=36m", "tmpfs", str(ckpts)], capture_output=True).returncode != 0
+    ):
         pytest.skip("needs root and tmpfs (mount -t tmpfs) to make a small full disk")
     cfg = ["trainer.max_steps=6", "trainer.val_every_n_steps=1000", "eval=none", "export=false", "trainer.ckpt_every_n_steps=2"]
     try:
@@ -162,9 +168,14 @@ def test_kill_9_of_one_rank_fails_fast_names_it_and_resumes(tmp_path, demo_data)
             os.killpg(p.pid, signal.SIGKILL)
     assert p.returncode != 0
     assert took < 60, f"the job took {took:.0f} s to fail"
-    root = out[out.find("Root Cause"):]  # torchrun's summary: the first failure, with its rank
+    root = out[out.find("Root Cause") :]  # torchrun's summary: the first failure, with its rank
     assert re.search(r"rank\s*: 1 \(local_rank: 1\)", root) and re.search(r"exitcode\s*: -9", root), out[-3000:]
-    r = subprocess.run(["bash", str(ROOT / "launch" / "torchrun.sh"), "2", "trainer.max_steps=30", "ckpt_path=last", *args], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        ["bash", str(ROOT / "launch" / "torchrun.sh"), "2", "trainer.max_steps=30", "ckpt_path=last", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from" in r.stderr + r.stdout

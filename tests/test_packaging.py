@@ -89,8 +89,10 @@ def test_every_imported_module_is_declared():
         if not owners:
             missing.append(f"{mod} (imported by {', '.join(sorted(files))}) is not installed")
         elif not owners & declared:
-            missing.append(f"{mod} (imported by {', '.join(sorted(files))}) comes from {'/'.join(sorted(owners))}, "
-                           "which pyproject.toml does not declare")
+            missing.append(
+                f"{mod} (imported by {', '.join(sorted(files))}) comes from {'/'.join(sorted(owners))}, "
+                "which pyproject.toml does not declare"
+            )
     assert not missing, "undeclared imports:\n  " + "\n  ".join(missing)
 
 

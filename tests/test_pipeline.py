@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 DOCS = Path("/usr/share/doc/python3.11/html")
-pytestmark = [pytest.mark.tier("integration"),  # the pipeline on real pages, in process
-              pytest.mark.skipif(not (DOCS / "_sources").is_dir(), reason="python3.11-doc is not installed (bash launch/fixtures.sh as root)")]
+pytestmark = [
+    pytest.mark.tier("integration"),  # the pipeline on real pages, in process
+    pytest.mark.skipif(not (DOCS / "_sources").is_dir(), reason="python3.11-doc is not installed (bash launch/fixtures.sh as root)"),
+]
 
 
 def _jsonl(folder: Path):
@@ -32,11 +34,15 @@ def _jsonl(folder: Path):
 def _overrides(root: Path, out: Path) -> list[str]:
     """The python_docs config pointed at the planted corpus, written to ``out``."""
     return [
-        f"out={out}", "executor.tasks=2", "executor.workers=2",
+        f"out={out}",
+        "executor.tasks=2",
+        "executor.workers=2",
         f"inputs=[{{name: pydocs, kind: html, path: '{root}/corpus/html', glob: '**/*.htm*'}},"
         f"{{name: crawl, kind: warc, path: '{root}/corpus/warc', glob: '*.warc'}}]",
-        "quality.sources=[pydocs,crawl]", "quality.train.negative_sources=[pydocs]",
-        "mixture.sources={pydocs: {weight: 1, max_repeats: 1}}", "mixture.vocab_size=1024",
+        "quality.sources=[pydocs,crawl]",
+        "quality.train.negative_sources=[pydocs]",
+        "mixture.sources={pydocs: {weight: 1, max_repeats: 1}}",
+        "mixture.vocab_size=1024",
     ]
 
 
@@ -57,6 +63,7 @@ def run(tmp_path_factory):
 def _same_output(a: Path, b: Path) -> None:
     """Two runs of one config wrote the same documents (all but the path of the file read), the
     same removals and byte-identical token shards."""
+
     def docs(folder):
         rows = list(_jsonl(folder))
         for r in rows:
@@ -88,8 +95,7 @@ def test_boilerplate_gone_main_text_kept(run):
     from llm.pipeline.text import normalize_line, words
 
     pages = [p for p in run["planted"]["pages"] if "genindex" not in p]
-    raw = {p: extract_plain_text((run["root"] / "corpus/html" / p).read_text(), preserve_formatting=True)
-           for p in pages}
+    raw = {p: extract_plain_text((run["root"] / "corpus/html" / p).read_text(), preserve_formatting=True) for p in pages}
     counts = Counter(ln for t in raw.values() for ln in {normalize_line(x) for x in t.splitlines()} if ln)
     sources = {p: (DOCS / "_sources" / p.removeprefix("docs/").replace(".html", ".rst.txt")) for p in pages}
     src_lines = {p: {normalize_line(x) for x in s.read_text().splitlines()} for p, s in sources.items() if s.exists()}
@@ -172,8 +178,9 @@ def test_report_and_shards(run):
     manifest = json.loads((run["root"] / "out" / "shards" / "manifest.json").read_text())
     assert manifest["totals"]["tokens"] > 10_000
     mix = json.loads((run["root"] / "out" / "mixture.json").read_text())
-    assert mix["sources"]["pydocs"]["documents_written"] == run["report"]["kept_documents"] - \
-        mix["sources"].get("crawl", {}).get("documents", 0)
+    assert mix["sources"]["pydocs"]["documents_written"] == run["report"]["kept_documents"] - mix["sources"].get("crawl", {}).get(
+        "documents", 0
+    )
 
 
 def test_rerun_skips_finished_tasks(run):
@@ -194,9 +201,20 @@ def test_output_shards_train_pretraining(run, tmp_path):
     from conftest import FAST, compose
 
     shards = run["root"] / "out" / "shards"
-    cfg = compose(["data=shards", f"data.shards={shards}", "data.seq_len=64", "data.micro_batch_size=8",
-                   "trainer.max_steps=40", "trainer.val_every_n_steps=1000", "trainer.ckpt_every_n_steps=0",
-                   "export=false", *FAST], run_dir=tmp_path / "train")
+    cfg = compose(
+        [
+            "data=shards",
+            f"data.shards={shards}",
+            "data.seq_len=64",
+            "data.micro_batch_size=8",
+            "trainer.max_steps=40",
+            "trainer.val_every_n_steps=1000",
+            "trainer.ckpt_every_n_steps=0",
+            "export=false",
+            *FAST,
+        ],
+        run_dir=tmp_path / "train",
+    )
     result = train(cfg)
     assert result["global_step"] == 40
     rows = list(csv.DictReader(open(next((tmp_path / "train").rglob("metrics.csv")))))
@@ -242,8 +260,7 @@ def test_slurm_array_jobs_give_the_local_output(run, cluster, tmp_path):
     from llm.pipeline.run import run_pipeline
 
     out = tmp_path / "out"
-    cfg = load_config("python_docs", [*_overrides(run["root"], out), "executor=slurm", "executor.tasks=2",
-                                      "executor.wait_timeout=900"])
+    cfg = load_config("python_docs", [*_overrides(run["root"], out), "executor=slurm", "executor.tasks=2", "executor.wait_timeout=900"])
     assert cfg["executor"]["kind"] == "slurm"
     report = run_pipeline(cfg)
     assert report["kept_documents"] == run["report"]["kept_documents"]
@@ -262,10 +279,11 @@ def test_trafilatura_page_over_timeout_is_dropped_and_the_next_page_extracted():
 
     pages = sorted(DOCS.glob("library/*.html"))[:40]
     big = "<html><body>" + "".join(p.read_text() for p in pages) + "</body></html>"  # a few MB of real pages
-    small = "<html><body><article><h1>Fruit</h1><p>Cherries from the old tree were sweet this year, " \
-            "and the pears were late but worth the wait.</p></article></body></html>"
-    docs = [Document(text=big, id="big", metadata={"format": "html"}),
-            Document(text=small, id="small", metadata={"format": "html"})]
+    small = (
+        "<html><body><article><h1>Fruit</h1><p>Cherries from the old tree were sweet this year, "
+        "and the pears were late but worth the wait.</p></article></body></html>"
+    )
+    docs = [Document(text=big, id="big", metadata={"format": "html"}), Document(text=small, id="small", metadata={"format": "html"})]
     ex = HtmlExtractor("trafilatura", timeout=0.5)
     out = list(ex.run(iter(docs), 0, 1))
     assert [d.id for d in out] == ["small"]

@@ -38,12 +38,19 @@ def _write(path, rows):
 
 
 def test_pairs_and_rankings(tmp_path):
-    f = _write(tmp_path / "p.jsonl", [
-        {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away."},
-        {"prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "2+2?"}],
-         "chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": "5"}], "margin": 2},
-        {"prompt": "Rank us", "responses": ["best", "good", "bad", "worst"]},
-    ])
+    f = _write(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away."},
+            {
+                "prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "2+2?"}],
+                "chosen": [{"role": "assistant", "content": "4"}],
+                "rejected": [{"role": "assistant", "content": "5"}],
+                "margin": 2,
+            },
+            {"prompt": "Rank us", "responses": ["best", "good", "bad", "worst"]},
+        ],
+    )
     pairs, rep = read_preferences(f)
     assert rep.read == 3 and rep.kept == 3 and not rep.skipped
     assert len(pairs) == 1 + 1 + 6  # 4 answers -> 4 choose 2 pairs
@@ -60,7 +67,10 @@ def test_pairs_and_rankings(tmp_path):
         ({"chosen": "a", "rejected": "b"}, r"p\.jsonl:2: prompt: missing"),
         ({"prompt": "q", "chosen": "same", "rejected": "same"}, r"p\.jsonl:2: chosen: identical to rejected"),
         ({"prompt": "q", "chosen": "  ", "rejected": "b"}, r"p\.jsonl:2: chosen: empty"),
-        ({"prompt": [{"role": "robot", "content": "q"}], "chosen": "a", "rejected": "b"}, r"p\.jsonl:2: prompt\[0\]\.role: unknown role 'robot'"),
+        (
+            {"prompt": [{"role": "robot", "content": "q"}], "chosen": "a", "rejected": "b"},
+            r"p\.jsonl:2: prompt\[0\]\.role: unknown role 'robot'",
+        ),
         ({"prompt": "q", "responses": ["only one"]}, r"p\.jsonl:2: responses: expected a list of at least 2"),
         ({"prompt": "q", "responses": ["a", "a"]}, r"p\.jsonl:2: responses: identical answers"),
         ("{not json", r"p\.jsonl:2"),

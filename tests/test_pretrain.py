@@ -38,8 +38,13 @@ def test_overfit_one_batch(tmp_path, demo_data):
 
 def test_validation_loss_falls_and_export_matches(tmp_path, demo_data):
     cfg = compose(
-        ["trainer.max_steps=120", "trainer.val_every_n_steps=10", "trainer.ckpt_every_n_steps=60",
-         "stage.optim.warmup_steps=10", "data.micro_batch_size=16"],
+        [
+            "trainer.max_steps=120",
+            "trainer.val_every_n_steps=10",
+            "trainer.ckpt_every_n_steps=60",
+            "stage.optim.warmup_steps=10",
+            "data.micro_batch_size=16",
+        ],
         run_dir=tmp_path,
     )
     result = train(cfg)
@@ -70,8 +75,16 @@ def test_validation_loss_falls_and_export_matches(tmp_path, demo_data):
     assert (tmp_path / "checkpoints" / "step0000120.ckpt").is_file()
 
     # the generate CLI continues a prompt from the export (greedy = deterministic)
-    out = [subprocess.run([sys.executable, "-m", "llm.generate", str(export), "The ", "--max-new-tokens", "12"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300) for _ in range(2)]
+    out = [
+        subprocess.run(
+            [sys.executable, "-m", "llm.generate", str(export), "The ", "--max-new-tokens", "12"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
+        for _ in range(2)
+    ]
     assert out[0].returncode == 0, out[0].stderr
     assert out[0].stdout.startswith("The ") and len(out[0].stdout.strip()) > len("The")
     assert out[0].stdout == out[1].stdout
@@ -103,14 +116,16 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, demo_data):
     ref = subprocess.run(_train_cmd(ref_dir, RESUME_ARGS), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
-    killed = subprocess.run(_train_cmd(run_dir, [*RESUME_ARGS, "trainer.crash_at_step=11"]),
-                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    killed = subprocess.run(
+        _train_cmd(run_dir, [*RESUME_ARGS, "trainer.crash_at_step=11"]), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
     assert ckpts == ["step0000008.ckpt"], ckpts
 
-    resumed = subprocess.run(_train_cmd(run_dir, [*RESUME_ARGS, "ckpt_path=last"]),
-                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    resumed = subprocess.run(
+        _train_cmd(run_dir, [*RESUME_ARGS, "ckpt_path=last"]), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     a = series(read_metrics(ref_dir), "train/loss")
@@ -139,9 +154,14 @@ def test_ckpt_path_last_without_checkpoint_starts_fresh(tmp_path):
 def test_ddp_two_processes_lightning_launcher(tmp_path, demo_data):
     run_dir = tmp_path / "ddp"
     r = subprocess.run(
-        _train_cmd(run_dir, ["strategy=ddp", "strategy.devices=2", "trainer.max_steps=30", "trainer.val_every_n_steps=15",
-                             "trainer.ckpt_every_n_steps=15"]),
-        capture_output=True, text=True, cwd=ROOT, timeout=900,
+        _train_cmd(
+            run_dir,
+            ["strategy=ddp", "strategy.devices=2", "trainer.max_steps=30", "trainer.val_every_n_steps=15", "trainer.ckpt_every_n_steps=15"],
+        ),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
     )
     assert r.returncode == 0, r.stderr[-4000:]
     assert f"export: {run_dir / 'export'}" in r.stdout.strip().splitlines()[-1]
@@ -154,9 +174,22 @@ def test_ddp_two_processes_lightning_launcher(tmp_path, demo_data):
 @pytest.mark.slow
 def test_ddp_two_processes_torchrun(tmp_path, demo_data):
     run_dir = tmp_path / "torchrun"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llm.train",
-           *FAST, "strategy=ddp", f"hydra.run.dir={run_dir}", "trainer.max_steps=20", "trainer.val_every_n_steps=10",
-           "stage.grad_accum=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "llm.train",
+        *FAST,
+        "strategy=ddp",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=20",
+        "trainer.val_every_n_steps=10",
+        "stage.grad_accum=2",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.strip().splitlines()[-1] == f"export: {run_dir / 'export'}"
@@ -183,9 +216,19 @@ def test_wandb_offline_without_key(tmp_path, demo_data, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    cfg = compose(["logger=wandb", "trainer.max_steps=3", "trainer.val_every_n_steps=1000", "trainer.ckpt_every_n_steps=0",
-                   "export=false", "stage.sample_every_n_steps=2", "stage.sample_prompts=[The ,def ]",
-                   "stage.sample_max_new_tokens=5"], run_dir=tmp_path)
+    cfg = compose(
+        [
+            "logger=wandb",
+            "trainer.max_steps=3",
+            "trainer.val_every_n_steps=1000",
+            "trainer.ckpt_every_n_steps=0",
+            "export=false",
+            "stage.sample_every_n_steps=2",
+            "stage.sample_prompts=[The ,def ]",
+            "stage.sample_max_new_tokens=5",
+        ],
+        run_dir=tmp_path,
+    )
     t0 = time.time()
     train(cfg)
     import wandb
@@ -206,18 +249,32 @@ def test_corrupt_shard_stops_training_with_its_name(tmp_path, demo_data):
     from llm.data.shards import PackedTokenStream, ShardError, load_manifest
 
     tok, shards = demo_data
-    out = prepare_data(["builtin:python-docs"], tmp_path / "prep", tokenizer=str(shards.parent / "tokenizer"),
-                       shard_max_tokens=40000, val_fraction=0.03, seed=1234)
+    out = prepare_data(
+        ["builtin:python-docs"],
+        tmp_path / "prep",
+        tokenizer=str(shards.parent / "tokenizer"),
+        shard_max_tokens=40000,
+        val_fraction=0.03,
+        seed=1234,
+    )
     bad = out / "shards"
     names = [s["name"] for s in load_manifest(bad)["splits"]["train"]]
     assert len(names) >= 4, names
     # the second shard the first epoch reads (data.seed=1234, as in the config)
     victim = bad / PackedTokenStream(bad, "train", 64, 8, seed=1234).shard_order[1]
     data = bytearray(victim.read_bytes())
-    data[512 * 3: 512 * 4] = b"\xff" * 512  # a tar header past the first sample: same size, broken
+    data[512 * 3 : 512 * 4] = b"\xff" * 512  # a tar header past the first sample: same size, broken
     victim.write_bytes(bytes(data))
-    common = ["data=shards", f"data.shards={bad}", "trainer.max_steps=30", "trainer.val_every_n_steps=1000",
-              "trainer.ckpt_every_n_steps=0", "export=false", *FAST, "data.shuffle_block=1"]
+    common = [
+        "data=shards",
+        f"data.shards={bad}",
+        "trainer.max_steps=30",
+        "trainer.val_every_n_steps=1000",
+        "trainer.ckpt_every_n_steps=0",
+        "export=false",
+        *FAST,
+        "data.shuffle_block=1",
+    ]
     with pytest.raises(ShardError, match=victim.name):
         train(compose([*common, "trainer.max_steps=200"], run_dir=tmp_path / "strict"))
     # with skip_corrupt the bad shard is excluded, training completes, the skip is reported

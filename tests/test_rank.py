@@ -48,8 +48,16 @@ def browser():
         pytest.skip("selenium is not installed (pip install -e .[dev])")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-proxy-server",
-                "--disable-background-networking", "--disable-extensions", "--window-size=1200,900"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--no-proxy-server",
+        "--disable-background-networking",
+        "--disable-extensions",
+        "--window-size=1200,900",
+    ):
         opts.add_argument(arg)
     try:  # a driver path in Service: Selenium Manager (which would go to the network) is not used
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
@@ -78,7 +86,11 @@ def _answers(driver, prompt=None, timeout=30):
 
     def ready(d):
         items = d.find_elements(By.CSS_SELECTOR, "li.answer")
-        if len(items) >= 2 and (prompt is None or _text(d, "#prompt") == prompt) and not d.find_element(By.ID, "submit").get_attribute("disabled"):
+        if (
+            len(items) >= 2
+            and (prompt is None or _text(d, "#prompt") == prompt)
+            and not d.find_element(By.ID, "submit").get_attribute("disabled")
+        ):
             return items
         return False
 
@@ -95,7 +107,9 @@ def _shown(driver):
     """(data-id, answer text) of the items, top to bottom."""
     from selenium.webdriver.common.by import By
 
-    return [(li.get_attribute("data-id"), li.find_element(By.TAG_NAME, "pre").text) for li in driver.find_elements(By.CSS_SELECTOR, "li.answer")]
+    return [
+        (li.get_attribute("data-id"), li.find_element(By.TAG_NAME, "pre").text) for li in driver.find_elements(By.CSS_SELECTOR, "li.answer")
+    ]
 
 
 def _lines(path):
@@ -113,7 +127,10 @@ def test_rank_page_with_candidates(tmp_path, browser):
     from selenium.common.exceptions import NoAlertPresentException
 
     cands, out = tmp_path / "cands.jsonl", tmp_path / "prefs.jsonl"
-    recs = [{"prompt": "What is 2 + 2?", "responses": ["4", XSS, "four"]}, {"prompt": "Name a colour.", "responses": ["red", "blue", "green"]}]
+    recs = [
+        {"prompt": "What is 2 + 2?", "responses": ["4", XSS, "four"]},
+        {"prompt": "Name a colour.", "responses": ["red", "blue", "green"]},
+    ]
     cands.write_text("".join(json.dumps(r) + "\n" for r in recs))
     with serving(make_server(str(cands), out, n=4)) as url:
         browser.get(url)
@@ -154,8 +171,15 @@ def tiny_model(sft_run):
 @pytest.mark.tier("system")
 def test_rank_page_with_model_samples(tmp_path, browser, tiny_model):
     prompts, out = tmp_path / "prompts.jsonl", tmp_path / "prefs.jsonl"
-    recs = [{"messages": [{"role": "user", "content": "What does the function `os.path.join` do?"}, {"role": "assistant", "content": "Joins paths."}]},
-            {"instruction": "Explain the Python module `json`."}]
+    recs = [
+        {
+            "messages": [
+                {"role": "user", "content": "What does the function `os.path.join` do?"},
+                {"role": "assistant", "content": "Joins paths."},
+            ]
+        },
+        {"instruction": "Explain the Python module `json`."},
+    ]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in recs))
     with serving(make_server(str(tiny_model), out, n=3, prompts=str(prompts), max_new_tokens=16, temperature=1.0, seed=0)) as url:
         browser.get(url)
@@ -202,15 +226,21 @@ def test_api_validation_and_bad_prompt_files(tmp_path):
     assert _lines(out)[0]["responses"] == ["c", "a", "b"]
 
     bad = tmp_path / "prompts.jsonl"
-    cases = [('{"instruction": 5}', "instruction: expected a non-empty string"),
-             ('{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}', "messages[1].role: unknown role"),
-             ('{"messages": [{"role": "system", "content": "be brief"}]}', "messages: no user turn"),
-             ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}, {"role": "system", "content": "y"}]}',
-              "messages[2].role: a system message may only come first"),
-             ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}]}',
-              "messages[1].role: the prompt must end with a user turn"),
-             ('{"text": "no prompt field"}', "expected a 'prompt', 'messages' or 'instruction' field"),
-             ("{not json", "invalid JSON")]
+    cases = [
+        ('{"instruction": 5}', "instruction: expected a non-empty string"),
+        ('{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}', "messages[1].role: unknown role"),
+        ('{"messages": [{"role": "system", "content": "be brief"}]}', "messages: no user turn"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}, {"role": "system", "content": "y"}]}',
+            "messages[2].role: a system message may only come first",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}]}',
+            "messages[1].role: the prompt must end with a user turn",
+        ),
+        ('{"text": "no prompt field"}', "expected a 'prompt', 'messages' or 'instruction' field"),
+        ("{not json", "invalid JSON"),
+    ]
     for line, msg in cases:
         bad.write_text('{"prompt": "fine"}\n' + line + "\n")
         with pytest.raises(ChatDataError, match=rf"{bad}:2: ") as e:
@@ -221,10 +251,17 @@ def test_api_validation_and_bad_prompt_files(tmp_path):
         read_candidates(bad)
     # the formats: prompt, messages (the final assistant turn dropped, earlier turns as context), alpaca
     good = tmp_path / "good.jsonl"
-    good.write_text("\n".join(json.dumps(r) for r in [
-        {"prompt": "a"},
-        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "x"}]},
-        {"instruction": "do", "input": "this"}]) + "\n")
+    good.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"prompt": "a"},
+                {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "x"}]},
+                {"instruction": "do", "input": "this"},
+            ]
+        )
+        + "\n"
+    )
     ps = read_prompts(good)
     assert [p.text for p in ps] == ["a", "u", "do\n\nthis"]
     assert ps[1].context == [{"role": "system", "content": "s"}]
@@ -246,8 +283,13 @@ def test_prompt_with_context_is_written_as_the_conversation(tmp_path):
 
     prompts, out = tmp_path / "prompts.jsonl", tmp_path / "prefs.jsonl"
     conv = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"}]
-    prompts.write_text("\n".join(json.dumps(r) for r in [{"messages": [*conv, {"role": "assistant", "content": "Paris"}]},
-                                                         {"prompt": "Same?"}, {"prompt": "Only one answer"}]) + "\n")
+    prompts.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [{"messages": [*conv, {"role": "assistant", "content": "Paris"}]}, {"prompt": "Same?"}, {"prompt": "Only one answer"}]
+        )
+        + "\n"
+    )
     answers = {"Capital of France?": ["Paris", "Lyon"], "Same?": ["yes", "no"], "Only one answer": ["x", "x ", ""]}
     with serving(make_server(_Fixed(prompts, answers), out)) as url:
         with urllib.request.urlopen(url + "api/next", timeout=10) as r:

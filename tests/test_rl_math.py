@@ -178,7 +178,6 @@ def test_gae_matches_python_loop_random_ragged():
     close(adv[2, 0], rewards[2][0] - values[2][0], atol=1e-12)
 
 
-
 def test_kl_penalised_rewards_by_hand():
     kl = torch.tensor([[0.5, -0.25, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
@@ -188,9 +187,17 @@ def test_kl_penalised_rewards_by_hand():
 
 
 def test_rollout_sequences_join_prompt_and_response():
-    ro = Rollout(prompt_ids=torch.tensor([[0, 5, 6]]), prompt_mask=torch.tensor([[0, 1, 1]]), responses=torch.tensor([[7, 2, 0]]),
-                 response_mask=torch.tensor([[1, 1, 0]]), ended=torch.tensor([True]), texts=["x"], prompts=[[{"role": "user", "content": "q"}]])
+    ro = Rollout(
+        prompt_ids=torch.tensor([[0, 5, 6]]),
+        prompt_mask=torch.tensor([[0, 1, 1]]),
+        responses=torch.tensor([[7, 2, 0]]),
+        response_mask=torch.tensor([[1, 1, 0]]),
+        ended=torch.tensor([True]),
+        texts=["x"],
+        prompts=[[{"role": "user", "content": "q"}]],
+    )
     assert ro.sequences.tolist() == [[0, 5, 6, 7, 2, 0]] and ro.attention_mask.tolist() == [[0, 1, 1, 1, 1, 0]] and ro.prompt_len == 3
+
 
 # ===================================================================== KL
 @pytest.mark.parametrize(

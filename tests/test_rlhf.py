@@ -34,8 +34,20 @@ def sft_export(sft_run):
 @pytest.fixture(scope="module")
 def rm_run(tmp_path_factory, sft_export):
     run = tmp_path_factory.mktemp("rm")
-    return _run(run, ["stage=rm", "model=hf", f"model.pretrained={sft_export}", "data=pref_demo", "data.seq_len=128",
-                      "data.val_batches=null", "trainer.max_steps=60", "trainer.val_every_n_steps=60", "stage.optim.lr=1e-3"])
+    return _run(
+        run,
+        [
+            "stage=rm",
+            "model=hf",
+            f"model.pretrained={sft_export}",
+            "data=pref_demo",
+            "data.seq_len=128",
+            "data.val_batches=null",
+            "trainer.max_steps=60",
+            "trainer.val_every_n_steps=60",
+            "stage.optim.lr=1e-3",
+        ],
+    )
 
 
 def test_reward_model_ranks_held_out_pairs(rm_run):
@@ -58,7 +70,10 @@ def test_reward_export_is_a_sequence_classifier_reading_the_last_real_token(rm_r
     tok = AutoTokenizer.from_pretrained(exp)
     assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
     prompt = [{"role": "user", "content": "What is the Python module `json` for?"}]
-    seqs = [encode_answer(tok, prompt, a, 256).ids for a in ("Encode and decode JSON.", "It is a module for reading and writing JSON documents in Python programs.", "No.")]
+    seqs = [
+        encode_answer(tok, prompt, a, 256).ids
+        for a in ("Encode and decode JSON.", "It is a module for reading and writing JSON documents in Python programs.", "No.")
+    ]
     right, rmask = pad_batch(seqs, tok.pad_token_id, 64, "right")
     left, lmask = pad_batch(seqs, tok.pad_token_id, 64, "left")
     with torch.no_grad():
@@ -95,9 +110,24 @@ def _short_pairs(path, n=400):
 
 def test_dpo_starts_at_ln2_and_prefers_short_answers(tmp_path, sft_export):
     pairs = _short_pairs(tmp_path / "short.jsonl")
-    res = _run(tmp_path / "run", ["stage=dpo", "model=hf", f"model.pretrained={sft_export}", f"data.sources=[{pairs}]",
-                                  "data.datasets=[]", "data.seq_len=128", "data.val_fraction=0.1", "data=pref_demo", "data.val_batches=null",
-                                  "trainer.max_steps=40", "trainer.val_every_n_steps=40", "stage.optim.lr=2e-4", "stage.dpo.beta=0.1"])
+    res = _run(
+        tmp_path / "run",
+        [
+            "stage=dpo",
+            "model=hf",
+            f"model.pretrained={sft_export}",
+            f"data.sources=[{pairs}]",
+            "data.datasets=[]",
+            "data.seq_len=128",
+            "data.val_fraction=0.1",
+            "data=pref_demo",
+            "data.val_batches=null",
+            "trainer.max_steps=40",
+            "trainer.val_every_n_steps=40",
+            "stage.optim.lr=2e-4",
+            "stage.dpo.beta=0.1",
+        ],
+    )
     assert res["before"]["val/loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
     assert res["metrics"]["val/loss"] < 0.6 and res["metrics"]["val/reward_accuracy"] > 0.8
     # and the policy moves the way PPO's rule reward pushes it: shorter answers to held-out questions
@@ -122,11 +152,26 @@ def _mean_rule_reward(model_dir, max_chars, n=16):
 def test_dpo_precomputed_reference_with_lora(tmp_path, sft_export):
     """No reference model in memory: its log-probs are computed once and kept in checkpoints."""
     pairs = _short_pairs(tmp_path / "short.jsonl", n=120)
-    res = _run(tmp_path / "run", ["stage=dpo", "model=hf", f"model.pretrained={sft_export}", f"data.sources=[{pairs}]",
-                                  "data.datasets=[]", "data=pref_demo", "data.seq_len=128", "data.val_batches=null",
-                                  "stage.dpo.precompute_ref=true", "stage.lora.enabled=true", "stage.optim.lr=1e-3",
-                                  "trainer.max_steps=6", "trainer.val_every_n_steps=6", "trainer.ckpt_every_n_steps=6",
-                                  "logger.wandb=true"])
+    res = _run(
+        tmp_path / "run",
+        [
+            "stage=dpo",
+            "model=hf",
+            f"model.pretrained={sft_export}",
+            f"data.sources=[{pairs}]",
+            "data.datasets=[]",
+            "data=pref_demo",
+            "data.seq_len=128",
+            "data.val_batches=null",
+            "stage.dpo.precompute_ref=true",
+            "stage.lora.enabled=true",
+            "stage.optim.lr=1e-3",
+            "trainer.max_steps=6",
+            "trainer.val_every_n_steps=6",
+            "trainer.ckpt_every_n_steps=6",
+            "logger.wandb=true",
+        ],
+    )
     module = res["module"]
     assert module._ref == [] and set(module.ref_logps) == {"train", "val"}
     assert res["before"]["val/loss"] == pytest.approx(math.log(2), abs=1e-5)
@@ -139,8 +184,15 @@ def test_dpo_precomputed_reference_with_lora(tmp_path, sft_export):
 
 
 # ----------------------------------------------------------------------------- PPO
-PPO = ["stage=ppo", "model=hf", "data=prompts_demo", "data.micro_batch_size=16", "data.val_batches=2", "stage.ppo.max_new_tokens=24",
-       "stage.sample_prompts=[]"]
+PPO = [
+    "stage=ppo",
+    "model=hf",
+    "data=prompts_demo",
+    "data.micro_batch_size=16",
+    "data.val_batches=2",
+    "stage.ppo.max_new_tokens=24",
+    "stage.sample_prompts=[]",
+]
 
 
 def _metric_rows(run_dir, key):
@@ -151,8 +203,18 @@ def _metric_rows(run_dir, key):
 
 
 def test_ppo_raises_a_rule_based_reward_with_bounded_kl(tmp_path, sft_export):
-    res = _run(tmp_path, [*PPO, f"model.pretrained={sft_export}", "stage.reward.function=short", "+stage.reward.kwargs={max_chars: 20}",
-                          "trainer.max_steps=24", "trainer.val_every_n_steps=24", "stage.optim.lr=1e-4"])
+    res = _run(
+        tmp_path,
+        [
+            *PPO,
+            f"model.pretrained={sft_export}",
+            "stage.reward.function=short",
+            "+stage.reward.kwargs={max_chars: 20}",
+            "trainer.max_steps=24",
+            "trainer.val_every_n_steps=24",
+            "stage.optim.lr=1e-4",
+        ],
+    )
     before, after = res["before"]["val/reward"], res["metrics"]["val/reward"]
     scores = _metric_rows(res["run_dir"], "ppo/score")
     kls = _metric_rows(res["run_dir"], "ppo/kl")
@@ -175,9 +237,21 @@ def test_ppo_with_reward_model_lora_reference_and_separate_critic(tmp_path, sft_
 
     # LoRA policy: the reference is the same model with its adapters disabled; a separate critic
     # started from the reward model; the reward from that reward model
-    res = _run(tmp_path, [*PPO, f"model.pretrained={sft_export}", f"stage.reward.model={rm_run['export']}", "stage.lora.enabled=true",
-                          "stage.ppo.critic=separate", "trainer.max_steps=3", "trainer.val_every_n_steps=100", "stage.optim.lr=1e-3",
-                          "stage.ppo.log_samples_every=1", "logger.wandb=true"])
+    res = _run(
+        tmp_path,
+        [
+            *PPO,
+            f"model.pretrained={sft_export}",
+            f"stage.reward.model={rm_run['export']}",
+            "stage.lora.enabled=true",
+            "stage.ppo.critic=separate",
+            "trainer.max_steps=3",
+            "trainer.val_every_n_steps=100",
+            "stage.optim.lr=1e-3",
+            "stage.ppo.log_samples_every=1",
+            "logger.wandb=true",
+        ],
+    )
     assert res["global_step"] == 3
     module = res["module"]
     assert "ref" not in module._frozen and module.critic is not None and module.value_head is None
@@ -191,12 +265,22 @@ def test_ppo_with_reward_model_lora_reference_and_separate_critic(tmp_path, sft_
 
 
 def test_ppo_resume_matches_uninterrupted(tmp_path, sft_export):
-    args = [*PPO, f"model.pretrained={sft_export}", "stage.reward.function=short", "trainer.val_every_n_steps=100",
-            "trainer.max_steps=4", "stage.optim.lr=1e-4", "stage.ppo.adaptive_kl=true", "data.micro_batch_size=8"]
+    args = [
+        *PPO,
+        f"model.pretrained={sft_export}",
+        "stage.reward.function=short",
+        "trainer.val_every_n_steps=100",
+        "trainer.max_steps=4",
+        "stage.optim.lr=1e-4",
+        "stage.ppo.adaptive_kl=true",
+        "data.micro_batch_size=8",
+    ]
     full = train(compose([*args, "trainer.ckpt_every_n_steps=2", "trainer.progress_bar=false"], run_dir=tmp_path / "full"))
     ckpt = tmp_path / "full" / "checkpoints" / "step0000002.ckpt"
     assert ckpt.exists()
-    resumed = train(compose([*args, "trainer.ckpt_every_n_steps=2", "trainer.progress_bar=false", f"ckpt_path={ckpt}"], run_dir=tmp_path / "resumed"))
+    resumed = train(
+        compose([*args, "trainer.ckpt_every_n_steps=2", "trainer.progress_bar=false", f"ckpt_path={ckpt}"], run_dir=tmp_path / "resumed")
+    )
     a, b = full["module"], resumed["module"]
     for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
         torch.testing.assert_close(p, q, msg=n)
@@ -239,13 +323,29 @@ def test_reward_model_on_smollm2_ranks_held_out_faq_answers(tmp_path):
         tr, he = faq_split(debian_faq_pairs(lang), holdout=0.2, seed=0)
         train_files.append(_faq_preferences(tr, tmp_path / f"train-{lang}.jsonl", lang))
         held_files.append(_faq_preferences(he, tmp_path / f"held-{lang}.jsonl", lang))
-    res = train(compose([
-        "stage=rm", "model=hf", f"model.pretrained={gguf}", "data=pref_demo", "data.datasets=[]",
-        f"data.sources=[{','.join(map(str, train_files))}]",
-        f"data.val_datasets=[{{path: {held_files[0]}}},{{path: {held_files[1]}}}]",
-        "data.seq_len=128", "data.micro_batch_size=4", "data.val_batches=null", "data.on_truncated=skip",
-        "trainer.max_steps=12", "trainer.val_every_n_steps=12", "stage.optim.lr=3e-5", "stage.optim.warmup_steps=2", *FAST,
-    ], run_dir=tmp_path / "run"))
+    res = train(
+        compose(
+            [
+                "stage=rm",
+                "model=hf",
+                f"model.pretrained={gguf}",
+                "data=pref_demo",
+                "data.datasets=[]",
+                f"data.sources=[{','.join(map(str, train_files))}]",
+                f"data.val_datasets=[{{path: {held_files[0]}}},{{path: {held_files[1]}}}]",
+                "data.seq_len=128",
+                "data.micro_batch_size=4",
+                "data.val_batches=null",
+                "data.on_truncated=skip",
+                "trainer.max_steps=12",
+                "trainer.val_every_n_steps=12",
+                "stage.optim.lr=3e-5",
+                "stage.optim.warmup_steps=2",
+                *FAST,
+            ],
+            run_dir=tmp_path / "run",
+        )
+    )
     before, after = res["before"]["val/accuracy"], res["metrics"]["val/accuracy"]
     print(f"SmolLM2 reward model, held-out FAQ pairs: accuracy {before:.3f} -> {after:.3f}")
     assert after >= 0.85 and after > before + 0.05, (before, after)  # measured: 0.772 -> 0.895
@@ -261,9 +361,22 @@ def test_ppo_under_ddp_keeps_ranks_in_sync(tmp_path, sft_export):
 
     from conftest import ROOT
 
-    cmd = [sys.executable, "-m", "llm.train", *PPO, f"model.pretrained={sft_export}", "data.micro_batch_size=4", "stage.ppo.minibatch_size=2",
-           "stage.reward.function=short", "trainer.max_steps=2", "trainer.val_every_n_steps=100", "strategy=ddp", "strategy.devices=2",
-           *FAST, f"run_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llm.train",
+        *PPO,
+        f"model.pretrained={sft_export}",
+        "data.micro_batch_size=4",
+        "stage.ppo.minibatch_size=2",
+        "stage.reward.function=short",
+        "trainer.max_steps=2",
+        "trainer.val_every_n_steps=100",
+        "strategy=ddp",
+        "strategy.devices=2",
+        *FAST,
+        f"run_dir={tmp_path}",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert "export: " in out.stdout

@@ -66,8 +66,26 @@ def test_tiny_sweep_on_cpu_fits_and_plots(tmp_path, demo_data):
     """Hydra multirun over 3 widths x 3 budgets, then the fit, the plot and the suggestion."""
     out = tmp_path / "sweep"
     fast = ["data.vocab_size=1024", "data.seq_len=64", "model.max_seq_len=64", "data.num_workers=0", "logger=csv"]
-    r = subprocess.run([sys.executable, "-m", "llm.eval.scaling", "sweep", "--widths", "16,32,64", "--steps", "30,60,120",
-                        "--layers", "2", "--out", str(out), *fast], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm.eval.scaling",
+            "sweep",
+            "--widths",
+            "16,32,64",
+            "--steps",
+            "30,60,120",
+            "--layers",
+            "2",
+            "--out",
+            str(out),
+            *fast,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list(out.glob("L2_d*_s*/export/xiulian.json"))) == 9
     res = main(["fit", str(out), "--budget", "1e12"])

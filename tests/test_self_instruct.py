@@ -130,7 +130,7 @@ def test_parse_numbered_list_formats():
         "2) Name three rivers\n"
         "   in Europe.\n"
         "Task 3: Summarize the text.\n"
-        "**4.** **Instruction:** \"Explain recursion to a child.\"\n"
+        '**4.** **Instruction:** "Explain recursion to a child."\n'
         "\n"
         "I hope these help!\n"
     )
@@ -403,7 +403,11 @@ def chat_reply(content: str, finish_reason: str = "stop") -> dict[str, Any]:
 
 SEEDS = [
     {"instruction": "Give a synonym for the word happy."},
-    {"instruction": "Rewrite the sentence in the passive voice.", "input": "The cat chased the mouse.", "output": "The mouse was chased by the cat."},
+    {
+        "instruction": "Rewrite the sentence in the passive voice.",
+        "input": "The cat chased the mouse.",
+        "output": "The mouse was chased by the cat.",
+    },
     {"instruction": "Give three tips for staying healthy."},
 ]
 
@@ -411,29 +415,29 @@ PROPOSALS = [
     (
         # round 1: 10 items
         (
-        "Sure! Here are some new tasks:\n\n"
-        "1. Summarize the story of a famous novel in three sentences.\n"
-        '2. Give me a synonym for the word "happy".\n'  # near-duplicate of a seed (F1 0.93)
-        "3. Hi\n"  # too short
-        "4. Describe the image below in detail.\n"  # unsupported
-        "5. Translate the following sentence into French.\n"
-        "6. Summarize the story of a famous novel in 3 sentences!\n"  # near-duplicate of item 1 (F1 8/9)
-        "7. Explain why the sky is blue\n"
-        "   to a five-year-old.\n"  # continuation line
-        "8. Write a program that sorts a list.\n"  # ambiguous
-        "9. ???!!!\n"  # not text
-        "10. List three uses for a paperclip.\n\n"  # accepted but surplus (3 needed)
-        "Let me know if you need more!"
+            "Sure! Here are some new tasks:\n\n"
+            "1. Summarize the story of a famous novel in three sentences.\n"
+            '2. Give me a synonym for the word "happy".\n'  # near-duplicate of a seed (F1 0.93)
+            "3. Hi\n"  # too short
+            "4. Describe the image below in detail.\n"  # unsupported
+            "5. Translate the following sentence into French.\n"
+            "6. Summarize the story of a famous novel in 3 sentences!\n"  # near-duplicate of item 1 (F1 8/9)
+            "7. Explain why the sky is blue\n"
+            "   to a five-year-old.\n"  # continuation line
+            "8. Write a program that sorts a list.\n"  # ambiguous
+            "9. ???!!!\n"  # not text
+            "10. List three uses for a paperclip.\n\n"  # accepted but surplus (3 needed)
+            "Let me know if you need more!"
         ),
         "stop",
     ),
     (
         # round 2: cut off by the length limit inside item 4
         (
-        "1. Summarize the story of a famous novel in three sentences.\n"  # duplicate of a kept one
-        "2. List three uses for a paperclip.\n"  # was surplus: accepted now
-        "3. Name the capital of Australia and one fact about it.\n"  # surplus
-        "4. Describe how a rainbow for"
+            "1. Summarize the story of a famous novel in three sentences.\n"  # duplicate of a kept one
+            "2. List three uses for a paperclip.\n"  # was surplus: accepted now
+            "3. Name the capital of Australia and one fact about it.\n"  # surplus
+            "4. Describe how a rainbow for"
         ),
         "length",
     ),
@@ -609,9 +613,7 @@ def test_same_seed_same_requests(tmp_path):
         with FakeServer(respond) as server:
             teacher = HTTPTeacher(server.url, concurrency=3)
             seed_tasks = load_seed_tasks(seeds)
-            result = si.run_self_instruct(
-                teacher, seed_tasks, num_tasks=1, prompts_per_round=3, per_prompt=2, seed=seed, progress=False
-            )
+            result = si.run_self_instruct(teacher, seed_tasks, num_tasks=1, prompts_per_round=3, per_prompt=2, seed=seed, progress=False)
         assert len(result.items) == 1
         return sorted(json.dumps(b["messages"]) for _, _, b in server.requests)
 

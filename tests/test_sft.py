@@ -29,7 +29,10 @@ def _sft(tiny_base, run_dir, extra=()):
 def _heldout_questions(n=12):
     from llm.data.chat import Conversation, builtin_python_qa, split_holdout
 
-    convs = [Conversation([{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]) for r in builtin_python_qa()]
+    convs = [
+        Conversation([{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}])
+        for r in builtin_python_qa()
+    ]
     _, held = split_holdout(convs, 0.1, 1234)  # data=sft_demo's val split (val_fraction, data.seed)
     return [c.messages[0]["content"] for c in held[:n]]
 
@@ -70,8 +73,22 @@ def test_fine_tuning_refuses_random_weights_unless_asked(tmp_path, demo_data):
     with pytest.raises(ValueError, match="starts from a pretrained model.*stage.random_init=true"):
         train(compose(["stage=sft", "data=sft_demo"], run_dir=tmp_path / "a"))
     tok_dir = demo_data[0].name_or_path
-    res = train(compose([*SFT[:1], "data=sft_demo", *SFT[3:], "stage.random_init=true", f"data.tokenizer={tok_dir}", "model.max_seq_len=128",
-                         "trainer.max_steps=2", "trainer.val_every_n_steps=100", "export=false"], run_dir=tmp_path / "b"))
+    res = train(
+        compose(
+            [
+                *SFT[:1],
+                "data=sft_demo",
+                *SFT[3:],
+                "stage.random_init=true",
+                f"data.tokenizer={tok_dir}",
+                "model.max_seq_len=128",
+                "trainer.max_steps=2",
+                "trainer.val_every_n_steps=100",
+                "export=false",
+            ],
+            run_dir=tmp_path / "b",
+        )
+    )
     assert res["global_step"] == 2
 
 
@@ -89,8 +106,19 @@ def lora_runs(tmp_path_factory, tiny_base):
     echo.write_text("".join(json.dumps({"instruction": f"Repeat: {a} {b}", "output": f"{a} {b}"}) + "\n" for a in words for b in words))
     runs = {}
     for name, extra in (("qa", []), ("echo", [f"data.datasets=[{{path: {echo}}}]"])):
-        runs[name] = _sft(tiny_base, tmp_path / name, ["stage=sft_lora", f"stage.lora.name={name}", "stage.lora.r=8",
-                                                         "trainer.max_steps=20", "trainer.val_every_n_steps=20", "trainer.ckpt_every_n_steps=20", *extra])
+        runs[name] = _sft(
+            tiny_base,
+            tmp_path / name,
+            [
+                "stage=sft_lora",
+                f"stage.lora.name={name}",
+                "stage.lora.r=8",
+                "trainer.max_steps=20",
+                "trainer.val_every_n_steps=20",
+                "trainer.ckpt_every_n_steps=20",
+                *extra,
+            ],
+        )
     return tmp_path, runs
 
 
@@ -178,22 +206,45 @@ def test_chat_streams_keeps_history_and_picks_adapters(sft_run, lora_runs, tiny_
 def test_chat_cli_one_shot_and_interactive(sft_run):
     _, res = sft_run
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    one = subprocess.run([sys.executable, "-m", "llm.chat", res["export"], "-p", "What is the Python module `csv` for?", "--max-new-tokens", "16"],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    one = subprocess.run(
+        [sys.executable, "-m", "llm.chat", res["export"], "-p", "What is the Python module `csv` for?", "--max-new-tokens", "16"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert one.returncode == 0 and one.stdout.strip(), one.stderr[-2000:]
-    inter = subprocess.run([sys.executable, "-m", "llm.chat", res["export"], "--max-new-tokens", "8"], input="Hello\n/reset\n/adapter x\nBye\n/exit\n",
-                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    inter = subprocess.run(
+        [sys.executable, "-m", "llm.chat", res["export"], "--max-new-tokens", "8"],
+        input="Hello\n/reset\n/adapter x\nBye\n/exit\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert inter.returncode == 0, inter.stderr[-2000:]
     assert inter.stdout.count("ai> ") == 2 and "[history cleared]" in inter.stderr and "unknown adapter 'x'" in inter.stderr
-    bad = subprocess.run([sys.executable, "-m", "llm.chat", "/nonexistent/model"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "llm.chat", "/nonexistent/model"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
     assert bad.returncode != 0 and "no such model directory" in bad.stderr
 
 
 @pytest.mark.slow
 def test_sft_sigkill_and_resume_matches_uninterrupted(tmp_path, tiny_base):
     """grad_accum=2, packing: killed at step 7 (checkpoint at 6), resumed: same weights at 12."""
-    args = [*SFT, f"model.pretrained={tiny_base}", "stage.grad_accum=2", "data.micro_batch_size=4", "trainer.max_steps=12",
-            "trainer.val_every_n_steps=100", "trainer.ckpt_every_n_steps=6", "export=false"]
+    args = [
+        *SFT,
+        f"model.pretrained={tiny_base}",
+        "stage.grad_accum=2",
+        "data.micro_batch_size=4",
+        "trainer.max_steps=12",
+        "trainer.val_every_n_steps=100",
+        "trainer.ckpt_every_n_steps=6",
+        "export=false",
+    ]
     train(compose(args, run_dir=tmp_path / "ref"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "llm.train", *args, f"run_dir={tmp_path / 'run'}"]
@@ -239,13 +290,32 @@ def test_lora_on_smollm2_lowers_heldout_faq_perplexity(tmp_path):
         held += he[:8]
     write_sft_jsonl(train_rows, tmp_path / "train.jsonl")
     write_sft_jsonl(held, tmp_path / "held.jsonl")
-    res = train(compose([
-        "stage=sft_lora", "model=hf", f"model.pretrained={gguf}", f"data.sources=[{tmp_path / 'train.jsonl'}]",
-        f"data.val_datasets=[{{path: {tmp_path / 'held.jsonl'}}}]", "data.seq_len=256", "data.micro_batch_size=4",
-        "data.val_batches=null", "data.packing=true", "data=sft_demo", "data.datasets=[]",
-        "trainer.max_steps=16", "trainer.val_every_n_steps=16", "trainer.ckpt_every_n_steps=0", "trainer.progress_bar=false",
-        "stage.optim.lr=1e-3", "stage.optim.warmup_steps=2", "stage.sample_prompts=[]", "stage.lora.name=faq",
-    ], run_dir=tmp_path / "run"))
+    res = train(
+        compose(
+            [
+                "stage=sft_lora",
+                "model=hf",
+                f"model.pretrained={gguf}",
+                f"data.sources=[{tmp_path / 'train.jsonl'}]",
+                f"data.val_datasets=[{{path: {tmp_path / 'held.jsonl'}}}]",
+                "data.seq_len=256",
+                "data.micro_batch_size=4",
+                "data.val_batches=null",
+                "data.packing=true",
+                "data=sft_demo",
+                "data.datasets=[]",
+                "trainer.max_steps=16",
+                "trainer.val_every_n_steps=16",
+                "trainer.ckpt_every_n_steps=0",
+                "trainer.progress_bar=false",
+                "stage.optim.lr=1e-3",
+                "stage.optim.warmup_steps=2",
+                "stage.sample_prompts=[]",
+                "stage.lora.name=faq",
+            ],
+            run_dir=tmp_path / "run",
+        )
+    )
     import math
 
     before, after = res["before"]["val/loss"], res["metrics"]["val/loss"]

@@ -44,8 +44,7 @@ def _labelled(tok, ex):
 def test_default_template_assistant_tokens_exactly(tok):
     text = chat.render_text(tok, MULTI)
     assert text == (
-        "<|system|>Be brief.<|end|><|user|>Hi there 😀<|end|><|assistant|>Hello! 你好<|end|>"
-        "<|user|>Again<|end|><|assistant|>Sure.<|end|>"
+        "<|system|>Be brief.<|end|><|user|>Hi there 😀<|end|><|assistant|>Hello! 你好<|end|><|user|>Again<|end|><|assistant|>Sure.<|end|>"
     )
     ex = encode_conversation(tok, MULTI)
     ids = tok(text, add_special_tokens=False).input_ids
@@ -94,8 +93,10 @@ def test_template_added_to_a_tokenizer_without_one():
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(["Hello there, how are you?"] * 4, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        ["Hello there, how are you?"] * 4,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
     bare = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
     assert not bare.chat_template and bare.pad_token is None
     n = len(bare)
@@ -122,13 +123,20 @@ GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "co
         ({"messages": [{"content": "q"}, {"role": "assistant", "content": "a"}]}, "messages[0].role: missing role"),
         ({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}, "messages[0].content: empty content"),
         ({"messages": [{"role": "bot", "content": "q"}, {"role": "assistant", "content": "a"}]}, "messages[0].role: unknown role 'bot'"),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "and?"}]},
-         "messages[2].role: the conversation ends with 'user'"),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "and?"}]},
+            "messages[2].role: the conversation ends with 'user'",
+        ),
         ({"messages": [{"role": "assistant", "content": "a"}]}, "messages[0].role: an assistant turn before any user turn"),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]},
-         "messages[1].role: a system message may only come first"),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]},
+            "messages[1].role: a system message may only come first",
+        ),
         ({"instruction": "q"}, "output: missing field"),
-        ({"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}, "conversations[1].from: unknown role 'robot'"),
+        (
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]},
+            "conversations[1].from: unknown role 'robot'",
+        ),
         ({"text": "no format"}, "cannot tell the format"),
         ('{"messages": [', "invalid JSON"),
     ],
@@ -143,18 +151,29 @@ def test_bad_rows_name_file_line_field(tmp_path, bad, where):
 
 
 def test_skip_counts_by_reason(tmp_path):
-    rows = [GOOD, {"messages": [{"role": "bot", "content": "q"}, {"role": "assistant", "content": "a"}]},
-            {"messages": [{"role": "pirate", "content": "q"}, {"role": "assistant", "content": "a"}]},
-            {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]}]
+    rows = [
+        GOOD,
+        {"messages": [{"role": "bot", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "pirate", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]},
+    ]
     convs, rep = read_conversations(str(_write(tmp_path, rows)), on_error="skip")
     assert len(convs) == 1
     assert rep.skipped == {"messages[].role: unknown role '…'": 2, "messages[].content: empty content": 1}
 
 
 def test_formats_agree(tmp_path):
-    openai = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Do X\n\nwith Y"}, {"role": "assistant", "content": "Done"}]}
+    openai = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "Do X\n\nwith Y"},
+            {"role": "assistant", "content": "Done"},
+        ]
+    }
     alpaca = {"system": "S", "instruction": "Do X", "input": "with Y", "output": "Done"}
-    share = {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Do X\n\nwith Y"}, {"from": "gpt", "value": "Done"}]}
+    share = {
+        "conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Do X\n\nwith Y"}, {"from": "gpt", "value": "Done"}]
+    }
     got = [read_conversations(str(_write(tmp_path, [r], f"{i}.jsonl")))[0][0].messages for i, r in enumerate([openai, alpaca, share])]
     assert got[0] == got[1] == got[2] == openai["messages"]
     lst = tmp_path / "l.json"
@@ -179,7 +198,9 @@ def test_mixture_weights(tmp_path):
     names = [c.origin[0] for c in m]
     assert names.count("a") == 30 and names.count("b") == 5
     assert len({c.origin for c in m if c.origin[0] == "b"}) == 5  # a subset, no repeats
-    assert [c.origin for c in m] == [c.origin for c in chat.mix([(DatasetSpec("a", weight=3), a), (DatasetSpec("b", weight=0.5), b)], seed=0)]
+    assert [c.origin for c in m] == [
+        c.origin for c in chat.mix([(DatasetSpec("a", weight=3), a), (DatasetSpec("b", weight=0.5), b)], seed=0)
+    ]
 
 
 def test_truncation_reported_never_silent(tok):
@@ -200,7 +221,16 @@ def _tiny_model(vocab, arch="llama"):
     from llm.model.build import build_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(name="t", arch=arch, n_layer=2, n_embd=64, n_head=4, n_kv_head=2 if arch == "llama" else None, intermediate_size=128, max_seq_len=128)
+    cfg = ModelConfig(
+        name="t",
+        arch=arch,
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        n_kv_head=2 if arch == "llama" else None,
+        intermediate_size=128,
+        max_seq_len=128,
+    )
     return build_model(cfg, vocab).eval()
 
 
@@ -209,8 +239,11 @@ def test_packed_and_unpacked_give_the_same_loss(tok, arch):
     from llm.data.chat import collate_rows, pack
     from llm.losses import token_nll_sum
 
-    convs = [MULTI, [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
-             [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sky."}]]
+    convs = [
+        MULTI,
+        [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
+        [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sky."}],
+    ]
     exs = [encode_conversation(tok, c) for c in convs]
     model = _tiny_model(len(tok), arch)
     rows = pack(exs, 128)
@@ -220,8 +253,12 @@ def test_packed_and_unpacked_give_the_same_loss(tok, arch):
     unpacked = collate_rows(exs, [[0], [1], [2]], tok.pad_token_id, packed=False, length=max(len(e.input_ids) for e in exs))
     assert packed["position_ids"][0, len(first.input_ids)] == 0  # positions restart per conversation
     with torch.no_grad():
-        lp, np_ = token_nll_sum(model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits, packed["labels"])
-        lu, nu = token_nll_sum(model(input_ids=unpacked["input_ids"], attention_mask=unpacked["attention_mask"], use_cache=False).logits, unpacked["labels"])
+        lp, np_ = token_nll_sum(
+            model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits, packed["labels"]
+        )
+        lu, nu = token_nll_sum(
+            model(input_ids=unpacked["input_ids"], attention_mask=unpacked["attention_mask"], use_cache=False).logits, unpacked["labels"]
+        )
     assert np_ == nu == sum(sum(1 for x in e.labels if x != -100) for e in exs)
     assert torch.allclose(lp / np_, lu / nu, rtol=1e-5, atol=1e-5)
     # and the block-diagonal mask is what makes them equal: with plain positions they differ
@@ -254,8 +291,12 @@ def _latin1_file(tmp_path, rows: list, bad_at: int):
     """JSON lines with one line encoded as Latin-1 ('café' -> byte e9): not UTF-8."""
     p = tmp_path / "mixed.jsonl"
     lines = [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in rows]
-    lines.insert(bad_at - 1, json.dumps({"messages": [{"role": "user", "content": "café?"}, {"role": "assistant", "content": "oui"}]},
-                                        ensure_ascii=False).encode("latin-1"))
+    lines.insert(
+        bad_at - 1,
+        json.dumps(
+            {"messages": [{"role": "user", "content": "café?"}, {"role": "assistant", "content": "oui"}]}, ensure_ascii=False
+        ).encode("latin-1"),
+    )
     p.write_bytes(b"\n".join(lines) + b"\n")
     return p
 

@@ -93,11 +93,7 @@ def expected_chunks(stream: np.ndarray, seq_len: int, streams: int, per_step: in
     n = len(stream) // chunk
     k = n // streams
     used = (k // per_step) * per_step
-    return Counter(
-        tuple(stream[(s * k + i) * chunk : (s * k + i + 1) * chunk].tolist())
-        for s in range(streams)
-        for i in range(used)
-    )
+    return Counter(tuple(stream[(s * k + i) * chunk : (s * k + i + 1) * chunk].tolist()) for s in range(streams) for i in range(used))
 
 
 def collect(ds: PackedTokenStream, num_workers: int) -> list[dict]:
@@ -227,8 +223,17 @@ def test_exactly_once_across_2_ranks_x_2_workers(shards):
     orders = set()
     for rank in range(2):
         ds = PackedTokenStream(
-            shards, "train", seq_len, mb, ga,
-            seed=5, epoch=1, rank=rank, world_size=2, shuffle_block=4, num_workers_hint=2,
+            shards,
+            "train",
+            seq_len,
+            mb,
+            ga,
+            seed=5,
+            epoch=1,
+            rank=rank,
+            world_size=2,
+            shuffle_block=4,
+            num_workers_hint=2,
         )
         orders.add(tuple(ds.shard_order))
         batches = collect(ds, num_workers=2)
@@ -275,8 +280,17 @@ def test_uneven_shard_counts_give_equal_steps_per_rank(tmp_path, tok, small_docs
         counts = []
         for rank in range(world):
             ds = PackedTokenStream(
-                tmp_path, "train", seq_len, mb, ga, seed=0, epoch=0, rank=rank, world_size=world,
-                num_workers_hint=max(1, workers), shuffle_block=2,
+                tmp_path,
+                "train",
+                seq_len,
+                mb,
+                ga,
+                seed=0,
+                epoch=0,
+                rank=rank,
+                world_size=world,
+                num_workers_hint=max(1, workers),
+                shuffle_block=2,
             )
             batches = collect(ds, workers)
             counts.append(len(batches))
@@ -475,13 +489,18 @@ def test_lightning_trainer_epochs_and_mid_epoch_resume(shards, tmp_path):
 
     kw = dict(seq_len=512, micro_batch_size=4, grad_accum=2, num_workers=2, seed=7, shuffle_block=4, val_batches=2)
     common = dict(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1, default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        reload_dataloaders_every_n_epochs=1,
+        default_root_dir=tmp_path,
         enable_checkpointing=False,
     )
     reference = [
-        collect(PackedTokenStream(shards, "train", 512, 4, 2, seed=7, epoch=e, shuffle_block=4, num_workers_hint=2), 2)
-        for e in range(2)
+        collect(PackedTokenStream(shards, "train", 512, 4, 2, seed=7, epoch=e, shuffle_block=4, num_workers_hint=2), 2) for e in range(2)
     ]
     steps = len(reference[0])
 
@@ -500,9 +519,7 @@ def test_lightning_trainer_epochs_and_mid_epoch_resume(shards, tmp_path):
     every_k = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=tmp_path / "ckpt", filename="mid", every_n_train_steps=k, save_top_k=-1, save_last=False
     )
-    L.Trainer(max_steps=k + 5, **{**common, "enable_checkpointing": True, "callbacks": [every_k]}).fit(
-        model, datamodule=dm
-    )
+    L.Trainer(max_steps=k + 5, **{**common, "enable_checkpointing": True, "callbacks": [every_k]}).fit(model, datamodule=dm)
     ckpt = tmp_path / "ckpt" / "mid.ckpt"
     assert torch.load(ckpt, weights_only=False)["TokenDataModule"] == {"epoch": 0, "step_in_epoch": k}
     model2, dm2 = Recorder(), TokenDataModule(shards, **kw)

@@ -31,9 +31,20 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["data.vocab_size=1024", "data.seq_len=64", "model.max_seq_len=64", "data.micro_batch_size=8", "data.num_workers=0",
-        "trainer.progress_bar=false", "eval=none", "trainer.val_every_n_steps=1000", "stage.sample_prompts=[]",
-        "trainer.log_every_n_steps=1", "trainer.max_steps=240", "trainer.ckpt_every_n_steps=40"]
+ARGS = [
+    "data.vocab_size=1024",
+    "data.seq_len=64",
+    "model.max_seq_len=64",
+    "data.micro_batch_size=8",
+    "data.num_workers=0",
+    "trainer.progress_bar=false",
+    "eval=none",
+    "trainer.val_every_n_steps=1000",
+    "stage.sample_prompts=[]",
+    "trainer.log_every_n_steps=1",
+    "trainer.max_steps=240",
+    "trainer.ckpt_every_n_steps=40",
+]
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -43,9 +54,20 @@ def sh(*cmd: str, check: bool = True, timeout: float = 120) -> subprocess.Comple
 def submit(tmp: Path, *extra: str, wait: bool = False) -> tuple[str, Path]:
     """sbatch slurm/pretrain.sh as 2 CPU ranks; returns (job id, log file)."""
     log = tmp / "job-%j.out"
-    cmd = ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=2", f"--output={log}", "--open-mode=append",
-           f"--chdir={ROOT}", "--export=ALL,XIULIAN_GPUS_PER_NODE=2", *(["--wait"] if wait else []),
-           str(ROOT / "slurm" / "pretrain.sh"), *ARGS, *extra]
+    cmd = [
+        "sbatch",
+        "--parsable",
+        "--gpus-per-node=0",
+        "--cpus-per-task=2",
+        f"--output={log}",
+        "--open-mode=append",
+        f"--chdir={ROOT}",
+        "--export=ALL,XIULIAN_GPUS_PER_NODE=2",
+        *(["--wait"] if wait else []),
+        str(ROOT / "slurm" / "pretrain.sh"),
+        *ARGS,
+        *extra,
+    ]
     r = sh(*cmd, check=False, timeout=900)
     job = r.stdout.strip().split(";")[0]
     assert job.isdigit(), r.stdout + r.stderr
@@ -129,8 +151,11 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(uninterrupted, tmp_p
         wait_until(lambda: last_step(job) >= 60, 300, "step 60")
         os.kill(batch_shell(job), 10)  # SIGUSR1 to the batch shell, as --signal=B:USR1@N does
         wait_until(lambda: job_state(job)[1] >= 1, 120, "the job to requeue itself")
-        wait_until(lambda: (run_dir(job) / "export" / "xiulian.json").is_file() and job_state(job)[0] in ("COMPLETED", "GONE"),
-                   600, "the requeued job to finish")
+        wait_until(
+            lambda: (run_dir(job) / "export" / "xiulian.json").is_file() and job_state(job)[0] in ("COMPLETED", "GONE"),
+            600,
+            "the requeued job to finish",
+        )
         text = log.read_text()
         m = re.search(r"checkpoint of step (\d+) written; requeueing job", text)
         assert m and int(m.group(1)) >= 60, text[-3000:]
@@ -152,8 +177,11 @@ def test_hard_requeue_resumes_from_last_checkpoint(uninterrupted, tmp_path):
         wait_until(lambda: (run_dir(job) / "checkpoints" / "step0000080.ckpt").is_file() and last_step(job) >= 90, 300, "step 90")
         sh("scontrol", "requeue", job)
         wait_until(lambda: job_state(job)[1] >= 1, 120, "the requeue")
-        wait_until(lambda: (run_dir(job) / "export" / "xiulian.json").is_file() and job_state(job)[0] in ("COMPLETED", "GONE"),
-                   600, "the requeued job to finish")
+        wait_until(
+            lambda: (run_dir(job) / "export" / "xiulian.json").is_file() and job_state(job)[0] in ("COMPLETED", "GONE"),
+            600,
+            "the requeued job to finish",
+        )
         meta = finished(job)
         assert meta["global_step"] == 240 and meta["tokens_seen"] == base["tokens_seen"]
         assert meta["metrics"]["train/loss"] == pytest.approx(base["metrics"]["train/loss"], rel=1e-5)
@@ -185,12 +213,14 @@ def test_stage_chain_with_dependencies(cluster, tmp_path):
     """slurm/chain.sh: pretrain -> SFT -> reward model -> PPO as four jobs chained by afterok,
     each reading the export of the one before."""
     small = "trainer.progress_bar=false trainer.log_every_n_steps=1 trainer.val_every_n_steps=1000 trainer.ckpt_every_n_steps=0"
-    env = {**os.environ,
-           "SBATCH_ARGS": f"--gpus-per-node=0 --cpus-per-task=2 --output={tmp_path}/%x-%j.out --export=ALL,XIULIAN_GPUS_PER_NODE=1",
-           "PRETRAIN_ARGS": f"{small} trainer.max_steps=30 data.vocab_size=1024 data.seq_len=64 model.max_seq_len=128 stage.sample_prompts=[]",
-           "SFT_ARGS": f"{small} trainer.max_steps=8 data.seq_len=128 stage.sample_prompts=[]",
-           "RM_ARGS": f"{small} trainer.max_steps=6",
-           "PPO_ARGS": f"{small} trainer.max_steps=2 data.micro_batch_size=4 stage.ppo.max_new_tokens=8"}
+    env = {
+        **os.environ,
+        "SBATCH_ARGS": f"--gpus-per-node=0 --cpus-per-task=2 --output={tmp_path}/%x-%j.out --export=ALL,XIULIAN_GPUS_PER_NODE=1",
+        "PRETRAIN_ARGS": f"{small} trainer.max_steps=30 data.vocab_size=1024 data.seq_len=64 model.max_seq_len=128 stage.sample_prompts=[]",
+        "SFT_ARGS": f"{small} trainer.max_steps=8 data.seq_len=128 stage.sample_prompts=[]",
+        "RM_ARGS": f"{small} trainer.max_steps=6",
+        "PPO_ARGS": f"{small} trainer.max_steps=2 data.micro_batch_size=4 stage.ppo.max_new_tokens=8",
+    }
     r = subprocess.run(["bash", str(ROOT / "slurm" / "chain.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     jobs = [line.split() for line in r.stdout.splitlines()]
@@ -199,8 +229,11 @@ def test_stage_chain_with_dependencies(cluster, tmp_path):
     try:
         assert f"afterok:{jobs[0][1]}" in deps or f"afterok:{jobs[1][1]}" in deps  # later stages wait on earlier ones
         for stage, job, export in jobs:
-            wait_until(lambda e=export, j=job: Path(e, "xiulian.json").is_file() and job_state(j)[0] in ("COMPLETED", "GONE"), 900,
-                       f"the {stage} job to finish")
+            wait_until(
+                lambda e=export, j=job: Path(e, "xiulian.json").is_file() and job_state(j)[0] in ("COMPLETED", "GONE"),
+                900,
+                f"the {stage} job to finish",
+            )
         meta = {stage: json.loads(Path(export, "xiulian.json").read_text()) for stage, _, export in jobs}
         exports = {stage: export for stage, _, export in jobs}
         assert meta["sft"]["base"] == exports["pretrain"]

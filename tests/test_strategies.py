@@ -27,8 +27,18 @@ STEPS = ["trainer.max_steps=8", "trainer.val_every_n_steps=4", "trainer.ckpt_eve
 def torchrun(run_dir: Path, overrides: list[str], nproc: int = 2, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "llm.train",
-           *overrides, f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "llm.train",
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
     if check:
         assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-6000:])
@@ -85,9 +95,15 @@ def test_auto_buckets_scale_with_width():
     from llm.strategy import fill_auto_buckets
 
     model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=100))
-    conf = {"zero_optimization": {"reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": 7}}
+    conf = {
+        "zero_optimization": {"reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": 7}
+    }
     fill_auto_buckets(conf, model)
-    assert conf["zero_optimization"] == {"reduce_bucket_size": 4096, "stage3_prefetch_bucket_size": 3686, "stage3_param_persistence_threshold": 7}
+    assert conf["zero_optimization"] == {
+        "reduce_bucket_size": 4096,
+        "stage3_prefetch_bucket_size": 3686,
+        "stage3_param_persistence_threshold": 7,
+    }
 
 
 @pytest.mark.tier("integration")
@@ -98,7 +114,9 @@ def test_parallelize_switches_and_layers():
     from llm.strategy import decoder_layers, parallelize
 
     llama = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=50))
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    )
     assert decoder_layers(llama) == list(llama.model.layers) and decoder_layers(gpt2) == list(gpt2.transformer.h)
     lora = get_peft_model(llama, LoraConfig(r=2, target_modules=["q_proj"]))
     assert decoder_layers(lora) == list(lora.base_model.model.model.layers)
@@ -145,7 +163,12 @@ def test_refusals_name_the_reason(tmp_path):
     with pytest.raises(ValueError, match="stage=ppo does not run under strategy=deepspeed_zero2: PPO takes several optimizer steps"):
         train(compose(["stage=ppo", "model=hf", "model.pretrained=x", "data=prompts_demo", "strategy=deepspeed_zero2"], run_dir=tmp_path))
     with pytest.raises(ValueError, match="stage.ppo.critic=separate under strategy=fsdp"):
-        train(compose(["stage=ppo", "model=hf", "model.pretrained=x", "data=prompts_demo", "strategy=fsdp", "stage.ppo.critic=separate"], run_dir=tmp_path))
+        train(
+            compose(
+                ["stage=ppo", "model=hf", "model.pretrained=x", "data=prompts_demo", "strategy=fsdp", "stage.ppo.critic=separate"],
+                run_dir=tmp_path,
+            )
+        )
     with pytest.raises(ValueError, match="eval.every_n_steps=5 under strategy=fsdp: the evaluator runs on rank 0 alone"):
         train(compose(["strategy=fsdp", "eval=pretrain", "eval.every_n_steps=5"], run_dir=tmp_path))
     with pytest.raises(ValueError, match="trainer.compile=true under strategy=deepspeed_zero3"):
@@ -207,8 +230,9 @@ def test_sharded_checkpoint_write_error_keeps_previous(tmp_path, ddp_pretrain):
     args = [*FAST, *STEPS, "strategy=deepspeed_zero3"]
     assert torchrun(run, [*args, "trainer.crash_at_step=6"], check=False).returncode != 0
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions")}
-    cmd = (f"ulimit -f 2048; exec {sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2 -m llm.train "
-           + " ".join([*args, "ckpt_path=last", f"hydra.run.dir={run}"]))
+    cmd = f"ulimit -f 2048; exec {sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2 -m llm.train " + " ".join(
+        [*args, "ckpt_path=last", f"hydra.run.dir={run}"]
+    )
     r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
     # torch.save reports EFBIG as "iostream error" (its C++ writer) or "File too large"
     assert r.returncode != 0 and re.search("iostream error|File too large", r.stdout + r.stderr), r.stderr[-3000:]
@@ -231,8 +255,15 @@ def test_switches_activation_checkpointing_and_compile(tmp_path, ddp_pretrain):
         same_run(ddp_pretrain, run, tol=1e-5)
 
 
-FT = ["trainer.max_steps=6", "trainer.val_every_n_steps=3", "trainer.ckpt_every_n_steps=3", "stage.grad_accum=2", "eval=none",
-      "data.micro_batch_size=4", "data.val_batches=2"]
+FT = [
+    "trainer.max_steps=6",
+    "trainer.val_every_n_steps=3",
+    "trainer.ckpt_every_n_steps=3",
+    "stage.grad_accum=2",
+    "eval=none",
+    "data.micro_batch_size=4",
+    "data.val_batches=2",
+]
 
 
 @pytest.mark.slow
@@ -261,8 +292,18 @@ def test_fine_tuning_stages_under_sharding(tmp_path, tiny_base, sft_run):
             if stage == "rm":
                 same_run(ref, run, "val/accuracy", tol=1e-6)
     # PPO under FSDP (generation with synced ranks, the value head sharded too) with the RM above
-    ppo = [*SFT, "stage=ppo", "data=prompts_demo", f"model.pretrained={sft_export}", f"stage.reward.model={tmp_path / 'rm-ddp' / 'export'}",
-           "trainer.max_steps=4", "trainer.val_every_n_steps=2", "trainer.ckpt_every_n_steps=2", "data.micro_batch_size=4", "eval=none"]
+    ppo = [
+        *SFT,
+        "stage=ppo",
+        "data=prompts_demo",
+        f"model.pretrained={sft_export}",
+        f"stage.reward.model={tmp_path / 'rm-ddp' / 'export'}",
+        "trainer.max_steps=4",
+        "trainer.val_every_n_steps=2",
+        "trainer.ckpt_every_n_steps=2",
+        "data.micro_batch_size=4",
+        "eval=none",
+    ]
     torchrun(tmp_path / "ppo-ddp", [*ppo, "strategy=ddp"])
     torchrun(tmp_path / "ppo-fsdp", [*ppo, "strategy=fsdp"])
     for key in ("ppo/score", "ppo/policy_loss", "ppo/value_loss"):
@@ -276,8 +317,24 @@ def test_bench_strategies_quick(tmp_path):
     state on each of 2 ranks; ZeRO-2 shards gradients and Adam state) and every figure is there."""
     out = tmp_path / "bench.json"
     md = tmp_path / "B.md"
-    subprocess.run([sys.executable, "-m", "llm.bench.strategies", "--quick", "--json", str(out), "--markdown", str(md),
-                    "--out", str(tmp_path / "runs")], check=True, cwd=ROOT, timeout=900, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm.bench.strategies",
+            "--quick",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+        check=True,
+        cwd=ROOT,
+        timeout=900,
+        capture_output=True,
+    )
     rows = {r["strategy"]: r for r in json.loads(out.read_text())["rows"]}
     ddp, z2, z3, fsdp = (rows[k]["ranks"][0] for k in ("ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"))
     assert fsdp["params"] * 2 == ddp["params"] and abs(fsdp["total"] / ddp["total"] - 0.5) < 0.02

@@ -40,7 +40,7 @@ def test_builtin_python_docs_is_real_and_deterministic():
     docs = builtin_python_docs()
     assert len(docs) > 1000
     assert sum(map(len, docs)) > 1_000_000
-    assert any(d.startswith("The \"for\" statement") for d in docs)  # pydoc topic text
+    assert any(d.startswith('The "for" statement') for d in docs)  # pydoc topic text
     assert all(isinstance(d, str) and d for d in docs)
     assert list(iter_documents([BUILTIN_PYTHON_DOCS])) == list(docs)
 

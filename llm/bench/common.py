@@ -61,8 +61,13 @@ def machine_info(runtime: bool = False) -> dict[str, Any]:
         return {**info, "python": platform.python_version()}
     import torch
 
-    info.update(cores_usable=usable_cores(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
-                python=platform.python_version(), cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    info.update(
+        cores_usable=usable_cores(),
+        torch_threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    )
     try:
         import lightning
         import transformers
@@ -174,8 +179,11 @@ def run_or_child(args: argparse.Namespace, children: dict[str, Callable[[dict], 
 def argument_parser(module: str, doc: str, whole_doc: bool = False) -> argparse.ArgumentParser:
     """The parser of ``python -m MODULE``: the first paragraph of its docstring (``whole_doc``: all
     of it) as the description, laid out as written."""
-    return argparse.ArgumentParser(prog=f"python -m {module}", description=doc if whole_doc else doc.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc if whole_doc else doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def add_run_arguments(p: argparse.ArgumentParser, children: dict[str, Callable[[dict], dict]]) -> None:
@@ -214,8 +222,16 @@ def child_env(threads: int | None = None) -> dict[str, str]:
     return env
 
 
-def run_module(module: str, args: Sequence[str], *, timeout: float, env: dict[str, str] | None = None,
-               cwd: Path | None = None, out: Path | None = None, name: str | None = None) -> Any:
+def run_module(
+    module: str,
+    args: Sequence[str],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    out: Path | None = None,
+    name: str | None = None,
+) -> Any:
     """``python -m MODULE ARGS`` in a fresh process, its output captured, and its result: the JSON
     it wrote to ``out``, else its last result line (:func:`print_result`). Raises
     :class:`ChildFailed` when it times out, exits non-zero or leaves no result."""
@@ -228,16 +244,19 @@ def run_module(module: str, args: Sequence[str], *, timeout: float, env: dict[st
     if out is not None:
         found = [out.read_text()] if out.is_file() else []
     else:
-        found = [ln[len(RESULT_TAG):] for ln in p.stdout.splitlines() if ln.startswith(RESULT_TAG)]
+        found = [ln[len(RESULT_TAG) :] for ln in p.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if p.returncode or not found:
         tail = [ln.strip() for ln in p.stderr.splitlines() if ln.strip()]
-        raise ChildFailed(f"{name} failed (rc {p.returncode}): {tail[-1] if tail else '(no stderr)'}\ncommand: {' '.join(cmd)}\n"
-                          f"--- stdout (end)\n{p.stdout[-2000:]}\n--- stderr (end)\n{p.stderr[-4000:]}")
+        raise ChildFailed(
+            f"{name} failed (rc {p.returncode}): {tail[-1] if tail else '(no stderr)'}\ncommand: {' '.join(cmd)}\n"
+            f"--- stdout (end)\n{p.stdout[-2000:]}\n--- stderr (end)\n{p.stderr[-4000:]}"
+        )
     return json.loads(found[-1])
 
 
-def run_child(module: str, kind: str, spec: dict, workdir: Path, *, threads: int | None = None,
-              pythonpath: str | None = None, timeout: float = 1800) -> dict[str, Any]:
+def run_child(
+    module: str, kind: str, spec: dict, workdir: Path, *, threads: int | None = None, pythonpath: str | None = None, timeout: float = 1800
+) -> dict[str, Any]:
     """``python -m MODULE --child KIND --spec FILE`` (:func:`run_or_child`) in a fresh process with
     :func:`child_env` (``pythonpath`` in front); its result, with the process's wall time and the
     load average before and after."""
@@ -258,8 +277,22 @@ def pip_install_into(target: Path, packages: list[str], check: Callable[[Path], 
     renamed to ``target`` once it installed (and ``check(dir)`` holds): (done, pip's last error line)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--retries", "1", "--timeout", "30",
-           "--target", str(tmp), *packages]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-compile",
+        "--retries",
+        "1",
+        "--timeout",
+        "30",
+        "--target",
+        str(tmp),
+        *packages,
+    ]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         ok, err = p.returncode == 0 and (check is None or check(tmp)), (p.stderr.strip().splitlines() or [""])[-1]
@@ -370,8 +403,13 @@ class StepRecorder:
         import torch
 
         st = proc_status()
-        return {"peak_rss": st.get("VmHWM"), "rss_end": st.get("VmRSS"), "torch_threads": torch.get_num_threads(),
-                "setup_s": (self.t_first_start - t_start) if self.t_first_start else None, **self.summary()}
+        return {
+            "peak_rss": st.get("VmHWM"),
+            "rss_end": st.get("VmRSS"),
+            "torch_threads": torch.get_num_threads(),
+            "setup_s": (self.t_first_start - t_start) if self.t_first_start else None,
+            **self.summary(),
+        }
 
 
 def batch_fingerprint(rows: list[list[int]]) -> str:
@@ -386,11 +424,15 @@ def batch_fingerprint(rows: list[list[int]]) -> str:
 def memory_summary(runs: list[dict]) -> dict[str, Any]:
     """Peak RSS of child runs (:meth:`StepRecorder.result`): medians, and the peak above the RSS
     after the imports; trainable and total parameters of the first."""
-    return {"peak_rss": median(r["peak_rss"] for r in runs), "peak_rss_runs": [r["peak_rss"] for r in runs],
-            "rss_after_imports": median(r.get("rss_after_imports") for r in runs),
-            "peak_above_imports": median(r["peak_rss"] - r["rss_after_imports"] for r in runs if r.get("rss_after_imports")),
-            "rss_before_first_step": median(r.get("rss_before_first_step") for r in runs),
-            "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"]}
+    return {
+        "peak_rss": median(r["peak_rss"] for r in runs),
+        "peak_rss_runs": [r["peak_rss"] for r in runs],
+        "rss_after_imports": median(r.get("rss_after_imports") for r in runs),
+        "peak_above_imports": median(r["peak_rss"] - r["rss_after_imports"] for r in runs if r.get("rss_after_imports")),
+        "rss_before_first_step": median(r.get("rss_before_first_step") for r in runs),
+        "trainable_params": runs[0]["trainable_params"],
+        "total_params": runs[0]["total_params"],
+    }
 
 
 # ============================================================ the framework's pretraining run

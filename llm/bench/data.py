@@ -73,6 +73,7 @@ def fresh(docs):
 
 # ----------------------------------------------------------------------------- input
 
+
 def write_warc(pages: list[Path], out: Path) -> Path:
     from llm.pipeline.planted import _warc_record
 
@@ -91,18 +92,27 @@ def read_all(reader) -> list:
 def bench_config(work: Path, warc_dir: Path, kjv: Path, *extra: str) -> dict:
     from llm.data.__main__ import load_config
 
-    return load_config("python_docs", [
-        f"out={work}", "executor.tasks=1", "executor.workers=1",
-        f"inputs=[{{name: pydocs, kind: warc, path: '{warc_dir}', glob: '*.warc'}},"
-        f"{{name: kjv, kind: jsonl, path: '{kjv}', glob: '*.jsonl'}}]",
-        "mixture.sources={pydocs: {weight: 1, max_repeats: 1}, kjv: {weight: 2, max_repeats: 4}}", *extra])
+    return load_config(
+        "python_docs",
+        [
+            f"out={work}",
+            "executor.tasks=1",
+            "executor.workers=1",
+            f"inputs=[{{name: pydocs, kind: warc, path: '{warc_dir}', glob: '*.warc'}},"
+            f"{{name: kjv, kind: jsonl, path: '{kjv}', glob: '*.jsonl'}}]",
+            "mixture.sources={pydocs: {weight: 1, max_repeats: 1}, kjv: {weight: 2, max_repeats: 4}}",
+            *extra,
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- per block
 
+
 def time_block(blocks, docs, min_seconds: float) -> dict:
     """Documents/s of ``blocks`` chained (one datatrove step or several), over fresh copies of
     ``docs`` (``None``: a reader), repeated for at least ``min_seconds`` after one warm-up pass."""
+
     def once(batch):
         data = iter(batch) if batch is not None else None
         for b in blocks:
@@ -162,29 +172,75 @@ def block_pairs(cfg: dict, models: Path, warc_dir: Path, tmp: Path) -> list[tupl
     q = cfg["quality"]["keep"]
     mh = _minhash_config(cfg)
     return [
-        ("read WARC", [ours["WarcReader"]], [DTWarcReader(str(warc_dir), glob_pattern="*.warc")], "reader",
-         "ours: fastwarc, resyncs after a broken record; datatrove: warcio"),
-        ("extract HTML (resiliparse)", [HtmlExtractor("resiliparse", timeout=5)], [Trafilatura(timeout=5)], "html",
-         "ours: resiliparse + DOM skip of nav/aside/footer; datatrove: Trafilatura (favour_precision); "
-         "both in datatrove's killable sandbox"),
-        ("extract HTML (trafilatura)", [HtmlExtractor("trafilatura", timeout=5)], [Trafilatura(timeout=5)], "html",
-         "the same engine on both sides"),
+        (
+            "read WARC",
+            [ours["WarcReader"]],
+            [DTWarcReader(str(warc_dir), glob_pattern="*.warc")],
+            "reader",
+            "ours: fastwarc, resyncs after a broken record; datatrove: warcio",
+        ),
+        (
+            "extract HTML (resiliparse)",
+            [HtmlExtractor("resiliparse", timeout=5)],
+            [Trafilatura(timeout=5)],
+            "html",
+            "ours: resiliparse + DOM skip of nav/aside/footer; datatrove: Trafilatura (favour_precision); "
+            "both in datatrove's killable sandbox",
+        ),
+        (
+            "extract HTML (trafilatura)",
+            [HtmlExtractor("trafilatura", timeout=5)],
+            [Trafilatura(timeout=5)],
+            "html",
+            "the same engine on both sides",
+        ),
         ("language id", [ours["LanguageRouter"]], [lang], "text", "both fastText lid.176 (ftz)"),
-        ("heuristic rules", [ours["HeuristicFilter"]],
-         [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False)], "text",
-         "ours: Gopher quality+repetition+C4 lines, regex words, CJK chars; datatrove: the three filters, spaCy words"),
-        ("harmful", [ours["HarmfulFilter"]], [url], "text",
-         "ours: word+URL blocklists and a fastText classifier per language; datatrove: URLFilter only"),
-        ("exact-dedup signature", [ours["ExactDedupSignature"]], [ExactDedupSignature(str(tmp / "dt_exact"), config=ExactDedupConfig(content_getter=doc_text, hash_config=HashConfig(precision=64)))], "text",
-         "datatrove's block on both sides; ours hashes normalised text"),
-        ("MinHash signature", [ours["MinhashSignature"]],
-         [MinhashDedupSignature(str(tmp / "dt_minhash"), config=mh, language="en")], "text",
-         f"{mh.num_buckets}x{mh.hashes_per_bucket} 64-bit; ours: regex words / CJK chars; datatrove: spaCy words"),
-        ("quality classifier", [ours["QualityFilter"]],
-         [FastTextClassifierFilter(str(models / "quality.bin"), keep_labels=("pos", q["threshold"]))], "text",
-         "the same fastText model on both sides (trained by our run)"),
-        ("write JSONL", [ours["AtomicJsonlWriter"]], [JsonlWriter(str(tmp / "dt_written"))], "text",
-         "ours writes .partial and renames on close"),
+        (
+            "heuristic rules",
+            [ours["HeuristicFilter"]],
+            [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False)],
+            "text",
+            "ours: Gopher quality+repetition+C4 lines, regex words, CJK chars; datatrove: the three filters, spaCy words",
+        ),
+        (
+            "harmful",
+            [ours["HarmfulFilter"]],
+            [url],
+            "text",
+            "ours: word+URL blocklists and a fastText classifier per language; datatrove: URLFilter only",
+        ),
+        (
+            "exact-dedup signature",
+            [ours["ExactDedupSignature"]],
+            [
+                ExactDedupSignature(
+                    str(tmp / "dt_exact"), config=ExactDedupConfig(content_getter=doc_text, hash_config=HashConfig(precision=64))
+                )
+            ],
+            "text",
+            "datatrove's block on both sides; ours hashes normalised text",
+        ),
+        (
+            "MinHash signature",
+            [ours["MinhashSignature"]],
+            [MinhashDedupSignature(str(tmp / "dt_minhash"), config=mh, language="en")],
+            "text",
+            f"{mh.num_buckets}x{mh.hashes_per_bucket} 64-bit; ours: regex words / CJK chars; datatrove: spaCy words",
+        ),
+        (
+            "quality classifier",
+            [ours["QualityFilter"]],
+            [FastTextClassifierFilter(str(models / "quality.bin"), keep_labels=("pos", q["threshold"]))],
+            "text",
+            "the same fastText model on both sides (trained by our run)",
+        ),
+        (
+            "write JSONL",
+            [ours["AtomicJsonlWriter"]],
+            [JsonlWriter(str(tmp / "dt_written"))],
+            "text",
+            "ours writes .partial and renames on close",
+        ),
     ]
 
 
@@ -199,6 +255,7 @@ def per_block(cfg: dict, models: Path, warc_dir: Path, tmp: Path, html_docs, tex
 
 
 # ----------------------------------------------------------------------------- end to end
+
 
 def e2e_ours(work: Path, warc_dir: Path, kjv: Path) -> dict:
     from llm.pipeline.run import STAGES, run_pipeline
@@ -231,7 +288,6 @@ def e2e_datatrove(work: Path, warc_dir: Path, kjv: Path, quality_model: Path, th
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
 
-
     if work.exists():
         shutil.rmtree(work)
     w = str(work)
@@ -239,18 +295,33 @@ def e2e_datatrove(work: Path, warc_dir: Path, kjv: Path, quality_model: Path, th
     mh = MinhashConfig(hash_config=HashConfig(precision=64))  # 5-grams, 14 buckets x 8 hashes, as ours
     ex = ExactDedupConfig(content_getter=doc_text, hash_config=HashConfig(precision=64))
     stages = {
-        "extract": [WarcReader(str(warc_dir), glob_pattern="*.warc"), Trafilatura(timeout=5),
-                    JsonlReader(str(kjv), glob_pattern="*.jsonl"), lang, JsonlWriter(f"{w}/extracted"),
-                    ExactDedupSignature(f"{w}/exact/sigs", config=ex)],
+        "extract": [
+            WarcReader(str(warc_dir), glob_pattern="*.warc"),
+            Trafilatura(timeout=5),
+            JsonlReader(str(kjv), glob_pattern="*.jsonl"),
+            lang,
+            JsonlWriter(f"{w}/extracted"),
+            ExactDedupSignature(f"{w}/exact/sigs", config=ex),
+        ],
         "find_exact": [ExactFindDedups(f"{w}/exact/sigs", f"{w}/exact/dups", config=ex)],
-        "filter": [JsonlReader(f"{w}/extracted"), ExactDedupFilter(f"{w}/exact/dups", config=ex), url, GopherRepetitionFilter(),
-                   GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False), JsonlWriter(f"{w}/filtered"),
-                   MinhashDedupSignature(f"{w}/minhash/sigs", config=mh, language="en")],
+        "filter": [
+            JsonlReader(f"{w}/extracted"),
+            ExactDedupFilter(f"{w}/exact/dups", config=ex),
+            url,
+            GopherRepetitionFilter(),
+            GopherQualityFilter(),
+            C4QualityFilter(filter_no_terminal_punct=False),
+            JsonlWriter(f"{w}/filtered"),
+            MinhashDedupSignature(f"{w}/minhash/sigs", config=mh, language="en"),
+        ],
         "buckets": [MinhashDedupBuckets(f"{w}/minhash/sigs", f"{w}/minhash/buckets", config=mh)],
         "cluster": [MinhashDedupCluster(f"{w}/minhash/buckets", f"{w}/minhash/clusters", config=mh)],
-        "final": [JsonlReader(f"{w}/filtered"), MinhashDedupFilter(f"{w}/minhash/clusters"),
-                  FastTextClassifierFilter(str(quality_model), keep_labels=("pos", threshold)),
-                  JsonlWriter(f"{w}/final")],
+        "final": [
+            JsonlReader(f"{w}/filtered"),
+            MinhashDedupFilter(f"{w}/minhash/clusters"),
+            FastTextClassifierFilter(str(quality_model), keep_labels=("pos", threshold)),
+            JsonlWriter(f"{w}/final"),
+        ],
     }
     times = {}
     for name, pipe in stages.items():
@@ -269,6 +340,7 @@ def run_pinned(args: list[str], timeout: float = 3600) -> dict:
 
 
 # ----------------------------------------------------------------------------- near-dedup memory
+
 
 def synthetic_docs(n: int, sentences: list[str], out: Path, dup_fraction: float = 0.2, seed: int = 0) -> Path:
     """``n`` documents of 6 real sentences each; ``dup_fraction`` of them copies of an earlier one
@@ -317,8 +389,7 @@ def mem_stage(stage: str, work: Path) -> dict:
     t = time.perf_counter()
     if stage != "none":
         pipe, tasks = pipes[stage]
-        LocalPipelineExecutor(pipe, tasks=tasks, workers=1, logging_dir=f"{w}/logs/{stage}",
-                              skip_completed=False).run()
+        LocalPipelineExecutor(pipe, tasks=tasks, workers=1, logging_dir=f"{w}/logs/{stage}", skip_completed=False).run()
     return {"seconds": time.perf_counter() - t, "maxrss_mib": peak_rss_mib()}
 
 
@@ -342,18 +413,18 @@ def near_dedup_memory(sizes: list[int], sentences: list[str], tmp: Path) -> dict
             r["above_idle_mib"] = max(0.0, r["maxrss_mib"] - base)
             per[n][stage] = r
         sig = sum(f.stat().st_size for f in (w / "sigs").rglob("*.sig"))
-        per[n]["disk"] = {"signature_bytes_per_doc": sig / n,
-                          "bucket_bytes_per_doc": sum(f.stat().st_size for f in (w / "buckets").rglob("*")
-                                                      if f.is_file()) / n,
-                          "removed": sum(1 for _ in (w / "clusters").glob("*.remove"))}
+        per[n]["disk"] = {
+            "signature_bytes_per_doc": sig / n,
+            "bucket_bytes_per_doc": sum(f.stat().st_size for f in (w / "buckets").rglob("*") if f.is_file()) / n,
+            "removed": sum(1 for _ in (w / "clusters").glob("*.remove")),
+        }
     long_doc = long_document_memory()
     lo, hi = min(sizes), max(sizes)
     fit = {}
     for stage in MEM_STAGES:
         a, b = per[lo][stage]["above_idle_mib"], per[hi][stage]["above_idle_mib"]
         slope = max(0.0, (b - a) / (hi - lo))
-        fit[stage] = {"mib_per_million": slope * 1e6 + max(0.0, a - slope * lo),
-                      "docs_per_s": hi / per[hi][stage]["seconds"]}
+        fit[stage] = {"mib_per_million": slope * 1e6 + max(0.0, a - slope * lo), "docs_per_s": hi / per[hi][stage]["seconds"]}
     return {"idle_mib": base, "sizes": per, "per_million": fit, "long_document": long_doc}
 
 
@@ -373,8 +444,7 @@ def long_document_memory(words: int = 100_000) -> dict:
     shingles = np.random.default_rng(0).integers(0, 2**63, size=(words, 1), dtype=np.uint64)
     out = {"words": words}
     sigs = []
-    for side, fn in (("ours", block.get_signature),
-                     ("datatrove", lambda sh: MinhashDedupSignature.get_signature(block, sh))):
+    for side, fn in (("ours", block.get_signature), ("datatrove", lambda sh: MinhashDedupSignature.get_signature(block, sh))):
         tracemalloc.start()
         sigs.append(fn(shingles))
         out[f"{side}_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
@@ -385,6 +455,7 @@ def long_document_memory(words: int = 100_000) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
+
 def machine() -> str:
     from importlib.metadata import version
 
@@ -392,47 +463,96 @@ def machine() -> str:
 
 
 def tables(res: dict) -> str:
-    out = md_table(["block", "ours docs/s/core", "datatrove docs/s/core", "ours / datatrove", "notes"],
-                   [[r["block"], f"{r['ours']['docs_per_s']:,.0f}", f"{r['datatrove']['docs_per_s']:,.0f}", f"**{r['ratio']:.2f}**", r["notes"]]
-                    for r in res["blocks"]], "lrrrl")
+    out = md_table(
+        ["block", "ours docs/s/core", "datatrove docs/s/core", "ours / datatrove", "notes"],
+        [
+            [r["block"], f"{r['ours']['docs_per_s']:,.0f}", f"{r['datatrove']['docs_per_s']:,.0f}", f"**{r['ratio']:.2f}**", r["notes"]]
+            for r in res["blocks"]
+        ],
+        "lrrrl",
+    )
     e = res["e2e"]
     if e:
         o, d = e["ours"], e["datatrove"]
         n = e["input_docs"]
         through = sum(v for k, v in o["stages"].items() if k not in ("mixture", "report"))
         ours_all, theirs = sum(o["stages"].values()), sum(d["stages"].values())
-        out += ["", f"End to end, one core, {n:,} input documents ({e['pages']} pages in one WARC + "
-                f"{n - e['pages']:,} KJV chapters):", "",
-                *md_table(["pipeline", "seconds", "docs/s/core", "kept", "stages (s)"], [
-                    ["ours, to `final`", f"{through:.1f}", f"{n / through:,.1f}", f"{o['kept']:,}",
-                     ", ".join(f"{k} {v:.1f}" for k, v in o["stages"].items() if k not in ("mixture", "report"))],
-                    ["ours, with mixture (tokenizer + shards) and report", f"{ours_all:.1f}", f"{n / ours_all:,.1f}", f"{o['kept']:,}",
-                     f"mixture {o['stages']['mixture']:.1f}, report {o['stages']['report']:.1f}"],
-                    ["datatrove's blocks", f"{theirs:.1f}", f"{n / theirs:,.1f}", f"{d['kept']:,}",
-                     ", ".join(f"{k} {v:.1f}" for k, v in d["stages"].items())],
-                ], "lrrrl")]
+        out += [
+            "",
+            f"End to end, one core, {n:,} input documents ({e['pages']} pages in one WARC + {n - e['pages']:,} KJV chapters):",
+            "",
+            *md_table(
+                ["pipeline", "seconds", "docs/s/core", "kept", "stages (s)"],
+                [
+                    [
+                        "ours, to `final`",
+                        f"{through:.1f}",
+                        f"{n / through:,.1f}",
+                        f"{o['kept']:,}",
+                        ", ".join(f"{k} {v:.1f}" for k, v in o["stages"].items() if k not in ("mixture", "report")),
+                    ],
+                    [
+                        "ours, with mixture (tokenizer + shards) and report",
+                        f"{ours_all:.1f}",
+                        f"{n / ours_all:,.1f}",
+                        f"{o['kept']:,}",
+                        f"mixture {o['stages']['mixture']:.1f}, report {o['stages']['report']:.1f}",
+                    ],
+                    [
+                        "datatrove's blocks",
+                        f"{theirs:.1f}",
+                        f"{n / theirs:,.1f}",
+                        f"{d['kept']:,}",
+                        ", ".join(f"{k} {v:.1f}" for k, v in d["stages"].items()),
+                    ],
+                ],
+                "lrrrl",
+            ),
+        ]
     m = res["memory"]
     sizes = sorted(m["sizes"])
-    out += ["", f"Near-dedup (MinHash {res['minhash']}), one task per stage, synthetic documents of real sentences "
-            f"with 20% near duplicates, measured at {', '.join(f'{n:,}' for n in sizes)} documents "
-            f"(idle process {m['idle_mib']:.0f} MiB):", "",
-            *md_table(["stage", "peak above idle, " + " / ".join(f"{n:,} docs" for n in sizes), "extrapolated per 1M docs", "docs/s"],
-                      [[st, " / ".join(f"{m['sizes'][n][st]['above_idle_mib']:.1f} MiB" for n in sizes),
-                        f"**{m['per_million'][st]['mib_per_million']:,.0f} MiB**", f"{m['per_million'][st]['docs_per_s']:,.0f}"]
-                       for st in MEM_STAGES], "lrrr")]
+    out += [
+        "",
+        f"Near-dedup (MinHash {res['minhash']}), one task per stage, synthetic documents of real sentences "
+        f"with 20% near duplicates, measured at {', '.join(f'{n:,}' for n in sizes)} documents "
+        f"(idle process {m['idle_mib']:.0f} MiB):",
+        "",
+        *md_table(
+            ["stage", "peak above idle, " + " / ".join(f"{n:,} docs" for n in sizes), "extrapolated per 1M docs", "docs/s"],
+            [
+                [
+                    st,
+                    " / ".join(f"{m['sizes'][n][st]['above_idle_mib']:.1f} MiB" for n in sizes),
+                    f"**{m['per_million'][st]['mib_per_million']:,.0f} MiB**",
+                    f"{m['per_million'][st]['docs_per_s']:,.0f}",
+                ]
+                for st in MEM_STAGES
+            ],
+            "lrrr",
+        ),
+    ]
     worst = max(MEM_STAGES, key=lambda st: m["per_million"][st]["mib_per_million"])
-    out += ["", f"Peak memory of near-dedup per million documents in one task: **"
-            f"{m['per_million'][worst]['mib_per_million']:,.0f} MiB** above an idle process (the {worst} stage; "
-            "each stage is its own task, so the peak is the largest stage's, and it divides by the number of tasks "
-            "for signature and filter)."]
+    out += [
+        "",
+        f"Peak memory of near-dedup per million documents in one task: **"
+        f"{m['per_million'][worst]['mib_per_million']:,.0f} MiB** above an idle process (the {worst} stage; "
+        "each stage is its own task, so the peak is the largest stage's, and it divides by the number of tasks "
+        "for signature and filter).",
+    ]
     ld = m["long_document"]
-    out += ["", f"One {ld['words']:,}-word document's signature: ours {ld['ours_mib']:.1f} MiB, datatrove's "
-            f"{ld['datatrove_mib']:.1f} MiB (tracemalloc peak; the same signature). datatrove's signature stage "
-            "peaks with the longest document, whatever the number of documents."]
+    out += [
+        "",
+        f"One {ld['words']:,}-word document's signature: ours {ld['ours_mib']:.1f} MiB, datatrove's "
+        f"{ld['datatrove_mib']:.1f} MiB (tracemalloc peak; the same signature). datatrove's signature stage "
+        "peaks with the longest document, whatever the number of documents.",
+    ]
     disk = m["sizes"][sizes[-1]]["disk"]
-    out += ["", f"On disk: {disk['signature_bytes_per_doc']:.0f} signature bytes and "
-            f"{disk['bucket_bytes_per_doc']:.1f} bucket bytes per document "
-            f"(= {disk['signature_bytes_per_doc'] * 1e6 / 2**20:,.0f} MiB of signatures per 1M documents)."]
+    out += [
+        "",
+        f"On disk: {disk['signature_bytes_per_doc']:.0f} signature bytes and "
+        f"{disk['bucket_bytes_per_doc']:.1f} bucket bytes per document "
+        f"(= {disk['signature_bytes_per_doc'] * 1e6 / 2**20:,.0f} MiB of signatures per 1M documents).",
+    ]
     return "\n".join(out)
 
 
@@ -442,8 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="59 pages, small sizes: checks the script in about 1.5 minutes")
     ap.add_argument("--min-seconds", type=float, default=None, help="time each block for at least this long")
     ap.add_argument("--mem-sizes", default=None, help="comma-separated document counts for the memory fit")
-    ap.add_argument("--no-e2e", action="store_true",
-                    help="skip datatrove's end-to-end run (ours always runs: it trains the models the block rows use)")
+    ap.add_argument(
+        "--no-e2e", action="store_true", help="skip datatrove's end-to-end run (ours always runs: it trains the models the block rows use)"
+    )
     ap.add_argument("--markdown", help="append the tables to this file (e.g. BENCHMARKS.md)")
     ap.add_argument("--json", help="write every figure to this JSON file")
     ap.add_argument("--e2e", choices=("ours", "datatrove"), help=argparse.SUPPRESS)
@@ -476,8 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         import spacy
         import warcio
     except ImportError as e:
-        raise SystemExit(f"datatrove's baseline blocks need {e.name}: pip install -e '.[bench]' "
-                         "(bash launch/setup.sh installs it)") from e
+        raise SystemExit(f"datatrove's baseline blocks need {e.name}: pip install -e '.[bench]' (bash launch/setup.sh installs it)") from e
     del cchardet, jieba, magic, spacy, warcio  # only their presence is checked here
     from llm.data.__main__ import load_config
     from llm.pipeline.readers import make_reader
@@ -509,9 +629,22 @@ def main(argv: list[str] | None = None) -> int:
     cfg = bench_config(work / "e2e_ours", warc_dir, kjv)
     if not args.no_e2e:
         say("end to end: datatrove's blocks (one process, one core)")
-        theirs = run_pinned(["--e2e", "datatrove", "--work", str(work / "e2e_datatrove"), "--arg", str(warc_dir),
-                             "--arg", str(kjv), "--arg", str(models / "quality.bin"),
-                             "--arg", str(cfg["quality"]["keep"]["threshold"])])
+        theirs = run_pinned(
+            [
+                "--e2e",
+                "datatrove",
+                "--work",
+                str(work / "e2e_datatrove"),
+                "--arg",
+                str(warc_dir),
+                "--arg",
+                str(kjv),
+                "--arg",
+                str(models / "quality.bin"),
+                "--arg",
+                str(cfg["quality"]["keep"]["threshold"]),
+            ]
+        )
         res["e2e"] = {"ours": ours, "datatrove": theirs, "input_docs": len(pages) + n_kjv, "pages": len(pages)}
 
     cpu = pin_one_core()
@@ -534,8 +667,13 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  {len(html_docs)} HTML pages, {len(text_docs)} text documents")
     res["blocks"] = per_block(cfg, models, warc_dir, work / "blocks", html_docs, text_docs, min_seconds)
 
-    sentences = [s.strip() + "." for d in text_docs if d.metadata.get("source") in ("kjv", "pydocs")
-                 for s in d.text.replace("\n", " ").split(". ") if 6 <= len(s.split()) <= 60]
+    sentences = [
+        s.strip() + "."
+        for d in text_docs
+        if d.metadata.get("source") in ("kjv", "pydocs")
+        for s in d.text.replace("\n", " ").split(". ")
+        if 6 <= len(s.split()) <= 60
+    ]
     say(f"near-dedup memory at {sizes} documents ({len(sentences):,} real sentences to draw from)")
     res["memory"] = near_dedup_memory(sizes, sentences, work)
     mh = cfg["dedup"]["near"]
@@ -546,10 +684,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     if args.markdown:
-        append_section(args.markdown, f"{utc_stamp()} -- stage-1 data pipeline vs datatrove's blocks", [
-            f"- machine: {res['machine']}", f"- command: `{res['command']}`",
-            f"- per-block input: {res['block_input']['html_pages']} HTML pages; {res['block_input']['text_docs']:,} text documents "
-            "(their extracted text, fortunes, fortunes-zh, KJV chapters)", "", text])
+        append_section(
+            args.markdown,
+            f"{utc_stamp()} -- stage-1 data pipeline vs datatrove's blocks",
+            [
+                f"- machine: {res['machine']}",
+                f"- command: `{res['command']}`",
+                f"- per-block input: {res['block_input']['html_pages']} HTML pages; {res['block_input']['text_docs']:,} text documents "
+                "(their extracted text, fortunes, fortunes-zh, KJV chapters)",
+                "",
+                text,
+            ],
+        )
     return 0
 
 

@@ -75,10 +75,23 @@ def litgpt_config(cfg: Any, vocab: int) -> Any:
         raise ValueError(f"model.arch={m.arch}: the litgpt baseline mirrors the llama architecture only")
     kv = m.n_kv_head or m.n_head
     return Config(
-        name=f"xiulian-{m.name}", block_size=cfg.data.seq_len, vocab_size=vocab, padded_vocab_size=m.vocab_size or _pad_vocab(vocab),
-        n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, n_query_groups=kv, head_size=m.n_embd // m.n_head,
-        intermediate_size=m.intermediate_size or llama_intermediate(m.n_embd), bias=False, norm_class_name="RMSNorm",
-        norm_eps=m.norm_eps, mlp_class_name="LLaMAMLP", rotary_percentage=1.0, parallel_residual=False, rope_base=int(m.rope_theta),
+        name=f"xiulian-{m.name}",
+        block_size=cfg.data.seq_len,
+        vocab_size=vocab,
+        padded_vocab_size=m.vocab_size or _pad_vocab(vocab),
+        n_layer=m.n_layer,
+        n_embd=m.n_embd,
+        n_head=m.n_head,
+        n_query_groups=kv,
+        head_size=m.n_embd // m.n_head,
+        intermediate_size=m.intermediate_size or llama_intermediate(m.n_embd),
+        bias=False,
+        norm_class_name="RMSNorm",
+        norm_eps=m.norm_eps,
+        mlp_class_name="LLaMAMLP",
+        rotary_percentage=1.0,
+        parallel_residual=False,
+        rope_base=int(m.rope_theta),
     )
 
 
@@ -105,8 +118,19 @@ def child(overrides: list[str], steps: int, log_every: int, out: str) -> None:
             self.split, self.max_steps = split, max_steps
 
         def __iter__(self):
-            ds = PackedTokenStream(shards, self.split, d.seq_len, d.micro_batch_size, 1, seed=d.seed, epoch=0, shuffle=self.split == "train",
-                                   shuffle_block=d.shuffle_block, num_workers_hint=max(1, d.num_workers), max_steps=self.max_steps)
+            ds = PackedTokenStream(
+                shards,
+                self.split,
+                d.seq_len,
+                d.micro_batch_size,
+                1,
+                seed=d.seed,
+                epoch=0,
+                shuffle=self.split == "train",
+                shuffle_block=d.shuffle_block,
+                num_workers_hint=max(1, d.num_workers),
+                max_steps=self.max_steps,
+            )
             for b in ds:  # the same L+1 windows the framework trains on
                 yield torch.cat([b["input_ids"][0], b["labels"][0, :, -1:]], dim=1)
 
@@ -136,20 +160,40 @@ def child(overrides: list[str], steps: int, log_every: int, out: str) -> None:
 
     lp.chunked_cross_entropy = timed_ce
     lp.save_checkpoint = lambda *a, **k: None  # the final checkpoint is not part of what is compared
-    ours = count_params(build_model(cfg.model, len(tokenizer), {"bos_token_id": tokenizer.bos_token_id,
-                                                                 "eos_token_id": tokenizer.eos_token_id,
-                                                                 "pad_token_id": tokenizer.pad_token_id}))
+    ours = count_params(
+        build_model(
+            cfg.model,
+            len(tokenizer),
+            {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        )
+    )
     tokens = steps * d.micro_batch_size * d.seq_len
     with tempfile.TemporaryDirectory() as tmp:
         lp.setup(
-            "xiulian", model_config=lconf, out_dir=Path(tmp), precision="32-true", data=Packed(),
-            train=TrainArgs(save_interval=10**9, log_interval=log_every, global_batch_size=d.micro_batch_size,
-                            micro_batch_size=d.micro_batch_size, lr_warmup_steps=o.warmup_steps, max_tokens=tokens,
-                            max_seq_length=d.seq_len, max_norm=o.grad_clip, min_lr=o.lr * o.min_lr_ratio),
+            "xiulian",
+            model_config=lconf,
+            out_dir=Path(tmp),
+            precision="32-true",
+            data=Packed(),
+            train=TrainArgs(
+                save_interval=10**9,
+                log_interval=log_every,
+                global_batch_size=d.micro_batch_size,
+                micro_batch_size=d.micro_batch_size,
+                lr_warmup_steps=o.warmup_steps,
+                max_tokens=tokens,
+                max_seq_length=d.seq_len,
+                max_norm=o.grad_clip,
+                min_lr=o.lr * o.min_lr_ratio,
+            ),
             eval=EvalArgs(interval=10**9, initial_validation=False, final_validation=False, max_iters=1),
-            optimizer={"class_path": "torch.optim.AdamW",
-                       "init_args": {"lr": o.lr, "weight_decay": o.weight_decay, "betas": list(o.betas), "eps": o.eps}},
-            devices=1, logger_name="csv", seed=cfg.seed,
+            optimizer={
+                "class_path": "torch.optim.AdamW",
+                "init_args": {"lr": o.lr, "weight_decay": o.weight_decay, "betas": list(o.betas), "eps": o.eps},
+            },
+            devices=1,
+            logger_name="csv",
+            seed=cfg.seed,
         )
         import litgpt.model
 
@@ -159,8 +203,15 @@ def child(overrides: list[str], steps: int, log_every: int, out: str) -> None:
     n_tok = d.micro_batch_size * d.seq_len
     last = (len(ends) // w) * w
     windows = [w * n_tok / (ends[a + w - 1] - ends[a - 1]) for a in range(w, last, w)]
-    res = {"tokens_per_s": (last - w) * n_tok / (ends[last - 1] - ends[w - 1]), "windows": windows, "losses": losses[:steps],
-           "params_litgpt": theirs, "params_xiulian": ours, "steps": len(ends), "threads": torch.get_num_threads()}
+    res = {
+        "tokens_per_s": (last - w) * n_tok / (ends[last - 1] - ends[w - 1]),
+        "windows": windows,
+        "losses": losses[:steps],
+        "params_litgpt": theirs,
+        "params_xiulian": ours,
+        "steps": len(ends),
+        "threads": torch.get_num_threads(),
+    }
     Path(out).write_text(json.dumps(res))
 
 
@@ -169,7 +220,15 @@ def run_litgpt(overrides: list[str], steps: int, log_every: int, path: str) -> d
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "litgpt.json"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([path, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        args = ["--child", str(out), "--steps", str(steps), "--log-every", str(log_every), *[x for o in overrides for x in ("--override", o)]]
+        args = [
+            "--child",
+            str(out),
+            "--steps",
+            str(steps),
+            "--log-every",
+            str(log_every),
+            *[x for o in overrides for x in ("--override", o)],
+        ]
         return run_module("llm.bench.litgpt", args, timeout=1800, env=env, out=out, name="litgpt run")
 
 
@@ -205,7 +264,11 @@ def compare(model: str, steps: int, log_every: int, repeats: int, extra: list[st
     lit = rows["litgpt"][0]
     med = {k: statistics.median(x["tokens_per_s"] for x in v) for k, v in rows.items()}
     out = {
-        "model": model, "steps": steps, "log_every": log_every, "repeats": repeats, "litgpt_version": LITGPT_VERSION,
+        "model": model,
+        "steps": steps,
+        "log_every": log_every,
+        "repeats": repeats,
+        "litgpt_version": LITGPT_VERSION,
         "tokens_per_s": med,
         "ratio_xiulian_vs_litgpt": med["xiulian"] / med["litgpt"],
         "ratio_xiulian_compiled_vs_litgpt": med["xiulian_compiled"] / med["litgpt"],
@@ -225,15 +288,17 @@ def format_report(r: dict[str, Any]) -> str:
     if "skipped" in r:
         return f"litgpt baseline skipped: {r['skipped']}"
     t = r["tokens_per_s"]
-    return "\n".join([
-        f"litgpt {r['litgpt_version']} pretraining vs Xiulian, model={r['model']}, {r['steps']} steps, {r['repeats']} runs each "
-        f"(parameters: litgpt {r['params']['litgpt']:,}, Xiulian {r['params']['xiulian']:,})",
-        f"   tokens/s (median): litgpt (torch.compile) {t['litgpt']:,.0f}; Xiulian {t['xiulian']:,.0f} "
-        f"(ratio {r['ratio_xiulian_vs_litgpt']:.3f}); Xiulian trainer.compile=true {t['xiulian_compiled']:,.0f} "
-        f"(ratio {r['ratio_xiulian_compiled_vs_litgpt']:.3f})",
-        f"   loss first -> last: litgpt {r['litgpt_loss_first_last'][0]:.3f} -> {r['litgpt_loss_first_last'][1]:.3f}; "
-        f"Xiulian {r['xiulian_loss_first_last'][0]:.3f} -> {r['xiulian_loss_first_last'][1]:.3f}",
-    ])
+    return "\n".join(
+        [
+            f"litgpt {r['litgpt_version']} pretraining vs Xiulian, model={r['model']}, {r['steps']} steps, {r['repeats']} runs each "
+            f"(parameters: litgpt {r['params']['litgpt']:,}, Xiulian {r['params']['xiulian']:,})",
+            f"   tokens/s (median): litgpt (torch.compile) {t['litgpt']:,.0f}; Xiulian {t['xiulian']:,.0f} "
+            f"(ratio {r['ratio_xiulian_vs_litgpt']:.3f}); Xiulian trainer.compile=true {t['xiulian_compiled']:,.0f} "
+            f"(ratio {r['ratio_xiulian_compiled_vs_litgpt']:.3f})",
+            f"   loss first -> last: litgpt {r['litgpt_loss_first_last'][0]:.3f} -> {r['litgpt_loss_first_last'][1]:.3f}; "
+            f"Xiulian {r['xiulian_loss_first_last'][0]:.3f} -> {r['xiulian_loss_first_last'][1]:.3f}",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:

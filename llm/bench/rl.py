@@ -279,15 +279,23 @@ def child_prepare(spec: dict) -> dict[str, Any]:
     fw_state, pl_state = module.model.state_dict(), plain.state_dict()
     same_weights = fw_state.keys() == pl_state.keys() and all(torch.equal(fw_state[k], pl_state[k]) for k in fw_state)
     pcfg = module.stage_cfg.ppo
-    plain_kw = dict(attention_mask=mask, max_new_tokens=pcfg.max_new_tokens, do_sample=True, temperature=pcfg.temperature,
-                    top_p=pcfg.top_p, top_k=pcfg.top_k or None, eos_token_id=module.stop_ids, pad_token_id=module.pad_id)
+    plain_kw = dict(
+        attention_mask=mask,
+        max_new_tokens=pcfg.max_new_tokens,
+        do_sample=True,
+        temperature=pcfg.temperature,
+        top_p=pcfg.top_p,
+        top_k=pcfg.top_k or None,
+        eos_token_id=module.stop_ids,
+        pad_token_id=module.pad_id,
+    )
 
     def framework() -> Any:
         return module.generate(ids, mask)
 
     def plain_hf() -> Any:
         with torch.no_grad():
-            return plain.generate(input_ids=ids, **plain_kw)[:, ids.shape[1]:]
+            return plain.generate(input_ids=ids, **plain_kw)[:, ids.shape[1] :]
 
     sides = {"framework": framework, "plain_hf": plain_hf}
     res: dict[str, dict[str, list]] = {k: {"seconds": [], "tokens": [], "steps": []} for k in sides}
@@ -308,24 +316,51 @@ def child_prepare(spec: dict) -> dict[str, Any]:
         outputs[name].append(out)
         order.append(name[0].upper())
     identical = sum(int(torch.equal(a, b)) for a, b in zip(outputs["framework"], outputs["plain_hf"]))
-    gen: dict[str, Any] = {"order": order, "identical_outputs": identical, "calls": spec["gen_rounds"], "same_weights": same_weights,
-                           "batch_size": int(ids.shape[0]), "prompt_len": int(ids.shape[1]), "max_new_tokens": int(pcfg.max_new_tokens),
-                           "generate_kwargs": {k: v for k, v in plain_kw.items() if k != "attention_mask"}}
+    gen: dict[str, Any] = {
+        "order": order,
+        "identical_outputs": identical,
+        "calls": spec["gen_rounds"],
+        "same_weights": same_weights,
+        "batch_size": int(ids.shape[0]),
+        "prompt_len": int(ids.shape[1]),
+        "max_new_tokens": int(pcfg.max_new_tokens),
+        "generate_kwargs": {k: v for k, v in plain_kw.items() if k != "attention_mask"},
+    }
     for name, r in res.items():
         rates = [t / s for t, s in zip(r["tokens"], r["seconds"])]
-        gen[name] = {**r, "rates": rates, "tokens_per_s": sum(r["tokens"]) / sum(r["seconds"]), "median_tokens_per_s": statistics.median(rates),
-                     "slots_per_s": sum(r["steps"]) * int(ids.shape[0]) / sum(r["seconds"])}
+        gen[name] = {
+            **r,
+            "rates": rates,
+            "tokens_per_s": sum(r["tokens"]) / sum(r["seconds"]),
+            "median_tokens_per_s": statistics.median(rates),
+            "slots_per_s": sum(r["steps"]) * int(ids.shape[0]) / sum(r["seconds"]),
+        }
     gen["ratio"] = gen["framework"]["tokens_per_s"] / gen["plain_hf"]["tokens_per_s"]
     gen["pair_ratios"] = [a / b for a, b in zip(gen["framework"]["rates"], gen["plain_hf"]["rates"])]
-    return {"generation": gen, "batches": len(batches), "stop_ids": module.stop_ids, "pad_id": module.pad_id, "setup_s": time.perf_counter() - t_start,
-            "torch_threads": torch.get_num_threads(), "peak_rss": proc_status().get("VmHWM")}
+    return {
+        "generation": gen,
+        "batches": len(batches),
+        "stop_ids": module.stop_ids,
+        "pad_id": module.pad_id,
+        "setup_s": time.perf_counter() - t_start,
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss": proc_status().get("VmHWM"),
+    }
 
 
 def _iteration_result(spec: dict, rec: StepRecorder, phases: list[dict], t_start: float, model: Any, extra: dict) -> dict[str, Any]:
     from llm.model.build import count_params
 
-    return {"side": spec["side"], "config": spec.get("config"), "lora": bool(spec.get("lora")), "phases": phases, **rec.result(t_start),
-            "trainable_params": count_params(model, trainable_only=True), "total_params": count_params(model), **extra}
+    return {
+        "side": spec["side"],
+        "config": spec.get("config"),
+        "lora": bool(spec.get("lora")),
+        "phases": phases,
+        **rec.result(t_start),
+        "trainable_params": count_params(model, trainable_only=True),
+        "total_params": count_params(model),
+        **extra,
+    }
 
 
 def child_xiulian(spec: dict) -> dict[str, Any]:
@@ -361,18 +396,32 @@ def child_xiulian(spec: dict) -> dict[str, Any]:
     with open(Path(spec["run_dir"]) / "metrics.csv", newline="") as f:
         for row in csv.DictReader(f):
             if row.get("time/generate_s"):
-                phases.append({
-                    "generate_s": float(row["time/generate_s"]), "score_s": float(row["time/score_s"]),
-                    "evaluate_s": float(row["time/evaluate_s"]), "train_s": float(row["time/train_s"]),
-                    "generate_tokens_per_s": float(row["time/generate_tokens_per_s"]),
-                    "response_length": float(row["ppo/response_length"]), "score": float(row["ppo/score"]),
-                    "kl": float(row["ppo/kl"]), "updates": float(row["ppo/updates"]),
-                })
+                phases.append(
+                    {
+                        "generate_s": float(row["time/generate_s"]),
+                        "score_s": float(row["time/score_s"]),
+                        "evaluate_s": float(row["time/evaluate_s"]),
+                        "train_s": float(row["time/train_s"]),
+                        "generate_tokens_per_s": float(row["time/generate_tokens_per_s"]),
+                        "response_length": float(row["ppo/response_length"]),
+                        "score": float(row["ppo/score"]),
+                        "kl": float(row["ppo/kl"]),
+                        "updates": float(row["ppo/updates"]),
+                    }
+                )
     module = result["module"]
-    return _iteration_result(spec, rec, phases, t_start, module.optim_modules(), {
-        "global_step": result["global_step"],
-        "reference": "frozen copy" if "ref" in module._frozen else "adapters disabled", "overrides": xiulian_overrides(spec),
-    })
+    return _iteration_result(
+        spec,
+        rec,
+        phases,
+        t_start,
+        module.optim_modules(),
+        {
+            "global_step": result["global_step"],
+            "reference": "frozen copy" if "ref" in module._frozen else "adapters disabled",
+            "overrides": xiulian_overrides(spec),
+        },
+    )
 
 
 def _trl_ppo_module() -> Any:
@@ -428,18 +477,52 @@ def child_trl(spec: dict) -> dict[str, Any]:
 
     torch.manual_seed(spec["seed"])
     policy = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32, attn_implementation="sdpa")
-    value = AutoModelForSequenceClassification.from_pretrained(spec["rm_dir"], num_labels=1, dtype=torch.float32, attn_implementation="sdpa")
-    reward = AutoModelForSequenceClassification.from_pretrained(spec["rm_dir"], num_labels=1, dtype=torch.float32, attn_implementation="sdpa")
+    value = AutoModelForSequenceClassification.from_pretrained(
+        spec["rm_dir"], num_labels=1, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    reward = AutoModelForSequenceClassification.from_pretrained(
+        spec["rm_dir"], num_labels=1, dtype=torch.float32, attn_implementation="sdpa"
+    )
     B = spec["batch_size"]
     args = PPOConfig(
-        output_dir=spec["run_dir"], bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False,
-        per_device_train_batch_size=B, gradient_accumulation_steps=1, num_mini_batches=1, num_ppo_epochs=spec["epochs"],
-        local_rollout_forward_batch_size=B, total_episodes=B * spec["iterations"], response_length=spec["max_new_tokens"],
-        temperature=1.0, kl_coef=0.05, kl_estimator="k1", cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
-        whiten_rewards=False, missing_eos_penalty=None, stop_token_id=eot,
-        learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95,
-        adam_epsilon=1e-8, optim="adamw_torch_fused", num_sample_generations=0, report_to="none", save_strategy="no",
-        logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, seed=spec["seed"],
+        output_dir=spec["run_dir"],
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=B,
+        gradient_accumulation_steps=1,
+        num_mini_batches=1,
+        num_ppo_epochs=spec["epochs"],
+        local_rollout_forward_batch_size=B,
+        total_episodes=B * spec["iterations"],
+        response_length=spec["max_new_tokens"],
+        temperature=1.0,
+        kl_coef=0.05,
+        kl_estimator="k1",
+        cliprange=0.2,
+        cliprange_value=0.2,
+        vf_coef=0.1,
+        gamma=1.0,
+        lam=0.95,
+        whiten_rewards=False,
+        missing_eos_penalty=None,
+        stop_token_id=eot,
+        learning_rate=spec["lr"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        adam_epsilon=1e-8,
+        optim="adamw_torch_fused",
+        num_sample_generations=0,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=spec["seed"],
     )
     ds = Dataset.from_dict({"input_ids": rows})
 
@@ -456,7 +539,7 @@ def child_trl(spec: dict) -> dict[str, Any]:
         out = orig_generation(model, queries, *a, **k)
         cur["gen_end"] = time.perf_counter()
         cur["generate"] = cur["gen_end"] - t0
-        cur["responses"] = out[0][:, queries.shape[1]:]
+        cur["responses"] = out[0][:, queries.shape[1] :]
         return out
 
     def get_reward(model: Any, *a: Any, **k: Any) -> Any:
@@ -494,23 +577,50 @@ def child_trl(spec: dict) -> dict[str, Any]:
             score = next((h["objective/scores"] for h in reversed(state.log_history) if "objective/scores" in h), float("nan"))
             rec.step_end(float(score), rmask, [r[r != pad].tolist() for r in q], resp.numel())
             ts = cur.get("train_start", now)
-            phases.append({"generate_s": cur["generate"], "score_s": cur["score"], "evaluate_s": ts - cur["gen_end"] - cur["score"],
-                           "train_s": now - ts, "generate_tokens_per_s": float(rmask.sum()) / cur["generate"],
-                           "response_length": float(rmask.sum(1).float().mean()), "score": float(score), "gc_s": gc_time[0]})
+            phases.append(
+                {
+                    "generate_s": cur["generate"],
+                    "score_s": cur["score"],
+                    "evaluate_s": ts - cur["gen_end"] - cur["score"],
+                    "train_s": now - ts,
+                    "generate_tokens_per_s": float(rmask.sum()) / cur["generate"],
+                    "response_length": float(rmask.sum(1).float().mean()),
+                    "score": float(score),
+                    "gc_s": gc_time[0],
+                }
+            )
             gc_time[0] = 0.0  # the collections after this point count toward the next iteration, as its wall time does
 
-    trainer = P.PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=None, reward_model=reward, train_dataset=ds,
-                           value_model=value, callbacks=[IterationEnd()])
+    trainer = P.PPOTrainer(
+        args=args,
+        processing_class=tok,
+        model=policy,
+        ref_model=None,
+        reward_model=reward,
+        train_dataset=ds,
+        value_model=value,
+        callbacks=[IterationEnd()],
+    )
     # Xiulian's order (TRL shuffles), the same collator; stop generating where Xiulian stops
     trainer.dataloader = DataLoader(ds, batch_size=B, shuffle=False, collate_fn=DataCollatorWithPadding(tok), drop_last=True)
     trainer.policy_model.generation_config.eos_token_id = list(stop_ids)
     trainer.train()
-    return _iteration_result(spec, rec, phases, t_start, trainer.model, {
-        "global_step": trainer.state.global_step,
-        "pad_token": tok.pad_token, "pad_id": pad, "stop_token_id": eot, "optimizer": type(trainer.optimizer).__name__,
-        "versions": {"trl": trl.__version__, "trl_path": str(Path(trl.__file__).parent), "transformers": transformers.__version__},
-        "trl_module": P.__name__,
-    })
+    return _iteration_result(
+        spec,
+        rec,
+        phases,
+        t_start,
+        trainer.model,
+        {
+            "global_step": trainer.state.global_step,
+            "pad_token": tok.pad_token,
+            "pad_id": pad,
+            "stop_token_id": eot,
+            "optimizer": type(trainer.optimizer).__name__,
+            "versions": {"trl": trl.__version__, "trl_path": str(Path(trl.__file__).parent), "transformers": transformers.__version__},
+            "trl_module": P.__name__,
+        },
+    )
 
 
 CHILDREN: dict[str, Callable[[dict], dict]] = {"prepare": child_prepare, "xiulian": child_xiulian, "trl": child_trl}
@@ -539,8 +649,12 @@ def find_trl_ppo(choice: str, say: Callable[[str], None]) -> tuple[str | None, d
     spec = importlib.util.find_spec("trl")  # locates without importing
     if spec is not None and spec.submodule_search_locations and _has_trl_ppo(Path(next(iter(spec.submodule_search_locations)))):
         return "", {**info, "source": "installed"}
-    why = (f"the installed trl {info['installed']} has no PPO trainer (trl.experimental.ppo.PPOTrainer was removed in TRL 1.13; "
-           f"{TRL_PPO_VERSION} is the last release with it)" if info["installed"] else "trl is not installed")
+    why = (
+        f"the installed trl {info['installed']} has no PPO trainer (trl.experimental.ppo.PPOTrainer was removed in TRL 1.13; "
+        f"{TRL_PPO_VERSION} is the last release with it)"
+        if info["installed"]
+        else "trl is not installed"
+    )
     if choice == "installed":
         return None, {**info, "reason": why}
     target = cache_root() / "bench_rl" / f"trl-{TRL_PPO_VERSION}"
@@ -583,8 +697,9 @@ def summarize_side(runs: list[dict], warmup: int) -> dict[str, Any]:
     return out
 
 
-def summarize(gen: dict | None, default_runs: list[dict], lora_runs: list[dict], x_runs: list[dict], t_runs: list[dict],
-              warmup: int, order: list[str]) -> dict[str, Any]:
+def summarize(
+    gen: dict | None, default_runs: list[dict], lora_runs: list[dict], x_runs: list[dict], t_runs: list[dict], warmup: int, order: list[str]
+) -> dict[str, Any]:
     res: dict[str, Any] = {"order": order}
     if gen is not None:
         g = dict(gen)
@@ -604,7 +719,10 @@ def summarize(gen: dict | None, default_runs: list[dict], lora_runs: list[dict],
             m["above_imports_lora_over_full"] = m["lora"]["peak_above_imports"] / m["full"]["peak_above_imports"]
         m["lora_iteration"] = summarize_side(lora_runs, warmup)
     res["memory"] = m
-    trl: dict[str, Any] = {"xiulian": summarize_side(x_runs, warmup) if x_runs else None, "trl": summarize_side(t_runs, warmup) if t_runs else None}
+    trl: dict[str, Any] = {
+        "xiulian": summarize_side(x_runs, warmup) if x_runs else None,
+        "trl": summarize_side(t_runs, warmup) if t_runs else None,
+    }
     if x_runs and t_runs and trl["xiulian"].get("wall_s") and trl["trl"].get("wall_s"):
         x, t = trl["xiulian"], trl["trl"]
         trl["ratio_time_xiulian_over_trl"] = x["wall_s"] / t["wall_s"]
@@ -626,63 +744,93 @@ def format_report(res: dict) -> str:
     s, mc = res["settings"], res["machine"]
     W = 100
     L = ["=" * W, "Xiulian RLHF benchmark (llm.bench.rl)"]
-    L.append(f"machine: {mc['cpu']}, {mc['cores']} cores; torch {mc['torch']}, transformers {mc['transformers']}; "
-             f"{s['threads']} torch thread(s) per process; load average {res['load']['before'][0]:.2f} before, {res['load']['after'][0]:.2f} after")
-    L.append(f"model {s['model']} ({s['model_dir']}); prompts: builtin:python-qa questions (data=prompts_demo), batch {s['batch_size']}, "
-             f"max_new_tokens {s['max_new_tokens']}, {s['epochs']} PPO epochs, lr {s['lr']}, seed {s['seed']}")
-    L.append(f"{s['iterations']} PPO iterations per run, iterations {s['warmup'] + 1}..{s['iterations']} timed; run order {' '.join(res['order'])} "
-             "(X xiulian trl-layout, T trl, D xiulian default full, L xiulian default LoRA)")
+    L.append(
+        f"machine: {mc['cpu']}, {mc['cores']} cores; torch {mc['torch']}, transformers {mc['transformers']}; "
+        f"{s['threads']} torch thread(s) per process; load average {res['load']['before'][0]:.2f} before, {res['load']['after'][0]:.2f} after"
+    )
+    L.append(
+        f"model {s['model']} ({s['model_dir']}); prompts: builtin:python-qa questions (data=prompts_demo), batch {s['batch_size']}, "
+        f"max_new_tokens {s['max_new_tokens']}, {s['epochs']} PPO epochs, lr {s['lr']}, seed {s['seed']}"
+    )
+    L.append(
+        f"{s['iterations']} PPO iterations per run, iterations {s['warmup'] + 1}..{s['iterations']} timed; run order {' '.join(res['order'])} "
+        "(X xiulian trl-layout, T trl, D xiulian default full, L xiulian default LoRA)"
+    )
     L.append("-" * W)
     g = res.get("generation")
     L.append("1. Rollout generation (tokens = generated tokens up to the first stop token)")
     if g:
-        L.append(f"   batch {g['batch_size']} x prompt {g['prompt_len']} tokens (left-padded), up to {g['max_new_tokens']} new tokens; "
-                 f"{g['calls']} timed calls per side, order {' '.join(g['order'])}; same seed per pair")
+        L.append(
+            f"   batch {g['batch_size']} x prompt {g['prompt_len']} tokens (left-padded), up to {g['max_new_tokens']} new tokens; "
+            f"{g['calls']} timed calls per side, order {' '.join(g['order'])}; same seed per pair"
+        )
         L.append(f"   {'':28s}{'tokens/s':>10s}{'median/call':>13s}{'tokens/call':>13s}{'steps':>7s}{'s/call':>9s}")
         for name, label in (("framework", "PPOStage.generate"), ("plain_hf", "plain model.generate")):
             x = g[name]
-            L.append(f"   {label:28s}{num(x['tokens_per_s']):>10s}{num(x['median_tokens_per_s']):>13s}{statistics.mean(x['tokens']):13.1f}"
-                     f"{statistics.mean(x['steps']):7.1f}{statistics.mean(x['seconds']):9.3f}")
-        L.append(f"   ratio framework/plain: {g['ratio']:.3f} (per pair {', '.join(f'{r:.3f}' for r in g['pair_ratios'])}); identical outputs "
-                 f"{g['identical_outputs']}/{g['calls']}; same weights: {g['same_weights']}")
+            L.append(
+                f"   {label:28s}{num(x['tokens_per_s']):>10s}{num(x['median_tokens_per_s']):>13s}{statistics.mean(x['tokens']):13.1f}"
+                f"{statistics.mean(x['steps']):7.1f}{statistics.mean(x['seconds']):9.3f}"
+            )
+        L.append(
+            f"   ratio framework/plain: {g['ratio']:.3f} (per pair {', '.join(f'{r:.3f}' for r in g['pair_ratios'])}); identical outputs "
+            f"{g['identical_outputs']}/{g['calls']}; same weights: {g['same_weights']}"
+        )
         if g.get("in_ppo_iterations_tokens_per_s"):
-            L.append(f"   inside PPO iterations (metrics.csv time/generate_tokens_per_s, median): {num(g['in_ppo_iterations_tokens_per_s'])} tokens/s")
+            L.append(
+                f"   inside PPO iterations (metrics.csv time/generate_tokens_per_s, median): {num(g['in_ppo_iterations_tokens_per_s'])} tokens/s"
+            )
     L.append("-" * W)
     it = res["iteration"]["xiulian"]
     L.append(f"2. Time per PPO iteration, Xiulian {res['iteration']['config']}, medians of timed iterations (metrics.csv + wall clock)")
     if it.get("wall_s"):
         L.append(f"   {'':10s}{'wall':>9s}{'generate':>10s}{'score':>9s}{'evaluate':>10s}{'train':>9s}{'other':>9s}{'resp.len':>10s}")
         L.append(_phase_row("xiulian", it))
-        L.append(f"   runs: median iteration {', '.join(_s(v) for v in it['run_wall_s'])} s; {it['timed_iterations']} timed iterations; "
-                 f"other processes kept {span(it['foreign_cores'])} cores busy")
+        L.append(
+            f"   runs: median iteration {', '.join(_s(v) for v in it['run_wall_s'])} s; {it['timed_iterations']} timed iterations; "
+            f"other processes kept {span(it['foreign_cores'])} cores busy"
+        )
     L.append("-" * W)
     m = res["memory"]
     L.append("3. Peak memory (VmHWM of a fresh process), Xiulian default config, full fine-tuning vs LoRA")
     for name in ("full", "lora"):
         x = m.get(name)
         if x:
-            L.append(f"   {name:5s} peak {mib(x['peak_rss']):>10s} ({mib(x['peak_above_imports'])} above the RSS after imports); "
-                     f"reference: {x['reference']}; trainable {x['trainable_params']:,} of {x['total_params']:,}")
+            L.append(
+                f"   {name:5s} peak {mib(x['peak_rss']):>10s} ({mib(x['peak_above_imports'])} above the RSS after imports); "
+                f"reference: {x['reference']}; trainable {x['trainable_params']:,} of {x['total_params']:,}"
+            )
     if m.get("lora_over_full"):
         d = m["saved_bytes"]
-        L.append(f"   LoRA/full peak {m['lora_over_full']:.3f}: {mib(abs(d))} {'less' if d >= 0 else 'more'}"
-                 f"; above imports {m.get('above_imports_lora_over_full') or float('nan'):.3f}"
-                 f"; LoRA iteration {_s(m['lora_iteration'].get('wall_s'))} s vs full {_s(it.get('wall_s'))} s")
+        L.append(
+            f"   LoRA/full peak {m['lora_over_full']:.3f}: {mib(abs(d))} {'less' if d >= 0 else 'more'}"
+            f"; above imports {m.get('above_imports_lora_over_full') or float('nan'):.3f}"
+            f"; LoRA iteration {_s(m['lora_iteration'].get('wall_s'))} s vs full {_s(it.get('wall_s'))} s"
+        )
     L.append("-" * W)
     tc, ti = res["trl_comparison"], res["trl"]
-    L.append("4. PPO iteration, Xiulian vs TRL PPOTrainer (same model, prompts, batch, response length, epochs; reward model + separate critic)")
+    L.append(
+        "4. PPO iteration, Xiulian vs TRL PPOTrainer (same model, prompts, batch, response length, epochs; reward model + separate critic)"
+    )
     if tc.get("ratio_time_xiulian_over_trl"):
         L.append(f"   TRL: {ti.get('version')} ({ti.get('source')}); installed trl {ti.get('installed')}")
-        L.append(f"   {'':10s}{'wall':>9s}{'generate':>10s}{'score':>9s}{'evaluate':>10s}{'train':>9s}{'other':>9s}{'resp.len':>10s}{'peak':>11s}")
+        L.append(
+            f"   {'':10s}{'wall':>9s}{'generate':>10s}{'score':>9s}{'evaluate':>10s}{'train':>9s}{'other':>9s}{'resp.len':>10s}{'peak':>11s}"
+        )
         for name in ("xiulian", "trl"):
             L.append(_phase_row(name, tc[name]) + f"{mib(tc[name]['peak_rss']):>11s}")
-        L.append(f"   time per iteration xiulian/trl: {tc['ratio_time_xiulian_over_trl']:.3f} (per ABBA pair "
-                 f"{', '.join(f'{r:.3f}' for r in tc['pair_ratios'])}); by phase "
-                 + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in tc["phase_ratios"].items() if v))
+        L.append(
+            f"   time per iteration xiulian/trl: {tc['ratio_time_xiulian_over_trl']:.3f} (per ABBA pair "
+            f"{', '.join(f'{r:.3f}' for r in tc['pair_ratios'])}); by phase "
+            + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in tc["phase_ratios"].items() if v)
+        )
         if tc["trl"].get("gc_s") is not None:
-            L.append(f"   TRL's gc.collect() calls took {_s(tc['trl']['gc_s'])} s per iteration (median; inside its evaluate and other columns)")
-        L.append(f"   same prompts every iteration: {tc['same_prompts']}; trainable parameters xiulian {tc['trainable_params']['xiulian']:,}, "
-                 f"trl {tc['trainable_params']['trl']:,}; TRL pad token {ti.get('pad_token')!r}")
+            L.append(
+                f"   TRL's gc.collect() calls took {_s(tc['trl']['gc_s'])} s per iteration (median; inside its evaluate and other columns)"
+            )
+        L.append(
+            f"   same prompts every iteration: {tc['same_prompts']}; trainable parameters xiulian {tc['trainable_params']['xiulian']:,}, "
+            f"trl {tc['trainable_params']['trl']:,}; TRL pad token {ti.get('pad_token')!r}"
+        )
         L.append("   remaining differences:")
         for d in TRL_DIFFERENCES:
             L.append(f"   - {d}")
@@ -696,8 +844,10 @@ def format_report(res: dict) -> str:
 
 
 def _phase_row(name: str, x: dict) -> str:
-    return (f"   {name:10s}{_s(x.get('wall_s')):>8s}s{_s(x.get('generate_s')):>9s}s{_s(x.get('score_s')):>8s}s{_s(x.get('evaluate_s')):>9s}s"
-            f"{_s(x.get('train_s')):>8s}s{_s(x.get('other_s')):>8s}s{x.get('response_length', float('nan')):10.1f}")
+    return (
+        f"   {name:10s}{_s(x.get('wall_s')):>8s}s{_s(x.get('generate_s')):>9s}s{_s(x.get('score_s')):>8s}s{_s(x.get('evaluate_s')):>9s}s"
+        f"{_s(x.get('train_s')):>8s}s{_s(x.get('other_s')):>8s}s{x.get('response_length', float('nan')):10.1f}"
+    )
 
 
 def _versions() -> dict[str, str | None]:
@@ -721,17 +871,36 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
         key = hashlib.sha256(f"{model_dir.resolve()}|{st.st_mtime_ns}|{args.seed}".encode()).hexdigest()[:12]
         rm_dir = cache_root() / "bench_rl" / f"{model_dir.name}-rm-{key}"
         rm_dir.parent.mkdir(parents=True, exist_ok=True)
-        base = {"model_dir": str(model_dir), "rm_dir": str(rm_dir), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-                "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "iterations": args.iterations, "warmup": args.warmup}
+        base = {
+            "model_dir": str(model_dir),
+            "rm_dir": str(rm_dir),
+            "batch_size": args.batch_size,
+            "max_new_tokens": args.max_new_tokens,
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "seed": args.seed,
+            "iterations": args.iterations,
+            "warmup": args.warmup,
+        }
         prompts = workdir / "prompts.json"
         trl_path, trl_info = find_trl_ppo(args.trl, say)
-        say(f"llm.bench.rl: model {model_dir}; {args.iterations} PPO iterations per run (timed {args.warmup + 1}..{args.iterations}); "
-            f"{args.threads} thread(s) per process; load average {load0[0]:.2f}")
-        prep = run_child("llm.bench.rl", "prepare", {**base, "prompts_out": str(prompts), "gen_rounds": args.gen_rounds}, workdir,
-                         threads=args.threads, timeout=3600)
+        say(
+            f"llm.bench.rl: model {model_dir}; {args.iterations} PPO iterations per run (timed {args.warmup + 1}..{args.iterations}); "
+            f"{args.threads} thread(s) per process; load average {load0[0]:.2f}"
+        )
+        prep = run_child(
+            "llm.bench.rl",
+            "prepare",
+            {**base, "prompts_out": str(prompts), "gen_rounds": args.gen_rounds},
+            workdir,
+            threads=args.threads,
+            timeout=3600,
+        )
         g = prep["generation"]
-        say(f"  [prepare] rollout: framework {num(g['framework']['tokens_per_s'])} tokens/s, plain {num(g['plain_hf']['tokens_per_s'])} "
-            f"tokens/s (ratio {g['ratio']:.3f}, identical outputs {g['identical_outputs']}/{g['calls']}); process {prep['child_wall_s']:.0f} s")
+        say(
+            f"  [prepare] rollout: framework {num(g['framework']['tokens_per_s'])} tokens/s, plain {num(g['plain_hf']['tokens_per_s'])} "
+            f"tokens/s (ratio {g['ratio']:.3f}, identical outputs {g['identical_outputs']}/{g['calls']}); process {prep['child_wall_s']:.0f} s"
+        )
         # (side, config, lora): the TRL comparison, then the default config full and LoRA
         trl_sides = [("xiulian", "trl", False), ("trl", "trl", False)] if trl_path is not None else [("xiulian", "trl", False)]
         plan = [p for _, p in interleaved(trl_sides, args.repeats)]
@@ -742,10 +911,18 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
             if side == "trl" and trl_path is None:  # an earlier TRL run failed
                 continue
             tag = "T" if side == "trl" else "X" if config == "trl" else "L" if lora else "D"
-            spec = {**base, "side": side, "config": config, "lora": lora, "prompts": str(prompts), "run_dir": str(workdir / f"run{i}-{tag}")}
+            spec = {
+                **base,
+                "side": side,
+                "config": config,
+                "lora": lora,
+                "prompts": str(prompts),
+                "run_dir": str(workdir / f"run{i}-{tag}"),
+            }
             try:
-                res = run_child("llm.bench.rl", side, spec, workdir, threads=args.threads, pythonpath=trl_path if side == "trl" else None,
-                                timeout=3600)
+                res = run_child(
+                    "llm.bench.rl", side, spec, workdir, threads=args.threads, pythonpath=trl_path if side == "trl" else None, timeout=3600
+                )
             except ChildFailed as e:
                 if side != "trl":
                     raise
@@ -758,22 +935,36 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
                 trl_info.update(version=res["versions"]["trl"], module=res.get("trl_module"), pad_token=res.get("pad_token"))
             runs[tag].append(res)
             order.append(tag)
-            say(f"  [{i + 1}/{len(plan)}] {tag} {side:8s} {config:8s}{' lora' if lora else '     '} iteration {_s(res.get('median_step_s'))} s, "
+            say(
+                f"  [{i + 1}/{len(plan)}] {tag} {side:8s} {config:8s}{' lora' if lora else '     '} iteration {_s(res.get('median_step_s'))} s, "
                 f"{num(res.get('tokens_per_s') or 0)} response tokens/s, peak {mib(res['peak_rss'])} (process {res['child_wall_s']:.0f} s, "
-                f"other processes {res.get('foreign_cores', float('nan')):.2f} cores, load {res['loadavg_before']:.2f})")
+                f"other processes {res.get('foreign_cores', float('nan')):.2f} cores, load {res['loadavg_before']:.2f})"
+            )
         summary = summarize(g, runs["D"], runs["L"], runs["X"], runs["T"], args.warmup, order)
         mc = machine_info()
         vers = _versions()
         mc.update(torch=vers["torch"], transformers=vers["transformers"], lightning=vers["lightning"], peft=vers["peft"])
         out: dict[str, Any] = {
             "machine": mc,
-            "settings": {**{k: v for k, v in base.items() if k != "rm_dir"}, "model": args.model, "reward_model": str(rm_dir),
-                         "reward_model_kind": "AutoModelForSequenceClassification from the same checkpoint, random seeded score head, not trained",
-                         "threads": args.threads, "repeats": args.repeats, "memory_repeats": args.memory_repeats, "gen_rounds": args.gen_rounds,
-                         "quick": args.quick, "temperature": 1.0, "top_p": 1.0, "top_k": None},
+            "settings": {
+                **{k: v for k, v in base.items() if k != "rm_dir"},
+                "model": args.model,
+                "reward_model": str(rm_dir),
+                "reward_model_kind": "AutoModelForSequenceClassification from the same checkpoint, random seeded score head, not trained",
+                "threads": args.threads,
+                "repeats": args.repeats,
+                "memory_repeats": args.memory_repeats,
+                "gen_rounds": args.gen_rounds,
+                "quick": args.quick,
+                "temperature": 1.0,
+                "top_p": 1.0,
+                "top_k": None,
+            },
             "trl": {**trl_info, "available": bool(runs["T"])},
             **summary,
-            "xiulian_commands": {c: "python -m llm.train " + " ".join(xiulian_overrides({**base, "config": c})) for c in ("default", "trl")},
+            "xiulian_commands": {
+                c: "python -m llm.train " + " ".join(xiulian_overrides({**base, "config": c})) for c in ("default", "trl")
+            },
             "trl_differences": TRL_DIFFERENCES,
             "runs": {**runs, "prepare": {k: v for k, v in prep.items() if k != "generation"}},
             "load": {"before": list(load0), "after": list(os.getloadavg())},
@@ -801,8 +992,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run (default 1, see the module docstring)")
-    p.add_argument("--trl", default="auto", metavar="auto|off|installed|DIR",
-                   help=f"which TRL PPO trainer (default auto: the installed one, else trl=={TRL_PPO_VERSION} cached/installed under $XIULIAN_CACHE)")
+    p.add_argument(
+        "--trl",
+        default="auto",
+        metavar="auto|off|installed|DIR",
+        help=f"which TRL PPO trainer (default auto: the installed one, else trl=={TRL_PPO_VERSION} cached/installed under $XIULIAN_CACHE)",
+    )
     p.add_argument("--quick", action="store_true", help="fewer iterations and runs (the test's setting)")
     add_run_arguments(p, CHILDREN)
     a = p.parse_args(argv)

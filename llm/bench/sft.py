@@ -221,7 +221,7 @@ def prompt_completion(tokenizer: Any, messages: list[dict]) -> dict[str, str]:
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     if not full.startswith(prompt):
         raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
-    completion = full[len(prompt):]
+    completion = full[len(prompt) :]
     if completion.rstrip():
         completion = completion.rstrip()
     return {"prompt": prompt, "completion": completion}
@@ -298,8 +298,12 @@ def child_trl(spec: dict) -> dict[str, Any]:
             rec.step_start()
             loss = super().training_step(model, inputs, num_items_in_batch)
             labels = inputs["labels"][:, 1:]
-            pending.update(loss=float(loss), mask=inputs["attention_mask"], rows=[r[r != IGNORE_INDEX].tolist() for r in labels],
-                           padded=inputs["input_ids"].numel())
+            pending.update(
+                loss=float(loss),
+                mask=inputs["attention_mask"],
+                rows=[r[r != IGNORE_INDEX].tolist() for r in labels],
+                padded=inputs["input_ids"].numel(),
+            )
             return loss
 
     class StepEnd(TrainerCallback):
@@ -319,7 +323,9 @@ def child_trl(spec: dict) -> dict[str, Any]:
             if ids[: len(x.input_ids)] == x.input_ids and len(ids) - len(x.input_ids) in (0, 1) and x_loss == t_loss:
                 same += 1
             elif mismatch is None:
-                mismatch = f"conversation #{order[k]}: xiulian {len(x.input_ids)} tokens / {len(x_loss)} loss, trl {len(ids)} / {len(t_loss)}"
+                mismatch = (
+                    f"conversation #{order[k]}: xiulian {len(x.input_ids)} tokens / {len(x_loss)} loss, trl {len(ids)} / {len(t_loss)}"
+                )
     else:
         mismatch = f"TRL kept {len(ds)} of {len(order)} conversations"
     trainer.train()
@@ -329,9 +335,13 @@ def child_trl(spec: dict) -> dict[str, Any]:
         total_params=count_params(trainer.model),
         global_step=trainer.state.global_step,
         optimizer=f"{type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, 'optimizer') else trainer.optimizer).__name__}"
-                  f"(fused={trainer.optimizer.param_groups[0].get('fused')})",
-        token_check={"checked": len(ref), "identical": same, "first_mismatch": mismatch,
-                     "rows_one_longer": sum(1 for k, x in enumerate(ref) if k < len(ds) and len(ds[k]["input_ids"]) == len(x.input_ids) + 1)},
+        f"(fused={trainer.optimizer.param_groups[0].get('fused')})",
+        token_check={
+            "checked": len(ref),
+            "identical": same,
+            "first_mismatch": mismatch,
+            "rows_one_longer": sum(1 for k, x in enumerate(ref) if k < len(ds) and len(ds[k]["input_ids"]) == len(x.input_ids) + 1),
+        },
         versions={"trl": trl.__version__, "transformers": transformers.__version__},
     )
     return res
@@ -391,8 +401,19 @@ def tiny_export(workdir: Path, say: Callable[[str], None]) -> Path:
         if (export / "config.json").is_file():
             return export
         shutil.rmtree(run_dir, ignore_errors=True)
-        cmd = [sys.executable, "-m", "llm.train", "stage=pretrain", "model=tiny", "data=demo", "trainer.max_steps=20",
-               "trainer.progress_bar=false", "trainer.val_every_n_steps=100000", "stage.sample_prompts=[]", f"run_dir={run_dir}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "llm.train",
+            "stage=pretrain",
+            "model=tiny",
+            "data=demo",
+            "trainer.max_steps=20",
+            "trainer.progress_bar=false",
+            "trainer.val_every_n_steps=100000",
+            "stage.sample_prompts=[]",
+            f"run_dir={run_dir}",
+        ]
         say(f"  pretraining a tiny export (once): {' '.join(cmd[1:])}")
         r = subprocess.run(cmd, check=False, cwd=str(ROOT), env=child_env(), capture_output=True, text=True, timeout=1800)
         found = [ln.split("export: ", 1)[1].strip() for ln in r.stdout.splitlines() if ln.startswith("export: ")]
@@ -464,7 +485,7 @@ def summarize(x_runs: list[dict], t_runs: list[dict], lora_runs: list[dict], ord
             "padded_tokens_per_s_median": median([r["padded_tokens_per_s"] for r in runs]),
             "median_step_s": median([r["median_step_s"] for r in runs]),
             "window_steps": runs[0]["window_steps"],
-            "window_tokens": sum(runs[0]["tokens_per_step"][-runs[0]["window_steps"]:]),
+            "window_tokens": sum(runs[0]["tokens_per_step"][-runs[0]["window_steps"] :]),
             "first_loss": runs[0]["losses"][0],
             "final_loss": median([r["losses"][-1] for r in runs]),
             "final_losses": [r["losses"][-1] for r in runs],
@@ -495,8 +516,12 @@ def summarize(x_runs: list[dict], t_runs: list[dict], lora_runs: list[dict], ord
     if x_runs:
         mem["full"] = memory_summary(x_runs)
     if lora_runs:
-        mem["lora"] = {**memory_summary(lora_runs), "tokens_per_s_median": median([r["tokens_per_s"] for r in lora_runs]),
-                       "first_loss": lora_runs[0]["losses"][0], "final_loss": median([r["losses"][-1] for r in lora_runs])}
+        mem["lora"] = {
+            **memory_summary(lora_runs),
+            "tokens_per_s_median": median([r["tokens_per_s"] for r in lora_runs]),
+            "first_loss": lora_runs[0]["losses"][0],
+            "final_loss": median([r["losses"][-1] for r in lora_runs]),
+        }
     if t_runs:
         trl_full = memory_summary(t_runs)
         mem["trl_full"] = {k: trl_full[k] for k in ("peak_rss", "peak_above_imports", "trainable_params")}
@@ -511,54 +536,78 @@ def summarize(x_runs: list[dict], t_runs: list[dict], lora_runs: list[dict], ord
 def format_report(res: dict) -> str:
     s, thr, mem = res["settings"], res["throughput"], res["memory"]
     L = ["=" * 92, "Xiulian SFT benchmark (llm.bench.sft)"]
-    L.append(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores; load average before {res['load'][0]:.2f}, after {res['load'][1]:.2f}")
-    L.append(f"model {s['model']} ({s['model_dir']}); {s['conversations']} conversations (builtin:python-qa as messages); "
-             f"seq_len {s['seq_len']}, batch {s['batch_size']}, no packing, fp32, lr {s['lr']} constant, AdamW {s['optim']}")
-    L.append(f"{s['steps']} optimizer steps per run, timed steps {s['warmup'] + 1}..{s['steps']}; order {' '.join(thr['order'])} "
-             "(X xiulian, T trl, L xiulian LoRA)")
+    L.append(
+        f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores; load average before {res['load'][0]:.2f}, after {res['load'][1]:.2f}"
+    )
+    L.append(
+        f"model {s['model']} ({s['model_dir']}); {s['conversations']} conversations (builtin:python-qa as messages); "
+        f"seq_len {s['seq_len']}, batch {s['batch_size']}, no packing, fp32, lr {s['lr']} constant, AdamW {s['optim']}"
+    )
+    L.append(
+        f"{s['steps']} optimizer steps per run, timed steps {s['warmup'] + 1}..{s['steps']}; order {' '.join(thr['order'])} "
+        "(X xiulian, T trl, L xiulian LoRA)"
+    )
     L.append("-" * 92)
     L.append("1. SFT training throughput (tokens = non-padding input tokens, padding excluded)")
-    L.append(f"   {'':9s}{'tokens/s':>10s}{'per run':>24s}{'loss tok/s':>12s}{'padded/s':>10s}{'step':>9s}{'1st loss':>10s}{'final loss':>11s}")
+    L.append(
+        f"   {'':9s}{'tokens/s':>10s}{'per run':>24s}{'loss tok/s':>12s}{'padded/s':>10s}{'step':>9s}{'1st loss':>10s}{'final loss':>11s}"
+    )
     for name in ("xiulian", "trl"):
         x = thr.get(name)
         if not x:
             continue
         runs = " ".join(num(v) for v in x["tokens_per_s"])
-        L.append(f"   {name:9s}{num(x['tokens_per_s_median']):>10s}{runs:>24s}{num(x['loss_tokens_per_s_median']):>12s}"
-                 f"{num(x['padded_tokens_per_s_median']):>10s}{x['median_step_s']:8.3f}s{x['first_loss']:10.4f}{x['final_loss']:11.4f}")
+        L.append(
+            f"   {name:9s}{num(x['tokens_per_s_median']):>10s}{runs:>24s}{num(x['loss_tokens_per_s_median']):>12s}"
+            f"{num(x['padded_tokens_per_s_median']):>10s}{x['median_step_s']:8.3f}s{x['first_loss']:10.4f}{x['final_loss']:11.4f}"
+        )
     if "ratio" in thr:
-        L.append(f"   ratio xiulian/trl: {thr['ratio']:.3f} (target >= 1.0: {'OK' if thr['ratio'] >= 1.0 else 'BELOW'}); "
-                 f"by loss tokens {thr['ratio_loss_tokens']:.3f}, padded {thr['ratio_padded_tokens']:.3f}, median step time {thr['ratio_step_time']:.3f}; "
-                 f"per ABBA pair {', '.join(f'{r:.3f}' for r in thr['pair_ratios'])}")
+        L.append(
+            f"   ratio xiulian/trl: {thr['ratio']:.3f} (target >= 1.0: {'OK' if thr['ratio'] >= 1.0 else 'BELOW'}); "
+            f"by loss tokens {thr['ratio_loss_tokens']:.3f}, padded {thr['ratio_padded_tokens']:.3f}, median step time {thr['ratio_step_time']:.3f}; "
+            f"per ABBA pair {', '.join(f'{r:.3f}' for r in thr['pair_ratios'])}"
+        )
         tc = thr.get("token_check") or {}
-        L.append(f"   same work: batches identical on both sides: {thr['same_batches']}; TRL tokens = Xiulian's for "
-                 f"{tc.get('identical')}/{tc.get('checked')} conversations checked")
-        L.append(f"   training losses, trl vs xiulian: first step rel. diff {thr['first_loss_rel_diff']:.1e}, "
-                 f"largest over all steps {thr['loss_max_rel_diff']:.1e}")
+        L.append(
+            f"   same work: batches identical on both sides: {thr['same_batches']}; TRL tokens = Xiulian's for "
+            f"{tc.get('identical')}/{tc.get('checked')} conversations checked"
+        )
+        L.append(
+            f"   training losses, trl vs xiulian: first step rel. diff {thr['first_loss_rel_diff']:.1e}, "
+            f"largest over all steps {thr['loss_max_rel_diff']:.1e}"
+        )
         L.append(f"   TRL optimizer: {thr.get('trl_optimizer')}")
     elif res.get("trl_skipped"):
         L.append(f"   TRL: skipped ({res['trl_skipped']})")
     fc = [v for k in ("xiulian", "trl") if thr.get(k) for v in thr[k]["foreign_cores"] if v is not None]
     sc = [v for k in ("xiulian", "trl") if thr.get(k) for v in thr[k]["steal_cores"]]
     if fc:
-        L.append(f"   during the timed windows other processes kept {span(fc)} cores busy, hypervisor steal "
-                 f"{span(sc)} cores (/proc/stat); torch threads {thr['xiulian']['torch_threads']}")
+        L.append(
+            f"   during the timed windows other processes kept {span(fc)} cores busy, hypervisor steal "
+            f"{span(sc)} cores (/proc/stat); torch threads {thr['xiulian']['torch_threads']}"
+        )
     L.append("-" * 92)
     L.append("2. Xiulian memory, full fine-tuning vs LoRA (peak RSS = VmHWM of a fresh process per run)")
     for name in ("full", "lora"):
         m = mem.get(name)
         if m:
-            L.append(f"   {name:5s} peak {mib(m['peak_rss']):>11s}, of which {mib(m['peak_above_imports']):>10s} above the RSS after imports "
-                     f"({mib(m['rss_after_imports'])}); RSS before 1st step {mib(m['rss_before_first_step'])}")
+            L.append(
+                f"   {name:5s} peak {mib(m['peak_rss']):>11s}, of which {mib(m['peak_above_imports']):>10s} above the RSS after imports "
+                f"({mib(m['rss_after_imports'])}); RSS before 1st step {mib(m['rss_before_first_step'])}"
+            )
             L.append(f"         trainable {m['trainable_params']:,} of {m['total_params']:,} parameters")
     if "peak_ratio_lora_over_full" in mem:
         d = mem["peak_saved_bytes"]
-        L.append(f"   LoRA/full peak: {mem['peak_ratio_lora_over_full']:.3f} ({mib(abs(d))} {'less' if d >= 0 else 'more'}; above imports "
-                 f"{mem.get('above_imports_ratio_lora_over_full') or float('nan'):.3f}); "
-                 f"LoRA {num(mem['lora']['tokens_per_s_median'])} tokens/s, loss {mem['lora']['first_loss']:.4f} -> {mem['lora']['final_loss']:.4f}")
+        L.append(
+            f"   LoRA/full peak: {mem['peak_ratio_lora_over_full']:.3f} ({mib(abs(d))} {'less' if d >= 0 else 'more'}; above imports "
+            f"{mem.get('above_imports_ratio_lora_over_full') or float('nan'):.3f}); "
+            f"LoRA {num(mem['lora']['tokens_per_s_median'])} tokens/s, loss {mem['lora']['first_loss']:.4f} -> {mem['lora']['final_loss']:.4f}"
+        )
     if mem.get("trl_full"):
-        L.append(f"   (TRL full fine-tuning peak, for reference: {mib(mem['trl_full']['peak_rss'])}, "
-                 f"{mib(mem['trl_full']['peak_above_imports'])} above its imports)")
+        L.append(
+            f"   (TRL full fine-tuning peak, for reference: {mib(mem['trl_full']['peak_rss'])}, "
+            f"{mib(mem['trl_full']['peak_above_imports'])} above its imports)"
+        )
     L.append(f"whole benchmark: {res['wall_s']:.0f} s")
     L.append("=" * 92)
     return "\n".join(L)
@@ -577,13 +626,25 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
             raise SystemExit(f"--conversations: {n_conv} conversations are fewer than steps x batch ({args.steps * args.batch_size})")
         have_trl = importlib.util.find_spec("trl") is not None and not args.no_trl
         trl_skipped = None if have_trl else ("--no-trl" if args.no_trl else "trl is not installed (pip install 'trl>=1.0')")
-        base = {"model_dir": str(model_dir), "data": str(data), "seq_len": args.seq_len, "batch_size": args.batch_size,
-                "steps": args.steps, "warmup": args.warmup, "log_every": args.warmup, "lr": args.lr, "optim": args.optim,
-                "seed": args.seed, "lora": False}
+        base = {
+            "model_dir": str(model_dir),
+            "data": str(data),
+            "seq_len": args.seq_len,
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "log_every": args.warmup,
+            "lr": args.lr,
+            "optim": args.optim,
+            "seed": args.seed,
+            "lora": False,
+        }
         sides = ("xiulian", "trl") if have_trl else ("xiulian",)
         plan = [(side, False) for _, side in interleaved(sides, args.repeats)] + [("xiulian", True)] * args.lora_repeats
-        say(f"llm.bench.sft: model {model_dir}; {args.steps} steps (timed {args.warmup + 1}..{args.steps}); "
-            f"{len(plan)} runs, each a fresh process; load average {load0:.2f}")
+        say(
+            f"llm.bench.sft: model {model_dir}; {args.steps} steps (timed {args.warmup + 1}..{args.steps}); "
+            f"{len(plan)} runs, each a fresh process; load average {load0:.2f}"
+        )
         x_runs: list[dict] = []
         t_runs: list[dict] = []
         l_runs: list[dict] = []
@@ -594,17 +655,33 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
             res = run_child("llm.bench.sft", side, spec, workdir, threads=args.threads)
             (l_runs if lora else x_runs if side == "xiulian" else t_runs).append(res)
             order.append(tag)
-            say(f"  [{i + 1}/{len(plan)}] {side + (' lora' if lora else ''):12s} {num(res['tokens_per_s']):>9s} tokens/s  "
+            say(
+                f"  [{i + 1}/{len(plan)}] {side + (' lora' if lora else ''):12s} {num(res['tokens_per_s']):>9s} tokens/s  "
                 f"step {res['median_step_s']:.3f} s  loss {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f}  "
                 f"peak {mib(res['peak_rss'])}  (process {res['child_wall_s']:.0f} s, other processes "
-                f"{res.get('foreign_cores', float('nan')):.2f} cores, steal {res.get('steal_cores', float('nan')):.2f}, load {res['loadavg_before']:.2f})")
+                f"{res.get('foreign_cores', float('nan')):.2f} cores, steal {res.get('steal_cores', float('nan')):.2f}, load {res['loadavg_before']:.2f})"
+            )
         summary = summarize(x_runs, t_runs, l_runs, order)
         res_all: dict[str, Any] = {
             "machine": machine_info(),
-            "settings": {"model": args.model, "model_dir": str(model_dir), "conversations": n_conv, "seq_len": args.seq_len,
-                         "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "lr": args.lr,
-                         "optim": args.optim, "seed": args.seed, "threads": args.threads, "repeats": args.repeats, "lora_repeats": args.lora_repeats,
-                         "packing": False, "precision": "fp32", "tokens_counted": "non-padding input tokens (attention_mask)"},
+            "settings": {
+                "model": args.model,
+                "model_dir": str(model_dir),
+                "conversations": n_conv,
+                "seq_len": args.seq_len,
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "lr": args.lr,
+                "optim": args.optim,
+                "seed": args.seed,
+                "threads": args.threads,
+                "repeats": args.repeats,
+                "lora_repeats": args.lora_repeats,
+                "packing": False,
+                "precision": "fp32",
+                "tokens_counted": "non-padding input tokens (attention_mask)",
+            },
             "trl_skipped": trl_skipped,
             **summary,
             "xiulian_command": "python -m llm.train " + " ".join(xiulian_overrides({**base, "lora": False, "run_dir": "<run_dir>"})),

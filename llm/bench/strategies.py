@@ -33,12 +33,32 @@ MIB = 2**20
 def run_one(strategy: str, nproc: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     run = out / f"{strategy}-n{nproc}"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "llm.train",
-        f"model={args.model}", f"strategy={strategy}", f"hydra.run.dir={run}", f"data.seq_len={args.seq_len}",
-        f"model.max_seq_len={args.seq_len}", f"data.micro_batch_size={args.micro_batch}", "data.num_workers=0",
-        f"data.vocab_size={args.vocab}", f"trainer.max_steps={args.steps}", "trainer.ckpt_every_n_steps=0",
-        "trainer.val_every_n_steps=100000", "trainer.log_every_n_steps=1", "trainer.progress_bar=false",
-        "trainer.memory_report=true", "eval=none", "export=false", "stage.sample_prompts=[]", *args.set,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "llm.train",
+        f"model={args.model}",
+        f"strategy={strategy}",
+        f"hydra.run.dir={run}",
+        f"data.seq_len={args.seq_len}",
+        f"model.max_seq_len={args.seq_len}",
+        f"data.micro_batch_size={args.micro_batch}",
+        "data.num_workers=0",
+        f"data.vocab_size={args.vocab}",
+        f"trainer.max_steps={args.steps}",
+        "trainer.ckpt_every_n_steps=0",
+        "trainer.val_every_n_steps=100000",
+        "trainer.log_every_n_steps=1",
+        "trainer.progress_bar=false",
+        "trainer.memory_report=true",
+        "eval=none",
+        "export=false",
+        "stage.sample_prompts=[]",
+        *args.set,
     ]
     env = dict(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
@@ -62,9 +82,30 @@ def table(rows: list[dict[str, Any]]) -> str:
         base = ddp.get(r["nproc"])
         mem_ratio = f"{m['total'] / base['ranks'][0]['total']:.2f}" if base else "-"
         tps_ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
-        cells.append([r["strategy"], r["nproc"], *(f"{m[k] / MIB:.0f} MiB" for k in ("params", "grads", "optimizer", "other", "total")),
-                      mem_ratio, f"{top / MIB:.0f} MiB", f"{r['tokens_per_s']:.0f}", tps_ratio])
-    header = ["strategy", "N", "params", "grads", "optimizer", "other", "state total / rank", "vs DDP", "max over ranks", "tokens/s", "vs DDP"]
+        cells.append(
+            [
+                r["strategy"],
+                r["nproc"],
+                *(f"{m[k] / MIB:.0f} MiB" for k in ("params", "grads", "optimizer", "other", "total")),
+                mem_ratio,
+                f"{top / MIB:.0f} MiB",
+                f"{r['tokens_per_s']:.0f}",
+                tps_ratio,
+            ]
+        )
+    header = [
+        "strategy",
+        "N",
+        "params",
+        "grads",
+        "optimizer",
+        "other",
+        "state total / rank",
+        "vs DDP",
+        "max over ranks",
+        "tokens/s",
+        "vs DDP",
+    ]
     return "\n".join(md_table(header, cells))
 
 
@@ -96,11 +137,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[bench] {s} with {n} processes ...", flush=True)
             rows.append(run_one(s, n, args, out))
             r = rows[-1]
-            print(f"[bench]   rank 0 state {r['ranks'][0]['total'] / MIB:.1f} MiB, {r['tokens_per_s']:.0f} tokens/s ({r['wall_s']:.0f} s)", flush=True)
+            print(
+                f"[bench]   rank 0 state {r['ranks'][0]['total'] / MIB:.1f} MiB, {r['tokens_per_s']:.0f} tokens/s ({r['wall_s']:.0f} s)",
+                flush=True,
+            )
     md = table(rows)
     cmd = command_line("llm.bench.strategies", argv)
-    head = (f"model {args.model}, seq {args.seq_len} x micro-batch {args.micro_batch} per rank, fp32, "
-            f"{cpu_name()} ({os.cpu_count()} cores); measured at the optimizer step of step 2")
+    head = (
+        f"model {args.model}, seq {args.seq_len} x micro-batch {args.micro_batch} per rank, fp32, "
+        f"{cpu_name()} ({os.cpu_count()} cores); measured at the optimizer step of step 2"
+    )
     print()
     print(head)
     print(md)

@@ -149,12 +149,21 @@ def _bare(cfg, log_every: int) -> dict[str, Any]:
 
     def loader(epoch: int) -> DataLoader:
         ds = PackedTokenStream(
-            shards, "train", d.seq_len, d.micro_batch_size, cfg.stage.grad_accum,
-            seed=d.seed, epoch=epoch, shuffle=True, shuffle_block=d.shuffle_block,
-            skip_corrupt=d.skip_corrupt, num_workers_hint=max(1, nw),
+            shards,
+            "train",
+            d.seq_len,
+            d.micro_batch_size,
+            cfg.stage.grad_accum,
+            seed=d.seed,
+            epoch=epoch,
+            shuffle=True,
+            shuffle_block=d.shuffle_block,
+            skip_corrupt=d.skip_corrupt,
+            num_workers_hint=max(1, nw),
         )
-        return DataLoader(ds, batch_size=None, num_workers=nw, persistent_workers=False, pin_memory=False,
-                          prefetch_factor=2 if nw > 0 else None)
+        return DataLoader(
+            ds, batch_size=None, num_workers=nw, persistent_workers=False, pin_memory=False, prefetch_factor=2 if nw > 0 else None
+        )
 
     ends: list[float] = []
     losses: list[torch.Tensor] = []
@@ -206,7 +215,7 @@ def _bare(cfg, log_every: int) -> dict[str, Any]:
     w = log_every
     last = (total // w) * w  # the framework's windows end at multiples of log_every
     toks = [int(x) for x in ntoks]
-    windows = [sum(toks[a:a + w]) / (ends[a + w - 1] - ends[a - 1]) for a in range(w, last, w)]
+    windows = [sum(toks[a : a + w]) / (ends[a + w - 1] - ends[a - 1]) for a in range(w, last, w)]
     elapsed = ends[last - 1] - ends[w - 1]
     return {
         "tokens_per_s": sum(toks[w:last]) / elapsed,
@@ -241,8 +250,10 @@ def bench_throughput(overrides: list[str], steps: int, log_every: int, repeats: 
             res = run_framework(cfg, Path(tempfile.mkdtemp(prefix=f"fw{r}-", dir=workdir)))
             fw.append(res)
         order.append(kind)
-        say(f"  [{len(order)}/{2 * repeats}] {kind:9s} {res['tokens_per_s']:10.1f} tokens/s  "
-            f"(best window {max(res['windows']):,.0f}; run {res['wall_s']:.1f} s; other processes {res['foreign_cores']:.2f} cores, steal {res['steal_cores']:.2f})")
+        say(
+            f"  [{len(order)}/{2 * repeats}] {kind:9s} {res['tokens_per_s']:10.1f} tokens/s  "
+            f"(best window {max(res['windows']):,.0f}; run {res['wall_s']:.1f} s; other processes {res['foreign_cores']:.2f} cores, steal {res['steal_cores']:.2f})"
+        )
     # same work: the framework's logged losses against the bare loop's at the same steps
     for f in fw:
         for step, loss in f["losses"].items():
@@ -288,8 +299,15 @@ def bench_throughput(overrides: list[str], steps: int, log_every: int, repeats: 
 
 
 # a model so small that a step is almost all framework/loop work: the fixed cost per step
-MICRO = ["model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.n_kv_head=1", "model.intermediate_size=32",
-         "data.seq_len=16", "data.micro_batch_size=2"]
+MICRO = [
+    "model.n_layer=1",
+    "model.n_embd=16",
+    "model.n_head=2",
+    "model.n_kv_head=1",
+    "model.intermediate_size=32",
+    "data.seq_len=16",
+    "data.micro_batch_size=2",
+]
 
 
 def bench_fixed_cost(steps: int, log_every: int, repeats: int, workdir: Path, say, extra: list[str] = ()) -> dict[str, Any]:
@@ -318,9 +336,17 @@ def bench_loader(cfg, num_workers: int, seconds: float) -> dict[str, Any]:
 
     _, shards = resolve_data(cfg.data)
     d = cfg.data
-    dm = TokenDataModule(shards, seq_len=d.seq_len, micro_batch_size=d.micro_batch_size, grad_accum=cfg.stage.grad_accum,
-                         num_workers=num_workers, seed=d.seed, shuffle_block=d.shuffle_block,
-                         skip_corrupt=d.skip_corrupt, val_batches=d.val_batches)
+    dm = TokenDataModule(
+        shards,
+        seq_len=d.seq_len,
+        micro_batch_size=d.micro_batch_size,
+        grad_accum=cfg.stage.grad_accum,
+        num_workers=num_workers,
+        seed=d.seed,
+        shuffle_block=d.shuffle_block,
+        skip_corrupt=d.skip_corrupt,
+        val_batches=d.val_batches,
+    )
     tokens = batches = epochs = 0
     first_batch_s: list[float] = []
     t0 = time.perf_counter()
@@ -374,7 +400,9 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
     from llm.model.build import build_model, count_params
     from llm.stages.base import param_groups
 
-    cfg = compose_config([f"model={preset}", "data=demo", *overrides, f"data.seq_len={seq_len}", f"data.micro_batch_size={micro_batch_size}"])
+    cfg = compose_config(
+        [f"model={preset}", "data=demo", *overrides, f"data.seq_len={seq_len}", f"data.micro_batch_size={micro_batch_size}"]
+    )
     dev = torch.device(device)
     autocast = bench_device(cfg)[1] if dev.type == "cuda" else contextlib.nullcontext  # bf16-mixed as the framework
     tokenizer, shards = resolve_data(cfg.data)
@@ -389,8 +417,9 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
     model.train()
     n_params = count_params(model)
     o = cfg.stage.optim
-    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                            fused=dev.type in ("cuda", "cpu"))
+    opt = torch.optim.AdamW(
+        param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=dev.type in ("cuda", "cpu")
+    )
     params = [p for p in model.parameters()]
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
     saved: dict[int, int] = {}
@@ -420,8 +449,14 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
     step(batches[0], record=False)  # warm-up: AdamW state, kernels, allocator
     _trim()
     rss_before = proc_status()["VmRSS"]
-    res: dict[str, Any] = {"preset": preset, "seq_len": seq_len, "micro_batch_size": micro_batch_size, "device": str(dev),
-                           "params": n_params, "vocab": model.config.vocab_size}
+    res: dict[str, Any] = {
+        "preset": preset,
+        "seq_len": seq_len,
+        "micro_batch_size": micro_batch_size,
+        "device": str(dev),
+        "params": n_params,
+        "vocab": model.config.vocab_size,
+    }
     if dev.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
@@ -429,8 +464,12 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
         t0 = time.perf_counter()
         step(batches[1], record=True)
         torch.cuda.synchronize()
-        res.update(method="torch.cuda.max_memory_allocated", steady=before, step_peak=torch.cuda.max_memory_allocated() - before,
-                   total=torch.cuda.max_memory_allocated())
+        res.update(
+            method="torch.cuda.max_memory_allocated",
+            steady=before,
+            step_peak=torch.cuda.max_memory_allocated() - before,
+            total=torch.cuda.max_memory_allocated(),
+        )
     else:
         reset = _reset_peak()
         t0 = time.perf_counter()
@@ -438,8 +477,13 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
         st = proc_status()
         if not reset:
             res["warning"] = "/proc/self/clear_refs not writable: VmHWM covers the whole process"
-        res.update(method="VmHWM after clear_refs=5 (mmap threshold pinned)", steady=rss_before - rss_base,
-                   step_peak=st["VmHWM"] - rss_before, total=st["VmHWM"] - rss_base, rss_model=rss_model - rss_base)
+        res.update(
+            method="VmHWM after clear_refs=5 (mmap threshold pinned)",
+            steady=rss_before - rss_base,
+            step_peak=st["VmHWM"] - rss_before,
+            total=st["VmHWM"] - rss_base,
+            rss_model=rss_model - rss_base,
+        )
     res["step_s"] = time.perf_counter() - t0
     res["saved_activations"] = sum(saved.values())
     res["logits_bytes"] = micro_batch_size * seq_len * model.config.vocab_size * 4
@@ -454,8 +498,17 @@ def bench_memory(preset: str, seq_len: int, micro_batch_size: int, overrides: li
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
     env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 20))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    args = ["--memory-child", preset, "--seq-len", str(seq_len), "--micro-batch-size", str(micro_batch_size), "--device", device,
-            *[f"--override={o}" for o in overrides]]
+    args = [
+        "--memory-child",
+        preset,
+        "--seq-len",
+        str(seq_len),
+        "--micro-batch-size",
+        str(micro_batch_size),
+        "--device",
+        device,
+        *[f"--override={o}" for o in overrides],
+    ]
     return run_module("llm.bench.train", args, timeout=timeout, env=env, cwd=ROOT, name=f"memory child for {preset}")
 
 
@@ -464,60 +517,86 @@ def _mb(x: float | None) -> str:
     return "-" if x is None else f"{x / 2**20:,.1f} MiB"
 
 
-def format_report(machine: dict, thr: dict | None, loaders: list[dict], mems: list[dict], peak: float | None, notes: list[str],
-                  fixed: dict | None = None) -> str:
+def format_report(
+    machine: dict, thr: dict | None, loaders: list[dict], mems: list[dict], peak: float | None, notes: list[str], fixed: dict | None = None
+) -> str:
     L: list[str] = []
     L.append("=" * 88)
     L.append("Xiulian benchmark")
-    L.append(f"machine: {machine['cpu']}, {machine['cores']} cores ({machine['cores_usable']} usable), "
-             f"torch {machine['torch']} ({machine['torch_threads']} threads), python {machine['python']}"
-             + (f", lightning {machine.get('lightning')}, transformers {machine.get('transformers')}" if machine.get("lightning") else "")
-             + (f", GPU {machine['cuda']}" if machine["cuda"] else ""))
+    L.append(
+        f"machine: {machine['cpu']}, {machine['cores']} cores ({machine['cores_usable']} usable), "
+        f"torch {machine['torch']} ({machine['torch_threads']} threads), python {machine['python']}"
+        + (f", lightning {machine.get('lightning')}, transformers {machine.get('transformers')}" if machine.get("lightning") else "")
+        + (f", GPU {machine['cuda']}" if machine["cuda"] else "")
+    )
     if peak and machine["cuda"]:
         L.append(f"peak FLOP/s used for MFU (llm.perf.peak_flops): {peak / 1e12:,.1f} TFLOP/s")
     elif peak:
         L.append(f"measured fp32 matmul peak (llm.perf.measured_matmul_flops, used by train/mfu): {peak / 1e9:,.1f} GFLOP/s")
     if thr:
         L.append("-" * 88)
-        L.append(f"1. training throughput: model={thr['model']} data=demo seq_len={thr['seq_len']} micro_batch={thr['micro_batch_size']} "
-                 f"grad_accum={thr['grad_accum']} workers={thr['num_workers']} ({thr['tokens_per_step']} tokens/step)")
-        L.append(f"   {thr['steps']} steps per run, measured steps {thr['steps'] - thr['measured_steps'] + 1}..{thr['steps']}, "
-                 f"{thr['repeats']} runs each, order {' '.join(k[0].upper() for k in thr['order'])} (B=bare F=framework), torch threads {thr['threads']}")
-        L.append(f"   {'':11s}{'median':>9s}{'per run (all measured steps), tokens/s':>44s}{'spread':>9s}{'median win':>12s}{'best win':>10s}")
+        L.append(
+            f"1. training throughput: model={thr['model']} data=demo seq_len={thr['seq_len']} micro_batch={thr['micro_batch_size']} "
+            f"grad_accum={thr['grad_accum']} workers={thr['num_workers']} ({thr['tokens_per_step']} tokens/step)"
+        )
+        L.append(
+            f"   {thr['steps']} steps per run, measured steps {thr['steps'] - thr['measured_steps'] + 1}..{thr['steps']}, "
+            f"{thr['repeats']} runs each, order {' '.join(k[0].upper() for k in thr['order'])} (B=bare F=framework), torch threads {thr['threads']}"
+        )
+        L.append(
+            f"   {'':11s}{'median':>9s}{'per run (all measured steps), tokens/s':>44s}{'spread':>9s}{'median win':>12s}{'best win':>10s}"
+        )
         for name, key in (("bare loop", "bare"), ("framework", "framework")):
             xs = thr[f"{key}_tokens_per_s"]
             runs = " ".join(f"{x:,.0f}" for x in xs)
             spread = (max(xs) - min(xs)) / statistics.median(xs) * 100
-            L.append(f"   {name:11s}{thr[f'{key}_median']:9,.0f}{runs:>44s}{spread:8.1f}%{thr[f'{key}_median_window']:12,.0f}{thr[f'{key}_best_window']:10,.0f}")
+            L.append(
+                f"   {name:11s}{thr[f'{key}_median']:9,.0f}{runs:>44s}{spread:8.1f}%{thr[f'{key}_median_window']:12,.0f}{thr[f'{key}_best_window']:10,.0f}"
+            )
         verdict = "OK" if thr["ratio"] >= 0.95 else "BELOW TARGET"
         L.append(f"   ratio framework/bare, medians of runs: {thr['ratio']:.3f}  (target >= 0.95: {verdict})")
-        L.append(f"   per pair: {', '.join(f'{x:.3f}' for x in thr['pair_ratios'])};  median windows: "
-                 f"{thr['framework_median_window'] / thr['bare_median_window']:.3f};  best windows: "
-                 f"{thr['framework_best_window'] / thr['bare_best_window']:.3f}")
+        L.append(
+            f"   per pair: {', '.join(f'{x:.3f}' for x in thr['pair_ratios'])};  median windows: "
+            f"{thr['framework_median_window'] / thr['bare_median_window']:.3f};  best windows: "
+            f"{thr['framework_best_window'] / thr['bare_best_window']:.3f}"
+        )
         fc = thr["bare_foreign_cores"] + thr["framework_foreign_cores"]
         sc = thr["bare_steal_cores"] + thr["framework_steal_cores"]
-        L.append(f"   other processes kept {min(fc):.2f}..{max(fc):.2f} cores busy during the runs, hypervisor steal "
-                 f"{min(sc):.2f}..{max(sc):.2f} cores (from /proc/stat)")
+        L.append(
+            f"   other processes kept {min(fc):.2f}..{max(fc):.2f} cores busy during the runs, hypervisor steal "
+            f"{min(sc):.2f}..{max(sc):.2f} cores (from /proc/stat)"
+        )
         L.append(f"   bare step time (median): {thr['bare_step_s'] * 1000:,.1f} ms")
         ph, fw_step = thr["bare_phases_s"], thr["framework_step_s"]
         bare_step = sum(ph.values())
-        L.append("   step time split (bare loop): " + ", ".join(f"{k} {v * 1000:,.1f} ms ({v / bare_step * 100:.0f}%)" for k, v in ph.items())
-                 + f"; framework step {fw_step * 1000:,.1f} ms ({(fw_step - bare_step) * 1000:+,.1f} ms: Lightning, hooks, logging)")
+        L.append(
+            "   step time split (bare loop): "
+            + ", ".join(f"{k} {v * 1000:,.1f} ms ({v / bare_step * 100:.0f}%)" for k, v in ph.items())
+            + f"; framework step {fw_step * 1000:,.1f} ms ({(fw_step - bare_step) * 1000:+,.1f} ms: Lightning, hooks, logging)"
+        )
         L.append("   (phases are timed in the bare loop, which does the same work; on CUDA each phase ends in a synchronize)")
         if thr.get("framework_mfu") is not None:
-            L.append(f"   MFU: framework train/mfu {thr['framework_mfu'] * 100:.2f}%  (bare, same formula: {thr.get('bare_mfu', 0) * 100:.2f}%)")
+            L.append(
+                f"   MFU: framework train/mfu {thr['framework_mfu'] * 100:.2f}%  (bare, same formula: {thr.get('bare_mfu', 0) * 100:.2f}%)"
+            )
         if thr.get("max_rel_loss_diff") is not None:
             L.append(f"   same work: max relative difference of logged train/loss, framework vs bare: {thr['max_rel_loss_diff']:.2e}")
     if fixed:
         L.append("-" * 88)
-        L.append(f"1b. fixed cost per step (micro model: 1 layer, 16 wide, 2 x 16 tokens; {fixed['steps']} steps, {fixed['repeats']} runs each)")
-        L.append(f"   bare {fixed['bare_step_s'] * 1000:.2f} ms/step, framework {fixed['framework_step_s'] * 1000:.2f} ms/step: "
-                 f"the framework adds {fixed['overhead_s'] * 1000:.2f} ms per step (per pair: "
-                 f"{', '.join(f'{x * 1000:.2f}' for x in fixed['pair_overheads_s'])} ms)")
+        L.append(
+            f"1b. fixed cost per step (micro model: 1 layer, 16 wide, 2 x 16 tokens; {fixed['steps']} steps, {fixed['repeats']} runs each)"
+        )
+        L.append(
+            f"   bare {fixed['bare_step_s'] * 1000:.2f} ms/step, framework {fixed['framework_step_s'] * 1000:.2f} ms/step: "
+            f"the framework adds {fixed['overhead_s'] * 1000:.2f} ms per step (per pair: "
+            f"{', '.join(f'{x * 1000:.2f}' for x in fixed['pair_overheads_s'])} ms)"
+        )
         if thr:
             pred = thr["bare_step_s"] / (thr["bare_step_s"] + fixed["overhead_s"])
-            L.append(f"   = {fixed['overhead_s'] / thr['bare_step_s'] * 100:.1f}% of a bare {thr['model']} step ({thr['bare_step_s'] * 1000:.0f} ms): "
-                     f"predicted framework/bare {pred:.3f}; the ratio falls to 0.95 at a bare step of {fixed['overhead_s'] * 19 * 1000:.0f} ms")
+            L.append(
+                f"   = {fixed['overhead_s'] / thr['bare_step_s'] * 100:.1f}% of a bare {thr['model']} step ({thr['bare_step_s'] * 1000:.0f} ms): "
+                f"predicted framework/bare {pred:.3f}; the ratio falls to 0.95 at a bare step of {fixed['overhead_s'] * 19 * 1000:.0f} ms"
+            )
     if loaders:
         L.append("-" * 88)
         train_tps = thr["framework_median"] if thr else None
@@ -526,16 +605,22 @@ def format_report(machine: dict, thr: dict | None, loaders: list[dict], mems: li
         for r in loaders:
             x = f"{r['tokens_per_s'] / train_tps:,.0f}x" if train_tps else "-"
             tag = "  (config)" if r.get("config") else ""
-            L.append(f"   {r['num_workers']:>8d}{r['tokens_per_s']:16,.0f}{x:>12s}{r['batches']:>10d}{(r['first_batch_s'] or 0) * 1000:>10.0f}ms{tag}")
+            L.append(
+                f"   {r['num_workers']:>8d}{r['tokens_per_s']:16,.0f}{x:>12s}{r['batches']:>10d}{(r['first_batch_s'] or 0) * 1000:>10.0f}ms{tag}"
+            )
         if train_tps:
             L.append(f"   target: loader >= 10x training tokens/s ({train_tps:,.0f})")
     if mems:
         L.append("-" * 88)
         L.append(f"3. memory of one training step (fresh subprocess per preset; {mems[0]['method']})")
-        L.append(f"   {'preset':12s}{'params':>10s}{'seq x mb':>10s}{'p+g+AdamW':>14s}{'steady':>14s}{'step peak':>14s}{'total peak':>14s}{'saved act.':>14s}{'logits':>12s}")
+        L.append(
+            f"   {'preset':12s}{'params':>10s}{'seq x mb':>10s}{'p+g+AdamW':>14s}{'steady':>14s}{'step peak':>14s}{'total peak':>14s}{'saved act.':>14s}{'logits':>12s}"
+        )
         for m in mems:
-            L.append(f"   {m['preset']:12s}{m['params'] / 1e6:9.1f}M{m['seq_len']:>6d}x{m['micro_batch_size']:<3d}{_mb(m['static_bytes']):>14s}"
-                     f"{_mb(m['steady']):>14s}{_mb(m['step_peak']):>14s}{_mb(m['total']):>14s}{_mb(m['saved_activations']):>14s}{_mb(m['logits_bytes']):>12s}")
+            L.append(
+                f"   {m['preset']:12s}{m['params'] / 1e6:9.1f}M{m['seq_len']:>6d}x{m['micro_batch_size']:<3d}{_mb(m['static_bytes']):>14s}"
+                f"{_mb(m['steady']):>14s}{_mb(m['step_peak']):>14s}{_mb(m['total']):>14s}{_mb(m['saved_activations']):>14s}{_mb(m['logits_bytes']):>12s}"
+            )
         L.append("   p+g+AdamW = 16 B/param computed (fp32 weights, grads, exp_avg, exp_avg_sq); steady = RSS after a warm-up step with")
         L.append("   grads freed, minus RSS before the model was built (weights + AdamW state = 12 B/param expected); step peak = peak RSS")
         L.append("   during the next step minus RSS before it (grads + activations + temporaries); total = peak - RSS before the model;")
@@ -558,8 +643,13 @@ def trl_baseline(say) -> dict[str, Any]:
     if "ratio" not in thr:
         return {"skipped": "llm.bench.sft ran without TRL (is trl installed? pip install -e .[bench])"}
     say(f"  SFT tokens/s: Xiulian {thr['xiulian']['tokens_per_s_median']:,.1f}, TRL {thr['trl']['tokens_per_s_median']:,.1f}")
-    return {"model": "tiny", "xiulian": thr["xiulian"]["tokens_per_s_median"], "trl": thr["trl"]["tokens_per_s_median"], "ratio": thr["ratio"],
-            "pair_ratios": thr.get("pair_ratios")}
+    return {
+        "model": "tiny",
+        "xiulian": thr["xiulian"]["tokens_per_s_median"],
+        "trl": thr["trl"]["tokens_per_s_median"],
+        "ratio": thr["ratio"],
+        "pair_ratios": thr.get("pair_ratios"),
+    }
 
 
 def append_markdown(path: Path, out: dict[str, Any], args: argparse.Namespace) -> Path:
@@ -568,7 +658,11 @@ def append_markdown(path: Path, out: dict[str, Any], args: argparse.Namespace) -
     rows: list[tuple[str, str, str]] = []
     if thr:
         rows += [
-            ("training tokens/s, framework (median)", f"{thr['framework_median']:,.0f}", f"model={thr['model']}, {thr['tokens_per_step']} tokens/step"),
+            (
+                "training tokens/s, framework (median)",
+                f"{thr['framework_median']:,.0f}",
+                f"model={thr['model']}, {thr['tokens_per_step']} tokens/step",
+            ),
             ("training tokens/s, bare PyTorch loop", f"{thr['bare_median']:,.0f}", "same model, data, optimizer, schedule"),
             ("**ratio framework / bare**", f"**{thr['ratio']:.3f}**", f"per pair {', '.join(f'{x:.3f}' for x in thr['pair_ratios'])}"),
             ("step time (framework)", f"{thr['framework_step_s'] * 1000:,.1f} ms", ""),
@@ -577,24 +671,62 @@ def append_markdown(path: Path, out: dict[str, Any], args: argparse.Namespace) -
         for k, v in thr["bare_phases_s"].items():
             rows.append((f"  {k}", f"{v * 1000:,.1f} ms", f"{v / bare_step * 100:.0f}% of a bare-loop step ({bare_step * 1000:,.1f} ms)"))
         if thr.get("framework_mfu") is not None:
-            rows.append(("MFU", f"{thr['framework_mfu'] * 100:.2f}%", f"peak {out['peak_flops'] / 1e9:,.0f} GFLOP/s measured by a matmul" if not m["cuda"] else f"peak {out['peak_flops'] / 1e12:,.0f} TFLOP/s"))
+            rows.append(
+                (
+                    "MFU",
+                    f"{thr['framework_mfu'] * 100:.2f}%",
+                    f"peak {out['peak_flops'] / 1e9:,.0f} GFLOP/s measured by a matmul"
+                    if not m["cuda"]
+                    else f"peak {out['peak_flops'] / 1e12:,.0f} TFLOP/s",
+                )
+            )
     if fixed:
-        rows.append(("framework's fixed cost per step", f"{fixed['overhead_s'] * 1000:.2f} ms", "micro model: framework minus bare step time"))
+        rows.append(
+            ("framework's fixed cost per step", f"{fixed['overhead_s'] * 1000:.2f} ms", "micro model: framework minus bare step time")
+        )
     for mem in out["memory"]:
-        rows.append((f"peak memory of a step, {mem['preset']} {mem['seq_len']}x{mem['micro_batch_size']}", _mb(mem["total"]), f"{mem['params'] / 1e6:.1f}M params; {mem['method']}"))
+        rows.append(
+            (
+                f"peak memory of a step, {mem['preset']} {mem['seq_len']}x{mem['micro_batch_size']}",
+                _mb(mem["total"]),
+                f"{mem['params'] / 1e6:.1f}M params; {mem['method']}",
+            )
+        )
     lit = out["baselines"].get("litgpt")
     if lit and "skipped" not in lit:
-        rows.append(("**ratio Xiulian / litgpt pretrain**", f"**{lit['ratio_xiulian_vs_litgpt']:.3f}**",
-                     f"litgpt {lit['litgpt_version']} (torch.compile) {lit['tokens_per_s']['litgpt']:,.0f} tokens/s; Xiulian compiled: ratio {lit['ratio_xiulian_compiled_vs_litgpt']:.3f}"))
+        rows.append(
+            (
+                "**ratio Xiulian / litgpt pretrain**",
+                f"**{lit['ratio_xiulian_vs_litgpt']:.3f}**",
+                f"litgpt {lit['litgpt_version']} (torch.compile) {lit['tokens_per_s']['litgpt']:,.0f} tokens/s; Xiulian compiled: ratio {lit['ratio_xiulian_compiled_vs_litgpt']:.3f}",
+            )
+        )
     trl = out["baselines"].get("trl")
     if trl and trl.get("ratio"):
-        rows.append(("**ratio Xiulian / TRL SFTTrainer**", f"**{trl['ratio']:.3f}**", f"SFT, {trl['model']} model: {trl['xiulian']:,.1f} vs {trl['trl']:,.1f} tokens/s"))
-    machine = (f"{m['cpu']}, {m['cores_usable']} usable cores, torch {m['torch']} ({m['torch_threads']} threads)"
-               + (f", GPU {m['cuda']}" if m["cuda"] else "") + f", lightning {m.get('lightning')}, transformers {m.get('transformers')}")
-    lines = [f"- machine: {machine}", f"- command: `{command_line('llm.bench', args.argv)}`", "",
-             *md_table(["figure", "value", "notes"], rows, "lrl")]
-    return append_section(path, f"{utc_stamp(out['time'])} -- {thr['model'] if thr else args.model}", lines,
-                          "# Benchmarks\n\nAppended by `python -m llm.bench --markdown BENCHMARKS.md`; each section is one run.\n")
+        rows.append(
+            (
+                "**ratio Xiulian / TRL SFTTrainer**",
+                f"**{trl['ratio']:.3f}**",
+                f"SFT, {trl['model']} model: {trl['xiulian']:,.1f} vs {trl['trl']:,.1f} tokens/s",
+            )
+        )
+    machine = (
+        f"{m['cpu']}, {m['cores_usable']} usable cores, torch {m['torch']} ({m['torch_threads']} threads)"
+        + (f", GPU {m['cuda']}" if m["cuda"] else "")
+        + f", lightning {m.get('lightning')}, transformers {m.get('transformers')}"
+    )
+    lines = [
+        f"- machine: {machine}",
+        f"- command: `{command_line('llm.bench', args.argv)}`",
+        "",
+        *md_table(["figure", "value", "notes"], rows, "lrl"),
+    ]
+    return append_section(
+        path,
+        f"{utc_stamp(out['time'])} -- {thr['model'] if thr else args.model}",
+        lines,
+        "# Benchmarks\n\nAppended by `python -m llm.bench --markdown BENCHMARKS.md`; each section is one run.\n",
+    )
 
 
 def _jsonable(x: Any) -> Any:
@@ -639,8 +771,9 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
     thr = None
     if not args.skip_throughput:
         say(f"1. throughput: model={args.model}, {args.steps} steps x {args.repeats} runs each (bare, framework, interleaved)")
-        thr = bench_throughput(bench_overrides(args.model, args.steps, args.log_every, extra), args.steps, args.log_every,
-                               args.repeats, workdir, say)
+        thr = bench_throughput(
+            bench_overrides(args.model, args.steps, args.log_every, extra), args.steps, args.log_every, args.repeats, workdir, say
+        )
         if peak:
             thr["bare_mfu"] = bare_mfu(thr["_model"], thr["seq_len"], thr["bare_median"], peak)
     fixed = None
@@ -664,7 +797,14 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
         preset, _, rest = spec.partition(":")
         seq, _, mb = rest.partition("x")
         say(f"3. memory: {preset} seq_len={seq} micro_batch={mb} (fresh subprocess)")
-        mems.append(bench_memory(preset, int(seq), int(mb), [o for o in extra if o.startswith("data.") and not o.startswith(("data.seq_len", "data.micro_batch_size"))]))
+        mems.append(
+            bench_memory(
+                preset,
+                int(seq),
+                int(mb),
+                [o for o in extra if o.startswith("data.") and not o.startswith(("data.seq_len", "data.micro_batch_size"))],
+            )
+        )
     baselines: dict[str, Any] = {}
     if "litgpt" in args.baselines:
         from llm.bench.litgpt import compare as litgpt_compare
@@ -677,14 +817,18 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
         say("5. baseline: TRL's SFTTrainer (python -m llm.bench.sft, tiny model)")
         baselines["trl"] = trl_baseline(say)
         if "ratio" in baselines["trl"]:
-            notes.append(f"SFT: Xiulian {baselines['trl']['xiulian']:,.1f} vs TRL SFTTrainer {baselines['trl']['trl']:,.1f} tokens/s, "
-                         f"ratio {baselines['trl']['ratio']:.3f} ({baselines['trl']['model']} model, same data and schedule)")
+            notes.append(
+                f"SFT: Xiulian {baselines['trl']['xiulian']:,.1f} vs TRL SFTTrainer {baselines['trl']['trl']:,.1f} tokens/s, "
+                f"ratio {baselines['trl']['ratio']:.3f} ({baselines['trl']['model']} model, same data and schedule)"
+            )
     peak_again = None
     if peak and not torch.cuda.is_available():
         # the framework's MFU uses the first (cached) measurement; a second look shows its noise
         peak_again = [measured_matmul_flops.__wrapped__("cpu", torch.float32) for _ in range(3)]
-        notes.append(f"matmul peak measured again at the end (3 x 0.5 s): {', '.join(f'{x / 1e9:,.1f}' for x in peak_again)} GFLOP/s; "
-                     "train/mfu divides by the first measurement, so MFU moves with that noise")
+        notes.append(
+            f"matmul peak measured again at the end (3 x 0.5 s): {', '.join(f'{x / 1e9:,.1f}' for x in peak_again)} GFLOP/s; "
+            "train/mfu divides by the first measurement, so MFU moves with that noise"
+        )
     if own_workdir:
         import shutil
 
@@ -693,14 +837,29 @@ def run(args: argparse.Namespace, say=print) -> dict[str, Any]:
     notes.append(f"whole benchmark took {time.perf_counter() - t_all:.0f} s")
     report = format_report(machine, thr, loaders, mems, peak, notes, fixed)
     say(report)
-    out = {"machine": machine, "peak_flops": peak, "peak_flops_again": peak_again, "throughput": thr, "fixed_cost": fixed, "loaders": loaders, "memory": mems,
-           "baselines": baselines, "load": [load0, load1], "time": time.time()}
+    out = {
+        "machine": machine,
+        "peak_flops": peak,
+        "peak_flops_again": peak_again,
+        "throughput": thr,
+        "fixed_cost": fixed,
+        "loaders": loaders,
+        "memory": mems,
+        "baselines": baselines,
+        "load": [load0, load1],
+        "time": time.time(),
+    }
     if args.markdown:
         md = append_markdown(Path(args.markdown), out, args)
         say(f"appended to {md}")
     if args.json:
         with open(args.json, "a") as f:
-            for kind, payload in (("throughput", thr), ("fixed_cost", fixed), *[("loader", x) for x in loaders], *[("memory", x) for x in mems]):
+            for kind, payload in (
+                ("throughput", thr),
+                ("fixed_cost", fixed),
+                *[("loader", x) for x in loaders],
+                *[("memory", x) for x in mems],
+            ):
                 if payload is not None:
                     f.write(json.dumps({"kind": kind, "machine": machine, "peak_flops": peak, **_jsonable(payload)}) + "\n")
     return out
@@ -717,8 +876,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--micro-batch-size", type=int, default=None, help="override data.micro_batch_size")
     p.add_argument("--override", action="append", help="extra Hydra override for the throughput runs (repeatable)")
     p.add_argument("--loader-seconds", type=float, default=None, help="seconds per data-loader measurement (default 5; quick 1)")
-    p.add_argument("--memory", action="append", default=None, metavar="PRESET:SEQxMB",
-                   help="memory run, e.g. gpt1_117m:256x4 (repeatable; default tiny:128x16 and gpt1_117m:256x4; quick: tiny only)")
+    p.add_argument(
+        "--memory",
+        action="append",
+        default=None,
+        metavar="PRESET:SEQxMB",
+        help="memory run, e.g. gpt1_117m:256x4 (repeatable; default tiny:128x16 and gpt1_117m:256x4; quick: tiny only)",
+    )
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-loader", action="store_true")
     p.add_argument("--skip-fixed-cost", action="store_true", help="skip the micro-model run that measures the framework's cost per step")
@@ -727,7 +891,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--workdir", default=None, help="where the framework runs write (default: a temporary directory)")
     p.add_argument("--json", default=None, metavar="PATH", help="append one JSON line per figure to PATH")
-    p.add_argument("--markdown", default=None, metavar="PATH", help="append the results as a section of a Markdown table file (BENCHMARKS.md)")
+    p.add_argument(
+        "--markdown", default=None, metavar="PATH", help="append the results as a section of a Markdown table file (BENCHMARKS.md)"
+    )
     p.add_argument("--baselines", default="", help="comma-separated extra baselines run in the same benchmark: litgpt, trl (default: none)")
     # internal: the memory measurement in a fresh process
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)

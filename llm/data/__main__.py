@@ -51,8 +51,7 @@ def load_config(config: str, overrides: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m llm.data", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m llm.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. executor=slurm executor.tasks=8")
     ap.add_argument("--restart", action="store_true", help="discard the previous run's work dir first")
@@ -69,9 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     report = run_pipeline(cfg, restart=args.restart, only=args.stage)
     if report:
         kept = report.get("kept_documents")
-        print(json.dumps({"kept_documents": kept, "removed_by_reason": report.get("removed_by_reason"),
-                          "bad_input": report.get("bad_input"), "report": str(Path(cfg["out"]) / "report")},
-                         indent=1, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "kept_documents": kept,
+                    "removed_by_reason": report.get("removed_by_reason"),
+                    "bad_input": report.get("bad_input"),
+                    "report": str(Path(cfg["out"]) / "report"),
+                },
+                indent=1,
+                ensure_ascii=False,
+            )
+        )
     return 0
 
 

@@ -161,8 +161,14 @@ def build_sft_data(cfg: Config, tokenizer: Any) -> Any:
 def _batching(cfg: Config) -> dict[str, Any]:
     """The settings every conversation-pair data module shares."""
     d = cfg.data
-    return dict(seq_len=d.seq_len, micro_batch_size=d.micro_batch_size, grad_accum=cfg.stage.grad_accum, seed=d.seed,
-                on_truncated=d.on_truncated, val_batches=d.val_batches)
+    return dict(
+        seq_len=d.seq_len,
+        micro_batch_size=d.micro_batch_size,
+        grad_accum=cfg.stage.grad_accum,
+        seed=d.seed,
+        on_truncated=d.on_truncated,
+        val_batches=d.val_batches,
+    )
 
 
 def _read_sources(specs: list, read: Any, per_source: dict, tag: str) -> list:
@@ -223,13 +229,22 @@ def _log_sft_report(rep: dict, path: Path) -> None:
     log.info(
         "SFT data: %d train / %d val conversations, %d assistant tokens; truncated %d, dropped (no assistant "
         "token left) %d; %d rows%s. Report: %s",
-        tr.get("conversations", 0), va.get("conversations", 0), tr.get("assistant_tokens", 0), tr.get("truncated", 0) + va.get("truncated", 0),
-        tr.get("dropped_no_assistant_tokens", 0) + va.get("dropped_no_assistant_tokens", 0), tr["rows"],
-        f", packed {tr['row_fill']:.0%} full" if tr.get("row_fill") is not None else "", path,
+        tr.get("conversations", 0),
+        va.get("conversations", 0),
+        tr.get("assistant_tokens", 0),
+        tr.get("truncated", 0) + va.get("truncated", 0),
+        tr.get("dropped_no_assistant_tokens", 0) + va.get("dropped_no_assistant_tokens", 0),
+        tr["rows"],
+        f", packed {tr['row_fill']:.0%} full" if tr.get("row_fill") is not None else "",
+        path,
     )
     dropped = tr.get("dropped_no_assistant_tokens", 0) + va.get("dropped_no_assistant_tokens", 0)
     if dropped:
-        log.warning("SFT data: %d conversation(s) had no assistant token left after truncation to seq_len and were not trained on (see %s)", dropped, path)
+        log.warning(
+            "SFT data: %d conversation(s) had no assistant token left after truncation to seq_len and were not trained on (see %s)",
+            dropped,
+            path,
+        )
 
 
 # ------------------------------------------------------------------ one builder per kind of data

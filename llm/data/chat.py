@@ -166,7 +166,16 @@ def _from_alpaca(rec: dict, where: str) -> list[dict]:
     return msgs
 
 
-_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+_SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+}
 
 
 def _from_sharegpt(rec: dict, where: str) -> list[dict]:
@@ -325,7 +334,7 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
 
 
 def _bad_bytes(e: UnicodeDecodeError) -> str:
-    return f"byte {e.object[e.start:e.start + 1].hex()} at offset {e.start}; save the file as UTF-8"
+    return f"byte {e.object[e.start : e.start + 1].hex()} at offset {e.start}; save the file as UTF-8"
 
 
 # ---------------------------------------------------------------------------- builtin data
@@ -422,7 +431,7 @@ def end_of_turn_token(tokenizer: Any) -> int | None:
     ``<|im_end|>``, ``<|eot_id|>``...), or ``None`` when it is not a single special token."""
     probe = "PROBE_ANSWER"
     text = render_text(tokenizer, [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}])
-    after = text[text.rindex(probe) + len(probe):].lstrip()
+    after = text[text.rindex(probe) + len(probe) :].lstrip()
     if not after:
         return tokenizer.eos_token_id
     ids = tokenizer(after, add_special_tokens=False).input_ids

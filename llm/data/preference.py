@@ -86,9 +86,7 @@ def _prompt_messages(value: Any, where: str) -> list[dict]:
 
 def _answer(value: Any, where: str, field: str) -> str:
     if value is None:
-        raise ChatDataError(
-            f"{where}: {field}: missing (a pair needs prompt, chosen and rejected; a ranking needs prompt and responses)"
-        )
+        raise ChatDataError(f"{where}: {field}: missing (a pair needs prompt, chosen and rejected; a ranking needs prompt and responses)")
     if isinstance(value, list):  # TRL's conversational form
         if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
             raise ChatDataError(f"{where}: {field}: expected a string or [{{'role': 'assistant', 'content': ...}}]")

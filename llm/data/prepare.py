@@ -63,9 +63,7 @@ class _FileLock:
             self._fd = None
 
 
-def _cache_key(
-    sources, vocab_size, tokenizer, shard_max_tokens, val_fraction, val_min_docs, seed, text_field, min_frequency
-) -> dict:
+def _cache_key(sources, vocab_size, tokenizer, shard_max_tokens, val_fraction, val_min_docs, seed, text_field, min_frequency) -> dict:
     key = {
         "version": _CACHE_VERSION,
         "sources": [str(s) for s in sources],
@@ -95,11 +93,7 @@ def _cached(out_dir: Path, key: dict) -> bool:
         recorded = json.loads((shards / PREPARE_NAME).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return False
-    return (
-        recorded == key
-        and (shards / MANIFEST_NAME).is_file()
-        and (out_dir / "tokenizer" / "tokenizer.json").is_file()
-    )
+    return recorded == key and (shards / MANIFEST_NAME).is_file() and (out_dir / "tokenizer" / "tokenizer.json").is_file()
 
 
 def prepare_data(
@@ -127,9 +121,7 @@ def prepare_data(
         sources = [sources]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = _cache_key(
-        sources, vocab_size, tokenizer, shard_max_tokens, val_fraction, val_min_docs, seed, text_field, min_frequency
-    )
+    key = _cache_key(sources, vocab_size, tokenizer, shard_max_tokens, val_fraction, val_min_docs, seed, text_field, min_frequency)
     with _FileLock(out_dir / ".lock"):
         if _cached(out_dir, key):
             log.info("prepare_data: reusing %s (same arguments and sources)", out_dir)

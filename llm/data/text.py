@@ -76,8 +76,7 @@ def builtin_python_docs() -> tuple[str, ...]:
         from pydoc_data.topics import topics
     except ImportError as e:  # pragma: no cover - some distros strip pydoc_data
         raise RuntimeError(
-            f"{BUILTIN_PYTHON_DOCS} needs the stdlib module pydoc_data, which this Python "
-            f"({sys.executable}) does not have"
+            f"{BUILTIN_PYTHON_DOCS} needs the stdlib module pydoc_data, which this Python ({sys.executable}) does not have"
         ) from e
     docs = [topics[k] for k in sorted(topics)]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -151,19 +150,12 @@ def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
             if not isinstance(record, dict):
-                raise ValueError(
-                    f"{where}: expected a JSON object with a {text_field!r} field, "
-                    f"got {type(record).__name__}"
-                )
+                raise ValueError(f"{where}: expected a JSON object with a {text_field!r} field, got {type(record).__name__}")
             if text_field not in record:
-                raise ValueError(
-                    f"{where}: missing field {text_field!r} (fields present: {sorted(record)[:10]})"
-                )
+                raise ValueError(f"{where}: missing field {text_field!r} (fields present: {sorted(record)[:10]})")
             text = record[text_field]
             if not isinstance(text, str):
-                raise ValueError(
-                    f"{where}: field {text_field!r} must be a string, got {type(text).__name__}"
-                )
+                raise ValueError(f"{where}: field {text_field!r} must be a string, got {type(text).__name__}")
             if text:
                 yield text
 

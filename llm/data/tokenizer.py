@@ -100,9 +100,7 @@ def train_tokenizer(
 
     minimum = len(SPECIAL_TOKENS) + _BYTE_ALPHABET_SIZE
     if not isinstance(vocab_size, int) or vocab_size < minimum:
-        raise ValueError(
-            f"vocab_size must be an int >= {minimum} (6 special tokens + 256 bytes), got {vocab_size!r}"
-        )
+        raise ValueError(f"vocab_size must be an int >= {minimum} (6 special tokens + 256 bytes), got {vocab_size!r}")
     if min_frequency < 1:
         raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
     out_dir = Path(out_dir)

@@ -35,8 +35,12 @@ def results_path(model_path: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m llm.eval", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap = argparse.ArgumentParser(
+        prog="python -m llm.eval",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     ap.add_argument("model", help="an HF model directory (e.g. a run's export/) or a .gguf file")
     ap.add_argument("--suite", default="pretrain", help="a suite name in conf/eval or a YAML file (default: pretrain)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite field, e.g. tasks.0.shots=2")
@@ -75,7 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         from llm.loggers import wandb_mode
 
-        run = wandb.init(project=args.project, job_type="eval", mode=wandb_mode("auto"), config={"model": res["model"], "suite": suite.name})
+        run = wandb.init(
+            project=args.project, job_type="eval", mode=wandb_mode("auto"), config={"model": res["model"], "suite": suite.name}
+        )
         run.log(flat_metrics(res))
         run.summary.update(flat_metrics(res))
         run.finish()

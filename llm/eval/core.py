@@ -188,12 +188,13 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
         continuation, context = context[-n:] + continuation, context[:-n]
     whole = encode(tokenizer, context + continuation)
     ctx = encode(tokenizer, context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 @torch.no_grad()
-def score_sequences(model: Any, seqs: Sequence[Sequence[int]], n_targets: Sequence[int], batch_size: int = 8,
-                    pad_id: int = 0) -> list[tuple[float, bool]]:
+def score_sequences(
+    model: Any, seqs: Sequence[Sequence[int]], n_targets: Sequence[int], batch_size: int = 8, pad_id: int = 0
+) -> list[tuple[float, bool]]:
     """For each token sequence, the summed log-probability of its last ``n`` tokens given
     everything before them, and whether each of those tokens was the argmax (greedy)."""
     was_training = model.training
@@ -203,14 +204,14 @@ def score_sequences(model: Any, seqs: Sequence[Sequence[int]], n_targets: Sequen
     out: list[tuple[float, bool] | None] = [None] * len(seqs)
     try:
         for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
+            idx = order[b : b + batch_size]
             width = max(len(seqs[i]) - 1 for i in idx)
             ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for r, i in enumerate(idx):
                 s = seqs[i][:-1]
-                ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
-                mask[r, :len(s)] = 1
+                ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+                mask[r, : len(s)] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
             for r, i in enumerate(idx):
@@ -218,8 +219,8 @@ def score_sequences(model: Any, seqs: Sequence[Sequence[int]], n_targets: Sequen
                 if n == 0:
                     out[i] = (0.0, True)
                     continue
-                lp = logp[r, L - n:L]
-                tgt = torch.tensor(seqs[i][L + 1 - n:], dtype=torch.long, device=lp.device)
+                lp = logp[r, L - n : L]
+                tgt = torch.tensor(seqs[i][L + 1 - n :], dtype=torch.long, device=lp.device)
                 ll = lp.gather(-1, tgt[:, None]).sum().item()
                 greedy = bool((lp.argmax(-1) == tgt).all())
                 out[i] = (ll, greedy)
@@ -228,8 +229,9 @@ def score_sequences(model: Any, seqs: Sequence[Sequence[int]], n_targets: Sequen
     return out  # type: ignore[return-value]
 
 
-def loglikelihoods(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str]], batch_size: int = 8,
-                   max_length: int | None = None) -> list[tuple[float, bool]]:
+def loglikelihoods(
+    model: Any, tokenizer: Any, requests: Sequence[tuple[str, str]], batch_size: int = 8, max_length: int | None = None
+) -> list[tuple[float, bool]]:
     """``log p(continuation | context)`` and is-greedy per ``(context, continuation)``, as
     lm-evaluation-harness's ``hf`` model computes them."""
     L = max_length or model_max_length(model)
@@ -238,7 +240,7 @@ def loglikelihoods(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str
         c, t = encode_pair(tokenizer, ctx, cont)
         if len(t) > L:
             raise ValueError(f"a continuation of {len(t)} tokens exceeds the maximum length {L}")
-        seqs.append((c + t)[-(L + 1):])
+        seqs.append((c + t)[-(L + 1) :])
         ns.append(len(t))
     return score_sequences(model, seqs, ns, batch_size, _pad(tokenizer))
 
@@ -298,14 +300,13 @@ def perplexity(model: Any, tokenizer: Any, docs: Sequence[str], batch_size: int 
         toks = ids if ids and ids[0] == p else [p] + ids
         n_bytes += len(d.encode("utf-8"))
         for s in range(0, len(toks) - 1, L):
-            w = toks[s:s + L + 1]
+            w = toks[s : s + L + 1]
             seqs.append(w)
             ns.append(len(w) - 1)
     scores = score_sequences(model, seqs, ns, batch_size, _pad(tokenizer))
     nll = -sum(s for s, _ in scores)
     n = sum(ns)
-    return {"ppl": math.exp(nll / n), "nll": nll / n, "bits_per_byte": nll / math.log(2) / max(1, n_bytes),
-            "tokens": n, "docs": len(docs)}
+    return {"ppl": math.exp(nll / n), "nll": nll / n, "bits_per_byte": nll / math.log(2) / max(1, n_bytes), "tokens": n, "docs": len(docs)}
 
 
 def _stderr(acc: float, n: int) -> float:
@@ -333,8 +334,15 @@ def run_choice(model: Any, tokenizer: Any, task: Any, batch_size: int = 8) -> di
         acc_norm += pred_n == item.gold
         preds.append({"where": item.where, "pred": pred, "pred_norm": pred_n, "gold": item.gold, "loglik": ll})
     n = len(prompts)
-    return {"acc": acc / n, "acc_stderr": _stderr(acc / n, n), "acc_norm": acc_norm / n, "n": n, "shots": task.shots,
-            "predictions": preds, "example_prompt": prompts[0][1]}
+    return {
+        "acc": acc / n,
+        "acc_stderr": _stderr(acc / n, n),
+        "acc_norm": acc_norm / n,
+        "n": n,
+        "shots": task.shots,
+        "predictions": preds,
+        "example_prompt": prompts[0][1],
+    }
 
 
 def _cut(text: str, stops: Iterable[str]) -> str:
@@ -363,8 +371,14 @@ def run_generate(model: Any, tokenizer: Any, task: Any) -> dict[str, Any]:
         hits += ok
         preds.append({"where": item.where, "output": ans, "gold": item.gold, "correct": ok})
     n = len(prompts)
-    return {"exact_match": hits / n, "exact_match_stderr": _stderr(hits / n, n), "n": n, "shots": task.shots,
-            "predictions": preds, "example_prompt": prompts[0][1]}
+    return {
+        "exact_match": hits / n,
+        "exact_match_stderr": _stderr(hits / n, n),
+        "n": n,
+        "shots": task.shots,
+        "predictions": preds,
+        "example_prompt": prompts[0][1],
+    }
 
 
 def run_task(model: Any, tokenizer: Any, task: Any, batch_size: int = 8) -> dict[str, Any]:

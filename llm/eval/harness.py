@@ -54,8 +54,10 @@ def to_lm_eval(task: Any, prefix: str = "xiulian_") -> dict[str, Any]:
         "target_delimiter": task.target_delimiter,
         "fewshot_delimiter": task.fewshot_delimiter,
         "num_fewshot": int(task.shots),
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
     }
     if task.description:
         cfg["description"] = task.description

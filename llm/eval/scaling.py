@@ -81,8 +81,13 @@ def fit_law(N: Sequence[float], D: Sequence[float], L: Sequence[float], delta: f
     logL = torch.tensor(np.log(np.asarray(L, dtype=float)), dtype=torch.float64)
     if len(logL) < 5:
         raise ValueError(f"fitting 5 parameters needs at least 5 runs, got {len(logL)}")
-    g = grid or {"alpha": [0.0, 0.5, 1.0, 1.5, 2.0], "beta": [0.0, 0.5, 1.0, 1.5, 2.0],
-                 "e": [-1.0, -0.5, 0.0, 0.5, 1.0], "a": [0.0, 5.0, 10.0, 15.0, 20.0, 25.0], "b": [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]}
+    g = grid or {
+        "alpha": [0.0, 0.5, 1.0, 1.5, 2.0],
+        "beta": [0.0, 0.5, 1.0, 1.5, 2.0],
+        "e": [-1.0, -0.5, 0.0, 0.5, 1.0],
+        "a": [0.0, 5.0, 10.0, 15.0, 20.0, 25.0],
+        "b": [0.0, 5.0, 10.0, 15.0, 20.0, 25.0],
+    }
     starts = torch.tensor(list(itertools.product(g["a"], g["b"], g["e"], g["alpha"], g["beta"])), dtype=torch.float64)
 
     def objective(p: torch.Tensor) -> torch.Tensor:  # p: (k, 5) -> (k,)
@@ -153,7 +158,9 @@ def read_runs(root: Path, params: str = "non_embedding") -> list[Run]:
         total = _count_from_safetensors(meta.parent)
         emb = hf["vocab_size"] * hf["hidden_size"] * (1 if hf.get("tie_word_embeddings") else 2)
         N = total if params == "total" else total - emb
-        runs.append(Run(str(run_dir), float(N), float(info["tokens_seen"]), float(loss), hf["num_hidden_layers"], hf["hidden_size"], float(total)))
+        runs.append(
+            Run(str(run_dir), float(N), float(info["tokens_seen"]), float(loss), hf["num_hidden_layers"], hf["hidden_size"], float(total))
+        )
     for s in skipped:
         print(f"skipped {s}", file=sys.stderr)
     return runs
@@ -212,31 +219,54 @@ def plot(runs: list[Run], law: Law, path: Path, budget: float | None = None) -> 
 # ============================================================================ sweep
 def grid(widths: Sequence[int], steps: Sequence[int], layers: Sequence[int], heads: int = 4) -> list[list[str]]:
     """Hydra overrides of each run of the grid (sizes x budgets), in Hydra's multirun order."""
-    return [[f"model.n_layer={nl}", f"model.n_embd={w}", f"model.n_head={heads}", f"trainer.max_steps={s}"]
-            for nl, w, s in itertools.product(layers, widths, steps)]
+    return [
+        [f"model.n_layer={nl}", f"model.n_embd={w}", f"model.n_head={heads}", f"trainer.max_steps={s}"]
+        for nl, w, s in itertools.product(layers, widths, steps)
+    ]
 
 
 #: every run of a sweep: validation on the last step only (its val/loss is the point's loss)
-SWEEP_FIXED = ["stage=pretrain", "trainer.val_every_n_steps=${trainer.max_steps}", "trainer.ckpt_every_n_steps=0",
-               "trainer.progress_bar=false", "stage.sample_prompts=[]", "eval=none", "data.val_batches=16",
-               "stage.optim.warmup_steps=10"]
+SWEEP_FIXED = [
+    "stage=pretrain",
+    "trainer.val_every_n_steps=${trainer.max_steps}",
+    "trainer.ckpt_every_n_steps=0",
+    "trainer.progress_bar=false",
+    "stage.sample_prompts=[]",
+    "eval=none",
+    "data.val_batches=16",
+    "stage.optim.warmup_steps=10",
+]
 SUBDIR = "L${model.n_layer}_d${model.n_embd}_s${trainer.max_steps}"
 
 
-def sweep_command(widths: Sequence[int], steps: Sequence[int], layers: Sequence[int], out: str, extra: Sequence[str] = (), heads: int = 4) -> list[str]:
+def sweep_command(
+    widths: Sequence[int], steps: Sequence[int], layers: Sequence[int], out: str, extra: Sequence[str] = (), heads: int = 4
+) -> list[str]:
     """One Hydra multirun over the grid (the basic launcher runs the jobs in turn; a Hydra
     launcher plugin such as submitit runs them as cluster jobs)."""
-    return [sys.executable, "-m", "llm.train", "-m", *SWEEP_FIXED, *extra,
-            f"model.n_layer={','.join(map(str, layers))}",
-            f"model.n_embd={','.join(map(str, widths))}",
-            f"model.n_head={heads}",
-            f"trainer.max_steps={','.join(map(str, steps))}",
-            f"hydra.sweep.dir={out}", f"hydra.sweep.subdir={SUBDIR}"]
+    return [
+        sys.executable,
+        "-m",
+        "llm.train",
+        "-m",
+        *SWEEP_FIXED,
+        *extra,
+        f"model.n_layer={','.join(map(str, layers))}",
+        f"model.n_embd={','.join(map(str, widths))}",
+        f"model.n_head={heads}",
+        f"trainer.max_steps={','.join(map(str, steps))}",
+        f"hydra.sweep.dir={out}",
+        f"hydra.sweep.subdir={SUBDIR}",
+    ]
 
 
 def main(argv: list[str] | None = None) -> Any:
-    ap = argparse.ArgumentParser(prog="python -m llm.eval.scaling", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap = argparse.ArgumentParser(
+        prog="python -m llm.eval.scaling",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     sw = sub.add_parser("sweep", help="pretrain every (size, budget) of the grid")
     sw.add_argument("--widths", default="32,64,128", help="model.n_embd values (comma-separated)")
@@ -283,15 +313,19 @@ def main(argv: list[str] | None = None) -> Any:
     out = Path(args.out or args.root)
     png = plot(runs, law, out / "scaling.png", args.budget)
     res: dict[str, Any] = {"law": asdict(law), "params": args.params, "runs": [asdict(r) for r in runs]}
-    print(f"{len(runs)} runs; fit: L = {law.E:.3f} + {law.A:.4g}/N^{law.alpha:.3f} + {law.B:.4g}/D^{law.beta:.3f} (objective {law.loss:.2e})")
+    print(
+        f"{len(runs)} runs; fit: L = {law.E:.3f} + {law.A:.4g}/N^{law.alpha:.3f} + {law.B:.4g}/D^{law.beta:.3f} (objective {law.loss:.2e})"
+    )
     print(f"{'N':>10} {'D':>10} {'C':>9} {'loss':>7} {'fit':>7}")
     for r in sorted(runs, key=lambda r: (r.N, r.D)):
         print(f"{r.N:>10,.0f} {r.D:>10,.0f} {r.flops:>9.2e} {r.loss:>7.4f} {float(law.predict(r.N, r.D)):>7.4f}")
     if args.budget:
         n, d = law.compute_optimal(args.budget)
         res["compute_optimal"] = {"flops": args.budget, "N": n, "D": d, "tokens_per_param": d / n, "loss": float(law.predict(n, d))}
-        print(f"compute-optimal for C = {args.budget:.3g} FLOPs: N = {n:.3g} parameters, D = {d:.3g} tokens "
-              f"({d / n:.1f} tokens per parameter), predicted loss {float(law.predict(n, d)):.3f}")
+        print(
+            f"compute-optimal for C = {args.budget:.3g} FLOPs: N = {n:.3g} parameters, D = {d:.3g} tokens "
+            f"({d / n:.1f} tokens per parameter), predicted loss {float(law.predict(n, d)):.3f}"
+        )
     (out / "scaling.json").write_text(json.dumps(res, indent=2))
     print(f"plot: {png}\nfit: {out / 'scaling.json'}")
     if args.wandb:
@@ -299,8 +333,12 @@ def main(argv: list[str] | None = None) -> Any:
 
         from llm.loggers import wandb_mode
 
-        run = wandb.init(project="xiulian", job_type="scaling", mode=wandb_mode("auto"), config={"root": str(args.root), "params": args.params})
-        table = wandb.Table(columns=["N", "D", "C", "loss", "fit"], data=[[r.N, r.D, r.flops, r.loss, float(law.predict(r.N, r.D))] for r in runs])
+        run = wandb.init(
+            project="xiulian", job_type="scaling", mode=wandb_mode("auto"), config={"root": str(args.root), "params": args.params}
+        )
+        table = wandb.Table(
+            columns=["N", "D", "C", "loss", "fit"], data=[[r.N, r.D, r.flops, r.loss, float(law.predict(r.N, r.D))] for r in runs]
+        )
         run.log({"scaling/plot": wandb.Image(str(png)), "scaling/runs": table})
         run.summary.update({f"scaling/{k}": v for k, v in asdict(law).items()})
         run.finish()

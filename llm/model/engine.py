@@ -89,8 +89,9 @@ class Engine:
         was = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                      **generate_kwargs(sampling, self.eos, self.pad), **extra)
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs(sampling, self.eos, self.pad), **extra
+            )
         finally:
             self.model.train(was)
         return out[:, input_ids.shape[1] :]

@@ -47,9 +47,20 @@ def fasttext_module():
     return fasttext
 
 
-def train_fasttext(positive: list[str], negative: list[str], out: str | os.PathLike, *, holdout: float = 0.2,
-                   seed: int = 0, epoch: int = 25, lr: float = 0.5, word_ngrams: int = 2, dim: int = 32,
-                   min_count: int = 1, max_chars: int = 20000) -> dict:
+def train_fasttext(
+    positive: list[str],
+    negative: list[str],
+    out: str | os.PathLike,
+    *,
+    holdout: float = 0.2,
+    seed: int = 0,
+    epoch: int = 25,
+    lr: float = 0.5,
+    word_ngrams: int = 2,
+    dim: int = 32,
+    min_count: int = 1,
+    max_chars: int = 20000,
+) -> dict:
     """Train and write ``out`` atomically; return the figures (counts, held-out AUC)."""
     if not positive or not negative:
         raise ValueError(f"classifier {out}: need positive and negative texts, got {len(positive)} and {len(negative)}")
@@ -69,8 +80,18 @@ def train_fasttext(positive: list[str], negative: list[str], out: str | os.PathL
         f.write("\n".join(rows) + "\n")
         train_file = f.name
     try:
-        model = fasttext.train_supervised(input=train_file, epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim,
-                                          minCount=min_count, loss="softmax", thread=1, seed=seed, verbose=0)
+        model = fasttext.train_supervised(
+            input=train_file,
+            epoch=epoch,
+            lr=lr,
+            wordNgrams=word_ngrams,
+            dim=dim,
+            minCount=min_count,
+            loss="softmax",
+            thread=1,
+            seed=seed,
+            verbose=0,
+        )
     finally:
         os.unlink(train_file)
     tmp = out.with_name(out.name + ".tmp")
@@ -80,7 +101,8 @@ def train_fasttext(positive: list[str], negative: list[str], out: str | os.PathL
     figures = {
         "train_positive": sum(r.startswith("__label__pos") for r in rows),
         "train_negative": sum(r.startswith("__label__neg") for r in rows),
-        "heldout_positive": len(test_pos), "heldout_negative": len(test_neg),
+        "heldout_positive": len(test_pos),
+        "heldout_negative": len(test_neg),
         "heldout_auc": roc_auc(map(scorer, test_pos), map(scorer, test_neg)) if test_pos and test_neg else None,
     }
     return figures

@@ -66,8 +66,9 @@ def _entries(entries: dict[str, Any], schema: type, key: str) -> dict[str, Any]:
 
     out = {}
     for name, value in entries.items():
-        _check(value is None or isinstance(value, dict),
-               f"{key}.{name}={value!r}: a mapping of {', '.join(f.name for f in fields(schema))}")
+        _check(
+            value is None or isinstance(value, dict), f"{key}.{name}={value!r}: a mapping of {', '.join(f.name for f in fields(schema))}"
+        )
         try:
             out[name] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), value or {}))
         except OmegaConfBaseException as e:
@@ -123,8 +124,10 @@ class InputSpec:
     def check(self, key: str) -> None:
         """Cross-field checks; ``key`` is where the spec sits, e.g. ``inputs[1]``."""
         for opt, kind in _KIND_OPTIONS.items():
-            _check(getattr(self, opt) is None or self.kind == kind,
-                   f"{key}.{opt}: only a {kind} reader takes it ({key}.kind={self.kind}, name={self.name})")
+            _check(
+                getattr(self, opt) is None or self.kind == kind,
+                f"{key}.{opt}: only a {kind} reader takes it ({key}.kind={self.kind}, name={self.name})",
+            )
         for opt in ("min_chars", "limit", "skip"):
             _check(getattr(self, opt) is None or getattr(self, opt) >= 0, f"{key}.{opt}={getattr(self, opt)}: must be >= 0")
 
@@ -199,9 +202,11 @@ class HeuristicsConfig:
     def __post_init__(self) -> None:
         from llm.pipeline.heuristics import DEFAULTS
 
-        overrides = {"heuristics.default": self.default,
-                     **{f"heuristics.languages.{k}": v for k, v in self.languages.items()},
-                     **{f"heuristics.sources.{k}": v for k, v in self.sources.items()}}
+        overrides = {
+            "heuristics.default": self.default,
+            **{f"heuristics.languages.{k}": v for k, v in self.languages.items()},
+            **{f"heuristics.sources.{k}": v for k, v in self.sources.items()},
+        }
         for key, over in overrides.items():
             unknown = sorted(set(over) - set(DEFAULTS))
             _check(not unknown, f"{key}: unknown thresholds {unknown}; known: {sorted(DEFAULTS)}")
@@ -507,9 +512,11 @@ class PipelineConfig:
         for i, spec in enumerate(self.inputs):
             spec.check(f"inputs[{i}]")
         q = self.quality
-        _check(not q.enabled or q.model or q.train.positive,
-               "quality.train.positive is empty: give reference text to train the quality classifier on, "
-               "a trained quality.model, or quality.enabled=false")
+        _check(
+            not q.enabled or q.model or q.train.positive,
+            "quality.train.positive is empty: give reference text to train the quality classifier on, "
+            "a trained quality.model, or quality.enabled=false",
+        )
 
 
 def register_pipeline_configs() -> None:
@@ -548,8 +555,10 @@ def _no_unknown_keys(obj: Any, key: str) -> None:
     if is_dataclass(obj):
         known = [f.name for f in fields(obj)]
         extra = sorted(set(vars(obj)) - set(known))
-        _check(not extra, f"{key + '.' if key else ''}{extra[0] if extra else ''}: not a key of "
-                          f"{type(obj).__name__} (its keys: {', '.join(known)})")
+        _check(
+            not extra,
+            f"{key + '.' if key else ''}{extra[0] if extra else ''}: not a key of {type(obj).__name__} (its keys: {', '.join(known)})",
+        )
         for name in known:
             _no_unknown_keys(getattr(obj, name), f"{key}.{name}" if key else name)
     elif isinstance(obj, list):
@@ -570,9 +579,13 @@ def describe(e: BaseException) -> str:
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        lines = [ln for ln in str(e).splitlines() if ln.strip() and not _TEMPLATE.search(ln)
-                 and not ln.strip().startswith(("object_type=", "reference_type=", "child_node", "key:",
-                                                "To append to your config use"))]  # the schema refuses that too
+        lines = [
+            ln
+            for ln in str(e).splitlines()
+            if ln.strip()
+            and not _TEMPLATE.search(ln)
+            and not ln.strip().startswith(("object_type=", "reference_type=", "child_node", "key:", "To append to your config use"))
+        ]  # the schema refuses that too
         text = "\n".join(ln.strip() for ln in lines)
         if text and not any(text in p for p in parts):
             parts.append(text)

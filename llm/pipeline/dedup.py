@@ -59,7 +59,7 @@ class MinhashSignature(MinhashDedupSignature):
         a, b = self.parameters
         low = None
         for i in range(0, len(shingles), self.SHINGLE_BLOCK):
-            phv = (shingles[i:i + self.SHINGLE_BLOCK] * a + b) % _mersenne_prime
+            phv = (shingles[i : i + self.SHINGLE_BLOCK] * a + b) % _mersenne_prime
             if self.config.hash_config.precision == 32:
                 phv = np.bitwise_and(phv, self.config.hash_config.max)
             m = phv.min(axis=0)
@@ -71,11 +71,11 @@ class MinhashSignature(MinhashDedupSignature):
         if is_cjk(text):
             chars = [c for c in simple if not c.isspace()]
             n = self.cjk_n_grams
-            grams = ("".join(chars[i:i + n]) for i in range(len(chars) - n + 1))
+            grams = ("".join(chars[i : i + n]) for i in range(len(chars) - n + 1))
         else:
             ws = words(simple)
             n = self.config.n_grams
-            grams = (" ".join(ws[i:i + n]) for i in range(len(ws) - n + 1))
+            grams = (" ".join(ws[i : i + n]) for i in range(len(ws) - n + 1))
         return np.fromiter((self._hash_func(g) for g in grams), dtype=np.uint64).reshape((-1, 1))
 
 
@@ -151,8 +151,11 @@ class BoilerplateFinder(PipelineStep):
         for src, c in lines.items():
             need = max(self.min_docs, self.min_fraction * docs[src])
             marked = sorted(((n, h) for h, n in c.items() if n >= need), reverse=True)
-            result[src] = {"documents": docs[src], "hashes": [h for _, h in marked],
-                           "top": [{"documents": n, "line": examples.get(str(h), "?")} for n, h in marked[:20]]}
+            result[src] = {
+                "documents": docs[src],
+                "hashes": [h for _, h in marked],
+                "top": [{"documents": n, "line": examples.get(str(h), "?")} for n, h in marked[:20]],
+            }
             self.stat_update(f"boilerplate_lines_{src}", value=len(marked))
         with self.output_folder.open("boilerplate.json", "wt") as f:
             json.dump(result, f, ensure_ascii=False, indent=1)

@@ -26,15 +26,52 @@ from datatrove.utils.logging import logger
 
 # Elements that are boilerplate on practically every site. Class/id tokens are matched on word
 # boundaries ([class~=x] is a whole class token), never on <body>/<main>/<article>.
-_TOKENS = ("nav", "navbar", "navigation", "menu", "menu-wrapper", "mobile-nav", "sidebar", "sphinxsidebar",
-           "related", "footer", "site-footer", "breadcrumb", "breadcrumbs", "headerlink", "permalink",
-           "skip-link", "cookie-banner", "share", "social", "toc")
-BOILERPLATE_SELECTORS = [
-    "nav", "aside", "footer", "script", "style", "noscript", "form", "button", "select", "iframe", "svg",
-    "template", '[role="navigation"]', '[role="contentinfo"]', '[role="banner"]', '[role="complementary"]',
-    '[role="search"]', '[aria-hidden="true"]',
-] + [f'[class~="{t}"]:not(body):not(main):not(article)' for t in _TOKENS] + [
-    f'[id="{t}"]:not(body):not(main):not(article)' for t in _TOKENS]
+_TOKENS = (
+    "nav",
+    "navbar",
+    "navigation",
+    "menu",
+    "menu-wrapper",
+    "mobile-nav",
+    "sidebar",
+    "sphinxsidebar",
+    "related",
+    "footer",
+    "site-footer",
+    "breadcrumb",
+    "breadcrumbs",
+    "headerlink",
+    "permalink",
+    "skip-link",
+    "cookie-banner",
+    "share",
+    "social",
+    "toc",
+)
+BOILERPLATE_SELECTORS = (
+    [
+        "nav",
+        "aside",
+        "footer",
+        "script",
+        "style",
+        "noscript",
+        "form",
+        "button",
+        "select",
+        "iframe",
+        "svg",
+        "template",
+        '[role="navigation"]',
+        '[role="contentinfo"]',
+        '[role="banner"]',
+        '[role="complementary"]',
+        '[role="search"]',
+        '[aria-hidden="true"]',
+    ]
+    + [f'[class~="{t}"]:not(body):not(main):not(article)' for t in _TOKENS]
+    + [f'[id="{t}"]:not(body):not(main):not(article)' for t in _TOKENS]
+)
 
 _PERMALINK = re.compile(r"\s*[¶§🔗]\s*$", re.M)
 _BLANKS = re.compile(r"\n{3,}")
@@ -45,9 +82,17 @@ def resiliparse_extract(html: str) -> str:
     from resiliparse.parse.html import HTMLTree
 
     tree = HTMLTree.parse(html)
-    text = extract_plain_text(tree, preserve_formatting=True, main_content=False, list_bullets=True,
-                              alt_texts=False, links=False, form_fields=False, noscript=False,
-                              skip_elements=BOILERPLATE_SELECTORS)
+    text = extract_plain_text(
+        tree,
+        preserve_formatting=True,
+        main_content=False,
+        list_bullets=True,
+        alt_texts=False,
+        links=False,
+        form_fields=False,
+        noscript=False,
+        skip_elements=BOILERPLATE_SELECTORS,
+    )
     return _tidy(text)
 
 
@@ -56,15 +101,24 @@ def raw_extract(html: str) -> str:
     the quality classifier's negative examples."""
     from resiliparse.extract.html2text import extract_plain_text
 
-    return _tidy(extract_plain_text(html, preserve_formatting=True, main_content=False, list_bullets=True,
-                                    alt_texts=False, links=False))
+    return _tidy(extract_plain_text(html, preserve_formatting=True, main_content=False, list_bullets=True, alt_texts=False, links=False))
 
 
 def trafilatura_extract(html: str) -> str:
     import trafilatura
 
-    text = trafilatura.extract(html, favor_precision=True, include_comments=False, include_tables=True,
-                               include_formatting=False, deduplicate=False, with_metadata=False) or ""
+    text = (
+        trafilatura.extract(
+            html,
+            favor_precision=True,
+            include_comments=False,
+            include_tables=True,
+            include_formatting=False,
+            deduplicate=False,
+            with_metadata=False,
+        )
+        or ""
+    )
     return _tidy(text)
 
 

@@ -71,9 +71,17 @@ class HarmfulFilter(BaseFilter):
     name = "harmful"
     type = "☣ - HARMFUL"
 
-    def __init__(self, blocklists: dict | None = None, min_hits: int = 2, min_hit_ratio: float = 0.01,
-                 url_domains: str | None = None, classifier: dict | None = None, threshold: float = 0.5,
-                 skip_sources=(), exclusion_writer=None):
+    def __init__(
+        self,
+        blocklists: dict | None = None,
+        min_hits: int = 2,
+        min_hit_ratio: float = 0.01,
+        url_domains: str | None = None,
+        classifier: dict | None = None,
+        threshold: float = 0.5,
+        skip_sources=(),
+        exclusion_writer=None,
+    ):
         super().__init__(exclusion_writer)
         self.blocklist_files = blocklist_files(blocklists)
         self.min_hits, self.min_hit_ratio = min_hits, min_hit_ratio

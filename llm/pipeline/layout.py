@@ -11,8 +11,19 @@ def paths(cfg: dict) -> dict[str, Path]:
     """The run's folders: ``out/work/<intermediate>``, ``out/report`` (``out/shards`` is the mixture's)."""
     out = Path(cfg["out"]).resolve()
     work = out / "work"
-    return {"out": out, "work": work, "logs": work / "logs", "extracted": work / "extracted",
-            "line_counts": work / "line_counts", "exact_sigs": work / "exact" / "sigs",
-            "exact_dups": work / "exact" / "dups", "boilerplate": work / "boilerplate",
-            "filtered": work / "filtered", "removed": work / "removed", "minhash": work / "minhash",
-            "final": work / "final", "models": work / "models", "report": out / "report"}
+    return {
+        "out": out,
+        "work": work,
+        "logs": work / "logs",
+        "extracted": work / "extracted",
+        "line_counts": work / "line_counts",
+        "exact_sigs": work / "exact" / "sigs",
+        "exact_dups": work / "exact" / "dups",
+        "boilerplate": work / "boilerplate",
+        "filtered": work / "filtered",
+        "removed": work / "removed",
+        "minhash": work / "minhash",
+        "final": work / "final",
+        "models": work / "models",
+        "report": out / "report",
+    }

@@ -46,9 +46,18 @@ class MixtureWriter(PipelineStep):
     name = "mixture"
     type = "🧪 - MIXTURE"
 
-    def __init__(self, input_folder, out_dir: str, sources: dict | None = None, total_chars: int | None = None,
-                 tokenizer: str | None = None, vocab_size: int = 8192, shard_max_tokens: int = 1 << 20,
-                 val_fraction: float = 0.01, seed: int = 0):
+    def __init__(
+        self,
+        input_folder,
+        out_dir: str,
+        sources: dict | None = None,
+        total_chars: int | None = None,
+        tokenizer: str | None = None,
+        vocab_size: int = 8192,
+        shard_max_tokens: int = 1 << 20,
+        val_fraction: float = 0.01,
+        seed: int = 0,
+    ):
         super().__init__()
         self.input_folder = str(input_folder)
         self.out_dir = out_dir
@@ -78,10 +87,14 @@ class MixtureWriter(PipelineStep):
                 for i, (doc_id, _) in enumerate(docs[s]):
                     if part >= 1 or unit_hash(f"{self.seed}:{copy}:{doc_id}") < part:
                         chosen.append((s, i))
-            plan[s] = {"documents": len(docs[s]), "chars": sizes[s], "epochs": round(e, 4),
-                       "documents_written": len(chosen) - n_before,
-                       "weight": self.sources.get(s, {}).get("weight", 1.0),
-                       "max_repeats": self.sources.get(s, {}).get("max_repeats", 1.0)}
+            plan[s] = {
+                "documents": len(docs[s]),
+                "chars": sizes[s],
+                "epochs": round(e, 4),
+                "documents_written": len(chosen) - n_before,
+                "weight": self.sources.get(s, {}).get("weight", 1.0),
+                "max_repeats": self.sources.get(s, {}).get("max_repeats", 1.0),
+            }
             self.stat_update(f"written_{s}", value=len(chosen) - n_before)
         order = np.random.default_rng(self.seed).permutation(len(chosen))
         out = Path(self.out_dir)
@@ -89,13 +102,16 @@ class MixtureWriter(PipelineStep):
         if self.tokenizer:
             tok = load_tokenizer(self.tokenizer)
         else:
-            tok = train_tokenizer((t for s in sorted(docs) for _, t in docs[s]), self.vocab_size, out / "tokenizer",
-                                  show_progress=False)
-        manifest = write_shards((docs[chosen[j][0]][chosen[j][1]][1] for j in order), tok, out / "shards",
-                                shard_max_tokens=self.shard_max_tokens, val_fraction=self.val_fraction,
-                                seed=self.seed)
-        atomic_write_json(out / "mixture.json", {"sources": plan, "documents": len(chosen),
-                                                 "shards": manifest["totals"]})
+            tok = train_tokenizer((t for s in sorted(docs) for _, t in docs[s]), self.vocab_size, out / "tokenizer", show_progress=False)
+        manifest = write_shards(
+            (docs[chosen[j][0]][chosen[j][1]][1] for j in order),
+            tok,
+            out / "shards",
+            shard_max_tokens=self.shard_max_tokens,
+            val_fraction=self.val_fraction,
+            seed=self.seed,
+        )
+        atomic_write_json(out / "mixture.json", {"sources": plan, "documents": len(chosen), "shards": manifest["totals"]})
         self.stat_update("documents", value=len(chosen))
         return
         yield

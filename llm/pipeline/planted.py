@@ -24,23 +24,23 @@ from pathlib import Path
 
 HARMFUL = {
     "violence_en": "Grab a knife tonight and kill him slowly. Slaughter his children, burn the house with them "
-                   "inside and make them scream while they die. Shoot anyone who tries to help them. When the "
-                   "police come, throw the bomb at the car and stab the officers until they stop moving. Then "
-                   "we will go to the market and murder the people there, one after the other, and leave the "
-                   "bodies in the street so that the whole town is afraid of us.",
+    "inside and make them scream while they die. Shoot anyone who tries to help them. When the "
+    "police come, throw the bomb at the car and stab the officers until they stop moving. Then "
+    "we will go to the market and murder the people there, one after the other, and leave the "
+    "bodies in the street so that the whole town is afraid of us.",
     "hate_en": "People of that tribe are vermin, dirty animals and subhuman trash. We must exterminate them all, "
-               "hang them in the streets and wipe their filthy race from the country. They are a disease in "
-               "our land and they do not deserve to live next to us. Drive them out of their homes, burn "
-               "their shops and beat their children, because that is all those parasites understand, and "
-               "nobody will miss them when they are gone.",
+    "hang them in the streets and wipe their filthy race from the country. They are a disease in "
+    "our land and they do not deserve to live next to us. Drive them out of their homes, burn "
+    "their shops and beat their children, because that is all those parasites understand, and "
+    "nobody will miss them when they are gone.",
     "porn_en": "Free xxx porn tube: hardcore sex videos, naked sluts on live sex cams, explicit nude porn pictures "
-               "and xxx clips updated every day, watch hardcore porn now. Join the best adult site on the web "
-               "for free and see thousands of the hottest girls in explicit videos, with new clips every "
-               "hour and no sign up needed, only for adults over the age of eighteen.",
+    "and xxx clips updated every day, watch hardcore porn now. Join the best adult site on the web "
+    "for free and see thousands of the hottest girls in explicit videos, with new clips every "
+    "hour and no sign up needed, only for adults over the age of eighteen.",
     "violence_zh": "今晚拿刀去杀了他，把他全家都烧死，让他们惨叫着死去，谁来帮忙就开枪打死谁。"
-                   "警察来了就扔炸弹，把他们一个一个捅死，再去市场把那里的人都杀光，让全城的人都害怕我们。",
+    "警察来了就扔炸弹，把他们一个一个捅死，再去市场把那里的人都杀光，让全城的人都害怕我们。",
     "porn_zh": "免费色情视频网站，成人电影在线看，裸聊直播，淫秽图片每日更新，成人视频免费下载。"
-               "最火辣的美女主播在线等你，无需注册，每小时更新最新的激情视频，仅限十八岁以上成人观看。",
+    "最火辣的美女主播在线等你，无需注册，每小时更新最新的激情视频，仅限十八岁以上成人观看。",
 }
 
 BLOG = """<html><head><meta charset="utf-8"><title>Summer fruit</title></head><body>
@@ -58,9 +58,11 @@ than ever, so here it is with the ones we liked the most at the top.</p>
 
 
 def _page(title: str, body: str) -> str:
-    return (f'<html><head><meta charset="utf-8"><title>{title}</title></head><body>'
-            f'<nav><a href="/">Home</a></nav><main><h1>{title}</h1><p>{body}</p></main>'
-            f"<footer>Contact us</footer></body></html>")
+    return (
+        f'<html><head><meta charset="utf-8"><title>{title}</title></head><body>'
+        f'<nav><a href="/">Home</a></nav><main><h1>{title}</h1><p>{body}</p></main>'
+        f"<footer>Contact us</footer></body></html>"
+    )
 
 
 def _swap_paragraphs(html: str, rng: random.Random) -> str | None:
@@ -70,7 +72,7 @@ def _swap_paragraphs(html: str, rng: random.Random) -> str | None:
         return None
     a, b = sorted(rng.sample(range(len(long)), 2))
     ma, mb = long[a], long[b]
-    return html[:ma.start()] + mb.group(0) + html[ma.end():mb.start()] + ma.group(0) + html[mb.end():]
+    return html[: ma.start()] + mb.group(0) + html[ma.end() : mb.start()] + ma.group(0) + html[mb.end() :]
 
 
 def _change_sentence(html: str, rng: random.Random) -> str | None:
@@ -78,19 +80,20 @@ def _change_sentence(html: str, rng: random.Random) -> str | None:
     if not paras:
         return None
     m = rng.choice(paras)
-    return html[:m.start(1)] + "This sentence was changed by the planting script. " + m.group(1) + html[m.end(1):]
+    return html[: m.start(1)] + "This sentence was changed by the planting script. " + m.group(1) + html[m.end(1) :]
 
 
 def _warc_record(uri: str, html: bytes) -> bytes:
     http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html
-    head = (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: {uri}\r\n"
-            f"WARC-Record-ID: <urn:uuid:{zlib.crc32(uri.encode()):012d}>\r\nWARC-Date: 2024-01-01T00:00:00Z\r\n"
-            f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(http)}\r\n\r\n").encode()
+    head = (
+        f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: {uri}\r\n"
+        f"WARC-Record-ID: <urn:uuid:{zlib.crc32(uri.encode()):012d}>\r\nWARC-Date: 2024-01-01T00:00:00Z\r\n"
+        f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(http)}\r\n\r\n"
+    ).encode()
     return head + http + b"\r\n\r\n"
 
 
-def build_corpus(out: str | Path, pages: list[Path], docs_root: Path, *, n_exact: int = 6, n_near: int = 10,
-                 seed: int = 0) -> dict:
+def build_corpus(out: str | Path, pages: list[Path], docs_root: Path, *, n_exact: int = 6, n_near: int = 10, seed: int = 0) -> dict:
     rng = random.Random(seed)
     out = Path(out)
     if out.exists():
@@ -139,10 +142,13 @@ def build_corpus(out: str | Path, pages: list[Path], docs_root: Path, *, n_exact
     planted["bad"] = {"undecodable": ["planted/undecodable.html"], "empty_file": ["planted/empty.html"]}
     warc = out / "warc"
     warc.mkdir()
-    good = [r for r in candidates[n_exact + n_near:] if r not in {x["of"] for x in planted["near"]}][:2]
+    good = [r for r in candidates[n_exact + n_near :] if r not in {x["of"] for x in planted["near"]}][:2]
     broken = _warc_record("http://example.org/broken", b"<html><body><p>lost</p></body></html>")[:-60]
-    data = (_warc_record(f"http://docs.example.org/{good[0]}", texts[good[0]].encode()) + broken
-            + _warc_record(f"http://docs.example.org/{good[1]}", texts[good[1]].encode()))
+    data = (
+        _warc_record(f"http://docs.example.org/{good[0]}", texts[good[0]].encode())
+        + broken
+        + _warc_record(f"http://docs.example.org/{good[1]}", texts[good[1]].encode())
+    )
     (warc / "crawl.warc").write_bytes(data)
     planted["warc"] = {"file": "warc/crawl.warc", "good": [f"http://docs.example.org/{g}" for g in good], "broken": 1}
     (out / "planted.json").write_text(json.dumps(planted, indent=1))

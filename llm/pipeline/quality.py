@@ -27,8 +27,16 @@ class QualityFilter(BaseFilter):
     name = "quality"
     type = "⭐ - QUALITY"
 
-    def __init__(self, model: str, rule: str = "threshold", threshold: float = 0.5, alpha: float = 9.0,
-                 sources=None, seed: int = 0, exclusion_writer=None):
+    def __init__(
+        self,
+        model: str,
+        rule: str = "threshold",
+        threshold: float = 0.5,
+        alpha: float = 9.0,
+        sources=None,
+        seed: int = 0,
+        exclusion_writer=None,
+    ):
         super().__init__(exclusion_writer)
         if rule not in ("threshold", "pareto"):
             raise ValueError(f"quality.keep.rule must be 'threshold' or 'pareto', got {rule!r}")

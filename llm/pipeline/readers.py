@@ -32,8 +32,9 @@ class _Reader(BaseDiskReader):
     name = "reader"
     compression: str | None = None  # "infer": .gz/.zst files are decompressed while read
 
-    def __init__(self, data_folder: str, source: str, glob_pattern: str | None = None, include: str | None = None,
-                 exclude: str | None = None, **kw):
+    def __init__(
+        self, data_folder: str, source: str, glob_pattern: str | None = None, include: str | None = None, exclude: str | None = None, **kw
+    ):
         super().__init__(data_folder, glob_pattern=glob_pattern, text_key="text", id_key="id", **kw)
         self.source = source
         # regexes on the path relative to data_folder (fullmatch), to pick files a glob cannot
@@ -42,7 +43,8 @@ class _Reader(BaseDiskReader):
 
     def wanted(self, filepath: str) -> bool:
         return (self.include is None or bool(self.include.fullmatch(filepath))) and not (
-            self.exclude is not None and self.exclude.fullmatch(filepath))
+            self.exclude is not None and self.exclude.fullmatch(filepath)
+        )
 
     def bad(self, reason: str, where: str, detail: str = "") -> None:
         self.stat_update(f"bad_{reason}")
@@ -102,8 +104,7 @@ class TxtReader(_Reader):
     """Plain text: one document per file, or per record when ``separator`` is set (a line that
     equals it ends a record, e.g. "%" in fortune files). ANSI colour codes are removed."""
 
-    def __init__(self, data_folder: str, source: str, glob_pattern: str = "**/*", separator: str | None = None,
-                 min_chars: int = 1, **kw):
+    def __init__(self, data_folder: str, source: str, glob_pattern: str = "**/*", separator: str | None = None, min_chars: int = 1, **kw):
         super().__init__(data_folder, source, glob_pattern=glob_pattern, **kw)
         self.separator = separator
         self.min_chars = min_chars
@@ -137,8 +138,7 @@ class JsonlTextReader(_Reader):
 
     compression = "infer"
 
-    def __init__(self, data_folder: str, source: str, glob_pattern: str = "**/*.jsonl*", text_key: str = "text",
-                 id_key: str = "id", **kw):
+    def __init__(self, data_folder: str, source: str, glob_pattern: str = "**/*.jsonl*", text_key: str = "text", id_key: str = "id", **kw):
         super().__init__(data_folder, source, glob_pattern=glob_pattern, **kw)
         self.text_field, self.id_field = text_key, id_key
 
@@ -159,8 +159,7 @@ class JsonlTextReader(_Reader):
                 self.bad("missing_text_field", where, f"no string field {self.text_field!r}")
                 continue
             doc_id = rec.get(self.id_field, f"{filepath}:{lineno}")
-            meta = {k: v for k, v in rec.items() if k not in (self.text_field, self.id_field)
-                    and isinstance(v, (str, int, float, bool))}
+            meta = {k: v for k, v in rec.items() if k not in (self.text_field, self.id_field) and isinstance(v, (str, int, float, bool))}
             yield self.doc(rec[self.text_field], f"{self.source}/{doc_id}", path=where, **meta)
 
 
@@ -201,15 +200,17 @@ class WarcReader(_Reader):
         while pos < len(raw):
             start = pos
             try:
-                for rec in ArchiveIterator(io.BytesIO(raw[start:]), record_types=WarcRecordType.response,
-                                           parse_http=True):
+                for rec in ArchiveIterator(io.BytesIO(raw[start:]), record_types=WarcRecordType.response, parse_http=True):
                     pos = start + rec.stream_pos + 1
                     uri = rec.headers.get("WARC-Target-URI")
                     body = rec.reader.read()
                     if not uri or not body:
                         just_counted = True
-                        self.bad("broken_warc_record", f"{filepath}@{start + rec.stream_pos}",
-                                 "no target URI" if not uri else "empty or truncated body")
+                        self.bad(
+                            "broken_warc_record",
+                            f"{filepath}@{start + rec.stream_pos}",
+                            "no target URI" if not uri else "empty or truncated body",
+                        )
                         continue
                     just_counted = False
                     ctype = (rec.http_headers.get("Content-Type") or "") if rec.http_headers else ""

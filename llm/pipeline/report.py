@@ -74,13 +74,15 @@ def build_report(cfg: dict) -> dict:
     for stage in STAGES:
         for st in _stage_stats(p["logs"] / stage):
             name, stats = st["name"].split(": ", 1)[-1], st.get("stats", {})
-            row = {"stage": stage, "block": name,
-                   "docs_in": _num(stats.get("total")) or _num(stats.get("documents")),
-                   "docs_out": _num(stats.get("forwarded")) or (_num(stats.get("documents")) if "documents" in stats else 0),
-                   "bytes_out": _num(stats.get("doc_len")),
-                   "seconds": round(_num(st.get("time_stats")), 3)}
-            removed = {k.removeprefix("dropped_"): int(_num(v)) for k, v in stats.items()
-                       if k.startswith("dropped_") and _num(v)}
+            row = {
+                "stage": stage,
+                "block": name,
+                "docs_in": _num(stats.get("total")) or _num(stats.get("documents")),
+                "docs_out": _num(stats.get("forwarded")) or (_num(stats.get("documents")) if "documents" in stats else 0),
+                "bytes_out": _num(stats.get("doc_len")),
+                "seconds": round(_num(st.get("time_stats")), 3),
+            }
+            removed = {k.removeprefix("dropped_"): int(_num(v)) for k, v in stats.items() if k.startswith("dropped_") and _num(v)}
             if removed:
                 row["removed"] = removed
                 for k, v in removed.items():
@@ -88,17 +90,18 @@ def build_report(cfg: dict) -> dict:
             for k, v in stats.items():
                 if k.startswith("bad_"):
                     bad[f"{name}:{k.removeprefix('bad_')}"] += int(_num(v))
-            extra = {k: int(_num(v)) for k, v in stats.items()
-                     if k in ("lines_removed", "documents_changed", "c4_lines_removed", "passed_text")}
+            extra = {
+                k: int(_num(v)) for k, v in stats.items() if k in ("lines_removed", "documents_changed", "c4_lines_removed", "passed_text")
+            }
             if extra:
                 row.update(extra)
             blocks.append(row)
-    report: dict = {"name": cfg["name"], "blocks": blocks, "removed_by_reason": dict(reasons),
-                    "bad_input": dict(bad)}
+    report: dict = {"name": cfg["name"], "blocks": blocks, "removed_by_reason": dict(reasons), "bad_input": dict(bad)}
     bp = p["boilerplate"] / "boilerplate.json"
     if bp.exists():
-        report["boilerplate_lines"] = {s: {"documents": v["documents"], "lines": len(v["hashes"]), "top": v["top"][:10]}
-                                       for s, v in json.loads(bp.read_text()).items()}
+        report["boilerplate_lines"] = {
+            s: {"documents": v["documents"], "lines": len(v["hashes"]), "top": v["top"][:10]} for s, v in json.loads(bp.read_text()).items()
+        }
     # near-duplicate clusters: removed documents grouped by cluster, largest first
     clusters: dict[int, list] = defaultdict(list)
     for rec in _jsonl_gz(p["removed"] / "near_dedup"):
@@ -106,12 +109,20 @@ def build_report(cfg: dict) -> dict:
         clusters[m.get("minhash_cluster_id", -1)].append(rec)
     top = sorted(clusters.items(), key=lambda kv: -len(kv[1]))[:10]
     report["largest_near_duplicate_clusters"] = [
-        {"cluster": cid, "size": recs[0]["metadata"].get("minhash_cluster_size", len(recs) + 1),
-         "removed": [r["id"] for r in recs[:5]], "example": recs[0]["text"][:300]} for cid, recs in top]
+        {
+            "cluster": cid,
+            "size": recs[0]["metadata"].get("minhash_cluster_size", len(recs) + 1),
+            "removed": [r["id"] for r in recs[:5]],
+            "example": recs[0]["text"][:300],
+        }
+        for cid, recs in top
+    ]
     exact = sorted(_jsonl_gz(p["filtered"]), key=lambda r: -r.get("metadata", {}).get("duplicate_count", 0))[:10]
     report["largest_exact_duplicate_clusters"] = [
         {"kept": r["id"], "copies_removed": r["metadata"].get("duplicate_count", 0), "example": r["text"][:200]}
-        for r in exact if r.get("metadata", {}).get("duplicate_count", 0) > 0]
+        for r in exact
+        if r.get("metadata", {}).get("duplicate_count", 0) > 0
+    ]
     for name in ("quality.bin.json", "harmful_en.bin.json", "harmful_zh.bin.json"):
         f = p["models"] / name
         if f.exists():
@@ -124,11 +135,19 @@ def build_report(cfg: dict) -> dict:
     q_removed = list(_jsonl_gz(p["removed"] / "quality"))
     plots = {}
     for key, title, series in (
-        ("quality_score", "quality score (kept vs removed)",
-         [("kept", [r["metadata"].get("quality_score") for r in final if "quality_score" in r["metadata"]]),
-          ("removed", [r["metadata"].get("quality_score") for r in q_removed])]),
-        ("harmful_score", "harmful classifier score (kept)",
-         [r["metadata"].get("harmful_score") for r in final if "harmful_score" in r["metadata"]]),
+        (
+            "quality_score",
+            "quality score (kept vs removed)",
+            [
+                ("kept", [r["metadata"].get("quality_score") for r in final if "quality_score" in r["metadata"]]),
+                ("removed", [r["metadata"].get("quality_score") for r in q_removed]),
+            ],
+        ),
+        (
+            "harmful_score",
+            "harmful classifier score (kept)",
+            [r["metadata"].get("harmful_score") for r in final if "harmful_score" in r["metadata"]],
+        ),
         ("language_score", "language-id score (kept)", [r["metadata"].get("language_score") for r in final]),
         ("doc_chars", "document length, characters (kept)", [len(r["text"]) for r in final]),
     ):
@@ -148,12 +167,18 @@ def build_report(cfg: dict) -> dict:
 
 
 def to_markdown(r: dict) -> str:
-    lines = [f"# Data pipeline report: {r['name']}", "", "| stage | block | docs in | docs out | MB out | s | removed |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# Data pipeline report: {r['name']}",
+        "",
+        "| stage | block | docs in | docs out | MB out | s | removed |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     for b in r["blocks"]:
         rem = ", ".join(f"{k} {v}" for k, v in sorted(b.get("removed", {}).items(), key=lambda kv: -kv[1]))
-        lines.append(f"| {b['stage']} | {b['block']} | {int(b['docs_in'])} | {int(b['docs_out'])} | "
-                     f"{b['bytes_out'] / 1e6:.2f} | {b['seconds']} | {rem} |")
+        lines.append(
+            f"| {b['stage']} | {b['block']} | {int(b['docs_in'])} | {int(b['docs_out'])} | "
+            f"{b['bytes_out'] / 1e6:.2f} | {b['seconds']} | {rem} |"
+        )
     if r.get("bad_input"):
         lines += ["", "## Bad input", ""] + [f"- {k}: {v}" for k, v in sorted(r["bad_input"].items())]
     if r.get("classifiers"):
@@ -168,11 +193,22 @@ def _to_wandb(cfg: dict, report: dict, folder: Path) -> None:
     import wandb
 
     w = cfg["report"]
-    run = wandb.init(project=w.get("wandb_project", "xiulian-data"), name=cfg["name"], dir=str(folder),
-                     config={k: v for k, v in cfg.items() if k != "executor"}, reinit=True)
-    table = wandb.Table(columns=["stage", "block", "docs_in", "docs_out", "bytes_out", "seconds"],
-                        data=[[b["stage"], b["block"], b["docs_in"], b["docs_out"], b["bytes_out"], b["seconds"]]
-                              for b in report["blocks"]])
-    run.log({"blocks": table, **{f"removed/{k}": v for k, v in report["removed_by_reason"].items()},
-             **{f"plots/{k}": wandb.Image(str(folder / v)) for k, v in report.get("plots", {}).items()}})
+    run = wandb.init(
+        project=w.get("wandb_project", "xiulian-data"),
+        name=cfg["name"],
+        dir=str(folder),
+        config={k: v for k, v in cfg.items() if k != "executor"},
+        reinit=True,
+    )
+    table = wandb.Table(
+        columns=["stage", "block", "docs_in", "docs_out", "bytes_out", "seconds"],
+        data=[[b["stage"], b["block"], b["docs_in"], b["docs_out"], b["bytes_out"], b["seconds"]] for b in report["blocks"]],
+    )
+    run.log(
+        {
+            "blocks": table,
+            **{f"removed/{k}": v for k, v in report["removed_by_reason"].items()},
+            **{f"plots/{k}": wandb.Image(str(folder / v)) for k, v in report.get("plots", {}).items()},
+        }
+    )
     run.finish()

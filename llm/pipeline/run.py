@@ -93,8 +93,13 @@ class Drain:
 
 def _minhash_config(cfg: dict) -> MinhashConfig:
     m = cfg["dedup"]["near"]
-    return MinhashConfig(n_grams=m["n_grams"], num_buckets=m["num_buckets"], hashes_per_bucket=m["hashes_per_bucket"],
-                         seed=m.get("seed", 1), hash_config=HashConfig(precision=64))
+    return MinhashConfig(
+        n_grams=m["n_grams"],
+        num_buckets=m["num_buckets"],
+        hashes_per_bucket=m["hashes_per_bucket"],
+        seed=m.get("seed", 1),
+        hash_config=HashConfig(precision=64),
+    )
 
 
 def _exact_config() -> ExactDedupConfig:
@@ -113,8 +118,14 @@ def build_stages(cfg: dict) -> dict[str, tuple[list, int]]:
     ex, lid = cfg["extract"], cfg["langid"]
     extract = readers + [
         HtmlExtractor(engine=ex["engine"], timeout=ex["timeout"]),
-        LanguageRouter(languages=lid["languages"], min_score=lid["min_score"], keep_other=lid["keep_other"],
-                       aliases=lid.get("aliases"), sources=lid.get("sources"), exclusion_writer=_excluded(p, "langid")),
+        LanguageRouter(
+            languages=lid["languages"],
+            min_score=lid["min_score"],
+            keep_other=lid["keep_other"],
+            aliases=lid.get("aliases"),
+            sources=lid.get("sources"),
+            exclusion_writer=_excluded(p, "langid"),
+        ),
         AtomicJsonlWriter(str(p["extracted"])),
         LineCounter(str(p["line_counts"]), min_chars=cfg["dedup"]["boilerplate"]["min_chars"]),
         ExactDedupSignature(str(p["exact_sigs"]), config=_exact_config()),
@@ -123,10 +134,8 @@ def build_stages(cfg: dict) -> dict[str, tuple[list, int]]:
 
     bp = cfg["dedup"]["boilerplate"]
     prepare = [
-        Drain(ExactFindDedups(str(p["exact_sigs"]), str(p["exact_dups"]), config=_exact_config(),
-                              save_cluster_size=True)),
-        Drain(BoilerplateFinder(str(p["line_counts"]), str(p["boilerplate"]), min_docs=bp["min_docs"],
-                                min_fraction=bp["min_fraction"])),
+        Drain(ExactFindDedups(str(p["exact_sigs"]), str(p["exact_dups"]), config=_exact_config(), save_cluster_size=True)),
+        Drain(BoilerplateFinder(str(p["line_counts"]), str(p["boilerplate"]), min_docs=bp["min_docs"], min_fraction=bp["min_fraction"])),
         Drain(ClassifierTrainer(cfg, str(p["extracted"]), str(p["models"]))),
     ]
     h, hf = cfg["heuristics"], cfg["harmful"]
@@ -135,40 +144,76 @@ def build_stages(cfg: dict) -> dict[str, tuple[list, int]]:
         RankFileReader(str(p["extracted"])),
         ExactDedupFilter(str(p["exact_dups"]), config=_exact_config(), exclusion_writer=_excluded(p, "exact_dedup")),
         BoilerplateRemover(str(p["boilerplate"]), min_chars=bp["min_chars"]),
-        HeuristicFilter(default=h.get("default"), languages=h.get("languages"), sources=h.get("sources"),
-                        exclusion_writer=_excluded(p, "heuristics")),
-        HarmfulFilter(blocklists=hf.get("blocklists"), min_hits=hf["min_hits"], min_hit_ratio=hf["min_hit_ratio"],
-                      url_domains=hf.get("url_domains"), classifier=harmful_models, threshold=hf["threshold"],
-                      skip_sources=hf.get("skip_sources") or (), exclusion_writer=_excluded(p, "harmful")),
+        HeuristicFilter(
+            default=h.get("default"), languages=h.get("languages"), sources=h.get("sources"), exclusion_writer=_excluded(p, "heuristics")
+        ),
+        HarmfulFilter(
+            blocklists=hf.get("blocklists"),
+            min_hits=hf["min_hits"],
+            min_hit_ratio=hf["min_hit_ratio"],
+            url_domains=hf.get("url_domains"),
+            classifier=harmful_models,
+            threshold=hf["threshold"],
+            skip_sources=hf.get("skip_sources") or (),
+            exclusion_writer=_excluded(p, "harmful"),
+        ),
         AtomicJsonlWriter(str(p["filtered"])),
-        MinhashSignature(str(p["minhash"] / "sigs"), config=_minhash_config(cfg),
-                         cjk_n_grams=cfg["dedup"]["near"]["cjk_n_grams"]),
+        MinhashSignature(str(p["minhash"] / "sigs"), config=_minhash_config(cfg), cjk_n_grams=cfg["dedup"]["near"]["cjk_n_grams"]),
     ]
     mh = _minhash_config(cfg)
     buckets = [MinhashDedupBuckets(str(p["minhash"] / "sigs"), str(p["minhash"] / "buckets"), config=mh)]
-    cluster = [MinhashDedupCluster(str(p["minhash"] / "buckets"), str(p["minhash"] / "clusters"), config=mh,
-                                   save_cluster_id=True, save_cluster_size=True)]
+    cluster = [
+        MinhashDedupCluster(
+            str(p["minhash"] / "buckets"), str(p["minhash"] / "clusters"), config=mh, save_cluster_id=True, save_cluster_size=True
+        )
+    ]
     q = cfg["quality"]
     final = [
         RankFileReader(str(p["filtered"])),
-        MinhashDedupFilter(str(p["minhash"] / "clusters"), exclusion_writer=_excluded(p, "near_dedup"),
-                           load_cluster_ids=True, load_cluster_sizes=True),
+        MinhashDedupFilter(
+            str(p["minhash"] / "clusters"), exclusion_writer=_excluded(p, "near_dedup"), load_cluster_ids=True, load_cluster_sizes=True
+        ),
     ]
     if q.get("enabled", True):
-        final.append(QualityFilter(str(p["models"] / "quality.bin"), rule=q["keep"]["rule"],
-                                   threshold=q["keep"]["threshold"], alpha=q["keep"]["alpha"],
-                                   sources=q.get("sources"), seed=cfg.get("seed", 0),
-                                   exclusion_writer=_excluded(p, "quality")))
+        final.append(
+            QualityFilter(
+                str(p["models"] / "quality.bin"),
+                rule=q["keep"]["rule"],
+                threshold=q["keep"]["threshold"],
+                alpha=q["keep"]["alpha"],
+                sources=q.get("sources"),
+                seed=cfg.get("seed", 0),
+                exclusion_writer=_excluded(p, "quality"),
+            )
+        )
     final.append(AtomicJsonlWriter(str(p["final"])))
     mx = cfg["mixture"]
-    mixture = [Drain(MixtureWriter(str(p["final"]), str(p["out"]), sources=mx.get("sources"),
-                                   total_chars=mx.get("total_chars"), tokenizer=mx.get("tokenizer"),
-                                   vocab_size=mx["vocab_size"], shard_max_tokens=mx["shard_max_tokens"],
-                                   val_fraction=mx["val_fraction"], seed=cfg.get("seed", 0)))]
+    mixture = [
+        Drain(
+            MixtureWriter(
+                str(p["final"]),
+                str(p["out"]),
+                sources=mx.get("sources"),
+                total_chars=mx.get("total_chars"),
+                tokenizer=mx.get("tokenizer"),
+                vocab_size=mx["vocab_size"],
+                shard_max_tokens=mx["shard_max_tokens"],
+                val_fraction=mx["val_fraction"],
+                seed=cfg.get("seed", 0),
+            )
+        )
+    ]
     report = [Drain(ReportWriter(cfg, str(p["out"])))]
-    return {"extract": (extract, n), "prepare": (prepare, 1), "filter": (filt, n),
-            "buckets": (buckets, mh.num_buckets), "cluster": (cluster, 1), "final": (final, n),
-            "mixture": (mixture, 1), "report": (report, 1)}
+    return {
+        "extract": (extract, n),
+        "prepare": (prepare, 1),
+        "filter": (filt, n),
+        "buckets": (buckets, mh.num_buckets),
+        "cluster": (cluster, 1),
+        "final": (final, n),
+        "mixture": (mixture, 1),
+        "report": (report, 1),
+    }
 
 
 def config_fingerprint(cfg: dict) -> str:
@@ -188,8 +233,10 @@ def check_work_dir(cfg: dict, restart: bool = False) -> None:
     if stamp.exists():
         old = json.loads(stamp.read_text()).get("fingerprint")
         if old != fp:
-            raise SystemExit(f"{p['work']} holds a run of a different config (fingerprint {old}, now {fp}); "
-                             "use another `out` or pass --restart to discard it")
+            raise SystemExit(
+                f"{p['work']} holds a run of a different config (fingerprint {old}, now {fp}); "
+                "use another `out` or pass --restart to discard it"
+            )
         return
     p["work"].mkdir(parents=True, exist_ok=True)
     atomic_write_json(stamp, {"fingerprint": fp, "config": cfg})
@@ -206,21 +253,35 @@ def make_executors(cfg: dict, stages: dict, only: list[str] | None = None) -> li
         if e["kind"] == "local":
             from datatrove.executor import LocalPipelineExecutor
 
-            ex = LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(tasks, int(e["workers"])), logging_dir=logs,
-                                       depends=prev, start_method=e.get("start_method", "fork"))
+            ex = LocalPipelineExecutor(
+                pipeline,
+                tasks=tasks,
+                workers=min(tasks, int(e["workers"])),
+                logging_dir=logs,
+                depends=prev,
+                start_method=e.get("start_method", "fork"),
+            )
         elif e["kind"] == "slurm":
             from datatrove.executor import SlurmPipelineExecutor
 
             gb = float(e["mem_per_cpu_gb"])  # sbatch takes whole units only: 2.0G is refused, 1.5G -> 1536M
-            sbatch_args = {**({} if gb.is_integer() else {"mem-per-cpu": f"{int(gb * 1024)}M"}),
-                           **dict(e.get("sbatch_args") or {})}
+            sbatch_args = {**({} if gb.is_integer() else {"mem-per-cpu": f"{int(gb * 1024)}M"}), **dict(e.get("sbatch_args") or {})}
             ex = SlurmPipelineExecutor(
-                pipeline, tasks=tasks, workers=int(e.get("workers", -1)), logging_dir=logs, depends=prev,
-                job_name=f"{cfg['name']}-{name}", partition=e["partition"], time=e["time"],
-                cpus_per_task=int(e["cpus_per_task"]), mem_per_cpu_gb=int(gb) if gb.is_integer() else gb,
-                sbatch_args=sbatch_args, venv_path=e.get("venv_path"),
+                pipeline,
+                tasks=tasks,
+                workers=int(e.get("workers", -1)),
+                logging_dir=logs,
+                depends=prev,
+                job_name=f"{cfg['name']}-{name}",
+                partition=e["partition"],
+                time=e["time"],
+                cpus_per_task=int(e["cpus_per_task"]),
+                mem_per_cpu_gb=int(gb) if gb.is_integer() else gb,
+                sbatch_args=sbatch_args,
+                venv_path=e.get("venv_path"),
                 max_array_size=int(e.get("max_array_size", 1001)),
-                env_command=e.get("env_command"), skip_completed=True,
+                env_command=e.get("env_command"),
+                skip_completed=True,
                 srun_args=dict(e.get("srun_args") or {}) or None,
             )
         else:
@@ -258,14 +319,17 @@ def _wait_slurm(cfg: dict, stages: dict, names: list[str], poll: float = 5.0) ->
     last = names[-1]
     deadline = time.time() + float(cfg["executor"].get("wait_timeout", 24 * 3600))
     while incomplete(cfg, last, stages[last][1]):
-        q = subprocess.run(["squeue", "-h", "-n", ",".join(f"{cfg['name']}-{n}" for n in names), "-o", "%i %T %r"],
-                           capture_output=True, text=True)
+        q = subprocess.run(
+            ["squeue", "-h", "-n", ",".join(f"{cfg['name']}-{n}" for n in names), "-o", "%i %T %r"], capture_output=True, text=True
+        )
         if q.returncode == 0 and not q.stdout.strip() and incomplete(cfg, last, stages[last][1]):
             time.sleep(poll)  # the last completion marker may land just after the job leaves the queue
             if incomplete(cfg, last, stages[last][1]):
                 missing = {n: incomplete(cfg, n, stages[n][1]) for n in names}
-                raise RuntimeError(f"Slurm jobs finished but tasks are incomplete: {missing}; see "
-                                   f"{_paths(cfg)['logs']}/<stage>/slurm_logs and rerun to resume")
+                raise RuntimeError(
+                    f"Slurm jobs finished but tasks are incomplete: {missing}; see "
+                    f"{_paths(cfg)['logs']}/<stage>/slurm_logs and rerun to resume"
+                )
         if time.time() > deadline:
             raise TimeoutError("executor.wait_timeout passed before the pipeline finished")
         time.sleep(poll)

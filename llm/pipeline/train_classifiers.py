@@ -34,13 +34,15 @@ SEED = Path(__file__).parent / "assets" / "harmful_seed.jsonl"
 
 
 _RST = [
-    (re.compile(r"^\s*\.\. [^\n]*$", re.M), ""),                 # directives, comments, targets
-    (re.compile(r"^\s*:[a-zA-Z-]+:.*$", re.M), ""),               # field lists / directive options
-    (re.compile(r"^([=\-~^\"'`#*+]{3,})\s*$", re.M), ""),           # section underlines
+    (re.compile(r"^\s*\.\. [^\n]*$", re.M), ""),  # directives, comments, targets
+    (re.compile(r"^\s*:[a-zA-Z-]+:.*$", re.M), ""),  # field lists / directive options
+    (re.compile(r"^([=\-~^\"'`#*+]{3,})\s*$", re.M), ""),  # section underlines
     (re.compile(r":[a-zA-Z:]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`"), r"\1"),  # :role:`text <target>`
-    (re.compile(r"`([^`<]*?)\s*<[^>]*>`_+"), r"\1"),               # `text <url>`_
-    (re.compile(r"``([^`]*)``"), r"\1"), (re.compile(r"\*\*([^*]*)\*\*"), r"\1"),
-    (re.compile(r"\|([^|\n]+)\|"), r"\1"), (re.compile(r"\n{3,}"), "\n\n"),
+    (re.compile(r"`([^`<]*?)\s*<[^>]*>`_+"), r"\1"),  # `text <url>`_
+    (re.compile(r"``([^`]*)``"), r"\1"),
+    (re.compile(r"\*\*([^*]*)\*\*"), r"\1"),
+    (re.compile(r"\|([^|\n]+)\|"), r"\1"),
+    (re.compile(r"\n{3,}"), "\n\n"),
 ]
 
 
@@ -93,8 +95,16 @@ class ClassifierTrainer:
                 (eval_negative if match and match in doc_id else negative).append(text)
         holdout = float(t.get("holdout", 0.2))
         seed = int(self.cfg.get("seed", 0))
-        figures = train_fasttext(positive, negative, out, holdout=holdout, seed=seed, epoch=t.get("epoch", 25),
-                                 word_ngrams=t.get("word_ngrams", 2), dim=t.get("dim", 32))
+        figures = train_fasttext(
+            positive,
+            negative,
+            out,
+            holdout=holdout,
+            seed=seed,
+            epoch=t.get("epoch", 25),
+            word_ngrams=t.get("word_ngrams", 2),
+            dim=t.get("dim", 32),
+        )
         if eval_negative:
             scorer = FastTextScorer(out)
             pos = [scorer(x) for x in positive if held_out(x, holdout, seed)]
@@ -130,7 +140,8 @@ class ClassifierTrainer:
                     neg.append(para.strip())  # corpus text is assumed benign unless a blocklist term is in it
         if pos and neg:  # a few dozen labelled examples against thousands of paragraphs: rebalance to 1:2
             pos = pos * max(1, len(neg) // (2 * len(pos)))
-        figures = train_fasttext(pos, neg, out, holdout=0.0, seed=int(self.cfg.get("seed", 0)),
-                                 epoch=int(hf.get("epoch", 50)), word_ngrams=2, dim=16)
+        figures = train_fasttext(
+            pos, neg, out, holdout=0.0, seed=int(self.cfg.get("seed", 0)), epoch=int(hf.get("epoch", 50)), word_ngrams=2, dim=16
+        )
         atomic_write_json(out.with_name(out.name + ".json"), figures)
         logger.info(f"harmful classifier ({lang}): {figures}")

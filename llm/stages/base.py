@@ -65,6 +65,7 @@ class BaseStage(L.LightningModule):
     """The model's head: ``causal_lm`` or ``reward`` (a scalar, for the reward model)."""
     unit = "tokens"
     """What ``micro_loss`` normalises by: ``tokens`` (LM stages) or ``pairs`` (reward model, DPO)."""
+
     def __init__(
         self,
         model_cfg: ModelConfig,
@@ -103,7 +104,12 @@ class BaseStage(L.LightningModule):
         self.model: torch.nn.Module | None = None
         # plain containers only: checkpoints load with weights_only=True
         self.save_hyperparameters(
-            {"model": _plain(self.model_cfg), "stage": _plain(self.stage_cfg), "vocab_size": vocab_size, "new_token_ids": self.new_token_ids}
+            {
+                "model": _plain(self.model_cfg),
+                "stage": _plain(self.stage_cfg),
+                "vocab_size": vocab_size,
+                "new_token_ids": self.new_token_ids,
+            }
         )
         self.timer = StepTimer()
         self.tokens_seen = 0
@@ -157,13 +163,9 @@ class BaseStage(L.LightningModule):
     def configure_optimizers(self) -> Any:
         o = self.stage_cfg.optim
         fused = o.fused if o.fused is not None else self.device.type in ("cuda", "cpu")
-        opt = torch.optim.AdamW(
-            param_groups(self.optim_modules(), o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused
-        )
+        opt = torch.optim.AdamW(param_groups(self.optim_modules(), o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else self._estimated_total_steps()
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio)
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, o.warmup_steps, total, o.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _estimated_total_steps(self) -> int:
@@ -229,7 +231,8 @@ class BaseStage(L.LightningModule):
                 raise FloatingPointError(
                     f"non-finite gradient norm {grad_norm.item()} at optimizer step {self.global_step} (batch {batch_idx}, rank "
                     f"{self.global_rank}): under DeepSpeed the norm is known only after its step, so this update was applied; "
-                    "resume from the last checkpoint (ckpt_path=last), perhaps with a lower stage.optim.lr")
+                    "resume from the last checkpoint (ckpt_path=last), perhaps with a lower stage.optim.lr"
+                )
 
         tokens = int(n_global.item())
         self.tokens_seen += tokens
@@ -258,24 +261,35 @@ class BaseStage(L.LightningModule):
 
     def _nonfinite(self, opt: Any, loss: torch.Tensor, grad_norm: torch.Tensor | None, batch_idx: int) -> None:
         """A NaN/inf loss or gradient norm, before the update: stop, or skip this update."""
-        where = (f"optimizer step {self.global_step + 1} (epoch {self.current_epoch}, batch {batch_idx} of the epoch, "
-                 f"rank {self.global_rank} of {self.trainer.world_size})")
+        where = (
+            f"optimizer step {self.global_step + 1} (epoch {self.current_epoch}, batch {batch_idx} of the epoch, "
+            f"rank {self.global_rank} of {self.trainer.world_size})"
+        )
         what = f"loss {loss.item()}, gradient norm {grad_norm.item() if grad_norm is not None else 'n/a'}"
         opt.zero_grad(set_to_none=True)
         if self.on_nonfinite == "skip" and self.skipped_steps < self.max_skipped_steps:
             self.skipped_steps += 1
-            log.warning("non-finite %s at %s: update skipped (%d of at most %d; trainer.max_skipped_steps)",
-                        what, where, self.skipped_steps, self.max_skipped_steps)
+            log.warning(
+                "non-finite %s at %s: update skipped (%d of at most %d; trainer.max_skipped_steps)",
+                what,
+                where,
+                self.skipped_steps,
+                self.max_skipped_steps,
+            )
             for lg in self.trainer.loggers:
                 lg.log_metrics({"train/skipped_steps": float(self.skipped_steps)}, step=self.global_step)
             self.after_step()  # the batch is consumed: a resumed run does not see it again
             return None
-        why = (f"{self.skipped_steps} updates were skipped already (trainer.max_skipped_steps={self.max_skipped_steps})"
-               if self.on_nonfinite == "skip" else "trainer.on_nonfinite=stop")
+        why = (
+            f"{self.skipped_steps} updates were skipped already (trainer.max_skipped_steps={self.max_skipped_steps})"
+            if self.on_nonfinite == "skip"
+            else "trainer.on_nonfinite=stop"
+        )
         raise FloatingPointError(
             f"non-finite {what} at {where}; stopped before the update ({why}). The weights were not changed and "
             f"the last checkpoint is intact: resume with ckpt_path=last, perhaps with a lower stage.optim.lr or "
-            f"trainer.on_nonfinite=skip")
+            f"trainer.on_nonfinite=skip"
+        )
 
     def _clip_gradients(self, opt: Any) -> torch.Tensor | None:
         max_norm = self.stage_cfg.optim.grad_clip

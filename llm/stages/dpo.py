@@ -39,6 +39,7 @@ def answer_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: t
 
 class DPOStage(BaseStage):
     unit = "pairs"
+
     def on_model_ready(self) -> None:
         cfg = self.stage_cfg.dpo
         self._ref: list[Any] = []  # a list: not a submodule, so not in checkpoints or the optimizer
@@ -79,7 +80,9 @@ class DPOStage(BaseStage):
                 b = dm.collate_micro(split, list(range(lo, min(n, lo + dm.mb))))
                 b = {k: v.to(self.device) for k, v in b.items()}
                 for k, side in enumerate(("chosen", "rejected")):
-                    table[lo : lo + len(b["index"]), k] = self._reference(b[f"{side}_ids"], b[f"{side}_mask"], b[f"{side}_labels"]).double().cpu()
+                    table[lo : lo + len(b["index"]), k] = (
+                        self._reference(b[f"{side}_ids"], b[f"{side}_mask"], b[f"{side}_labels"]).double().cpu()
+                    )
             self.ref_logps[split] = table
             log.info("DPO: precomputed reference log-probs of %d %s pairs", n, split)
 

@@ -124,7 +124,9 @@ class PPOStage(BaseStage):
         cfg = self.stage_cfg.ppo
         rcfg = self.stage_cfg.reward
         if not rcfg.model and not rcfg.function:
-            raise ValueError("stage=ppo needs a reward: stage.reward.model=<reward-model export> and/or stage.reward.function=<name or module:function>")
+            raise ValueError(
+                "stage=ppo needs a reward: stage.reward.model=<reward-model export> and/or stage.reward.function=<name or module:function>"
+            )
         self._frozen: dict[str, Any] = {}  # not submodules: out of checkpoints and the optimizer
         if not is_peft(self.model):
             self._frozen["ref"] = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -142,7 +144,9 @@ class PPOStage(BaseStage):
             from llm.model.build import resolve_pretrained
 
             src = cfg.critic_model or rcfg.model or self.model_cfg.pretrained
-            self.critic = AutoModelForSequenceClassification.from_pretrained(str(resolve_pretrained(src)), num_labels=1, dtype=torch.float32)
+            self.critic = AutoModelForSequenceClassification.from_pretrained(
+                str(resolve_pretrained(src)), num_labels=1, dtype=torch.float32
+            )
             self.critic.train()
         else:
             raise ValueError(f"stage.ppo.critic={cfg.critic!r}: shared or separate")
@@ -168,11 +172,22 @@ class PPOStage(BaseStage):
         self._place_frozen()
 
     # --------------------------------------------------------------- forward passes
-    def _policy_forward(self, seq: torch.Tensor, attn: torch.Tensor, P: int, responses: torch.Tensor, rmask: torch.Tensor, model: Any = None, values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def _policy_forward(
+        self,
+        seq: torch.Tensor,
+        attn: torch.Tensor,
+        P: int,
+        responses: torch.Tensor,
+        rmask: torch.Tensor,
+        model: Any = None,
+        values: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(log-probs [B, R] of the response tokens, values [B, R] or None, entropy [B, R])."""
         model = model if model is not None else self.model
         want_hidden = values and self.value_head is not None
-        out = model(input_ids=seq, attention_mask=attn, position_ids=positions_from_mask(attn), use_cache=False, output_hidden_states=want_hidden)
+        out = model(
+            input_ids=seq, attention_mask=attn, position_ids=positions_from_mask(attn), use_cache=False, output_hidden_states=want_hidden
+        )
         R = responses.shape[1]
         logits = out.logits[:, P - 1 : P - 1 + R] / self.stage_cfg.ppo.temperature
         targets = responses.masked_fill(rmask == 0, IGNORE_INDEX)
@@ -189,7 +204,9 @@ class PPOStage(BaseStage):
         return logp, v, ent
 
     @torch.no_grad()
-    def _reference_logprobs(self, seq: torch.Tensor, attn: torch.Tensor, P: int, responses: torch.Tensor, rmask: torch.Tensor) -> torch.Tensor:
+    def _reference_logprobs(
+        self, seq: torch.Tensor, attn: torch.Tensor, P: int, responses: torch.Tensor, rmask: torch.Tensor
+    ) -> torch.Tensor:
         if "ref" in self._frozen:
             return self._policy_forward(seq, attn, P, responses, rmask, model=self._frozen["ref"], values=False)[0]
         with self.model.disable_adapter():
@@ -259,7 +276,9 @@ class PPOStage(BaseStage):
         cfg = self.stage_cfg.ppo
         ro = exp.rollout
         seq, attn, P, responses, rmask, fmask = ro.sequences, ro.attention_mask, ro.prompt_len, ro.responses, ro.response_mask, exp.mask
-        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac", "approx_kl", "entropy", "grad_norm")}
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac", "approx_kl", "entropy", "grad_norm")
+        }
         raw = opt.optimizer if hasattr(opt, "optimizer") else opt
         B = len(exp)
         mb = max(1, min(cfg.minibatch_size, B))
@@ -284,11 +303,20 @@ class PPOStage(BaseStage):
                     raise FloatingPointError(
                         f"PPO iteration {self.global_step + 1}, minibatch update {n_updates + 1}: non-finite gradient norm "
                         f"{gn.item()} (loss {loss.item()} on rank {self.global_rank}); stopped before the update, the last "
-                        f"checkpoint is intact (resume with ckpt_path=last, perhaps with a lower stage.optim.lr)")
+                        f"checkpoint is intact (resume with ckpt_path=last, perhaps with a lower stage.optim.lr)"
+                    )
                 raw.step()
                 raw.zero_grad(set_to_none=True)
                 n_updates += 1
-                for k, v in (("pg_loss", pg), ("vf_loss", vf), ("clipfrac", clipfrac), ("vf_clipfrac", vf_clipfrac), ("approx_kl", approx_kl), ("entropy", entropy), ("grad_norm", gn)):
+                for k, v in (
+                    ("pg_loss", pg),
+                    ("vf_loss", vf),
+                    ("clipfrac", clipfrac),
+                    ("vf_clipfrac", vf_clipfrac),
+                    ("approx_kl", approx_kl),
+                    ("entropy", entropy),
+                    ("grad_norm", gn),
+                ):
                     if v is not None:
                         stats[k].append(float(v.detach()))
                 epoch_kl.append(float(approx_kl))
@@ -332,7 +360,9 @@ class PPOStage(BaseStage):
             "ppo/policy_loss": _mean(stats["pg_loss"]),
             "ppo/value_loss": _mean(stats["vf_loss"]),
             "ppo/value_clipfrac": _mean(stats["vf_clipfrac"]),
-            "ppo/explained_variance": float(1 - masked_var(exp.returns - exp.old_values, fmask) / masked_var(exp.returns, fmask).clamp(min=1e-8)),
+            "ppo/explained_variance": float(
+                1 - masked_var(exp.returns - exp.old_values, fmask) / masked_var(exp.returns, fmask).clamp(min=1e-8)
+            ),
             "ppo/response_length": self._mean_over_ranks(rmask.sum(1).float().mean()),
             "ppo/ended_with_eos": self._mean_over_ranks(ro.ended.float().mean()),
             "ppo/updates": float(n_updates),
@@ -389,7 +419,10 @@ class PPOStage(BaseStage):
         it = self.global_step  # already counts this iteration
         if not every or (it - 1) % every or not self.trainer.is_global_zero:
             return
-        rows = [{"iteration": it, "prompt": p[-1]["content"], "response": t, "score": float(s)} for p, t, s in zip(prompts[:4], texts[:4], scores[:4])]
+        rows = [
+            {"iteration": it, "prompt": p[-1]["content"], "response": t, "score": float(s)}
+            for p, t, s in zip(prompts[:4], texts[:4], scores[:4])
+        ]
         self.iteration_samples.extend(rows)
         run_dir = Path(self.trainer.default_root_dir)
         with open(run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
@@ -454,8 +487,10 @@ _NOT_UNDER_DEEPSPEED = (
 
 def _check(cfg: Any) -> None:
     if cfg.strategy.name == "fsdp" and cfg.stage.ppo.critic == "separate":
-        raise ValueError("stage=ppo with stage.ppo.critic=separate under strategy=fsdp: the separate critic is read through "
-                         "its backbone, outside the forward that FSDP hooks; use stage.ppo.critic=shared (a value head) or strategy=ddp")
+        raise ValueError(
+            "stage=ppo with stage.ppo.critic=separate under strategy=fsdp: the separate critic is read through "
+            "its backbone, outside the forward that FSDP hooks; use stage.ppo.critic=shared (a value head) or strategy=ddp"
+        )
 
 
 STAGE = Stage(

@@ -25,9 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-tasks", required=True, help="seed tasks: jsonl with 'instruction' (+ 'input', 'output') or text, one per line")
     p.add_argument("--out", required=True, help="output .jsonl (the report goes to OUT.report.json)")
     p.add_argument("--num-tasks", type=int, default=100, help="items to generate (default 100)")
-    p.add_argument("--batch", type=int, default=8, help="propose prompts per round; local: generation batch size; HTTP: concurrent requests (default 8)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="propose prompts per round; local: generation batch size; HTTP: concurrent requests (default 8)",
+    )
     p.add_argument("--per-prompt", type=int, default=8, help="new instructions asked for per propose prompt (default 8)")
-    p.add_argument("--num-examples", type=int, default=8, help="in-context example instructions per propose prompt (default 8, up to 2 generated)")
+    p.add_argument(
+        "--num-examples", type=int, default=8, help="in-context example instructions per propose prompt (default 8, up to 2 generated)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=512, help="reply length limit for every request (default 512)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, 0 = greedy (default 0.7)")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling for a local teacher (default 0.9)")

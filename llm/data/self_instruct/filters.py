@@ -174,9 +174,7 @@ def instruction_drop_reason(instruction: str, cfg: FilterConfig | None = None) -
     return None
 
 
-def input_drop_reason(
-    instruction: str, inp: str, truncated: bool = False, cfg: FilterConfig | None = None
-) -> str | None:
+def input_drop_reason(instruction: str, inp: str, truncated: bool = False, cfg: FilterConfig | None = None) -> str | None:
     """Why an input (already parsed, ``""`` for none) is unusable, or ``None``."""
     cfg = cfg or FilterConfig()
     if truncated and not cfg.keep_truncated:

@@ -348,12 +348,11 @@ def write_outputs(result: SelfInstructResult, out: str | os.PathLike) -> tuple[P
 
 
 def summary_line(report: dict[str, Any], out: Path) -> str:
-    drops = ", ".join(
-        f"{stage}/{reason}={n}" for stage, reasons in report["dropped"].items() for reason, n in reasons.items()
-    )
+    drops = ", ".join(f"{stage}/{reason}={n}" for stage, reasons in report["dropped"].items() for reason, n in reasons.items())
     req = sum(report["requests"].values())
     return (
         f"self-instruct: kept {report['kept']}/{report['num_tasks']} tasks in {report['rounds']} round(s), "
-        f"{req} teacher requests, {report['dropped_total']} dropped" + (f" ({drops})" if drops else "")
+        f"{req} teacher requests, {report['dropped_total']} dropped"
+        + (f" ({drops})" if drops else "")
         + f", stop: {report['stop_reason']}, {report['elapsed_s']:.1f}s -> {out}"
     )

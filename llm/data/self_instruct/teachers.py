@@ -158,9 +158,7 @@ class HTTPTeacher:
             choice = data["choices"][0]
             content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise TeacherError(
-                f"{self.url}: no choices[0].message.content in the reply: {json.dumps(data)[:300]}"
-            ) from None
+            raise TeacherError(f"{self.url}: no choices[0].message.content in the reply: {json.dumps(data)[:300]}") from None
         return Completion(content or "", truncated=choice.get("finish_reason") == "length")
 
     def complete(self, conversations: Sequence[Sequence[Message]]) -> list[str]:

@@ -167,9 +167,7 @@ class TokenDataModule(L.LightningDataModule):
         return self._loader(ds, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        ds = self._stream(
-            "val", grad_accum=1, epoch=0, shuffle=False, num_workers_hint=1, max_steps=self.val_batches
-        )
+        ds = self._stream("val", grad_accum=1, epoch=0, shuffle=False, num_workers_hint=1, max_steps=self.val_batches)
         return self._loader(ds, 0)
 
     # -- resume state ------------------------------------------------------------------------

@@ -151,22 +151,17 @@ class _ShardDocReader:
         except (ValueError, OSError, EOFError, SyntaxError) as e:
             raise _shard_error(self.name, f"bad npy data ({e})", key) from e
         if dtype != self.dtype or len(shape) != 1:
-            raise _shard_error(
-                self.name, f"expected a 1-D {self.dtype} array, found shape {shape} dtype {dtype}", key
-            )
+            raise _shard_error(self.name, f"expected a 1-D {self.dtype} array, found shape {shape} dtype {dtype}", key)
         n = int(shape[0])
         nbytes = n * self.dtype.itemsize
         if member.size != header_len + nbytes:
-            raise _shard_error(
-                self.name, f"member size {member.size} != npy header {header_len} + {n} tokens", key
-            )
+            raise _shard_error(self.name, f"member size {member.size} != npy header {header_len} + {n} tokens", key)
         self.docs_seen += 1
         self.tokens_seen += n
         if self.docs_seen > self.expected_docs or self.tokens_seen > self.expected_tokens:
             raise _shard_error(
                 self.name,
-                f"holds more than manifest.json says ({self.expected_docs} documents, "
-                f"{self.expected_tokens} tokens)",
+                f"holds more than manifest.json says ({self.expected_docs} documents, {self.expected_tokens} tokens)",
                 key,
             )
         if self.tokens_seen <= skip_until:
@@ -194,8 +189,15 @@ class _EpochStreamReader:
     and skips documents by their headers.
     """
 
-    def __init__(self, root: Path, shards: Sequence[dict], offsets: Sequence[int], dtype: np.dtype,
-                 vocab_size: int | None = None, eot_id: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        shards: Sequence[dict],
+        offsets: Sequence[int],
+        dtype: np.dtype,
+        vocab_size: int | None = None,
+        eot_id: int | None = None,
+    ):
         self.root = root
         self.vocab_size = vocab_size
         self.eot_id = eot_id
@@ -392,9 +394,7 @@ class PackedTokenStream(IterableDataset):
 
         manifest = load_manifest(self.shards_dir)
         if split not in manifest["splits"]:
-            raise ValueError(
-                f"{self.shards_dir}: no split {split!r} in manifest.json (have {sorted(manifest['splits'])})"
-            )
+            raise ValueError(f"{self.shards_dir}: no split {split!r} in manifest.json (have {sorted(manifest['splits'])})")
         self.dtype = np.dtype(manifest["dtype"])
         self.eot_id = int(manifest["eot_id"])
         self.vocab_size = int(manifest["vocab_size"])
@@ -414,8 +414,7 @@ class PackedTokenStream(IterableDataset):
         if not shards:
             skipped = "; ".join(f"{n}: {r}" for n, r in self.skipped_shards)
             raise ValueError(
-                f"{self.shards_dir}: split {split!r} has no usable shards"
-                + (f" (skipped as corrupt: {skipped})" if skipped else "")
+                f"{self.shards_dir}: split {split!r} has no usable shards" + (f" (skipped as corrupt: {skipped})" if skipped else "")
             )
 
         if self.shuffle:
@@ -428,9 +427,7 @@ class PackedTokenStream(IterableDataset):
 
         self._layout(self.num_workers_hint or 1)  # fail early if there is too little data
         if self.start_step > self.steps_per_epoch():
-            raise ValueError(
-                f"start_step {self.start_step} is past the end of the epoch ({self.steps_per_epoch()} steps)"
-            )
+            raise ValueError(f"start_step {self.start_step} is past the end of the epoch ({self.steps_per_epoch()} steps)")
 
     # -- layout ------------------------------------------------------------------------------
 
