@@ -331,22 +331,11 @@ def bench_fixed_cost(steps: int, log_every: int, repeats: int, workdir: Path, sa
 # ================================================================================ loader
 def bench_loader(cfg, num_workers: int, seconds: float) -> dict[str, Any]:
     """Iterate the framework's train DataLoader alone for ``seconds`` (new epochs as needed)."""
-    from llm.data.builders import resolve_data
-    from llm.data.shards.datamodule import TokenDataModule
+    from omegaconf import OmegaConf
 
-    _, shards = resolve_data(cfg.data)
-    d = cfg.data
-    dm = TokenDataModule(
-        shards,
-        seq_len=d.seq_len,
-        micro_batch_size=d.micro_batch_size,
-        grad_accum=cfg.stage.grad_accum,
-        num_workers=num_workers,
-        seed=d.seed,
-        shuffle_block=d.shuffle_block,
-        skip_corrupt=d.skip_corrupt,
-        val_batches=d.val_batches,
-    )
+    from llm.data.builders import pretrain_data
+
+    dm = pretrain_data(OmegaConf.merge(cfg, {"data": {"num_workers": num_workers}})).datamodule  # what training reads
     tokens = batches = epochs = 0
     first_batch_s: list[float] = []
     t0 = time.perf_counter()
