@@ -187,8 +187,9 @@ def argument_parser(module: str, doc: str, whole_doc: bool = False) -> argparse.
 
 
 def add_run_arguments(p: argparse.ArgumentParser, children: dict[str, Callable[[dict], dict]]) -> None:
-    """The options of a benchmark whose runs are children (SFT, PPO): where the runs write, the
-    JSON output, and the hidden ``--child KIND --spec FILE`` of the children themselves."""
+    """The options of a benchmark whose runs are children (SFT, PPO): the model, where the runs
+    write, the JSON output, and the hidden ``--child KIND --spec FILE`` of the children themselves."""
+    p.add_argument("--model", default="tiny", help="tiny (a tiny stage-1 export), smollm2 (SmolLM2-135M-Instruct) or an HF directory")
     p.add_argument("--workdir", default=None, help="where runs write (default: a temporary directory, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--json", default=None, metavar="PATH", help="write all figures as one JSON document to PATH")
@@ -557,3 +558,11 @@ def append_section(path: Path, title: str, lines: Sequence[str], new_file_header
             f.write(new_file_header)
         f.write("\n".join(["", f"## {title}", "", *lines]) + "\n")
     return path
+
+
+def emit(result: dict, report: str, say: Callable[[str], None], json_path: str | None) -> dict:
+    """Say the report, write ``result`` as JSON to ``json_path`` (``--json``) if given, return it."""
+    say(report)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1, default=str))
+    return result

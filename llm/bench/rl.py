@@ -129,6 +129,7 @@ from llm.bench.common import (
     argument_parser,
     cache_root,
     compose_config,
+    emit,
     interleaved,
     machine_info,
     median,
@@ -972,15 +973,11 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
         }
         if not runs["T"] and "reason" not in out["trl"]:
             out["trl"]["reason"] = "not run"
-    say(format_report(out))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
-    return out
+    return emit(out, format_report(out), say, args.json)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argument_parser("llm.bench.rl", __doc__)
-    p.add_argument("--model", default="tiny", help="tiny (a tiny stage-1 export), smollm2 (SmolLM2-135M-Instruct) or an HF directory")
     p.add_argument("--iterations", type=int, default=None, help="PPO iterations per run (default: tiny 10, others 6; quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="iterations left out of the timing (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="runs of each side of the TRL comparison, ABBA (default 2; quick 1)")

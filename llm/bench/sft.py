@@ -102,6 +102,7 @@ from llm.bench.common import (
     cache_root,
     child_env,
     compose_config,
+    emit,
     interleaved,
     loadavg,
     machine_info,
@@ -689,15 +690,11 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
             "load": [load0, loadavg()],
             "wall_s": time.perf_counter() - t_all,
         }
-        say(format_report(res_all))
-        if args.json:
-            Path(args.json).write_text(json.dumps(res_all, indent=1, default=str))
-        return res_all
+        return emit(res_all, format_report(res_all), say, args.json)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argument_parser("llm.bench.sft", __doc__)
-    p.add_argument("--model", default="tiny", help="tiny (a tiny stage-1 export), smollm2 (SmolLM2-135M-Instruct) or an HF directory")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: tiny 40, others 12; quick 6)")
     p.add_argument("--warmup", type=int, default=None, help="steps left out of the timing, also the log interval (default 4; quick 2)")
     p.add_argument("--repeats", type=int, default=None, help="runs of each side, interleaved ABBA (default 2; quick 1)")
