@@ -38,6 +38,8 @@ import html
 import json
 import logging
 import os
+import secrets
+import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -272,7 +274,9 @@ class Ranker:
     def _check_id(self, body: Any) -> str | None:
         if not isinstance(body, dict):
             return "expected a JSON object"
-        if self.shown is None or body.get("id") != self.shown["id"]:
+        if type(body.get("id")) is not int:  # not true, not 1.0, not "1"
+            return f"id must be an integer, got {body.get('id')!r}"
+        if self.shown is None or body["id"] != self.shown["id"]:
             return f"unknown or stale id {body.get('id')!r}: reload the page"
         return None
 
@@ -365,8 +369,10 @@ function button(cls, label, title, fn) {
   const b = document.createElement("button");
   b.className = cls; b.textContent = label; b.title = title; b.onclick = fn; return b;
 }
+const TOKEN = __TOKEN__;
 async function call(method, url, body) {
-  const r = await fetch(url, { method, headers: { "Content-Type": "application/json" }, body: body && JSON.stringify(body) });
+  const headers = { "Content-Type": "application/json", "X-Xiulian-Token": TOKEN };
+  const r = await fetch(url, { method, headers, body: body && JSON.stringify(body) });
   const data = await r.json();
   if (!r.ok) throw new Error(data.error || r.statusText);
   return data;
@@ -431,11 +437,31 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, code: int, obj: dict) -> None:
         self._send(code, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
 
+    def _refused(self, api: bool) -> bool:
+        """Answer and return True when the request may not be served: a foreign Host (DNS
+        rebinding), a foreign Origin (another site's page), or an API call without the page's
+        session token (a form or a script elsewhere cannot read or send it)."""
+        srv = self.server
+        if self.headers.get("Host", "") not in srv.allowed_hosts:
+            self._json(403, {"error": f"Host {self.headers.get('Host')!r} is not this server (use {srv.url})"})
+            return True
+        origin = self.headers.get("Origin")
+        if origin is not None and origin not in srv.allowed_origins:
+            self._json(403, {"error": f"requests from {origin} are not accepted"})
+            return True
+        if api and not secrets.compare_digest(self.headers.get("X-Xiulian-Token", ""), srv.token):
+            self._json(403, {"error": "missing or wrong session token: reload the page"})
+            return True
+        return False
+
     def do_GET(self) -> None:
         r = self.server.ranker
+        if self._refused(api=self.path.startswith("/api/")):
+            return
         if self.path in ("/", "/index.html"):
             page = PAGE.replace("__SAVED__", html.escape(f"{r.saved} ranking{'' if r.saved == 1 else 's'} saved to {r.out}"))
             page = page.replace("__OUT__", json.dumps(str(r.out)).replace("<", "\\u003c"))
+            page = page.replace("__TOKEN__", json.dumps(self.server.token))
             self._send(200, page.encode("utf-8"), "text/html; charset=utf-8")
         elif self.path == "/api/next":
             try:
@@ -448,21 +474,48 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         actions = {"/api/rank": self.server.ranker.rank, "/api/skip": self.server.ranker.skip}
+        if self._refused(api=True):
+            return None
         if self.path not in actions:
             return self._json(404, {"error": f"not found: {self.path}"})
+        if self.headers.get_content_type() != "application/json":
+            return self._json(415, {"error": f"Content-Type must be application/json, got {self.headers.get('Content-Type')!r}"})
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit():  # missing, negative or not a number: never read an unknown amount
+            return self._json(411 if not length else 400, {"error": f"Content-Length must be a byte count, got {length!r}"})
+        if int(length) > MAX_BODY:
+            return self._json(413, {"error": f"body of {int(length):,} bytes: at most {MAX_BODY:,}"})
         try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
+            body = json.loads(self.rfile.read(int(length)) or b"null")
         except (ValueError, UnicodeDecodeError) as e:
             return self._json(400, {"error": f"invalid JSON body: {e}"})
         self._json(*actions[self.path](body))
 
 
+MAX_BODY = 64 * 1024
+"""The largest request body the API reads (a ranking is a few hundred bytes)."""
+
+
 class RankServer(ThreadingHTTPServer):
+    """Serves one person's ranking session on a local address. Only requests naming this server
+    in ``Host`` (and, when they carry one, in ``Origin``) are served, and the API needs the
+    session token that the page carries."""
+
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], ranker: Ranker):
         self.ranker = ranker
+        self.token = secrets.token_urlsafe(24)
         super().__init__(address, _Handler)
+        host, port = self.server_address[:2]
+        names = {host, "localhost", "127.0.0.1", "[::1]"} if host in ("127.0.0.1", "localhost", "::1") else {host}
+        if host in ("", "0.0.0.0", "::"):  # every interface: this machine's names and addresses
+            names = {"localhost", "127.0.0.1", "[::1]", socket.gethostname(), socket.getfqdn()}
+        names = {f"[{n}]" if ":" in n and not n.startswith("[") else n for n in names}
+        self.allowed_hosts = {f"{n}:{port}" for n in names}
+        self.allowed_origins = {f"http://{h}" for h in self.allowed_hosts}
+        shown = "localhost" if host in ("", "0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
+        self.url = f"http://{shown}:{port}/"
 
 
 def make_server(source: Any, out_path: str | Path, n: int = 4, host: str = "127.0.0.1", port: int = 0, **gen_kwargs: Any) -> RankServer:
@@ -502,9 +555,8 @@ def main(argv: list[str] | None = None) -> None:
         server = make_server(source, a.out, a.n, a.host, a.port)
     except (ChatDataError, OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    host, port = server.server_address[:2]
     r = server.ranker
-    print(f"Ranking UI: http://{host}:{port}/  (writing to {a.out})", flush=True)
+    print(f"Ranking UI: {server.url}  (writing to {a.out}; served to this address only)", flush=True)
     print(f"{len(r.queue)} prompts to rank, {r.saved} rankings already in {a.out}; Ctrl-C stops", flush=True)
     try:
         server.serve_forever()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -198,8 +200,17 @@ def test_rank_page_with_model_samples(tmp_path, browser, tiny_model):
     assert norm == [" ".join(t.split()) for t in order]
 
 
-def _post(url, body):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST")
+def _token(url):
+    """The session token, read from the page as the browser does."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return re.search(r'const TOKEN = "([^"]+)";', r.read().decode()).group(1)
+
+
+def _request(url, body=None, headers=None, method=None, data=None):
+    """(status, JSON reply) of one request; ``body`` is sent as JSON unless ``data`` is given."""
+    if data is None and body is not None:
+        data = json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method or ("POST" if data is not None else "GET"))
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read())
@@ -207,22 +218,31 @@ def _post(url, body):
         return e.code, json.loads(e.read())
 
 
+def _post(url, body, token):
+    return _request(url, body, {"Content-Type": "application/json", "X-Xiulian-Token": token})
+
+
+def _next(url, token):
+    code, reply = _request(url + "api/next", headers={"X-Xiulian-Token": token})
+    assert code == 200, reply
+    return reply
+
+
 def test_api_validation_and_bad_prompt_files(tmp_path):
     cands, out = tmp_path / "c.jsonl", tmp_path / "prefs.jsonl"
     cands.write_text(json.dumps({"prompt": "p", "responses": ["a", "b", "", "a", " \n", "c"]}) + "\n")
     with serving(make_server(str(cands), out, n=4)) as url:
-        with urllib.request.urlopen(url + "api/next", timeout=10) as r:
-            shown = json.loads(r.read())
+        token = _token(url)
+        shown = _next(url, token)
         assert [a["text"] for a in shown["answers"]] == ["a", "b", "c"]  # the duplicate shown once, empty ones not
         for order in ([0, 1], [0, 1, 1], [0, 1, 3], [0, 1, "2"], "012", None):
-            code, body = _post(url + "api/rank", {"id": shown["id"], "order": order})
+            code, body = _post(url + "api/rank", {"id": shown["id"], "order": order}, token)
             assert code == 400 and "permutation" in body["error"], (order, body)
-        code, body = _post(url + "api/rank", {"id": shown["id"] + 1, "order": [0, 1, 2]})
+        code, body = _post(url + "api/rank", {"id": shown["id"] + 1, "order": [0, 1, 2]}, token)
         assert code == 400 and "stale" in body["error"]
         assert not out.exists()
-        assert _post(url + "api/rank", {"id": shown["id"], "order": [2, 0, 1]}) == (200, {"saved": 1})
-        with urllib.request.urlopen(url + "api/next", timeout=10) as r:
-            assert json.loads(r.read())["done"] is True
+        assert _post(url + "api/rank", {"id": shown["id"], "order": [2, 0, 1]}, token) == (200, {"saved": 1})
+        assert _next(url, token)["done"] is True
     assert _lines(out)[0]["responses"] == ["c", "a", "b"]
 
     bad = tmp_path / "prompts.jsonl"
@@ -292,17 +312,74 @@ def test_prompt_with_context_is_written_as_the_conversation(tmp_path):
     )
     answers = {"Capital of France?": ["Paris", "Lyon"], "Same?": ["yes", "no"], "Only one answer": ["x", "x ", ""]}
     with serving(make_server(_Fixed(prompts, answers), out)) as url:
-        with urllib.request.urlopen(url + "api/next", timeout=10) as r:
-            shown = json.loads(r.read())
+        token = _token(url)
+        shown = _next(url, token)
         assert shown["prompt"] == "Capital of France?" and shown["context"] == conv[:1]
-        assert _post(url + "api/rank", {"id": shown["id"], "order": [0, 1]}) == (200, {"saved": 1})
+        assert _post(url + "api/rank", {"id": shown["id"], "order": [0, 1]}, token) == (200, {"saved": 1})
     (rec,) = _lines(out)
     assert rec["prompt"] == conv and rec["responses"] == ["Paris", "Lyon"]
     assert [(p.prompt, p.chosen, p.rejected) for p in record_to_pairs(rec, "prefs.jsonl:1")] == [(conv, "Paris", "Lyon")]
     with serving(make_server(_Fixed(prompts, answers), out)) as url:  # resumed: the conversation is done
-        with urllib.request.urlopen(url + "api/next", timeout=10) as r:
-            assert json.loads(r.read())["prompt"] == "Same?"
-        code, body = _post(url + "api/skip", {"id": 0})
+        token = _token(url)  # a new server, a new session
+        assert _next(url, token)["prompt"] == "Same?"
+        code, body = _post(url + "api/skip", {"id": 0}, token)
         assert code == 200
-        with urllib.request.urlopen(url + "api/next", timeout=10) as r:  # one distinct answer, even resampled: skipped
-            assert json.loads(r.read())["done"] is True
+        assert _next(url, token)["done"] is True  # one distinct answer, even resampled: skipped
+
+
+def _raw(url, request: bytes, timeout=5) -> tuple[int, str]:
+    """Send a hand-written HTTP request (headers a browser would not send); (status, body)."""
+    host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(request)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def test_ranking_api_refuses_cross_site_and_malformed_requests(tmp_path):
+    """The attacks the page was open to: another site's form (foreign Origin, text/plain), DNS
+    rebinding (a foreign Host), no session token, a huge or negative Content-Length, and ids that
+    are not integers. Each is refused with its reason and nothing is written."""
+    cands, out = tmp_path / "c.jsonl", tmp_path / "prefs.jsonl"
+    cands.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"]}) + "\n")
+    server = make_server(str(cands), out, n=2)
+    with serving(server) as url:
+        token = _token(url)
+        shown = _next(url, token)
+        good = {"id": shown["id"], "order": [1, 0]}
+        hdr = {"Content-Type": "application/json", "X-Xiulian-Token": token}
+        # another site's form: text/plain, its own Origin, no token (a form cannot set one)
+        code, body = _request(
+            url + "api/rank", data=json.dumps(good).encode(), headers={"Content-Type": "text/plain", "Origin": "http://evil.example"}
+        )
+        assert code == 403 and "evil.example" in body["error"]
+        code, body = _request(url + "api/rank", good, {**hdr, "Origin": "http://evil.example"})
+        assert code == 403 and "not accepted" in body["error"]
+        assert _request(url + "api/rank", good, {"Content-Type": "application/json"})[0] == 403  # no token
+        assert _request(url + "api/rank", good, {**hdr, "X-Xiulian-Token": "guess"})[0] == 403
+        assert _request(url + "api/next")[0] == 403  # reading the queue needs the token too
+        code, body = _request(url + "api/rank", data=json.dumps(good).encode(), headers={**hdr, "Content-Type": "text/plain"})
+        assert code == 415 and "application/json" in body["error"]
+        # DNS rebinding: the page and the API are served to this server's own names only
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        code, text = _raw(url, f"GET / HTTP/1.1\r\nHost: rebind.example:{port}\r\nConnection: close\r\n\r\n".encode())
+        assert code == 403 and "rebind.example" in text and token not in text
+        # a 400 MB body is refused from its header, before anything is read
+        req = (
+            f"POST /api/rank HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nX-Xiulian-Token: {token}\r\n"
+            f"Content-Length: {400 * 2**20}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        code, text = _raw(url, req)
+        assert code == 413 and "at most" in text
+        # a negative length answers at once instead of hanging a handler thread
+        code, text = _raw(url, req.replace(str(400 * 2**20).encode(), b"-5"))
+        assert code == 400 and "byte count" in text
+        for bad_id in (True, 1.0, str(shown["id"]), None):
+            code, body = _post(url + "api/rank", {**good, "id": bad_id}, token)
+            assert code == 400 and "integer" in body["error"], (bad_id, body)
+        assert not out.exists()
+        assert _post(url + "api/rank", good, token) == (200, {"saved": 1})
+    assert _lines(out)[0]["responses"] == ["b", "a"]
