@@ -782,6 +782,86 @@ def test_http_connection_refused_is_retried_then_named():
         teacher.complete([HELLO])
 
 
+class _Redirect:
+    """A server whose every POST answers 302 to ``target`` (another origin), recording headers."""
+
+    def __init__(self, target: str):
+        self.headers: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.headers.append(dict(self.headers))
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Anywhere(BaseHTTPRequestHandler):
+    """The redirect's target: records what reaches it (any method), answers 401 echoing it."""
+
+    seen: list[dict[str, str]] = []
+
+    def _any(self):
+        type(self).seen.append(dict(self.headers))
+        data = json.dumps({"error": f"echo: {self.headers.get('Authorization')}"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _any
+
+    def log_message(self, *args):
+        pass
+
+
+def test_api_key_never_follows_a_redirect_to_another_origin():
+    """A 302 to another port (another origin) is followed without the Authorization header; the
+    key reaches only the server it was meant for."""
+    key = "sk-test-0123456789abcdef"
+    other = ThreadingHTTPServer(("127.0.0.1", 0), _Anywhere)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    _Anywhere.seen = []
+    first = _Redirect(f"http://127.0.0.1:{other.server_address[1]}/steal")
+    try:
+        with pytest.raises(TeacherError) as e:
+            HTTPTeacher(first.url, api_key=key, retries=0).complete([HELLO])
+    finally:
+        first.close()
+        other.shutdown()
+        other.server_close()
+    assert first.headers and first.headers[0]["Authorization"] == f"Bearer {key}"  # the intended server got it
+    assert _Anywhere.seen and all("Authorization" not in h for h in _Anywhere.seen)  # the other origin did not
+    assert key not in str(e.value)
+
+
+def test_api_key_echoed_by_a_server_is_masked_in_errors():
+    key = "sk-test-fedcba9876543210"
+    echo = lambda body, index: (400, {"error": {"message": f"bad request from Bearer {key}"}})  # noqa: E731
+    with FakeServer(echo) as server, pytest.raises(TeacherError) as e:
+        HTTPTeacher(server.url, api_key=key, retries=0).complete([HELLO])
+    assert "HTTP 400" in str(e.value) and key not in str(e.value) and "Bearer ***" in str(e.value)
+    retried = lambda body, index: (503, {"error": f"down, key {key}"})  # noqa: E731
+    with FakeServer(retried) as server, pytest.raises(TeacherError) as e:
+        HTTPTeacher(server.url, api_key=key, retries=1, backoff=0.01).complete([HELLO])
+    assert "giving up after 2 attempts" in str(e.value) and key not in str(e.value)
+
+
 def test_http_reply_without_content_is_a_clear_error():
     with (
         FakeServer(lambda body, index: (200, {"choices": []})) as server,

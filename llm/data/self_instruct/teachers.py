@@ -111,7 +111,18 @@ class HTTPTeacher:
             "n": 1,
         }
 
+    def _mask(self, text: str) -> str:
+        """``text`` with the API key replaced: a server that echoes it back must not put it on
+        the console or in a log."""
+        return text.replace(self.api_key, "***") if self.api_key else text
+
     def _post(self, body: bytes) -> dict[str, Any]:
+        try:
+            return self._post_once_with_retries(body)
+        except TeacherError as e:
+            raise TeacherError(self._mask(str(e))) from None
+
+    def _post_once_with_retries(self, body: bytes) -> dict[str, Any]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -122,7 +133,7 @@ class HTTPTeacher:
             delay = min(60.0, self.backoff * 2**attempt)
             try:
                 req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with _OPENER.open(req, timeout=self.timeout) as resp:
                     raw = resp.read()
                 try:
                     return json.loads(raw)
@@ -148,7 +159,7 @@ class HTTPTeacher:
                 reason = getattr(e, "reason", e)
                 last = f"connection error: {reason}"
             if attempt < self.retries:
-                log.warning("%s: %s; retry %d/%d in %.1fs", self.url, last, attempt + 1, self.retries, delay)
+                log.warning("%s: %s; retry %d/%d in %.1fs", self.url, self._mask(last), attempt + 1, self.retries, delay)
                 time.sleep(delay)
         raise TeacherError(f"{self.url}: giving up after {self.retries + 1} attempts; last: {last}")
 
@@ -158,7 +169,7 @@ class HTTPTeacher:
             choice = data["choices"][0]
             content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise TeacherError(f"{self.url}: no choices[0].message.content in the reply: {json.dumps(data)[:300]}") from None
+            raise TeacherError(self._mask(f"{self.url}: no choices[0].message.content in the reply: {json.dumps(data)[:300]}")) from None
         return Completion(content or "", truncated=choice.get("finish_reason") == "length")
 
     def complete(self, conversations: Sequence[Sequence[Message]]) -> list[str]:
@@ -166,6 +177,28 @@ class HTTPTeacher:
             return [self.complete_one(c) for c in conversations]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
             return list(pool.map(self.complete_one, conversations))
+
+
+class _SameOriginCredentials(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, but never carries the ``Authorization`` header to
+    another origin (scheme, host or port): a redirect must not hand the API key to a third party."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            for h in [k for k in new.headers if k.lower() == "authorization"]:
+                del new.headers[h]
+            new.unredirected_hdrs = {k: v for k, v in new.unredirected_hdrs.items() if k.lower() != "authorization"}
+            log.warning("redirected from %s to another origin, %s: the API key is not sent there", req.full_url, newurl)
+        return new
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    p = urllib.parse.urlsplit(url)
+    return p.scheme, (p.hostname or "").lower(), p.port or {"http": 80, "https": 443}.get(p.scheme)
+
+
+_OPENER = urllib.request.build_opener(_SameOriginCredentials)
 
 
 def _error_body(e: urllib.error.HTTPError) -> str:
