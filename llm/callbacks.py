@@ -188,7 +188,7 @@ def build_callbacks(cfg: Any, stage: Any, placement: Any, run_dir: Path) -> tupl
         )
     ckpt = None
     if tc.ckpt_every_n_steps > 0 and not tc.fast_dev_run:
-        ckpt = ModelCheckpoint(
+        ckpt = _keep_newest(ModelCheckpoint)(
             dirpath=run_dir / "checkpoints",
             filename="step{step:07d}",
             auto_insert_metric_name=False,
@@ -212,3 +212,31 @@ def build_callbacks(cfg: Any, stage: Any, placement: Any, run_dir: Path) -> tupl
     if tc.progress_bar:
         callbacks.append(ProgressBar(leave=True))
     return callbacks, ckpt, preempt
+
+
+def _keep_newest(base: type) -> type:
+    """Lightning's ModelCheckpoint, which also keeps ``save_top_k`` across resumes: after each
+    save, every finished checkpoint in its folder but the newest ``save_top_k`` is removed (the
+    one a run resumed from, and those before it, were unknown to the new process)."""
+
+    class KeepNewest(base):
+        def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+            super()._save_checkpoint(trainer, filepath)
+            self.prune(trainer)
+
+        def prune(self, trainer: Any) -> None:
+            """Remove all but the newest ``save_top_k`` finished checkpoints of the folder."""
+            if self.save_top_k < 0 or not self.dirpath:
+                return
+            from llm.rundir import checkpoints
+
+            trainer.strategy.barrier("prune checkpoints")  # every rank's shards of the newest are in place
+            for _, old in checkpoints(Path(self.dirpath))[self.save_top_k :]:
+                self.best_k_models.pop(str(old), None)
+                trainer.strategy.remove_checkpoint(old)  # rank 0 removes; directories whole
+
+        def _remove_checkpoint(self, trainer: Any, filepath: str) -> None:
+            if os.path.exists(filepath):  # pruning may have removed it already
+                super()._remove_checkpoint(trainer, filepath)
+
+    return KeepNewest

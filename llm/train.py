@@ -8,6 +8,7 @@ The last line it prints is ``export: <absolute path of the Hugging Face export>`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from llm.config import Config, check_config, register_configs
 from llm.data.builders import StageData
@@ -48,12 +49,8 @@ def build_module(cfg: Config, stage: Stage, data: StageData, peak_flops: Any = N
 
 def train(cfg: Config | DictConfig) -> dict[str, Any]:
     """Run one stage from a composed config. Returns {"export": path | None, "metrics": {...}, ...}."""
-    from llm.callbacks import build_callbacks
-    from llm.data.overfit import OverfitDataModule
-    from llm.loggers import build_loggers, quiet_lightning
-    from llm.perf import peak_flops
-    from llm.rundir import find_checkpoint, resolve_run_dir, trim_metrics
-    from llm.strategy import build_placement, check_switches
+    from llm.loggers import quiet_lightning
+    from llm.rundir import RunLock, find_checkpoint, is_first_process, prepare_run_dir, resolve_run_dir
 
     check_config(cfg)
     stage = get_stage(cfg.stage.name)
@@ -64,6 +61,21 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
 
         cfg.eval = load_suite(stage.eval_suite)
     run_dir = resolve_run_dir(cfg)
+    first = is_first_process()
+    with RunLock(run_dir) if first else contextlib.nullcontext():  # one run per directory
+        ckpt = find_checkpoint(cfg.ckpt_path, run_dir)
+        if first:
+            prepare_run_dir(cfg, run_dir, ckpt)
+        return _fit(cfg, stage, run_dir, ckpt)
+
+
+def _fit(cfg: Config, stage: Stage, run_dir: Path, ckpt: str | None) -> dict[str, Any]:
+    from llm.callbacks import build_callbacks
+    from llm.data.overfit import OverfitDataModule
+    from llm.loggers import build_loggers
+    from llm.perf import peak_flops
+    from llm.strategy import build_placement, check_switches
+
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tc = cfg.trainer
     placement = build_placement(cfg.strategy, tc, grad_clip=cfg.stage.optim.grad_clip, micro_batch_size=cfg.data.micro_batch_size)
@@ -104,13 +116,10 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         plugins=placement.plugins,
     )
     if trainer.is_global_zero:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         if data.announce is not None:
             data.announce(run_dir)
-    ckpt = find_checkpoint(cfg.ckpt_path, run_dir)
-    if ckpt and trainer.is_global_zero:
-        log.info("resuming from %s", ckpt)
-        trim_metrics(run_dir, ckpt)
+        if ckpt:
+            log.info("resuming from %s", ckpt)
     val_before = tc.val_before_train if tc.val_before_train is not None else stage.val_before_train
     before: dict[str, float] = {}
     if val_before and not ckpt and not overfit and not tc.fast_dev_run and _has_val(dm):
@@ -144,6 +153,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
         final = Path(ckpt_cb.dirpath) / f"step{trainer.global_step:07d}.ckpt"
         if not trainer.strategy.broadcast(final.exists()):
             trainer.save_checkpoint(final, weights_only=False)
+            ckpt_cb.prune(trainer)  # trainer.ckpt_keep holds for the final one too
     finish(cfg, stage, data, trainer, module, placement, result)
     return result
 
