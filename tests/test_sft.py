@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from llm.train import train
 
-from conftest import ROOT, SFT, compose
+from conftest import FAST, ROOT, SFT, compose
 
 
 def _sft(tiny_base, run_dir, extra=()):
@@ -247,7 +247,8 @@ def test_sft_sigkill_and_resume_matches_uninterrupted(tmp_path, tiny_base):
     ]
     train(compose(args, run_dir=tmp_path / "ref"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "llm.train", *args, f"run_dir={tmp_path / 'run'}"]
+    # the same overrides as compose() gives the in-process runs: a resumed run must match the stored config
+    cmd = [sys.executable, "-m", "llm.train", *FAST, *args, f"run_dir={tmp_path / 'run'}"]
     killed = subprocess.run([*cmd, "trainer.crash_at_step=7"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     train(compose([*args, "ckpt_path=last"], run_dir=tmp_path / "run"))
