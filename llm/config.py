@@ -459,7 +459,8 @@ class Config:
     export: bool = True
     """Write the Hugging Face export to ``run_dir/export`` at the end."""
     weights_only: bool = True
-    """Checkpoints are loaded with ``torch.load(weights_only=True)``: no arbitrary unpickling."""
+    """Checkpoints of every strategy load without arbitrary unpickling (:mod:`llm.safeload`): tensors
+    and plain data only. ``false`` trusts the checkpoint and loads it unchecked (logged)."""
 
     def __post_init__(self) -> None:  # the fields' own checks ran in their __post_init__
         _check(

@@ -48,27 +48,37 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def readable(path: Path) -> str | None:
-    """Why the checkpoint at ``path`` cannot be resumed from, or ``None``: a file must load with
-    ``weights_only=True`` (nothing in it runs), a directory of shards must hold files."""
-    if path.is_dir():
-        return None if any(p.is_file() for p in path.rglob("*")) else "an empty directory"
+def readable(path: Path, weights_only: bool = True) -> str | None:
+    """Why the checkpoint at ``path`` cannot be resumed from, or ``None``. A file must load with
+    ``weights_only=True``; every file of a directory of shards must load the way resume will read
+    it (:func:`llm.safeload.check_directory`): nothing in either runs. ``weights_only=False``
+    (the user trusts the checkpoint) checks only that there is something to load."""
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        return "an empty directory"
+    if not weights_only:
+        return None
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if path.is_dir():
+            from llm.safeload import check_directory
+
+            check_directory(path)
+        else:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any failure to read it is the answer
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:400] if str(e) else ''}"
     return None
 
 
-def find_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
+def find_checkpoint(ckpt_path: str | None, run_dir: Path, weights_only: bool = True) -> str | None:
     """``last``: the newest readable checkpoint in run_dir/checkpoints (none: start fresh). An
-    unreadable newest one is reported and the previous one used; never ``weights_only=False``."""
+    unreadable newest one is reported and the previous one used; never ``weights_only=False``
+    unless the run asks for it."""
     if not ckpt_path:
         return None
     if ckpt_path != "last":
         if not Path(ckpt_path).exists():
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such file or directory")
-        why = readable(Path(ckpt_path))
+        why = readable(Path(ckpt_path), weights_only)
         if why:
             raise ValueError(f"ckpt_path={ckpt_path}: cannot be resumed from ({why})")
         return ckpt_path
@@ -76,14 +86,17 @@ def find_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     if not found:
         log.info("ckpt_path=last: no checkpoint in %s, starting from scratch", run_dir / "checkpoints")
         return None
+    reasons = []
     for _, path in found:
-        why = readable(path)
+        why = readable(path, weights_only)
         if why is None:
             return str(path)
+        reasons.append(f"{path.name}: {why}")
         log.warning("ckpt_path=last: %s cannot be resumed from (%s); trying the one before it", path, why)
     raise ValueError(
-        f"ckpt_path=last: none of the {len(found)} checkpoints in {run_dir / 'checkpoints'} can be resumed from; "
-        "move them away to start this run again, or give another run_dir"
+        f"ckpt_path=last: none of the {len(found)} checkpoints in {run_dir / 'checkpoints'} can be resumed from ("
+        + "; ".join(reasons)
+        + "); move them away to start this run again, or give another run_dir"
     )
 
 

@@ -318,6 +318,18 @@ def _deepspeed_strategy_class() -> type:
             with self._device_rank():
                 return super()._initialize_deepspeed_inference(model)
 
+        def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+            """DeepSpeed reads its shard files with ``torch.load(weights_only=False)``; the engine's
+            reader is replaced by :func:`llm.safeload.torch_load` (weights only, DeepSpeed's data
+            records allowed) unless the run says ``weights_only=false``."""
+            from llm import safeload
+
+            if weights_only is False:
+                safeload.trusted_warning(checkpoint_path)
+            else:
+                self.deepspeed_engine.checkpoint_engine.load = lambda path, map_location=None: safeload.torch_load(path, map_location)
+            return super().load_checkpoint(checkpoint_path, weights_only)
+
         @contextmanager
         def model_sharded_context(self) -> Iterator[None]:
             # no zero.Init: the stage builds whole weights (from_pretrained, reference copies);
@@ -348,6 +360,25 @@ def _fsdp_strategy_class() -> type:
     class XiulianFSDPStrategy(_DirectoryCheckpoints, ModelParallelStrategy):
         """FSDP2 through Lightning's ModelParallelStrategy; the stage shards its model in
         ``configure_model`` with :func:`parallelize`."""
+
+        def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+            """torch's distributed checkpoint unpickles its ``.metadata`` and non-tensor items with
+            no restriction; Lightning's loader is pointed at :func:`llm.safeload.dcp_load` (an
+            allow-listed metadata unpickler, items with ``weights_only=True``) unless the run says
+            ``weights_only=false``. Lightning's own ``meta.pt`` loads with ``weights_only``."""
+            import lightning.fabric.strategies.model_parallel as fabric_mp
+
+            from llm import safeload
+
+            if weights_only is False:
+                safeload.trusted_warning(checkpoint_path)
+                return super().load_checkpoint(checkpoint_path, weights_only)
+            orig = fabric_mp._distributed_checkpoint_load
+            fabric_mp._distributed_checkpoint_load = safeload.dcp_load
+            try:
+                return super().load_checkpoint(checkpoint_path, weights_only=True)
+            finally:
+                fabric_mp._distributed_checkpoint_load = orig
 
     return XiulianFSDPStrategy
 

@@ -63,7 +63,7 @@ def train(cfg: Config | DictConfig) -> dict[str, Any]:
     run_dir = resolve_run_dir(cfg)
     first = is_first_process()
     with RunLock(run_dir) if first else contextlib.nullcontext():  # one run per directory
-        ckpt = find_checkpoint(cfg.ckpt_path, run_dir)
+        ckpt = find_checkpoint(cfg.ckpt_path, run_dir, cfg.weights_only)
         if first:
             prepare_run_dir(cfg, run_dir, ckpt)
         return _fit(cfg, stage, run_dir, ckpt)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -208,11 +210,54 @@ def test_pretrain_matches_ddp(tmp_path, ddp_pretrain, strategy):
 @pytest.mark.parametrize("strategy", ["deepspeed_zero3", "fsdp"])
 def test_sharded_kill_and_resume_matches(tmp_path, ddp_pretrain, strategy):
     """A rank is SIGKILLed at step 6 (torchrun ends the job); ``ckpt_path=last`` resumes from the
-    step-4 shards and the run ends exactly where the uninterrupted one did."""
+    step-4 shards and the run ends exactly where the uninterrupted one did.
+
+    Before that, a copy of the step-4 checkpoint gets a pickled payload (ZeRO-3: in rank 0's
+    model-state shard, which DeepSpeed reads with ``weights_only=False``; FSDP: in DCP's
+    ``.metadata``, which torch reads with bare ``pickle.load``). The pre-resume check names the
+    file, and with that check switched off (``tests/unchecked_resume.py``, as if the file were
+    swapped after it was checked) the strategy's own loader refuses it too: the payload never runs."""
+    from test_safeload import Payload
+
+    from llm.rundir import readable
+
     run = tmp_path / "run"
     r = torchrun(run, [*FAST, *STEPS, f"strategy={strategy}", "trainer.crash_at_step=6"], check=False)
     assert r.returncode != 0
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step0000004.ckpt"]
+
+    planted, marker = tmp_path / "planted" / "step0000004.ckpt", tmp_path / "payload-ran"
+    shutil.copytree(run / "checkpoints" / "step0000004.ckpt", planted)
+    if strategy == "fsdp":
+        target = planted / ".metadata"
+        with open(target, "rb") as f:
+            md = pickle.load(f)  # the test's own file
+        md.planner_data["planted"] = Payload(marker)
+        with open(target, "wb") as f:
+            pickle.dump(md, f)
+    else:
+        target = planted / "checkpoint" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+        sd = torch.load(target, weights_only=False)  # the test's own file
+        torch.save({**sd, "planted": Payload(marker)}, target)
+    why = readable(planted)
+    assert why and why.startswith(f"UnsafeCheckpointError: {target}: refused to load") and "posix.mkdir" in why, why
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions"), "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "unchecked_resume.py"),
+    ]
+    r = subprocess.run(
+        [*cmd, *FAST, *STEPS, f"strategy={strategy}", f"ckpt_path={planted}", f"hydra.run.dir={tmp_path / 'planted-run'}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=900, env=env,
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and f"UnsafeCheckpointError: {target}: refused to load" in out, out[-4000:]
+    assert not marker.exists()
     r = torchrun(run, [*FAST, *STEPS, f"strategy={strategy}", "ckpt_path=last"])
     assert "resuming from" in r.stdout + r.stderr
     same_run(ddp_pretrain, run)
