@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -35,7 +36,6 @@ Arch = _choice("Arch", "llama", "gpt2")
 ChatFormat = _choice("ChatFormat", "auto", "openai", "alpaca", "sharegpt", "task")
 OnBadRow = _choice("OnBadRow", "error", "skip")
 OnTruncated = _choice("OnTruncated", "skip", "error")
-ChatTemplate = _choice("ChatTemplate", "auto", "default")
 PaddingSide = _choice("PaddingSide", "right", "left")
 LoraBias = _choice("LoraBias", "none", "all", "lora_only")
 KLEstimator = _choice("KLEstimator", "k1", "k2", "k3", "abs")
@@ -150,15 +150,30 @@ class DataConfig:
     on_truncated: OnTruncated = OnTruncated.skip
     """A conversation whose assistant tokens are all cut off by ``seq_len``: ``skip`` (counted and
     reported) or ``error``. Conversations only partly cut are kept and counted."""
-    chat_template: ChatTemplate = ChatTemplate.auto
-    """``auto``: the checkpoint's own template, else the framework default (role markers and
-    ``<|end|>``); ``default``: always the framework default."""
+    chat_template: str = "auto"
+    """``auto``: the checkpoint's own template, else the framework default; ``default``: always
+    the framework default. The default reuses the turn markers the tokenizer already has (ChatML
+    ``<|im_start|>``/``<|im_end|>``, Llama 3 headers and ``<|eot_id|>``, Gemma
+    ``<start_of_turn>``/``<end_of_turn>``, the framework's ``<|user|>``...``<|end|>``), and adds
+    the framework's four tokens only when it has none. Anything else is the user's own template:
+    an inline Jinja string when it contains ``{{`` or ``{%``, else the path of a Jinja file (which
+    must exist). A user's template is rendered on a probe conversation at start, and the
+    assistant's answers must be found in it. Whatever the template, a tokenizer that starts its
+    texts with a BOS token (``tokenizer("a")`` begins with ``bos_token_id``: Llama, Mistral,
+    Gemma; not GPT-2 nor the framework's own tokenizer) gets it first exactly once, in training
+    and at generation."""
     padding_side: PaddingSide = PaddingSide.right
     """Reward model and DPO batches: ``right`` or ``left`` padding (both read the right tokens:
     positions and the reward's read-out come from the attention mask)."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.val_fraction < 1, f"data.val_fraction={self.val_fraction}: a fraction in [0, 1)")
+        ct = str(self.chat_template)
+        _check(
+            ct in ("auto", "default") or "{{" in ct or "{%" in ct or Path(ct).expanduser().is_file(),
+            f"data.chat_template={ct!r}: no such file (expected auto, default, the path of a Jinja file, "
+            "or an inline Jinja template containing {{ or {%)",
+        )
         _check(
             self.seq_len > 0 and self.micro_batch_size > 0,
             f"data.seq_len={self.seq_len}, data.micro_batch_size={self.micro_batch_size}: both must be positive",

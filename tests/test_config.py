@@ -89,7 +89,6 @@ def test_wrong_type_names_it():
         ("trainer.on_nonfinite=ignore", "stop, skip"),
         ("strategy.name=zero3", "deepspeed_zero3"),
         ("data.on_bad_row=drop", "error, skip"),
-        ("data.chat_template=chatml", "auto, default"),
         ("stage.ppo.kl_estimator=k4", "k1, k2, k3, abs"),
         ("model.arch=mamba", "llama, gpt2"),
         ("logger.mode=online-ish", "auto, online, offline, disabled"),
@@ -112,6 +111,7 @@ def test_closed_choice_rejected_at_compose(override, allowed):
         (["data.seq_len=512", "model.max_seq_len=256"], "data.seq_len=512 exceeds model.max_seq_len=256"),
         (["stage=ppo", "stage.ppo.top_p=0"], "stage.ppo.top_p=0.0: must be in (0, 1]"),
         (["data.val_fraction=1.5"], "data.val_fraction=1.5"),
+        (["data.chat_template=chatml"], "data.chat_template='chatml': no such file (expected auto, default, the path of a Jinja file"),
         (["trainer.max_skipped_steps=-1"], "trainer.max_skipped_steps=-1"),
     ],
 )

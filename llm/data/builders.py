@@ -95,8 +95,9 @@ def chat_specs(cfg: DataConfig) -> tuple[list, list]:
 
 
 def load_chat_tokenizer(cfg: Config, dedicated_pad: bool = False) -> tuple[Any, list[int]]:
-    """The tokenizer of the checkpoint being fine-tuned, with a chat template (its own, or the
-    framework default with its tokens added). Returns (tokenizer, ids of added tokens).
+    """The tokenizer of the checkpoint being fine-tuned, with a chat template (``data.chat_template``:
+    its own, the framework default, or the user's file or string, checked on a probe conversation).
+    Returns (tokenizer, ids of added tokens).
 
     ``dedicated_pad`` (the reward model): when the pad token is missing or is also a token of
     conversations (eos, end-of-turn: SmolLM2 pads with ``<|im_end|>``), a ``<|pad|>`` token is
@@ -104,7 +105,7 @@ def load_chat_tokenizer(cfg: Config, dedicated_pad: bool = False) -> tuple[Any, 
     last non-pad token, agrees with the training read-out on the exported model."""
     from transformers import AutoTokenizer
 
-    from llm.data.chat import ensure_chat_template
+    from llm.data.chat import check_chat_template, ensure_chat_template, read_chat_template
     from llm.data.tokenizer import load_tokenizer
     from llm.model.build import resolve_pretrained
 
@@ -114,9 +115,16 @@ def load_chat_tokenizer(cfg: Config, dedicated_pad: bool = False) -> tuple[Any, 
         tok = AutoTokenizer.from_pretrained(str(resolve_pretrained(cfg.model.pretrained)), trust_remote_code=cfg.model.trust_remote_code)
     else:
         raise ValueError("stage=sft with random_init needs a tokenizer: set data.tokenizer=<dir>")
-    if cfg.data.chat_template == "default":
+    choice = str(cfg.data.chat_template)
+    if choice == "default":
         tok.chat_template = None
+    elif choice != "auto":
+        tok.chat_template = read_chat_template(choice)
     added = ensure_chat_template(tok)
+    if choice not in ("auto", "default"):
+        where = "data.chat_template (inline template)" if "{{" in choice or "{%" in choice else f"data.chat_template={choice}"
+        check_chat_template(tok, where)
+        log.info("chat template: the user's, %s", where)
     if dedicated_pad:
         from llm.data.chat import stop_token_ids
 

@@ -22,6 +22,12 @@ it + the generation prompt" and "everything up to and including its end-of-turn 
 located. Tokens inside those spans carry loss; system, user, role-marker and padding tokens do
 not. That works for any template whose rendering of a prefix of the conversation is a prefix
 of the rendering of the whole (checked; an error says so otherwise).
+
+The framework default reuses the turn markers a tokenizer already has (:data:`MARKER_TEMPLATES`)
+and adds its own four tokens only when there are none. A tokenizer that starts its texts with a
+BOS token (:func:`uses_bos`) gets it first exactly once: the default template writes
+``{{ bos_token }}``, :func:`render_text` puts it first for a template that does not, and the text
+is tokenised with ``add_special_tokens=False`` so the tokenizer adds no second one.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ BUILTIN_PYTHON_QA = "builtin:python-qa"
 
 #: The framework's template for checkpoints that have none: role markers and an end-of-turn
 #: token, all special tokens of the stage-1 tokenizer (``<|system|>``, ``<|user|>``,
-#: ``<|assistant|>``, ``<|end|>``).
+#: ``<|assistant|>``, ``<|end|>``). A tokenizer that starts its texts with a BOS token gets
+#: ``{{ bos_token }}`` in front (:func:`default_chat_template`).
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
@@ -56,6 +63,36 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 DEFAULT_CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 DEFAULT_END_TOKEN = "<|end|>"
+
+#: Turn markers a tokenizer without a chat template may already hold as special tokens, in the
+#: order they are looked for: ``name: (marker tokens, template)``. The first family whose markers
+#: are all single special tokens of the tokenizer renders the default template, so no token is
+#: added (the framework's own markers come first: the stage-1 tokenizer has them).
+MARKER_TEMPLATES: dict[str, tuple[tuple[str, ...], str]] = {
+    "xiulian": (DEFAULT_CHAT_TOKENS, DEFAULT_CHAT_TEMPLATE),
+    "chatml": (
+        ("<|im_start|>", "<|im_end|>"),
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    ),
+    "llama3": (
+        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        "{% for message in messages %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+    ),
+    "gemma": (
+        ("<start_of_turn>", "<end_of_turn>"),
+        "{% for message in messages %}"
+        "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n'"
+        " + message['content'] + '<end_of_turn>' + '\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}",
+    ),
+}
 
 #: FLAN-style instruction templates for labelled data (``format: task``). ``{field}`` is a field
 #: of the record; the answer is ``answer`` (default ``{label}``).
@@ -382,24 +419,132 @@ def builtin_python_qa() -> tuple[dict, ...]:
 
 
 # --------------------------------------------------------------------------- chat template
+def uses_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer starts every text with its BOS token (Llama 1-3, Mistral, Gemma...):
+    it has a ``bos_token`` and ``tokenizer("a")`` (special tokens on, as the base model saw its
+    pretraining text) begins with it. Decided from what the tokenizer does, not from
+    ``add_bos_token`` (a ``tokenizers`` post-processor may add it with that flag off). GPT-2
+    style tokenizers and the framework's own BPE tokenizer have a BOS token but do not add it:
+    ``False``, and nothing changes for them."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a").input_ids
+    return bool(ids) and ids[0] == bos
+
+
+def with_bos(tokenizer: Any, ids: list[int]) -> list[int]:
+    """``ids`` starting with the BOS token exactly once when the tokenizer uses one (:func:`uses_bos`):
+    prepended when missing, left alone when the text (a template's ``{{ bos_token }}``) has it."""
+    if uses_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id):
+        return [tokenizer.bos_token_id, *ids]
+    return list(ids)
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    return set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+
+
+def _has_markers(tokenizer: Any, tokens: Sequence[str]) -> bool:
+    """Every one of ``tokens`` is a special token of the tokenizer that text encodes as itself."""
+    vocab, special = tokenizer.get_vocab(), _special_ids(tokenizer)
+    return all(t in vocab and vocab[t] in special and tokenizer(t, add_special_tokens=False).input_ids == [vocab[t]] for t in tokens)
+
+
+def default_chat_template(tokenizer: Any) -> tuple[str, str, list[str]]:
+    """The framework default for ``tokenizer``: ``(family, template, tokens to add)``.
+
+    The turn markers the tokenizer already has are reused (:data:`MARKER_TEMPLATES`: the
+    framework's, ChatML's ``<|im_start|>``/``<|im_end|>``, Llama 3's headers and ``<|eot_id|>``,
+    Gemma's ``<start_of_turn>``/``<end_of_turn>``); only a tokenizer with none of them gets the
+    framework's four tokens added. The template starts with ``{{ bos_token }}`` when the
+    tokenizer uses a BOS token (:func:`uses_bos`)."""
+    bos = "{{ bos_token }}" if uses_bos(tokenizer) else ""
+    for family, (tokens, template) in MARKER_TEMPLATES.items():
+        if _has_markers(tokenizer, tokens):
+            return family, bos + template, []
+    vocab = tokenizer.get_vocab()
+    return "xiulian", bos + DEFAULT_CHAT_TEMPLATE, [t for t in DEFAULT_CHAT_TOKENS if t not in vocab]
+
+
 def ensure_chat_template(tokenizer: Any) -> list[str]:
-    """Give ``tokenizer`` a chat template if it has none: the framework default, adding its role
-    and end-of-turn tokens as special tokens where missing. Returns the tokens added (the model's
-    embeddings must then be resized). A tokenizer with its own template is left as it is."""
+    """Give ``tokenizer`` a chat template if it has none: the framework default
+    (:func:`default_chat_template`: its existing turn markers reused, else the framework's role
+    and end-of-turn tokens added as special tokens; BOS first when the tokenizer uses one).
+    Returns the tokens added (the model's embeddings must then be resized). A tokenizer with its
+    own template is left as it is."""
     if getattr(tokenizer, "chat_template", None):
         return []
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in DEFAULT_CHAT_TOKENS if t not in vocab]
+    family, template, missing = default_chat_template(tokenizer)
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": list(missing)}, replace_extra_special_tokens=False)
-    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    log.info(
+        "chat template: the framework default with %s markers%s%s",
+        family,
+        f" (added {', '.join(missing)})" if missing else " (the tokenizer's own tokens)",
+        ", BOS first" if template.startswith("{{ bos_token }}") else "",
+    )
+    tokenizer.chat_template = template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return missing
 
 
+def read_chat_template(value: str, field_name: str = "data.chat_template") -> str:
+    """The Jinja text of a user's template: ``value`` itself when it contains ``{{`` or ``{%``
+    (an inline template), else the contents of the file it names."""
+    if "{{" in value or "{%" in value:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"{field_name}={value!r}: no such file (expected auto, default, a Jinja file or an inline template containing {{{{ or {{%)"
+        )
+    return path.read_text(encoding="utf-8")
+
+
+PROBE_CONVERSATION = [
+    {"role": "system", "content": "PROBE_SYSTEM"},
+    {"role": "user", "content": "PROBE_QUESTION_1"},
+    {"role": "assistant", "content": "PROBE_ANSWER_1"},
+    {"role": "user", "content": "PROBE_QUESTION_2"},
+    {"role": "assistant", "content": "PROBE_ANSWER_2"},
+]
+
+
+def check_chat_template(tokenizer: Any, where: str = "data.chat_template") -> None:
+    """Render a probe conversation with the tokenizer's template and find its assistant spans;
+    a template that fails to render, drops a message or hides the answers raises a
+    ``ValueError`` naming ``where``."""
+    from jinja2 import TemplateError
+
+    try:
+        full, spans = assistant_spans(tokenizer, PROBE_CONVERSATION)
+        render_text(tokenizer, PROBE_CONVERSATION[:2], add_generation_prompt=True)
+    except TemplateError as e:
+        raise ValueError(f"{where}: the chat template does not render: {e}") from None
+    except ChatDataError as e:
+        raise ValueError(f"{where}: {e}") from None
+    for m in PROBE_CONVERSATION:
+        if m["content"] not in full:
+            raise ValueError(f"{where}: the chat template drops the {m['role']} message ({m['content']!r} is not in {full!r})")
+    answers = [m["content"] for m in PROBE_CONVERSATION if m["role"] == "assistant"]
+    got = [full[s:e] for s, e in spans]
+    if len(got) != len(answers) or not all(a in g for a, g in zip(answers, got)):
+        raise ValueError(
+            f"{where}: the assistant answers cannot be located in the rendering (spans {got!r}, rendered {full!r}); "
+            "the template must render each answer after the generation prompt"
+        )
+
+
 def render_text(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    """The conversation rendered with the tokenizer's template; when the tokenizer uses a BOS
+    token (:func:`uses_bos`) and the template did not put it first, it is put first, so that the
+    tokens (encoded with ``add_special_tokens=False``) start with exactly one BOS."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    if uses_bos(tokenizer) and not text.startswith(tokenizer.bos_token):
+        text = tokenizer.bos_token + text
+    return text
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -435,8 +580,7 @@ def end_of_turn_token(tokenizer: Any) -> int | None:
     if not after:
         return tokenizer.eos_token_id
     ids = tokenizer(after, add_special_tokens=False).input_ids
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    return ids[0] if ids and ids[0] in special else None
+    return ids[0] if ids and ids[0] in _special_ids(tokenizer) else None
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:

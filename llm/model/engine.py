@@ -10,7 +10,8 @@ Decided here, once:
   temperature, top-k and top-p, where ``None`` means the filter is off (never transformers'
   ``generation_config`` default), with the KV cache on.
 
-Prompts are rendered with the chat template when ``chat`` is set. A faster engine (vLLM) would
+Prompts are rendered with the chat template when ``chat`` is set, and start with the BOS token
+exactly once when the tokenizer uses one (``llm.data.chat.with_bos``). A faster engine (vLLM) would
 plug in behind the same methods.
 """
 
@@ -98,17 +99,19 @@ class Engine:
 
     def encode_prompt(self, prompt: Any) -> torch.Tensor:
         """[1, P] ids of one prompt: text, or (``chat``) a user message or a whole conversation
-        rendered with the chat template and its generation prompt."""
-        if self.chat:
-            from llm.data.chat import render_text
+        rendered with the chat template and its generation prompt. A tokenizer that uses a BOS
+        token (``llm.data.chat.uses_bos``) gets it first exactly once, whether or not the template
+        wrote it; one that does not gets none."""
+        from llm.data.chat import render_text, with_bos
 
+        if self.chat:
             msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
             prompt = render_text(self.tokenizer, msgs, add_generation_prompt=True)
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(self.device)
-        if ids.shape[1] == 0:
-            first = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos
-            ids = torch.tensor([[first]], device=self.device)
-        return ids
+        ids = with_bos(self.tokenizer, self.tokenizer(prompt, add_special_tokens=False).input_ids)
+        if not ids:
+            eos = self.eos[0] if isinstance(self.eos, list) else self.eos
+            ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else eos]
+        return torch.tensor([ids], dtype=torch.long, device=self.device)
 
     def complete(self, prompts: Sequence[Any], sampling: Sampling, seed: int | None = None, return_ids: bool = False) -> list[Any]:
         """Continue each prompt, one at a time (no padding subtleties; for a few samples): the new

@@ -288,10 +288,11 @@ class LocalTeacher:
     def _complete_batch(self, conversations: Sequence[Sequence[Message]]) -> list[Completion]:
         import torch
 
+        from llm.data.chat import render_text
         from llm.model.engine import Sampling
 
         tok = self.tokenizer
-        texts = [tok.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
+        texts = [render_text(tok, list(c), add_generation_prompt=True) for c in conversations]  # BOS first when used
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling = Sampling(self.max_new_tokens, do_sample=self.temperature > 0, temperature=self.temperature, top_p=self.top_p)
         new = self.engine.generate(enc["input_ids"], enc["attention_mask"], sampling)
