@@ -4,6 +4,9 @@ A LoRA run keeps the base weights frozen (bit-identical after training) and trai
 adapters ``B A`` added to the chosen linear layers. The run writes the adapter alone
 (``<run_dir>/adapters/<name>``: adapter_config.json, adapter_model.safetensors and the
 tokenizer with its chat template) and the merged model as a plain HF directory (the export).
+Tokens added for the chat template train as rows (PEFT trainable tokens) and the adapter carries
+those rows only; plain PEFT loads it once the base's embeddings are grown to ``len(tokenizer)``
+(docs/sft.md).
 
 Several adapters trained on one base load side by side into one model, and a request picks
 one by name::
@@ -34,9 +37,11 @@ log = logging.getLogger(__name__)
 def lora_config(cfg: Any, new_token_ids: Sequence[int] = (), model: Any = None) -> Any:
     """A ``peft.LoraConfig`` from the stage's ``lora`` section (llm.config.LoraConfig).
 
-    ``new_token_ids``: tokens added to the vocabulary for the chat template; their rows of the
-    input embedding are trained (PEFT trainable tokens), and an untied output layer is trained
-    whole (``modules_to_save``) so that the model can learn to emit them.
+    ``new_token_ids``: tokens added to the vocabulary for the chat template. Only their rows
+    train (PEFT trainable tokens): in the input embedding and, when ``model`` has an untied
+    output layer, in that layer too, so that the model can learn to emit them. The adapter then
+    carries those rows alone, never a whole embedding matrix. (An output layer with a bias,
+    which trainable tokens cannot wrap, is trained whole through ``modules_to_save``.)
     """
     from peft import LoraConfig, TaskType
 
@@ -44,11 +49,19 @@ def lora_config(cfg: Any, new_token_ids: Sequence[int] = (), model: Any = None) 
     target: Any = "all-linear" if targets == ["all-linear"] else targets
     kw: dict[str, Any] = {}
     if new_token_ids:
-        kw["trainable_token_indices"] = list(new_token_ids)
-        if model is not None and not getattr(model.config, "tie_word_embeddings", False):
+        ids = list(new_token_ids)
+        if model is None:
+            kw["trainable_token_indices"] = ids  # the input embedding (and an output layer tied to it)
+        else:
+            layers = {_module_name(model, model.get_input_embeddings()): ids}
             out = model.get_output_embeddings()
-            name = next(n for n, m in model.named_modules() if m is out)
-            kw["modules_to_save"] = [name]
+            if out is not None and not getattr(model.config, "tie_word_embeddings", False):
+                if isinstance(out, torch.nn.Linear) and out.bias is None:
+                    layers[_module_name(model, out)] = ids
+                else:  # trainable tokens wrap an output layer as a bias-free linear map
+                    log.warning("the output layer (%s) is not a bias-free Linear: it trains whole and the adapter carries it", out)
+                    kw["modules_to_save"] = [_module_name(model, out)]
+            kw["trainable_token_indices"] = layers
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=cfg.r,
@@ -58,6 +71,10 @@ def lora_config(cfg: Any, new_token_ids: Sequence[int] = (), model: Any = None) 
         bias=cfg.bias,
         **kw,
     )
+
+
+def _module_name(model: Any, module: Any) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
 
 
 def apply_lora(model: Any, cfg: Any, new_token_ids: Sequence[int] = ()) -> Any:
@@ -81,14 +98,18 @@ def is_peft(model: Any) -> bool:
 
 
 def save_adapter(model: Any, tokenizer: Any, out_dir: str | os.PathLike, name: str) -> Path:
-    """Write the adapter alone (and the tokenizer, so its chat template travels with it) to
-    ``out_dir``, atomically."""
+    """Write the adapter alone (and the tokenizer, so its chat template and added tokens travel
+    with it) to ``out_dir``, atomically.
+
+    The base's embedding matrices are never written (PEFT would write them whole when the
+    vocabulary grew): the rows of added tokens are in the adapter already. To load it, grow the
+    base's embeddings to ``len(tokenizer)`` first (``load_with_adapters`` does; docs/sft.md)."""
     out = Path(out_dir).absolute()
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp), selected_adapters=[name])
+    model.save_pretrained(str(tmp), selected_adapters=[name], save_embedding_layers=False)
     sub = tmp / name  # PEFT writes non-default adapters into a sub-directory
     if sub.is_dir() and (sub / "adapter_config.json").is_file():
         for f in sub.iterdir():
