@@ -69,6 +69,79 @@ def dpo_loss(
     return loss, chosen_reward.detach(), rejected_reward.detach()
 
 
+def ipo_loss(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Identity preference optimisation (Azar et al. 2023) per pair: a squared loss that pulls the
+    log-ratio margin ``h = (pi_c - ref_c) - (pi_r - ref_r)`` to ``1 / (2 beta)`` instead of
+    pushing it to infinity, ``(h - 1 / (2 beta))**2``; here ``beta`` is the paper's tau, and a
+    smaller one asks for a larger margin. The paper uses sequence log-probs; TRL feeds per-token
+    averages (divide by the lengths before calling). Returns (loss [B], chosen reward [B],
+    rejected reward [B]) with rewards ``beta * (pi - ref)`` as for :func:`dpo_loss`."""
+    h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    loss = (h - 1.0 / (2.0 * beta)) ** 2
+    return loss, (beta * (policy_chosen - ref_chosen)).detach(), (beta * (policy_rejected - ref_rejected)).detach()
+
+
+def simpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    chosen_len: torch.Tensor,
+    rejected_len: torch.Tensor,
+    beta: float = 2.0,
+    gamma: float = 0.5,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SimPO (Meng et al. 2024), reference-free: the implicit reward is the length-normalised
+    log-prob ``beta * logp / |y|`` and the loss ``-log sigmoid(r_c - r_r - gamma)`` with a target
+    margin ``gamma`` (absolute here; TRL's ``gamma_beta_ratio`` is ``gamma / beta``).
+    ``policy_*`` are summed sequence log-probs [B], ``*_len`` their token counts [B] (a count
+    below 1 counts as 1). ``label_smoothing`` eps mixes in the flipped label as cDPO does.
+    Returns (loss [B], chosen reward [B], rejected reward [B])."""
+    chosen_reward = beta * policy_chosen / chosen_len.to(policy_chosen.dtype).clamp(min=1)
+    rejected_reward = beta * policy_rejected / rejected_len.to(policy_rejected.dtype).clamp(min=1)
+    logits = chosen_reward - rejected_reward - gamma
+    loss = -F.logsigmoid(logits) * (1 - label_smoothing) - F.logsigmoid(-logits) * label_smoothing
+    return loss, chosen_reward.detach(), rejected_reward.detach()
+
+
+def kto_reference_point(policy_mismatched: torch.Tensor, ref_mismatched: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point z0: an estimate of KL(policy || reference) from sequence log-probs
+    [B] of *mismatched* pairs (each prompt with another example's completion), ``max(0,
+    mean(policy - ref))``, detached (no gradient flows through it). Average it across ranks
+    before use when training data-parallel."""
+    return (policy_mismatched - ref_mismatched).mean().clamp(min=0).detach()
+
+
+def kto_loss(
+    policy_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    desirable: torch.Tensor,
+    reference_point: torch.Tensor | float,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kahneman-Tversky optimisation (Ethayarajh et al. 2024) on unpaired thumbs-up/down data.
+
+    ``policy_logp``, ``ref_logp`` [B]: sequence log-probs of each completion; ``desirable`` [B]
+    bool (thumbs up); ``reference_point`` z0 from :func:`kto_reference_point` (clamped at 0,
+    detached). With ``r = pi - ref``, a desirable example's loss is ``lambda_D * (1 - sigmoid(beta
+    * (r - z0)))`` and an undesirable one's ``lambda_U * (1 - sigmoid(beta * (z0 - r)))``; set the
+    weights so that ``lambda_D * n_D / (lambda_U * n_U)`` lies in [1, 4/3] (the paper's advice).
+    At the reference (r = 0, z0 = 0) every loss is half its weight. Returns (loss [B], reward
+    ``beta * r`` [B])."""
+    z0 = torch.as_tensor(reference_point, dtype=policy_logp.dtype, device=policy_logp.device).detach().clamp(min=0)
+    r = policy_logp - ref_logp
+    up = desirable.to(torch.bool)
+    loss = torch.where(
+        up,
+        desirable_weight * (1 - torch.sigmoid(beta * (r - z0))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))),
+    )
+    return loss, (beta * r).detach()
+
+
 def ppo_policy_loss(
     logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
