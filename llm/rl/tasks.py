@@ -1,0 +1,433 @@
+"""Tasks with verifiable answers for RL: the record, its JSON-lines form, answer extraction, the
+verifiers, and built-in synthetic tasks generated deterministically from a seed.
+
+A task file is JSON lines, one task a line::
+
+    {"prompt": "What is 12 * 34? ...", "answer": "408", "verifier": "number"}
+    {"prompt": "Using 3, 5, 7 ... equals 26 ...", "verifier": "countdown", "meta": {"numbers": [3, 5, 7], "target": 26}}
+
+Fields: ``prompt`` (text, required), ``verifier`` (how an answer is checked, default ``exact``),
+``answer`` (required except for ``countdown``), ``id`` and ``meta`` (an object; ``countdown``
+reads ``numbers``, ``target`` and optionally ``use_all``). Verifiers:
+
+* ``number``: numerically equal as exact rationals: ``1,234`` = ``1234.0``; ``2/4`` = ``0.5`` =
+  ``\\frac{1}{2}``; ``1/3`` is not ``0.333``.
+* ``exact``: the same text after trimming, collapsing whitespace and dropping matching quotes.
+* ``int_list``: the same sequence of integers (``[1, 2, 3]``, ``1,2,3`` and ``1 2 3`` alike).
+* ``countdown``: an arithmetic expression (+ - * / and parentheses, read with :mod:`ast`, never
+  evaluated as Python) that uses each given number at most once (all of them with ``use_all``)
+  and equals ``target``.
+
+The answer is taken from a response's last ``\\boxed{...}``, else its last ``Answer: ...`` line.
+:func:`verify` gives 1 for a right answer, 0 for none, and ``format_reward`` (default 0) for an
+answer in the right format that is wrong. Code with tests is not a verifier yet (it needs the
+sandbox); a task file asking for one is refused.
+
+Built-in tasks (:func:`builtin_tasks`): ``arithmetic``, ``countdown``, ``sort``, ``reverse``.
+Each problem falls into the train or the held-out (``test``) split by a hash of the problem
+itself, so the splits never share a problem whatever the seeds (for one ``held_out`` fraction).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+import random
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from llm.data.chat import jsonl_records
+from llm.writes import write_guard
+
+log = logging.getLogger(__name__)
+
+VERIFIERS = ("number", "exact", "int_list", "countdown")
+FIELDS = ("prompt", "answer", "verifier", "id", "meta")
+MAX_ANSWER_CHARS = 200  # longer answers are not parsed (numbers, expressions): wrong, not slow
+
+
+class TaskDataError(ValueError):
+    """A task record that cannot be used; the message names file, line and field."""
+
+
+@dataclass
+class Task:
+    prompt: str
+    verifier: str = "exact"
+    answer: str | None = None
+    id: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {"prompt": self.prompt, "verifier": self.verifier}
+        if self.answer is not None:
+            rec["answer"] = self.answer
+        if self.id:
+            rec["id"] = self.id
+        if self.meta:
+            rec["meta"] = self.meta
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: Any, where: str = "task") -> Task:
+        """Check a parsed JSON record; errors name ``where`` (``file:line``) and the field."""
+        if not isinstance(rec, dict):
+            raise TaskDataError(f"{where}: a task is a JSON object, got {type(rec).__name__}")
+        if "tests" in rec:
+            raise TaskDataError(f"{where}: field 'tests': code tasks need the sandbox, which is not built yet")
+        unknown = sorted(set(rec) - set(FIELDS))
+        if unknown:
+            raise TaskDataError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))} (known: {', '.join(FIELDS)})")
+        prompt = rec.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise TaskDataError(f"{where}: field 'prompt' must be non-empty text")
+        verifier = rec.get("verifier", "exact")
+        if verifier not in VERIFIERS:
+            raise TaskDataError(f"{where}: field 'verifier': {verifier!r} is not one of {', '.join(VERIFIERS)}")
+        meta = rec.get("meta", {})
+        if not isinstance(meta, dict):
+            raise TaskDataError(f"{where}: field 'meta' must be an object")
+        answer = rec.get("answer")
+        if isinstance(answer, bool) or not (answer is None or isinstance(answer, (str, int, float))):
+            raise TaskDataError(f"{where}: field 'answer' must be text or a number")
+        if answer is not None:
+            answer = str(answer)
+        if verifier == "countdown":
+            nums, target = meta.get("numbers"), meta.get("target")
+            if not (isinstance(nums, list) and nums and all(type(x) is int and x >= 0 for x in nums)):
+                raise TaskDataError(f"{where}: field 'meta.numbers' must be a non-empty list of integers >= 0 for verifier 'countdown'")
+            if type(target) is not int:
+                raise TaskDataError(f"{where}: field 'meta.target' must be an integer for verifier 'countdown'")
+        elif answer is None:
+            raise TaskDataError(f"{where}: field 'answer' is required for verifier {verifier!r}")
+        elif verifier == "number" and parse_number(answer) is None:
+            raise TaskDataError(f"{where}: field 'answer': {answer!r} is not a number")
+        elif verifier == "int_list" and parse_int_list(answer) is None:
+            raise TaskDataError(f"{where}: field 'answer': {answer!r} is not a list of integers")
+        task_id = rec.get("id", "")
+        return cls(prompt=prompt, verifier=verifier, answer=answer, id=str(task_id), meta=meta)
+
+
+def read_tasks(path: str | Path, on_bad_row: str = "error") -> list[Task]:
+    """The tasks of a JSON-lines file. A bad line raises :class:`TaskDataError` naming
+    ``file:line`` and the field, or with ``on_bad_row="skip"`` is counted, logged and left out."""
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row={on_bad_row!r}: error or skip")
+    tasks, skipped = [], 0
+    for where, rec in jsonl_records(path):
+        try:
+            if isinstance(rec, Exception):
+                raise TaskDataError(str(rec))
+            tasks.append(Task.from_record(rec, where))
+        except TaskDataError as e:
+            if on_bad_row == "error":
+                raise
+            skipped += 1
+            log.warning("skipped: %s", e)
+    if skipped:
+        log.warning("%s: %d bad task line(s) skipped, %d kept", path, skipped, len(tasks))
+    if not tasks:
+        raise TaskDataError(f"{path}: no tasks")
+    return tasks
+
+
+def write_tasks(path: str | Path, tasks: Iterable[Task]) -> int:
+    """Write tasks as JSON lines (UTF-8); returns how many."""
+    n = 0
+    with write_guard(path, "task file"), open(path, "w", encoding="utf-8") as f:
+        for t in tasks:
+            f.write(json.dumps(t.to_record(), ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+# ------------------------------------------------------------------------ answer extraction
+_ANSWER_LINE = re.compile(r"answer\s*[:：]\s*(.*)", re.IGNORECASE)
+
+
+def extract_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces balanced;
+    None when there is none or it is not closed."""
+    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    if not starts:
+        return None
+    start = starts[-1]
+    depth = 1
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i].strip()
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The answer of a response: its last ``\\boxed{...}``, else the rest of the line after its
+    last ``Answer:`` (case-insensitive; surrounding ``$``, ``**`` and a final period dropped), else
+    None."""
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        return boxed
+    matches = _ANSWER_LINE.findall(text)
+    if not matches:
+        return None
+    ans = matches[-1].strip()
+    for wrap in ("**", "$", "`"):
+        if len(ans) >= 2 * len(wrap) and ans.startswith(wrap) and ans.endswith(wrap):
+            ans = ans[len(wrap) : -len(wrap)].strip()
+    ans = ans.rstrip(".").strip()
+    return ans or None
+
+
+# -------------------------------------------------------------------------------- verifiers
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
+_FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
+_EXPONENT = re.compile(r"[eE]([+-]?\d+)")
+
+
+def parse_number(text: str) -> Fraction | None:
+    """An integer, decimal, fraction (``a/b``, ``\\frac{a}{b}``) or number with thousands commas
+    as an exact :class:`~fractions.Fraction`; None when it is not one. ``$`` signs and the spaces
+    around ``/`` and after a sign are ignored."""
+    s = text.strip()
+    if len(s) > MAX_ANSWER_CHARS:
+        return None
+    s = s.replace("$", "").replace("\\!", "").replace("\\,", "").replace("{,}", ",")
+    s = re.sub(r"\s*/\s*", "/", re.sub(r"^([+-])\s+", r"\1", s.strip())).rstrip(".")
+    if re.search(r"\s", s):  # "1 2" is not 12
+        return None
+    s = _FRAC.sub(r"\1/\2", s)
+    if "," in s:
+        if not _THOUSANDS.fullmatch(s):
+            return None
+        s = s.replace(",", "")
+    if any(abs(int(e)) > 100 for e in _EXPONENT.findall(s)):  # 1e999999999 would take minutes
+        return None
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def parse_int_list(text: str) -> list[int] | None:
+    """``[1, 2, 3]``, ``1,2,3`` or ``1 2 3`` as a list of ints; None when any item is not one."""
+    s = text.strip()
+    if len(s) > 10 * MAX_ANSWER_CHARS:
+        return None
+    if s[:1] in "[(" and s[-1:] in "])":
+        s = s[1:-1]
+    items = [x for x in re.split(r"[,\s]+", s) if x]
+    if not items or not all(re.fullmatch(r"[+-]?\d+", x) for x in items):
+        return None
+    return [int(x) for x in items]
+
+
+def _normalise_text(text: str) -> str:
+    s = " ".join(text.split())
+    for q in ('"', "'", "`"):
+        if len(s) >= 2 and s[0] == q and s[-1] == q:
+            s = s[1:-1].strip()
+    return s
+
+
+_BINOPS: dict[type, Callable[[Fraction, Fraction], Fraction]] = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+}
+
+
+def eval_countdown(expr: str, numbers: Sequence[int], use_all: bool = False) -> Fraction:
+    """The exact value of a countdown expression. Raises ``ValueError`` naming why it is not
+    allowed: anything but integer literals, + - * / and parentheses; a number not given or used
+    more often than given; (``use_all``) a given number unused; division by zero. A trailing
+    ``= N`` is ignored, and ×, ÷, − read as *, /, -. Nothing is run: the text is parsed with
+    :mod:`ast` and the tree walked."""
+    s = expr.replace("×", "*").replace("·", "*").replace("÷", "/").replace("−", "-").replace("\\times", "*").replace("\\div", "/")
+    s = s.split("=")[0].strip()
+    if not s or len(s) > MAX_ANSWER_CHARS:
+        raise ValueError("empty or too long")
+    try:
+        tree = ast.parse(s, mode="eval")
+    except SyntaxError:
+        raise ValueError(f"not an arithmetic expression: {s!r}") from None
+    used: list[int] = []
+
+    def walk(node: ast.AST) -> Fraction:
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Div) and right == 0:
+                raise ValueError("division by zero")
+            return _BINOPS[type(node.op)](left, right)
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            used.append(node.value)
+            return Fraction(node.value)
+        raise ValueError(f"not allowed in a countdown expression: {ast.dump(node)[:60]}")
+
+    value = walk(tree.body)
+    extra = Counter(used) - Counter(numbers)
+    if extra:
+        raise ValueError(f"uses {sorted(extra.elements())} beyond the given numbers {list(numbers)}")
+    if use_all and Counter(numbers) - Counter(used):
+        raise ValueError(f"does not use all of {list(numbers)}")
+    return value
+
+
+def check_answer(task: Task, answer: str) -> bool:
+    """Whether an extracted ``answer`` is right for ``task``."""
+    if task.verifier == "number":
+        got, want = parse_number(answer), parse_number(task.answer or "")
+        return got is not None and got == want
+    if task.verifier == "exact":
+        return _normalise_text(answer) == _normalise_text(task.answer or "")
+    if task.verifier == "int_list":
+        got = parse_int_list(answer)
+        return got is not None and got == parse_int_list(task.answer or "")
+    if task.verifier == "countdown":
+        try:
+            return eval_countdown(answer, task.meta["numbers"], bool(task.meta.get("use_all", False))) == task.meta["target"]
+        except ValueError:
+            return False
+    raise ValueError(f"unknown verifier {task.verifier!r} (one of {', '.join(VERIFIERS)})")
+
+
+def verify(task: Task, response: str, format_reward: float = 0.0) -> float:
+    """The reward of a response: 1.0 when its extracted answer is right, ``format_reward`` when it
+    has an answer in the asked format (``\\boxed{}`` or ``Answer:``) that is wrong, 0.0 when it
+    has none."""
+    answer = extract_answer(response)
+    if answer is None:
+        return 0.0
+    return 1.0 if check_answer(task, answer) else float(format_reward)
+
+
+def verify_batch(tasks: Sequence[Task], responses: Sequence[str], format_reward: float = 0.0) -> list[float]:
+    if len(tasks) != len(responses):
+        raise ValueError(f"{len(tasks)} tasks but {len(responses)} responses")
+    return [verify(t, r, format_reward) for t, r in zip(tasks, responses, strict=True)]
+
+
+# ---------------------------------------------------------------------------- built-in tasks
+BOXED = "Put the final answer in \\boxed{}."
+SPLITS = ("train", "test")
+
+
+def split_of(key: str, held_out: float) -> str:
+    """``test`` for the fraction ``held_out`` of problem keys (by a hash of the key), else
+    ``train``: the same problem is always in the same split."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    return "test" if h < held_out else "train"
+
+
+def _operand(rng: random.Random, digits: int) -> int:
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
+def gen_arithmetic(rng: random.Random, digits: int = 3, ops: Sequence[str] = ("+", "-", "*")) -> tuple[str, Task]:
+    """``a op b`` with ``digits``-digit operands (1 digit: 0-9)."""
+    if digits < 1 or not ops or any(o not in "+-*" for o in ops):
+        raise ValueError(f"arithmetic: digits >= 1 and ops from + - * (got digits={digits}, ops={list(ops)})")
+    a, b, op = _operand(rng, digits), _operand(rng, digits), rng.choice(list(ops))
+    value = a + b if op == "+" else a - b if op == "-" else a * b
+    task = Task(f"What is {a} {op} {b}? {BOXED}", "number", str(value), meta={"a": a, "b": b, "op": op, "digits": digits})
+    return f"{a}{op}{b}", task
+
+
+def gen_countdown(rng: random.Random, count: int = 4, max_number: int = 25, max_target: int = 500) -> tuple[str, Task]:
+    """``count`` numbers in 1..``max_number`` and a target in 2..``max_target`` that a random
+    expression over all of them reaches (so every task has a solution, kept in ``meta.solution``);
+    intermediate values stay positive integers and the target is none of the numbers."""
+    if count < 2 or max_number < 1 or max_target < 2:
+        raise ValueError(f"countdown: need count >= 2, max_number >= 1, max_target >= 2 (got {count}, {max_number}, {max_target})")
+    for _ in range(1000):
+        nums = [rng.randint(1, max_number) for _ in range(count)]
+        items = [(Fraction(x), str(x)) for x in nums]
+        while len(items) > 1:
+            (a, ea), (b, eb) = items.pop(rng.randrange(len(items))), items.pop(rng.randrange(len(items)))
+            op = rng.choice("+-*/")
+            # keep every intermediate value a non-negative integer: swap, or add instead
+            if op == "-" and a < b or op == "/" and (b == 0 or a % b) and a != 0 and b % a == 0:
+                (a, ea), (b, eb) = (b, eb), (a, ea)
+            if op == "/" and (b == 0 or a % b):
+                op = "+"
+            value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
+            items.append((value, f"({ea} {op} {eb})"))
+        target, solution = items[0]
+        if target.denominator == 1 and 2 <= target <= max_target and int(target) not in nums:
+            nums_sorted = sorted(nums)
+            t = int(target)
+            prompt = (
+                f"Using the numbers {', '.join(map(str, nums_sorted))}, each at most once, with + - * / and parentheses, "
+                f"write an expression that equals {t}. Put the expression in \\boxed{{}}."
+            )
+            meta = {"numbers": nums_sorted, "target": t, "solution": solution[1:-1]}
+            return f"{nums_sorted}->{t}", Task(prompt, "countdown", None, meta=meta)
+    raise ValueError(f"countdown: no target in 2..{max_target} found for count={count}, max_number={max_number}")
+
+
+def gen_sort(rng: random.Random, length: int = 5, max_number: int = 99) -> tuple[str, Task]:
+    """Sort ``length`` integers in 0..``max_number`` ascending."""
+    if length < 1 or max_number < 0:
+        raise ValueError(f"sort: need length >= 1 and max_number >= 0 (got {length}, {max_number})")
+    nums = [rng.randint(0, max_number) for _ in range(length)]
+    shown = ", ".join(map(str, nums))
+    prompt = f"Sort these numbers from smallest to largest: {shown}. Put the sorted list, comma-separated, in \\boxed{{}}."
+    return "sort:" + shown, Task(prompt, "int_list", ", ".join(map(str, sorted(nums))), meta={"numbers": nums})
+
+
+def gen_reverse(rng: random.Random, length: int = 6) -> tuple[str, Task]:
+    """Write a random lower-case string of ``length`` letters backwards."""
+    if length < 1:
+        raise ValueError(f"reverse: need length >= 1 (got {length})")
+    s = "".join(rng.choice(string.ascii_lowercase) for _ in range(length))
+    return "reverse:" + s, Task(f"Write the string '{s}' backwards. {BOXED}", "exact", s[::-1], meta={"text": s})
+
+
+GENERATORS: dict[str, Callable[..., tuple[str, Task]]] = {
+    "arithmetic": gen_arithmetic,
+    "countdown": gen_countdown,
+    "sort": gen_sort,
+    "reverse": gen_reverse,
+}
+
+
+def builtin_tasks(name: str, n: int, split: str = "train", seed: int = 0, held_out: float = 0.2, **params: Any) -> list[Task]:
+    """``n`` distinct tasks of the built-in generator ``name`` in ``split`` (``train`` or
+    ``test``), the same for the same arguments. ``params`` set the difficulty (``digits`` for
+    arithmetic, ``count`` for countdown, ``length`` for sort and reverse; see each ``gen_*``).
+    Raises ``ValueError`` when the settings do not hold ``n`` distinct problems for the split."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown built-in task {name!r} (one of {', '.join(GENERATORS)})")
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: train or test")
+    if not 0.0 < held_out < 1.0:
+        raise ValueError(f"held_out={held_out}: a fraction strictly between 0 and 1")
+    gen = GENERATORS[name]
+    rng = random.Random(f"{name}:{split}:{seed}")
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    for _ in range(max(2000, 50 * n)):
+        if len(tasks) == n:
+            break
+        key, task = gen(rng, **params)
+        if key in seen or split_of(f"{name}:{key}", held_out) != split:
+            continue
+        seen.add(key)
+        task.id = f"{name}-{split}-{seed}-{len(tasks)}"
+        tasks.append(task)
+    if len(tasks) < n:
+        raise ValueError(
+            f"{name} {params or ''}: only {len(tasks)} distinct {split} problems found, {n} asked; make them harder or ask for fewer"
+        )
+    return tasks
