@@ -48,6 +48,12 @@ def pairwise_reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margi
     return -F.logsigmoid(r_chosen - r_rejected - margin)
 
 
+def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """Per pair: 1 where the chosen answer's reward is higher, 0 where lower, 0.5 for a tie [B]
+    (a tie is a coin flip, not a miss: DPO's rewards are all 0 at step 0, which reads 0.5)."""
+    return (r_chosen > r_rejected).to(r_chosen.dtype) + 0.5 * (r_chosen == r_rejected).to(r_chosen.dtype)
+
+
 def dpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,

@@ -12,6 +12,7 @@ from llm.losses import (
     IGNORE_INDEX,
     dpo_loss,
     entropy_from_logits,
+    pairwise_accuracy,
     pairwise_reward_loss,
     ppo_policy_loss,
     ppo_value_loss,
@@ -373,6 +374,18 @@ def test_pairwise_reward_loss():
     # per-pair margins [0, 1, 0, 0.5]: diffs 0, 0, -1, 0.5 -> ln 2, ln 2, 1.313262, ln(1+e^-0.5) = 0.474077
     m = torch.tensor([0.0, 1.0, 0.0, 0.5])
     close(pairwise_reward_loss(r_c, r_r, margin=m), [0.693147, 0.693147, 1.313262, 0.474077])
+
+
+def test_pairwise_accuracy_counts_a_tie_as_half():
+    r_c = torch.tensor([1.0, 2.0, 0.0, 3.0, -1.0])
+    r_r = torch.tensor([1.0, 1.0, 1.0, 3.0, -2.0])
+    # tie, win, loss, tie, win
+    close(pairwise_accuracy(r_c, r_r), [0.5, 1.0, 0.0, 0.5, 1.0])
+    # DPO at step 0: the policy is the reference, every reward is 0, accuracy is chance, not 0
+    _, rc, rr = dpo_loss(
+        torch.tensor([-10.0, -3.5]), torch.tensor([-12.0, -7.0]), torch.tensor([-10.0, -3.5]), torch.tensor([-12.0, -7.0]), 0.1
+    )
+    assert pairwise_accuracy(rc, rr).mean().item() == 0.5
 
 
 def test_dpo_loss_at_reference_is_ln2():

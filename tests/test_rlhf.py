@@ -129,6 +129,7 @@ def test_dpo_starts_at_ln2_and_prefers_short_answers(tmp_path, sft_export):
         ],
     )
     assert res["before"]["val/loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
+    assert res["before"]["val/reward_accuracy"] == 0.5  # every reward is 0: ties count half, not as misses
     assert res["metrics"]["val/loss"] < 0.6 and res["metrics"]["val/reward_accuracy"] > 0.8
     # and the policy moves the way PPO's rule reward pushes it: shorter answers to held-out questions
     before, after = _mean_rule_reward(sft_export, 20), _mean_rule_reward(res["export"], 20)

@@ -23,7 +23,7 @@ import torch
 
 from llm.data import builders
 from llm.data.preference import positions_from_mask
-from llm.losses import dpo_loss, sequence_logprobs
+from llm.losses import dpo_loss, pairwise_accuracy, sequence_logprobs
 from llm.model.lora import is_peft
 from llm.stages.base import BaseStage
 from llm.stages.registry import Stage
@@ -122,7 +122,7 @@ class DPOStage(BaseStage):
     def micro_loss(self, micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         loss, rc, rr = self._pair_terms(micro)
         valid = micro["valid"].to(loss.dtype)
-        stats = torch.stack([((rc > rr).to(loss.dtype) * valid).sum(), (rc * valid).sum(), (rr * valid).sum(), valid.sum()])
+        stats = torch.stack([(pairwise_accuracy(rc, rr).to(loss.dtype) * valid).sum(), (rc * valid).sum(), (rr * valid).sum(), valid.sum()])
         self._stats = stats if self._stats is None else self._stats + stats
         return (loss * valid).sum(), valid.sum()
 

@@ -21,7 +21,7 @@ import torch
 
 from llm.data import builders
 from llm.data.preference import positions_from_mask
-from llm.losses import pairwise_reward_loss
+from llm.losses import pairwise_accuracy, pairwise_reward_loss
 from llm.stages.base import BaseStage
 from llm.stages.registry import Stage
 
@@ -77,7 +77,7 @@ class RewardStage(BaseStage):
         valid = micro["valid"].to(rc.dtype)
         loss = (pairwise_reward_loss(rc, rr, micro["margin"].to(rc.dtype)) * valid).sum()
         if self.training:
-            acc = ((rc > rr).to(rc.dtype) * valid).sum()
+            acc = (pairwise_accuracy(rc, rr) * valid).sum()
             self._train_stats += torch.stack([acc.detach(), valid.sum()])
         return loss, valid.sum()
 
@@ -113,7 +113,7 @@ class RewardStage(BaseStage):
         rc, rr = torch.cat(self._val_chosen).double(), torch.cat(self._val_rejected).double()
         both = torch.cat([rc, rr])
         # sums, so that ranks with different numbers of pairs combine exactly
-        s = torch.stack([(rc > rr).double().sum(), rc.new_tensor(rc.numel()), both.sum(), (both**2).sum(), (rc - rr).sum()])
+        s = torch.stack([pairwise_accuracy(rc, rr).sum(), rc.new_tensor(rc.numel()), both.sum(), (both**2).sum(), (rc - rr).sum()])
         correct, n, s1, s2, gap = self._sum_over_ranks(s).tolist()
         if n == 0:
             return
