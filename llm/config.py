@@ -150,6 +150,10 @@ class DataConfig:
     on_truncated: OnTruncated = OnTruncated.skip
     """A conversation whose assistant tokens are all cut off by ``seq_len``: ``skip`` (counted and
     reported) or ``error``. Conversations only partly cut are kept and counted."""
+    warn_truncated_share: float = 0.1
+    """Warn, naming the count, the share and the files, when more than this share of a split's
+    conversations (SFT) or preference pairs (reward model, DPO) are cut at ``seq_len`` (kept or
+    dropped); the count, share and files are in the data report either way. 0: warn at any cut."""
     chat_template: str = "auto"
     """``auto``: the checkpoint's own template, else the framework default; ``default``: always
     the framework default. The default reuses the turn markers the tokenizer already has (ChatML
@@ -168,6 +172,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(0 <= self.val_fraction < 1, f"data.val_fraction={self.val_fraction}: a fraction in [0, 1)")
+        _check(0 <= self.warn_truncated_share <= 1, f"data.warn_truncated_share={self.warn_truncated_share}: a share in [0, 1]")
         ct = str(self.chat_template)
         _check(
             ct in ("auto", "default") or "{{" in ct or "{%" in ct or Path(ct).expanduser().is_file(),

@@ -146,6 +146,22 @@ def test_prompt_too_long_is_counted_or_rejected(tok):
         PreferenceDataModule(pairs, [], tok, seq_len=64, micro_batch_size=2, on_truncated="error")
 
 
+def test_many_cut_pairs_warn_with_count_share_and_file(tok, caplog):
+    """569 of 588 pairs cut at seq_len once went unnoticed: over data.warn_truncated_share, a
+    warning names the count, the share and the file; the report has them either way."""
+    short = [record_to_pairs({"prompt": f"q{i}", "chosen": "a", "rejected": "b"}, f"short.jsonl:{i + 1}")[0] for i in range(7)]
+    cut = [record_to_pairs({"prompt": "q", "chosen": "yes " * 100, "rejected": f"no {i}"}, f"long.jsonl:{i + 1}")[0] for i in range(3)]
+    with caplog.at_level("WARNING", logger="llm.data.steps"):
+        dm = PreferenceDataModule(short + cut, [], tok, seq_len=32, micro_batch_size=2)
+    assert "3 of 10 train pairs (30%) were cut at data.seq_len=32" in caplog.text and "long.jsonl (3)" in caplog.text
+    rep = dm.report()["train"]
+    assert rep["truncated"] == 3 and rep["truncated_share"] == 0.3 and rep["truncated_files"] == {"long.jsonl": 3}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llm.data.steps"):
+        PreferenceDataModule(short + cut, [], tok, seq_len=32, micro_batch_size=2, warn_truncated_share=0.3)
+    assert "were cut" not in caplog.text  # 30% is not more than 0.3
+
+
 def test_prompts_for_ppo(tmp_path, tok):
     f = _write(tmp_path / "prompts.jsonl", [{"prompt": "Hello?"}, {"prompt": "word " * 300}, {"prompt": "Bye?"}])
     prompts, rep = read_prompts(f)

@@ -216,6 +216,22 @@ def test_truncation_reported_never_silent(tok):
         encode_all(convs, tok, seq_len=64, on_truncated="error", progress=False)
 
 
+def test_many_cut_conversations_warn_with_count_share_and_file(tok, caplog):
+    from llm.data.sft import SFTDataModule
+
+    long_a = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "answer " * 200}]
+    convs = [chat.Conversation(MULTI, f"ok.jsonl:{i}") for i in range(1, 9)] + [chat.Conversation(long_a, "big.jsonl:4")] * 2
+    with caplog.at_level("WARNING", logger="llm.data.steps"):
+        dm = SFTDataModule(convs, [], tok, seq_len=64, micro_batch_size=2)
+    assert "2 of 10 train conversations (20%) were cut at data.seq_len=64" in caplog.text and "big.jsonl (2)" in caplog.text
+    rep = dm.report()["train"]
+    assert rep["truncated"] == 2 and rep["truncated_share"] == 0.2 and rep["truncated_files"] == {"big.jsonl": 2}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llm.data.steps"):
+        SFTDataModule(convs, [], tok, seq_len=64, micro_batch_size=2, warn_truncated_share=0.25)
+    assert "were cut" not in caplog.text
+
+
 def _tiny_model(vocab, arch="llama"):
     from llm.config import ModelConfig
     from llm.model.build import build_model

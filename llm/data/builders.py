@@ -176,6 +176,7 @@ def _batching(cfg: Config) -> dict[str, Any]:
         seed=d.seed,
         on_truncated=d.on_truncated,
         val_batches=d.val_batches,
+        warn_truncated_share=d.warn_truncated_share,
     )
 
 

@@ -49,7 +49,7 @@ from llm.data.chat import (
     render_text,
     validate_messages,
 )
-from llm.data.steps import StepDataModule, stack_micro
+from llm.data.steps import StepDataModule, source_file, stack_micro, warn_truncated
 
 BUILTIN_PYTHON_QA_PAIRS = "builtin:python-qa-pairs"
 BUILTIN_PYTHON_QA_SCRAMBLED = "builtin:python-qa-scrambled"
@@ -306,6 +306,7 @@ class PreferenceDataModule(StepDataModule):
         val_batches: int | None = None,
         padding_side: str = "right",
         read_report: dict | None = None,
+        warn_truncated_share: float = 0.1,
     ) -> None:
         super().__init__(micro_batch_size, grad_accum, seed, val_batches)
         if on_truncated not in ("skip", "error"):
@@ -316,19 +317,31 @@ class PreferenceDataModule(StepDataModule):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pairs: dict[str, list[tuple[EncodedAnswer, EncodedAnswer, float]]] = {}
         self.counts: dict[str, Counter] = {}
+        self.truncated_files: dict[str, Counter] = {}
         for split, pairs in (("train", train), ("val", val)):
-            self.pairs[split], self.counts[split] = self._encode(pairs, on_truncated)
+            self.pairs[split], self.counts[split], self.truncated_files[split] = self._encode(pairs, on_truncated)
+            c = self.counts[split]
+            warn_truncated(
+                "preference", "pairs", split, c["pairs"], c["truncated"], self.truncated_files[split], seq_len, warn_truncated_share
+            )
         if not self.pairs["train"]:
             raise ChatDataError("preference data: no training pair left (see the data report)")
         self.read_report = read_report or {}
 
-    def _encode(self, pairs: Sequence[PreferencePair], on_truncated: str) -> tuple[list, Counter]:
+    def _encode(self, pairs: Sequence[PreferencePair], on_truncated: str) -> tuple[list, Counter, Counter]:
+        """Encoded pairs, counts and, per source file, the pairs cut at ``seq_len``. ``truncated``
+        counts every pair cut at ``seq_len``, kept or dropped (``prompt_too_long``,
+        ``identical_after_truncation``)."""
         counts: Counter = Counter()
+        files: Counter = Counter()
         out = []
         for p in pairs:
             counts["pairs"] += 1
             c = encode_answer(self.tokenizer, p.prompt, p.chosen, self.seq_len)
             r = encode_answer(self.tokenizer, p.prompt, p.rejected, self.seq_len)
+            if c is None or r is None or c.truncated or r.truncated:
+                counts["truncated"] += 1
+                files[source_file(p.origin)] += 1
             if c is None or r is None:
                 if on_truncated == "error":
                     raise ChatDataError(
@@ -340,9 +353,8 @@ class PreferenceDataModule(StepDataModule):
             if c.ids == r.ids:  # identical after truncation: no preference left to learn
                 counts["identical_after_truncation"] += 1
                 continue
-            counts["truncated"] += int(c.truncated or r.truncated)
             out.append((c, r, p.margin))
-        return out, counts
+        return out, counts, files
 
     def units(self, split: str, epoch: int) -> list[int]:
         order = list(range(len(self.pairs[split])))
@@ -385,7 +397,15 @@ class PreferenceDataModule(StepDataModule):
         return stack_micro(parts)
 
     def report(self) -> dict:
-        return {"read": self.read_report, "train": dict(self.counts["train"]), "val": dict(self.counts["val"]), "seq_len": self.seq_len}
+        rep: dict[str, Any] = {"read": self.read_report}
+        for split in ("train", "val"):
+            c = dict(self.counts[split])
+            c["truncated"] = c.get("truncated", 0)
+            c["truncated_share"] = round(c["truncated"] / c["pairs"], 4) if c.get("pairs") else 0.0
+            c["truncated_files"] = dict(self.truncated_files[split])
+            rep[split] = c
+        rep["seq_len"] = self.seq_len
+        return rep
 
 
 def _extend(x: torch.Tensor, length: int, key: str, pad_id: int, side: str) -> torch.Tensor:

@@ -31,7 +31,7 @@ from llm.data.chat import (
     encode_conversation,
     pack,
 )
-from llm.data.steps import StepDataModule, stack_micro
+from llm.data.steps import StepDataModule, source_file, stack_micro, warn_truncated
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,13 @@ def encode_all(
     on_truncated: str = "skip",
     desc: str = "tokenising",
     progress: bool = True,
+    truncated_files: Counter | None = None,
 ) -> tuple[list[Encoded], Counter]:
     """Encode conversations, cut to ``seq_len``; drop (count or raise) those left with no
-    assistant token. Returns (examples, counts)."""
+    assistant token. Returns (examples, counts); ``truncated_files`` (if given) gets the
+    conversations cut at ``seq_len`` per source file."""
     counts: Counter = Counter()
+    files = truncated_files if truncated_files is not None else Counter()
     out: list[Encoded] = []
     it: Any = convs
     if progress and len(convs) > 2000:
@@ -65,6 +68,7 @@ def encode_all(
         n_loss = sum(1 for x in ex.labels if x != -100)
         if ex.truncated:
             counts["truncated"] += 1
+            files[source_file(c.origin)] += 1
         if n_loss == 0:
             if on_truncated == "error":
                 raise ChatDataError(
@@ -100,6 +104,7 @@ class SFTDataModule(StepDataModule):
         on_truncated: str = "skip",
         val_batches: int | None = None,
         read_report: dict | None = None,
+        warn_truncated_share: float = 0.1,
     ) -> None:
         super().__init__(micro_batch_size, grad_accum, seed, val_batches)
         if on_truncated not in ("skip", "error"):
@@ -109,8 +114,14 @@ class SFTDataModule(StepDataModule):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.examples: dict[str, list[Encoded]] = {}
         self.counts: dict[str, Counter] = {}
+        self.truncated_files: dict[str, Counter] = {}
         for split, convs in (("train", train), ("val", val)):
-            self.examples[split], self.counts[split] = encode_all(convs, tokenizer, seq_len, on_truncated, f"tokenising {split}")
+            files: Counter = Counter()
+            self.examples[split], self.counts[split] = encode_all(
+                convs, tokenizer, seq_len, on_truncated, f"tokenising {split}", True, files
+            )
+            c, self.truncated_files[split] = self.counts[split], files
+            warn_truncated("SFT", "conversations", split, c["conversations"], c["truncated"], files, seq_len, warn_truncated_share)
         if not self.examples["train"]:
             raise ChatDataError("SFT: no training conversation has an assistant token left (see the data report)")
         self.read_report = read_report or {}
@@ -150,6 +161,9 @@ class SFTDataModule(StepDataModule):
         rep: dict[str, Any] = {"read": self.read_report}
         for split in ("train", "val"):
             c = dict(self.counts[split])
+            c["truncated"] = c.get("truncated", 0)
+            c["truncated_share"] = round(c["truncated"] / c["conversations"], 4) if c.get("conversations") else 0.0
+            c["truncated_files"] = dict(self.truncated_files[split])
             rows = self.rows(split, 0)
             used = sum(len(self.examples[split][i].input_ids) for r in rows for i in r)
             c["rows"] = len(rows)

@@ -29,6 +29,38 @@ from torch.utils.data import DataLoader, IterableDataset
 log = logging.getLogger(__name__)
 
 
+def source_file(origin: str) -> str:
+    """The file part of a record's origin: ``data/a.jsonl:12`` -> ``data/a.jsonl``,
+    ``builtin:python-qa#3`` -> ``builtin:python-qa``."""
+    head, sep, tail = origin.rpartition(":")
+    if sep and tail.isdigit():
+        return head
+    return origin.split("#", 1)[0] or "?"
+
+
+def warn_truncated(kind: str, unit: str, split: str, total: int, truncated: int, files: dict[str, int], seq_len: int, limit: float) -> bool:
+    """Warn (and return True) when more than ``limit`` of a split's ``total`` units were cut at
+    ``seq_len``, naming the count, the share and the files with the most cut units."""
+    if not total or truncated / total <= limit:
+        return False
+    top = sorted(files.items(), key=lambda kv: -kv[1])
+    named = ", ".join(f"{f} ({n})" for f, n in top[:3]) + (f" and {len(top) - 3} more file(s)" if len(top) > 3 else "")
+    log.warning(
+        "%s data: %d of %d %s %s (%.0f%%) were cut at data.seq_len=%d, more than data.warn_truncated_share=%g: %s; "
+        "the model learns from the cut text only (raise data.seq_len, or shorten the records)",
+        kind,
+        truncated,
+        total,
+        split,
+        unit,
+        100 * truncated / total,
+        seq_len,
+        limit,
+        named,
+    )
+    return True
+
+
 class _StepStream(IterableDataset):
     def __init__(self, dm: StepDataModule, split: str, epoch: int, start_step: int, max_steps: int | None) -> None:
         self.dm, self.split, self.epoch, self.start, self.max_steps = dm, split, epoch, start_step, max_steps
