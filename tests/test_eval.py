@@ -256,6 +256,36 @@ def test_cli_and_suite_errors(tiny_base, tmp_path):
         load_suite(str(bad))
 
 
+def test_cli_writes_results_beside_the_run_never_into_the_model(tmp_path, monkeypatch):
+    """``llm.eval <run>/export`` writes ``<run>/eval/<suite>.json``; another directory or a .gguf
+    file ``NAME`` gives ``./eval-results/NAME/<suite>.json``; the model directory is untouched."""
+    from llm.eval.__main__ import main, results_path
+
+    run = tmp_path / "run"
+    export = run / "export"
+    bigram_model({}).save_pretrained(export)
+    bigram_tokenizer().save_pretrained(export)
+    (run / "config.yaml").write_text("seed: 1\n")
+    suite = tmp_path / "ppl.yaml"
+    suite.write_text("name: ppl\ntasks:\n  - name: zen\n    type: perplexity\n    sources: ['builtin:zen-of-python']\n")
+    before = sorted(q.name for q in export.iterdir())
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    res = main([str(export), "--suite", str(suite), "--device", "cpu"])
+    assert json.loads((run / "eval" / "ppl.json").read_text())["tasks"]["zen"]["ppl"] == res["tasks"]["zen"]["ppl"]
+    assert sorted(q.name for q in export.iterdir()) == before  # nothing written into the model
+    # not a run's export (no config.yaml beside it): under the working directory, by the model's name
+    other = tmp_path / "SmolLM2-135M"
+    export.rename(other)
+    assert results_path(str(other), "sft") == work / "eval-results" / "SmolLM2-135M" / "sft.json"
+    gguf = tmp_path / "m.Q4_1.gguf"
+    gguf.write_bytes(b"")
+    assert results_path(str(gguf), "pretrain") == work / "eval-results" / "m.Q4_1" / "pretrain.json"
+    with pytest.raises(SystemExit, match="inside the model directory"):  # run from inside the model: refused, not written there
+        results_path(str(other), "sft", cwd=other)
+
+
 def test_bad_task_data_names_file_line_and_field(tmp_path):
     tok, m = bigram_tokenizer(), bigram_model(TABLE)
     p = tmp_path / "t.jsonl"

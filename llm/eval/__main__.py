@@ -5,8 +5,11 @@
     python -m llm.eval model.gguf --suite my_suite.yaml --out results.json --wandb
 
 The model is any Hugging Face causal-LM directory (a Xiulian export or another checkpoint) or a
-``.gguf`` file. Results are printed, written to ``eval_results.json`` in the model directory (or
-``--out``), and logged to W&B with ``--wandb`` (offline unless a key is configured).
+``.gguf`` file. Results are printed, written beside the run, never into the model directory
+(``--out`` sets the file), and logged to W&B with ``--wandb`` (offline unless a key is configured):
+
+    a run's export (``<run>/export``, ``<run>/config.yaml`` exists) -> <run>/eval/<suite>.json
+    any other directory or .gguf file ``NAME``                      -> ./eval-results/NAME/<suite>.json
 """
 
 from __future__ import annotations
@@ -29,9 +32,21 @@ def load_model(path: str, dtype: str = "float32") -> tuple[Any, Any]:
     return model, tok
 
 
-def results_path(model_path: str) -> Path:
-    p = Path(model_path)
-    return p / "eval_results.json" if p.is_dir() else p.with_name(p.name + ".eval_results.json")
+def results_path(model_path: str, suite: str, cwd: str | Path | None = None) -> Path:
+    """Where results go without ``--out``: ``<run>/eval/<suite>.json`` for a run's ``export/``
+    (its parent holds the run's ``config.yaml``), else ``<cwd>/eval-results/<name>/<suite>.json``
+    (``name``: the directory's name, or the file's without ``.gguf``). Never inside the model
+    directory: a default that would land there (run from inside it) is refused."""
+    p = Path(model_path).absolute()
+    stem = Path(suite).stem if suite.endswith((".yaml", ".yml")) else suite
+    stem = stem.replace("/", "_") or "results"
+    if p.is_dir() and p.name == "export" and (p.parent / "config.yaml").is_file():
+        return p.parent / "eval" / f"{stem}.json"
+    name = p.name if p.is_dir() else (p.stem if p.suffix == ".gguf" else p.name)
+    out = Path(cwd or Path.cwd()).absolute() / "eval-results" / name / f"{stem}.json"
+    if p.is_dir() and out.resolve().is_relative_to(p.resolve()):
+        raise SystemExit(f"the default results path {out} is inside the model directory {p}: run from elsewhere or give --out")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -48,7 +63,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
     ap.add_argument("--dtype", default="float32", help="float32 or bfloat16")
-    ap.add_argument("--out", default=None, help="results JSON (default: eval_results.json in the model directory)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: <run>/eval/<suite>.json for a run's export, else ./eval-results/<name>/<suite>.json)",
+    )
     ap.add_argument("--wandb", action="store_true", help="log the results to W&B (project xiulian, job type eval)")
     ap.add_argument("--project", default="xiulian")
     args = ap.parse_args(argv)
@@ -64,11 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
         suite.batch_size = args.batch_size
     if not suite.tasks:
         sys.exit(f"eval suite {args.suite!r} has no tasks")
+    out_path = Path(args.out) if args.out else results_path(args.model, suite.name)  # refused before the work, not after
     model, tok = load_model(args.model, args.dtype)
     model.to(args.device)
     res = run_suite(model, tok, suite)
     res["model"] = str(Path(args.model).absolute())
-    out = write_results(res, Path(args.out) if args.out else results_path(args.model))
+    out = write_results(res, out_path)
     print(f"\n{'task':<24} {'type':<11} {'metric':<12} {'value':>9} {'n':>6}")
     for name, r in res["tasks"].items():
         k = HEADLINE[r["type"]]
