@@ -436,7 +436,14 @@ class EvalTaskConfig:
     """``generate``: a regular expression; the answer is its first group (or whole match) in the
     output, e.g. ``(\\w+)\\W*$`` for the last word of "The capital of France is Paris."."""
     max_length: Optional[int] = None
-    """Longest sequence scored at once (``None``: the model's ``max_position_embeddings``)."""
+    """Longest sequence scored at once (``None``: the model's ``max_position_embeddings``;
+    ``perplexity``: 2048 tokens, or the model's context if shorter)."""
+    stride: Optional[int] = None
+    """``perplexity``: new tokens predicted per window after the first (``None``: ``max_length``,
+    disjoint windows); smaller gives each token more context at more compute."""
+    bos_per_window: bool = True
+    """``perplexity``: put the prefix token (BOS, else EOS) in front of every window, not only the
+    document's first; a model trained with BOS at position 0 scores far worse without it."""
 
 
 @dataclass

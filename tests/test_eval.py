@@ -24,8 +24,10 @@ from llm.eval.core import (
     build_prompts,
     loglikelihoods,
     perplexity,
+    perplexity_windows,
     run_suite,
     run_task,
+    score_sequences,
     zen_of_python,
 )
 
@@ -186,8 +188,28 @@ def test_perplexity_of_uniform_model_is_vocab_size():
 
 
 # ------------------------------------------------------------------------------- real model
+def test_perplexity_windows_cover_every_token_once():
+    # 10 tokens (the prefix token and 9 to predict), windows of 4 input tokens; (c, a, b): read
+    # toks[c:b-1] (after the prefix token when bos_per_window and c > 0), predict toks[a:b]
+    assert perplexity_windows(10, 4, bos_per_window=False) == [(0, 1, 5), (4, 5, 9), (5, 9, 10)]
+    assert perplexity_windows(10, 4, bos_per_window=True) == [(0, 1, 5), (4, 5, 8), (6, 8, 10)]
+    assert perplexity_windows(10, 4, stride=2, bos_per_window=False) == [(0, 1, 5), (2, 5, 7), (4, 7, 9), (5, 9, 10)]
+    for n in (2, 3, 17, 100):
+        for window in (2, 3, 8):
+            for stride in (None, 1, 2, window):
+                for bos in (False, True):
+                    ws = perplexity_windows(n, window, stride, bos)
+                    assert [a for _, a, _ in ws] == [1] + [b for _, _, b in ws[:-1]] and ws[-1][2] == n  # each token once
+                    for c, a, b in ws:
+                        assert c <= a - 1 and (b - 1 - c) + (bos and c > 0) <= window  # context reaches the target, fits
+    with pytest.raises(ValueError, match="stride 5 must be in"):
+        perplexity_windows(10, 4, stride=5)
+
+
 def test_perplexity_equals_independent_nll(tiny_base):
-    """exp(mean token NLL) computed here with a plain forward pass and F.cross_entropy."""
+    """exp(mean token NLL) computed here with a plain forward pass and F.cross_entropy, in the
+    same windows: each later window reads the ``L`` tokens before its last target (with BOS in
+    front, ``L - 1`` of them, when bos_per_window)."""
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -195,19 +217,78 @@ def test_perplexity_equals_independent_nll(tiny_base):
     tok = AutoTokenizer.from_pretrained(tiny_base)
     docs = [zen_of_python(), "A list is a mutable sequence; a tuple is not."]
     L = 64  # the Zen (~270 tokens) spans several windows
-    res = perplexity(m, tok, docs, max_length=L, batch_size=3)
-    nll, n = 0.0, 0
-    with torch.no_grad():
-        for d in docs:
-            ids = [tok.bos_token_id] + tok(d).input_ids
-            for s in range(0, len(ids) - 1, L):
-                w = torch.tensor(ids[s : s + L + 1])
-                logits = m(w[None, :-1]).logits[0]
-                nll += F.cross_entropy(logits, w[1:], reduction="sum").item()
-                n += len(w) - 1
-    assert res["tokens"] == n
-    assert res["ppl"] == pytest.approx(math.exp(nll / n), rel=1e-4)
-    assert res["bits_per_byte"] == pytest.approx(nll / math.log(2) / sum(len(d.encode()) for d in docs), rel=1e-4)
+    for bos in (False, True):
+        res = perplexity(m, tok, docs, max_length=L, batch_size=3, bos_per_window=bos)
+        nll, n = 0.0, 0
+        with torch.no_grad():
+            for d in docs:
+                ids = [tok.bos_token_id] + tok(d).input_ids
+                a = 1
+                while a < len(ids):
+                    b = min(len(ids), a + L - (bos and a > 1))
+                    ctx = ids[max(0, b - 1 - L + (bos and a > 1)) : b - 1]
+                    if bos and a > 1:
+                        ctx = [tok.bos_token_id] + ctx
+                    logits = m(torch.tensor([ctx])).logits[0, -(b - a) :]
+                    nll += F.cross_entropy(logits, torch.tensor(ids[a:b]), reduction="sum").item()
+                    n, a = n + b - a, b
+        assert res["tokens"] == n and res["windows"] > len(docs)
+        assert res["ppl"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+        assert res["bits_per_byte"] == pytest.approx(nll / math.log(2) / sum(len(d.encode()) for d in docs), rel=1e-4)
+
+
+def test_short_text_perplexity_equals_the_full_log_softmax(tiny_base):
+    """Where no windowing happens, the sliced cross-entropy gives the numbers of a log-softmax
+    over the whole [tokens, vocab] (the computation it replaced)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    docs = ["A list is a mutable sequence; a tuple is not.", "Errors should never pass silently."]
+    res = perplexity(m, tok, docs)
+    seqs = [[tok.bos_token_id] + tok(d).input_ids for d in docs]
+    old = score_sequences(m, seqs, [len(s) - 1 for s in seqs])
+    n = sum(len(s) - 1 for s in seqs)
+    assert res["windows"] == 2 and res["tokens"] == n
+    assert res["nll"] == pytest.approx(-sum(ll for ll, _ in old) / n, rel=1e-6)
+
+
+def test_perplexity_of_a_long_document_never_holds_tokens_by_vocab_logits():
+    """A 3,000-token document, a 32k-context model with an 8,192-token vocabulary: the default
+    window is 2048, and no tensor of the evaluation is as large as [tokens, vocab] (the old
+    code's float32 logits and log-softmax were 24.6 M elements each)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=8192,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+    )
+    m = LlamaForCausalLM(cfg).eval()
+    tok = bigram_tokenizer()
+    doc = "good day pos " * 1000
+
+    class Largest(TorchDispatchMode):
+        most = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    Largest.most = max(Largest.most, t.numel())
+            return out
+
+    with Largest():
+        res = perplexity(m, tok, [doc])
+    assert res["tokens"] == 3000 and res["window"] == 2048 and res["windows"] == 2
+    assert Largest.most < 3000 * 8192 / 2, Largest.most
+    assert res["ppl"] == pytest.approx(8192, rel=0.05)  # a random model is about uniform
 
 
 def test_batched_scores_equal_one_at_a_time(tiny_base):

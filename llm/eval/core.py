@@ -4,8 +4,12 @@ Three task types (``EvalTaskConfig.type``):
 
 * ``perplexity``: documents are tokenized (the tokenizer's own special tokens), a prefix token
   (BOS, else EOS) is put in front so that every token of the document is predicted, and the
-  sequence is cut into disjoint windows of at most ``max_length`` predicted tokens (a window's
-  context starts at its own first token). ``ppl = exp(sum NLL / tokens)``; ``bits_per_byte =
+  sequence is scored in windows of at most ``max_length`` input tokens (default 2048, or the
+  model's context if shorter): the first window predicts all its tokens, each later one
+  ``stride`` new tokens (default: the window, so windows are disjoint) after as much preceding
+  text as fits, with the prefix token in front again when ``bos_per_window`` (default). The
+  output layer and cross-entropy run on slices of positions, so memory is bounded by the
+  window, whatever the document's length. ``ppl = exp(sum NLL / tokens)``; ``bits_per_byte =
   sum NLL / ln 2 / UTF-8 bytes`` compares models with different tokenizers.
 * ``choice``: the prompt (``description`` + k examples + the query, joined by
   ``fewshot_delimiter``) is the context; each option, after ``target_delimiter``, is a
@@ -26,6 +30,7 @@ Records are JSON lines. Errors name the file, the line and the field.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -35,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 BUILTIN_ZEN = "builtin:zen-of-python"
@@ -290,23 +297,158 @@ def zen_of_python() -> str:
     return codecs.decode(s, "rot13")
 
 
-def perplexity(model: Any, tokenizer: Any, docs: Sequence[str], batch_size: int = 8, max_length: int | None = None) -> dict[str, float]:
-    L = max_length or model_max_length(model)
+PPL_WINDOW = 2048
+"""Default perplexity window (tokens the model reads at once) when the task sets no ``max_length``:
+the model's context if shorter. lm-evaluation-harness's default length; attention memory grows
+with the square of the window, and beyond a few thousand tokens of context a token's loss hardly
+falls any further."""
+CHUNK_ELEMENTS = 1 << 23
+"""Logits computed at once when scoring perplexity (rows x vocabulary; 32 MB in float32)."""
+
+
+def perplexity_windows(n: int, window: int, stride: int | None = None, bos_per_window: bool = True) -> list[tuple[int, int, int]]:
+    """How a document of ``n`` tokens (``toks[0]`` is the prefix token) is scored in windows of
+    at most ``window`` input tokens: ``(c, a, b)`` per window, where the model reads
+    ``toks[c:b-1]`` (with the prefix token in front when ``bos_per_window`` and ``c > 0``) and
+    predicts ``toks[a:b]``. Every token ``1..n-1`` is predicted exactly once. The first window
+    predicts up to ``window`` tokens; each later one ``stride`` new tokens (``None``: the window,
+    disjoint windows), with the tokens before them as context, as many as fit."""
+    if window < 1 + bos_per_window:
+        raise ValueError(f"perplexity window {window} is too short{' for the prefix token and one token' if bos_per_window else ''}")
+    stride = window if stride is None else stride
+    if not 1 <= stride <= window:
+        raise ValueError(f"perplexity stride {stride} must be in [1, window={window}]")
+    out = []
+    a = 1
+    while a < n:
+        b = min(n, 1 + window) if a == 1 else min(n, a + stride)
+        c = max(0, b - 1 - window)
+        if bos_per_window and c > 0:
+            b = min(b, a - 1 + window)  # one input position goes to the prefix token
+            c = max(0, b - window)
+        out.append((c, a, b))
+        a = b
+    return out
+
+
+def _nll_rows(head: Any, hidden: torch.Tensor, targets: torch.Tensor) -> float:
+    """Summed cross-entropy of ``head(hidden)`` [T, V] against ``targets`` [T], a slice of rows at a
+    time (never [T, V] float32 logits at once)."""
+    weight = getattr(head, "weight", None)
+    V = weight.shape[0] if isinstance(weight, torch.Tensor) else hidden.shape[-1]
+    rows = max(1, CHUNK_ELEMENTS // V)
+    total = 0.0
+    for i in range(0, hidden.shape[0], rows):
+        logits = head(hidden[i : i + rows]).float()
+        total += torch.nn.functional.cross_entropy(logits, targets[i : i + rows], reduction="sum").item()
+    return total
+
+
+def _head_inputs(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[Any, torch.Tensor] | None:
+    """The model's forward with its output layer computing the last position only; the hidden
+    states the layer was given [B, L, H]. ``None`` where that cannot be trusted: no output layer,
+    or logits that are not the output layer's (a soft-cap or scale after it)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Module):
+        return None
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep_last(_mod: Any, args: tuple) -> tuple | None:
+        if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() != 3 or "h" in seen:
+            return None
+        seen["h"] = args[0]
+        return (args[0][:, -1:], *args[1:])
+
+    handle = head.register_forward_pre_hook(keep_last)
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    finally:
+        handle.remove()
+    h = seen.get("h")
+    if h is None or h.shape[:2] != ids.shape or logits.shape[:2] != (ids.shape[0], 1):
+        return None
+    if not torch.allclose(logits[:, -1].float(), head(h[:, -1]).float(), rtol=1e-5, atol=1e-5):
+        return None
+    return head, h
+
+
+_warned_fallback = False
+
+
+@torch.no_grad()
+def window_nll(model: Any, windows: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8, pad_id: int = 0) -> float:
+    """Summed negative log-likelihood of ``targets`` over ``(inputs, targets)`` windows, where the
+    last ``len(targets)`` input positions predict the targets. The output layer and the
+    cross-entropy run on slices of the target positions, so memory is bounded by the window, not
+    by the vocabulary times the window."""
+    global _warned_fallback
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
+    total = 0.0
+    try:
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(windows[i][0]) for i in idx)
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, : len(windows[i][0])] = torch.tensor(list(windows[i][0]), dtype=torch.long)
+                mask[r, : len(windows[i][0])] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            rows = [(r, len(windows[i][0]), len(windows[i][1])) for r, i in enumerate(idx)]
+            tgt = torch.tensor([t for i in idx for t in windows[i][1]], dtype=torch.long, device=device)
+            got = _head_inputs(model, ids, mask)
+            if got is not None:
+                head, h = got
+                sel = torch.cat([h[r, L - n : L] for r, L, n in rows])
+                total += _nll_rows(head, sel, tgt)
+                continue
+            if not _warned_fallback:
+                log.warning("perplexity: the model's logits are not its output layer's alone; scoring from full logits")
+                _warned_fallback = True
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            sel = torch.cat([logits[r, L - n : L] for r, L, n in rows])
+            total += _nll_rows(torch.nn.Identity(), sel, tgt)
+    finally:
+        model.train(was_training)
+    return total
+
+
+def perplexity(
+    model: Any,
+    tokenizer: Any,
+    docs: Sequence[str],
+    batch_size: int = 8,
+    max_length: int | None = None,
+    stride: int | None = None,
+    bos_per_window: bool = True,
+) -> dict[str, float]:
+    """Token perplexity and bits per byte of ``docs``, in windows of ``max_length`` input tokens
+    (``None``: :data:`PPL_WINDOW` or the model's context if shorter); see :func:`perplexity_windows`."""
+    L = max_length or min(PPL_WINDOW, model_max_length(model))
     p = prefix_token(tokenizer)
-    seqs, ns = [], []
+    windows: list[tuple[list[int], list[int]]] = []
     n_bytes = 0
     for d in docs:
         ids = encode(tokenizer, d)
         toks = ids if ids and ids[0] == p else [p] + ids
         n_bytes += len(d.encode("utf-8"))
-        for s in range(0, len(toks) - 1, L):
-            w = toks[s : s + L + 1]
-            seqs.append(w)
-            ns.append(len(w) - 1)
-    scores = score_sequences(model, seqs, ns, batch_size, _pad(tokenizer))
-    nll = -sum(s for s, _ in scores)
-    n = sum(ns)
-    return {"ppl": math.exp(nll / n), "nll": nll / n, "bits_per_byte": nll / math.log(2) / max(1, n_bytes), "tokens": n, "docs": len(docs)}
+        for c, a, b in perplexity_windows(len(toks), L, stride, bos_per_window):
+            inputs = ([p] if bos_per_window and c > 0 else []) + toks[c : b - 1]
+            windows.append((inputs, toks[a:b]))
+    nll = window_nll(model, windows, batch_size, _pad(tokenizer))
+    n = sum(len(t) for _, t in windows)
+    return {
+        "ppl": math.exp(nll / n),
+        "nll": nll / n,
+        "bits_per_byte": nll / math.log(2) / max(1, n_bytes),
+        "tokens": n,
+        "docs": len(docs),
+        "windows": len(windows),
+        "window": L,
+    }
 
 
 def _stderr(acc: float, n: int) -> float:
@@ -386,7 +528,7 @@ def run_task(model: Any, tokenizer: Any, task: Any, batch_size: int = 8) -> dict
         raise EvalDataError(f"task {task.name}: type must be one of {', '.join(TASK_TYPES)}, got {task.type!r}")
     t0 = time.perf_counter()
     if task.type == "perplexity":
-        res: dict[str, Any] = perplexity(model, tokenizer, read_texts(task), batch_size, task.max_length)
+        res: dict[str, Any] = perplexity(model, tokenizer, read_texts(task), batch_size, task.max_length, task.stride, task.bos_per_window)
     elif task.type == "choice":
         res = run_choice(model, tokenizer, task, batch_size)
     else:
