@@ -253,6 +253,39 @@ def test_short_text_perplexity_equals_the_full_log_softmax(tiny_base):
     assert res["nll"] == pytest.approx(-sum(ll for ll, _ in old) / n, rel=1e-6)
 
 
+def test_perplexity_of_a_model_that_soft_caps_its_logits():
+    """Gemma 2 soft-caps the output layer's logits: the hidden-state path would miss the cap, so
+    the check on the last position sends it to full logits, with the same numbers."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(
+        vocab_size=V,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        final_logit_softcapping=0.5,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    m = Gemma2ForCausalLM(cfg).eval()
+    tok = bigram_tokenizer()
+    docs = ["good day pos pos", "bad luck neg"]
+    from llm.eval.core import _head_inputs
+
+    ids = torch.tensor([[0, 3, 5, 7]])
+    assert _head_inputs(m, ids, torch.ones_like(ids)) is None  # the cap is seen; not trusted
+    res = perplexity(m, tok, docs)
+    seqs = [[0] + tok(d).input_ids for d in docs]
+    old = score_sequences(m, seqs, [len(s) - 1 for s in seqs])
+    assert res["nll"] == pytest.approx(-sum(ll for ll, _ in old) / res["tokens"], rel=1e-6)
+    assert res["ppl"] < V * 1.01  # a cap of 0.5 keeps every logit within 0.5 of the rest: about uniform
+
+
 def test_perplexity_of_a_long_document_never_holds_tokens_by_vocab_logits():
     """A 3,000-token document, a 32k-context model with an 8,192-token vocabulary: the default
     window is 2048, and no tensor of the evaluation is as large as [tokens, vocab] (the old
