@@ -27,7 +27,7 @@ from llm.config import _choice
 
 Number = Union[int, float]  # a number kept as written (4 stays 4: the config fingerprint sees the type)
 
-InputKind = _choice("InputKind", "html", "warc", "jsonl", "txt")
+InputKind = _choice("InputKind", "html", "warc", "jsonl", "txt", "parquet", "hf_dataset", "wikipedia")
 ExtractEngine = _choice("ExtractEngine", "resiliparse", "trafilatura")
 KeepRule = _choice("KeepRule", "threshold", "pareto")
 ExecutorKind = _choice("ExecutorKind", "local", "slurm")
@@ -80,7 +80,13 @@ def _entries(entries: dict[str, Any], schema: type, key: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- inputs
 
 # options a reader of one kind only takes (llm/pipeline/readers.py)
-_KIND_OPTIONS = {"separator": "txt", "min_chars": "txt", "text_key": "jsonl", "id_key": "jsonl"}
+_KIND_OPTIONS = {
+    "separator": ("txt",),
+    "min_chars": ("txt",),
+    "text_key": ("jsonl", "parquet", "hf_dataset"),
+    "id_key": ("jsonl", "parquet", "hf_dataset"),
+    "namespaces": ("wikipedia",),
+}
 
 
 @dataclass
@@ -94,14 +100,19 @@ class InputSpec:
     ``heuristics.sources``, ``harmful.skip_sources``, ``quality.sources``,
     ``quality.train.negative_sources`` and ``mixture.sources`` refer to it."""
     kind: InputKind = MISSING
-    """``html`` (one document per .html/.htm file, charset from its <meta>), ``warc`` (HTML
-    responses of .warc/.warc.gz files), ``jsonl`` (one document per line, .gz/.zst read too) or
-    ``txt`` (one document per file, or per ``separator`` record)."""
+    """``html`` (one document per .html/.htm file, charset from its <meta>, else detected),
+    ``warc`` (HTML responses of .warc files), ``jsonl`` (one document per line), ``txt`` (one
+    document per file, or per ``separator`` record), ``parquet`` (a text column of .parquet
+    files), ``hf_dataset`` (a text column of a Hugging Face dataset saved with
+    ``save_to_disk``: its .arrow files) or ``wikipedia`` (the articles of a MediaWiki XML dump,
+    as plain text). A .gz, .bz2, .xz (or, with ``zstandard`` installed, .zst) file is
+    decompressed while read, whatever the kind (Parquet and Arrow compress inside)."""
     path: str = MISSING
     """The directory the files are in."""
     glob: Optional[str] = None
     """Files to read, relative to ``path``; ``None``: the reader's own (html ``**/*.htm*``, warc
-    ``**/*.warc*``, jsonl ``**/*.jsonl*``, txt ``**/*``)."""
+    ``**/*.warc*``, jsonl ``**/*.jsonl*``, txt ``**/*``, parquet ``**/*.parquet``, hf_dataset
+    ``**/*.arrow``, wikipedia ``**/*.xml*``)."""
     include: Optional[str] = None
     """A regular expression a file's path relative to ``path`` must match (whole), to pick files
     a glob cannot."""
@@ -113,9 +124,12 @@ class InputSpec:
     min_chars: Optional[int] = None
     """``txt`` with ``separator``: shorter records are skipped (``None``: 1)."""
     text_key: Optional[str] = None
-    """``jsonl``: the field holding the text (``None``: ``text``)."""
+    """``jsonl``, ``parquet``, ``hf_dataset``: the field (column) holding the text (``None``: ``text``)."""
     id_key: Optional[str] = None
-    """``jsonl``: the field holding the document id (``None``: ``id``; else file:line)."""
+    """``jsonl``, ``parquet``, ``hf_dataset``: the field holding the document id (``None``: ``id``;
+    where there is none, file:line or file:row)."""
+    namespaces: Optional[list[int]] = None
+    """``wikipedia``: the namespaces whose pages are read (``None``: ``[0]``, the articles)."""
     limit: Optional[int] = None
     """Read at most this many documents per task (datatrove's reader ``limit``; ``None``: all)."""
     skip: Optional[int] = None
@@ -123,10 +137,10 @@ class InputSpec:
 
     def check(self, key: str) -> None:
         """Cross-field checks; ``key`` is where the spec sits, e.g. ``inputs[1]``."""
-        for opt, kind in _KIND_OPTIONS.items():
+        for opt, kinds in _KIND_OPTIONS.items():
             _check(
-                getattr(self, opt) is None or self.kind == kind,
-                f"{key}.{opt}: only a {kind} reader takes it ({key}.kind={self.kind}, name={self.name})",
+                getattr(self, opt) is None or self.kind in kinds,
+                f"{key}.{opt}: only a {' or '.join(kinds)} reader takes it ({key}.kind={self.kind}, name={self.name})",
             )
         for opt in ("min_chars", "limit", "skip"):
             _check(getattr(self, opt) is None or getattr(self, opt) >= 0, f"{key}.{opt}={getattr(self, opt)}: must be >= 0")
