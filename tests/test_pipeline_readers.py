@@ -195,6 +195,9 @@ def test_parquet_text_column_in_batches(tmp_path):
     assert docs[0].id == "src/doc-0" and docs[0].text == "Document number 0 of the shard."
     assert docs[-1].id == f"src/doc-{n - 1}"
     assert stats["bad_missing_text_field"] == 2  # row 7, and the file without the column
+    (tmp_path / "part-2.parquet").write_bytes(b"PAR1" + bytes(100))  # not Parquet: counted, the others still read
+    docs, stats = _run("parquet", tmp_path, text_key="content", id_key="doc")
+    assert len(docs) == n - 1 and stats["bad_unreadable_file"] == 1
 
 
 def test_hf_dataset_saved_to_disk(tmp_path):
