@@ -27,7 +27,6 @@ NOT_DECLARED = {
     "litgpt": "installed into a cache by the litgpt benchmark",
     # optional: the pipeline's readers decompress .zst inputs when it is installed, and say so when
     # it is not (llm/pipeline/readers.py decompressed); not installed in the project's environment
-    "zstandard": "optional .zst decompression of the pipeline's readers",
 }
 
 

@@ -120,18 +120,13 @@ def test_declared_charset_is_honoured_before_detection(tmp_path):
 
 
 def _compressors():
-    out = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
-    try:
-        import zstandard
+    import zstandard
 
-        out["zst"] = zstandard.ZstdCompressor().compress
-    except ImportError:
-        pass
-    return out
+    return {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress, "zst": zstandard.ZstdCompressor().compress}
 
 
 def test_compressed_inputs_read_like_plain_ones(tmp_path):
-    """.gz, .bz2, .xz (and .zst with zstandard) files of every kind give the documents of the plain
+    """.gz, .bz2, .xz and .zst files of every kind give the documents of the plain
     file, none counted as bad input."""
     html = _page("Cherries from the old tree were sweet this year, and the pears were late.").encode()
     txt = b"First record of a fortune file.\n%\nSecond record, a little longer than the first.\n"
@@ -151,24 +146,6 @@ def test_compressed_inputs_read_like_plain_ones(tmp_path):
             docs, stats = _run(kind, folder, **opts)
             assert [d.text for d in docs] == want, (kind, ext, stats)
             assert not any(k.startswith("bad_") for k in stats), (kind, ext, stats)
-
-
-def test_zst_without_zstandard_is_a_clear_bad_input(tmp_path):
-    """Without the zstandard package a .zst file is counted as unreadable (the run goes on)."""
-    try:
-        import zstandard  # noqa: F401
-
-        pytest.skip("zstandard is installed: .zst files are read (test_compressed_inputs_read_like_plain_ones)")
-    except ImportError:
-        pass
-    from llm.pipeline.readers import decompressed
-
-    (tmp_path / "a.txt.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 20)
-    (tmp_path / "b.txt").write_text("a plain file next to it")
-    docs, stats = _run("txt", tmp_path)
-    assert [d.text for d in docs] == ["a plain file next to it"] and stats["bad_unreadable_file"] == 1
-    with pytest.raises(OSError, match="zstandard"):
-        decompressed(open(tmp_path / "a.txt.zst", "rb"), "zstd")
 
 
 # ----------------------------------------------------------------------------- columnar and datasets

@@ -9,8 +9,8 @@ lists the counts. Reasons: ``empty_file``, ``undecodable`` (more than 10% of the
 would be U+FFFD: dropped), ``decoded_with_replacement`` (kept), ``bad_json``,
 ``missing_text_field``, ``broken_warc_record``, ``unreadable_file``, ``bad_xml``.
 
-Compression is chosen by the file name: ``.gz``, ``.bz2``, ``.xz`` and ``.zst`` (the last only
-when the ``zstandard`` package is installed; the project does not declare it) are decompressed
+Compression is chosen by the file name: ``.gz``, ``.bz2``, ``.xz`` and ``.zst`` (the ``zstandard``
+package, in the ``data`` extra) are decompressed
 while read, for every kind but Parquet and ``hf_dataset`` (compressed inside).
 
 Text whose charset is not declared (HTTP ``Content-Type`` of a WARC record, ``<meta charset>``,
@@ -25,6 +25,7 @@ import bz2
 import codecs
 import contextlib
 import gzip
+import io
 import json
 import lzma
 import re
@@ -70,11 +71,9 @@ def decompressed(f: IO[bytes], compression: str | None) -> IO[bytes]:
     if compression == "xz":
         return lzma.LZMAFile(f)
     if compression == "zstd":
-        try:
-            import zstandard
-        except ImportError:
-            raise OSError("a .zst file needs the zstandard package, which is not installed (pip install zstandard)") from None
-        return zstandard.ZstdDecompressor().stream_reader(f)
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f))  # its reader has no readline
     return f
 
 
