@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "sft": ("llm.bench.sft", "SFT vs TRL's SFTTrainer; full vs LoRA memory"),
     "rl": ("llm.bench.rl", "PPO vs TRL"),
     "data": ("llm.bench.data", "the stage-1 pipeline's blocks vs datatrove's"),
+    "data_lang": ("llm.bench.data_lang", "clean Chinese kept by the stage-1 heuristics vs its English original"),
     "strategies": ("llm.bench.strategies", "memory and throughput per rank of DDP, ZeRO 1/2/3 and FSDP"),
     "litgpt": ("llm.bench.litgpt", "our pretraining loop vs litgpt's"),
 }

@@ -200,6 +200,12 @@ class LangidConfig:
             _fraction(src.min_score, f"langid.sources.{name}.min_score", closed=True)
 
 
+def _language_defaults() -> dict[str, dict[str, Any]]:
+    from llm.pipeline.heuristics import LANGUAGE_DEFAULTS
+
+    return {lang: dict(v) for lang, v in LANGUAGE_DEFAULTS.items()}
+
+
 @dataclass
 class HeuristicsConfig:
     """Gopher / C4 rules (``llm/pipeline/heuristics.py``): thresholds are ``DEFAULTS`` there,
@@ -208,13 +214,16 @@ class HeuristicsConfig:
 
     default: dict[str, Any] = field(default_factory=dict)
     """Overrides of ``llm/pipeline/heuristics.py`` ``DEFAULTS`` for every document."""
-    languages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per language, e.g. ``{zh: {min_words: 10}}``."""
+    languages: dict[str, dict[str, Any]] = field(default_factory=lambda: _language_defaults())
+    """Per language, e.g. ``{zh: {min_words: 10}}``; merged into the defaults, which are
+    ``llm/pipeline/heuristics.py`` ``LANGUAGE_DEFAULTS``: Chinese repetition counted in jieba
+    words (``zh: {repetition_words: jieba}``), Japanese in characters with every n doubled
+    (``ja: {cjk_chars_per_word: 2}``); calibrated with ``python -m llm.bench.data_lang``."""
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per input source name, e.g. ``{fortunes: {min_words: 5}}``."""
 
     def __post_init__(self) -> None:
-        from llm.pipeline.heuristics import DEFAULTS
+        from llm.pipeline.heuristics import DEFAULTS, check_value
 
         overrides = {
             "heuristics.default": self.default,
@@ -224,6 +233,9 @@ class HeuristicsConfig:
         for key, over in overrides.items():
             unknown = sorted(set(over) - set(DEFAULTS))
             _check(not unknown, f"{key}: unknown thresholds {unknown}; known: {sorted(DEFAULTS)}")
+            for name, value in over.items():
+                bad = check_value(name, value)
+                _check(not bad, f"{key}.{name}={value!r}: must be {bad}")
 
 
 @dataclass

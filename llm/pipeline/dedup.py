@@ -14,7 +14,10 @@
   occurs (``LineCounter``); one task merges the counts (``BoilerplateFinder``) and marks lines
   found in at least ``min_docs`` documents and ``min_fraction`` of the source's documents;
   ``BoilerplateRemover`` deletes them. Only lines of at least ``min_chars`` characters count,
-  so short code lines ("else:") and headings ("Note") stay.
+  so short code lines ("else:") and headings ("Note") stay, and table rows never count (a row of
+  cells, ``is_table_row``): a table header that every page of a reference repeats ("Operation
+  Result Notes") is content, while site chrome is lists, links and sentences. Navigation laid out
+  as a table is removed by the extractor (DocBook's navheader/navfooter, the neighbours' titles).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignatur
 from datatrove.utils.hashing import create_hash_func
 from datatrove.utils.text import simplify_text
 
-from llm.pipeline.text import is_cjk, normalize, normalize_line, words
+from llm.pipeline.text import is_cjk, is_table_row, normalize, normalize_line, words
 
 
 def normalized_content(doc) -> str:
@@ -104,7 +107,7 @@ class LineCounter(PipelineStep):
             hs = set()
             for ln in doc.text.splitlines():
                 norm = normalize_line(ln)
-                if len(norm) >= self.min_chars:
+                if len(norm) >= self.min_chars and not is_table_row(ln):
                     h = _line_hash(norm)
                     hs.add(h)
                     if len(text_of) < 50 * self.keep_examples and h not in text_of:
@@ -184,7 +187,7 @@ class BoilerplateRemover(PipelineStep):
                 kept, removed = [], 0
                 for ln in doc.text.splitlines():
                     norm = normalize_line(ln)
-                    if len(norm) >= self.min_chars and _line_hash(norm) in marked:
+                    if len(norm) >= self.min_chars and _line_hash(norm) in marked and not is_table_row(ln):
                         removed += 1
                     else:
                         kept.append(ln)

@@ -44,6 +44,12 @@ _TOKENS = (
     "permalink",
     "skip-link",
     "cookie-banner",
+    "cookie-consent",
+    "cookie-notice",
+    "newsletter",
+    "navheader",  # DocBook's navigation rows (prev / up / next), top and bottom of every page
+    "navfooter",
+    "nav-panel",  # Texinfo's "Next: ..., Previous: ..., Up: ..."
     "share",
     "social",
     "toc",
@@ -68,6 +74,9 @@ BOILERPLATE_SELECTORS = (
         '[role="complementary"]',
         '[role="search"]',
         '[aria-hidden="true"]',
+        # a <header> outside any article/section is the page's banner (its implicit ARIA role
+        # is "banner"): site name, menus, promotions. A <header> inside <article> is its title.
+        "header:not(article *):not(aside *):not(main *):not(nav *):not(section *)",
     ]
     + [f'[class~="{t}"]:not(body):not(main):not(article)' for t in _TOKENS]
     + [f'[id="{t}"]:not(body):not(main):not(article)' for t in _TOKENS]
@@ -76,12 +85,70 @@ BOILERPLATE_SELECTORS = (
 _PERMALINK = re.compile(r"\s*[¶§🔗]\s*$", re.M)
 _BLANKS = re.compile(r"\n{3,}")
 
+# Links a manual's page has to its neighbours (DocBook, Sphinx, Texinfo and others write them):
+# their titles, at the top or bottom of the text, are navigation.
+_NAV_RELS = {"prev", "previous", "next", "up", "home", "start", "first", "last", "contents", "index", "top", "parent"}
+_NAV_WORDS = re.compile(
+    r"\b(?:prev(?:ious)?|next|up|home|top|contents|table of contents|index|chapter|section|page|back to top|back|forward|go to)\b"
+    r"|上一页|下一页|上一章|下一章|上一节|下一节|上一级|起始页|首页|返回|目录|前一页|次のページ|前のページ|目次",
+    re.I,
+)
+_FILLER = re.compile(r"[\W_\d]+")  # arrows, bars, brackets, numbers between the navigation words
+EDGE_LINES = 3  # navigation is looked for in this many lines at each end of the text
+
+
+def nav_titles(tree) -> list[str]:
+    """Titles of the page's links to its neighbours: ``<link rel=prev|next|up|home... title=...>``
+    in the head and the text of ``<a rel=...>`` links, longest first; the page's own ``<title>``
+    is not one (a manual's first page links to itself as "home")."""
+    own = tree.document.query_selector("title")
+    own = " ".join(own.text.split()) if own is not None else ""
+    titles = set()
+    for el in tree.document.query_selector_all("link[rel], a[rel]"):
+        if _NAV_RELS & set((el.getattr("rel") or "").lower().split()):
+            t = el.getattr("title") if el.tag == "link" else el.text
+            if t and t.strip():
+                titles.add(" ".join(t.split()))
+    titles.discard(own)
+    return sorted(titles, key=len, reverse=True)
+
+
+def _is_nav_line(line: str, titles: list[str]) -> bool:
+    rest = " ".join(line.split())
+    found = 0
+    for t in titles:
+        if t in rest:
+            rest, found = rest.replace(t, " "), found + 1
+    rest, n = _NAV_WORDS.subn(" ", rest)
+    return found + n > 0 and not _FILLER.sub("", rest)  # a "}" closing a code sample is no navigation
+
+
+def strip_navigation(text: str, titles: list[str] = ()) -> str:
+    """Manual navigation removed from extracted text: up to ``EDGE_LINES`` lines at either end
+    made only of the neighbour pages' titles (``titles``) and navigation words ("Prev", "Up",
+    "Next", "Home", "上一页", arrows, numbers, punctuation), and a title repeated on the line
+    after it at the start (a navigation header above the page's own heading)."""
+    lines = text.split("\n")
+    for edge in (0, -1):
+        for _ in range(EDGE_LINES):
+            while lines and not lines[edge].strip():
+                lines.pop(edge)
+            if lines and _is_nav_line(lines[edge], titles):
+                lines.pop(edge)
+            else:
+                break
+    first = [i for i, ln in enumerate(lines) if ln.strip()][:2]
+    if len(first) == 2 and " ".join(lines[first[0]].split()) == " ".join(lines[first[1]].split()):
+        del lines[first[0] : first[1]]
+    return "\n".join(lines).strip()
+
 
 def resiliparse_extract(html: str) -> str:
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.html import HTMLTree
 
     tree = HTMLTree.parse(html)
+    titles = nav_titles(tree)
     text = extract_plain_text(
         tree,
         preserve_formatting=True,
@@ -93,7 +160,7 @@ def resiliparse_extract(html: str) -> str:
         noscript=False,
         skip_elements=BOILERPLATE_SELECTORS,
     )
-    return _tidy(text)
+    return strip_navigation(_tidy(text), titles)
 
 
 def raw_extract(html: str) -> str:

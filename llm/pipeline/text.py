@@ -1,8 +1,10 @@
-"""Text helpers shared by the blocks: word splitting that needs no model (CJK as characters)."""
+"""Text helpers shared by the blocks: word splitting that needs no model (CJK as characters),
+Chinese words (jieba) for the repetition rules, and table rows as the extractors render them."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import unicodedata
 
@@ -29,6 +31,34 @@ def is_cjk(text: str, threshold: float = 0.2) -> bool:
 def words(text: str) -> list[str]:
     """Words of space-delimited scripts; every CJK character counts as one word."""
     return _WORD.findall(text)
+
+
+_HAS_WORD = re.compile(r"[^\W_]")
+
+
+def jieba_words(text: str) -> list[str]:
+    """Chinese words (jieba's default dictionary, HMM for unknown words); punctuation and white
+    space are left out, Latin words stay whole. About 470k characters/s on one core here; the
+    dictionary loads once per process (~1 s)."""
+    try:
+        import jieba
+    except ImportError as e:
+        raise ImportError(
+            "jieba splits Chinese into words for the repetition rules (heuristics repetition_words=jieba): "
+            "pip install -e '.[data]', or set heuristics.languages.zh.repetition_words=regex"
+        ) from e
+    if not jieba.dt.initialized:
+        jieba.setLogLevel(logging.WARNING)  # no "Building prefix dict" chatter per worker
+    return [w for w in jieba.lcut(text) if _HAS_WORD.search(w)]
+
+
+_TABLE_ROW = re.compile(r"\S\t+\S|\S\s+\|\s+\S.*\|\s*$")
+
+
+def is_table_row(line: str) -> bool:
+    """A row of a table of two or more cells as the extractors render it: resiliparse separates
+    cells by tabs (``a\t\tb``), trafilatura by bars (``a | b |``)."""
+    return bool(_TABLE_ROW.search(line.strip()))
 
 
 def strip_ansi(text: str) -> str:
