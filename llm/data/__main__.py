@@ -67,19 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
     report = run_pipeline(cfg, restart=args.restart, only=args.stage)
     if report:
-        kept = report.get("kept_documents")
-        print(
-            json.dumps(
-                {
-                    "kept_documents": kept,
-                    "removed_by_reason": report.get("removed_by_reason"),
-                    "bad_input": report.get("bad_input"),
-                    "report": str(Path(cfg["out"]) / "report"),
-                },
-                indent=1,
-                ensure_ascii=False,
-            )
-        )
+        from llm.pipeline.report import summary
+
+        print(json.dumps(summary(report, str(Path(cfg["out"]) / "report")), indent=1, ensure_ascii=False))
     return 0
 
 

@@ -9,14 +9,16 @@ model handles English and Chinese.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from llm.pipeline.text import fasttext_tokens, unit_hash
+from llm.pipeline.text import fasttext_tokens, unit_hash, words
 
 
 def held_out(text: str, fraction: float, seed: int = 0) -> bool:
@@ -24,19 +26,55 @@ def held_out(text: str, fraction: float, seed: int = 0) -> bool:
 
 
 def roc_auc(pos: Iterable[float], neg: Iterable[float]) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative, ties counting half (the Mann-Whitney U statistic over the rank sum, tied scores
+    sharing their mean rank). ``nan`` when either side is empty. O(n log n)."""
     pos, neg = np.asarray(list(pos), float), np.asarray(list(neg), float)
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
     allv = np.concatenate([pos, neg])
-    order = allv.argsort(kind="mergesort")
-    ranks = np.empty(len(allv))
-    ranks[order] = np.arange(1, len(allv) + 1)
-    for v in np.unique(allv):  # average ranks of ties
-        m = allv == v
-        if m.sum() > 1:
-            ranks[m] = ranks[m].mean()
+    uniq, inverse, counts = np.unique(allv, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based rank of the first element of each tie group
+    mean_rank = first + (counts + 1) / 2.0  # 1-based mean rank of each tie group
+    ranks = mean_rank[inverse]
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def accuracy(pos: Iterable[float], neg: Iterable[float], threshold: float = 0.5) -> float:
+    """Fraction of texts on the right side of ``threshold`` (positives above it, negatives at or below)."""
+    pos, neg = np.asarray(list(pos), float), np.asarray(list(neg), float)
+    n = len(pos) + len(neg)
+    return float(((pos > threshold).sum() + (neg <= threshold).sum()) / n) if n else float("nan")
+
+
+_SENTENCE_END = re.compile(r"[.!?:;\u3002\uff01\uff1f\uff1a\uff1b\u2026][\"')\]\u201d\u2019\u300d\u300f\uff09]*\s*$")
+SHORT_LINE_WORDS = 8
+
+
+def line_shape_tokens(text: str) -> str:
+    """One token per non-empty line describing its shape, so that a linear bag-of-n-grams model
+    can see layout as well as words: ``__ln_long__`` (more than ``SHORT_LINE_WORDS`` words),
+    ``__ln_shortp__`` (a short line ending a sentence) or ``__ln_short__`` (a short line without
+    sentence punctuation: a link, a menu item, an index or table-of-contents entry). A link-list
+    page is mostly ``__ln_short__``; wrapped prose and one-line paragraphs are both ``__ln_long__``."""
+    out = []
+    for line in text.splitlines():
+        n = len(words(line))
+        if not n:
+            continue
+        if n > SHORT_LINE_WORDS:
+            out.append("__ln_long__")
+        else:
+            out.append("__ln_shortp__" if _SENTENCE_END.search(line) else "__ln_short__")
+    return " ".join(out)
+
+
+def model_tokens(text: str, line_shapes: bool = False, max_chars: int = 20000) -> str:
+    """The line fastText sees for ``text``: its words (``fasttext_tokens``), then, with
+    ``line_shapes``, the shape token of each of its lines (``line_shape_tokens``)."""
+    text = text[:max_chars]
+    toks = fasttext_tokens(text)
+    return f"{toks} {line_shape_tokens(text)}" if line_shapes else toks
 
 
 def fasttext_module():
@@ -60,8 +98,16 @@ def train_fasttext(
     dim: int = 32,
     min_count: int = 1,
     max_chars: int = 20000,
+    line_shapes: bool = False,
+    quantize: bool = False,
+    cutoff: int = 100000,
 ) -> dict:
-    """Train and write ``out`` atomically; return the figures (counts, held-out AUC)."""
+    """Train and write ``out`` atomically; return the figures (counts, held-out AUC and accuracy
+    at 0.5, the model's size on disk). ``line_shapes``: the model also sees one shape token per
+    line (``line_shape_tokens``; the scorer then adds them too). ``quantize``: fastText's product
+    quantisation (``qnorm``, ``retrain`` on the training rows, at most ``cutoff`` words and
+    n-grams kept), so a model of a few hundred kB replaces one of ~130 MB; the held-out figures
+    of the full model are kept under ``unquantized``."""
     if not positive or not negative:
         raise ValueError(f"classifier {out}: need positive and negative texts, got {len(positive)} and {len(negative)}")
     fasttext = fasttext_module()
@@ -73,12 +119,24 @@ def train_fasttext(
             if holdout and held_out(t, holdout, seed):
                 test.append(t)
             else:
-                rows.append(f"__label__{label} {fasttext_tokens(t[:max_chars])}")
+                rows.append(f"__label__{label} {model_tokens(t, line_shapes, max_chars)}")
     rng = np.random.default_rng(seed)
     rng.shuffle(rows)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, dir=out.parent) as f:
         f.write("\n".join(rows) + "\n")
         train_file = f.name
+    tmp = out.with_name(out.name + ".tmp")
+
+    def heldout_figures() -> dict:
+        scorer = FastTextScorer(tmp, line_shapes=line_shapes)
+        pos, neg = [scorer(t) for t in test_pos], [scorer(t) for t in test_neg]
+        both = bool(pos and neg)
+        return {
+            "bytes": tmp.stat().st_size,
+            "heldout_auc": roc_auc(pos, neg) if both else None,
+            "heldout_accuracy": accuracy(pos, neg) if both else None,
+        }
+
     try:
         model = fasttext.train_supervised(
             input=train_file,
@@ -92,32 +150,49 @@ def train_fasttext(
             seed=seed,
             verbose=0,
         )
+        model.save_model(str(tmp))
+        full = heldout_figures()
+        if quantize:
+            model.quantize(input=train_file, qnorm=True, retrain=True, cutoff=cutoff, thread=1, verbose=0)
+            model.save_model(str(tmp))
     finally:
         os.unlink(train_file)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_model(str(tmp))
+    small = heldout_figures() if quantize else full
     os.replace(tmp, out)
-    scorer = FastTextScorer(out)
     figures = {
         "train_positive": sum(r.startswith("__label__pos") for r in rows),
         "train_negative": sum(r.startswith("__label__neg") for r in rows),
         "heldout_positive": len(test_pos),
         "heldout_negative": len(test_neg),
-        "heldout_auc": roc_auc(map(scorer, test_pos), map(scorer, test_neg)) if test_pos and test_neg else None,
+        "heldout_auc": small["heldout_auc"],
+        "heldout_accuracy": small["heldout_accuracy"],
+        "model_bytes": small["bytes"],
+        "line_shapes": line_shapes,
     }
+    if quantize:
+        figures["quantized"] = True
+        figures["unquantized"] = full
     return figures
 
 
 class FastTextScorer:
-    """P(__label__pos) of a text under a model written by ``train_fasttext``."""
+    """P(__label__pos) of a text under a model written by ``train_fasttext``.
 
-    def __init__(self, path: str | os.PathLike):
+    ``line_shapes``: add the line shape tokens the model was trained with; ``None``: as the
+    figures beside the model (``<model>.json``, written by the pipeline's training) say, else
+    without (a model trained elsewhere on words only)."""
+
+    def __init__(self, path: str | os.PathLike, line_shapes: bool | None = None):
         if not Path(path).is_file():
             raise FileNotFoundError(f"classifier model not found: {path}")
+        if line_shapes is None:
+            side = Path(f"{path}.json")
+            line_shapes = bool(side.is_file() and json.loads(side.read_text()).get("line_shapes"))
+        self.line_shapes = line_shapes
         self.model = fasttext_module().load_model(str(path))
 
     def __call__(self, text: str) -> float:
-        labels, probs = self.model.predict(fasttext_tokens(text[:20000]), k=2)
+        labels, probs = self.model.predict(model_tokens(text, self.line_shapes), k=2)
         for lab, p in zip(labels, probs):
             if lab == "__label__pos":
                 return float(min(1.0, max(0.0, p)))

@@ -262,6 +262,9 @@ class HarmfulConfig:
     """At most this many paragraphs of the extracted documents serve as benign examples."""
     skip_sources: list[str] = field(default_factory=list)
     """Input sources trusted: never filtered here."""
+    quantize: bool = True
+    """Quantise each trained classifier (fastText ``quantize`` with ``qnorm`` and ``retrain``):
+    ~0.3 MB instead of ~128 MB a model; the held-out figures before and after are in BENCHMARKS.md."""
 
     def __post_init__(self) -> None:
         _check(self.min_hits >= 1, f"harmful.min_hits={self.min_hits}: must be at least 1")
@@ -337,9 +340,14 @@ class QualityTrainConfig:
     """fastText word n-gram features (2: unigrams and bigrams)."""
     dim: int = 32
     """fastText embedding dimension."""
+    link_list_negatives: int = 200
+    """Link-list pages (index, table-of-contents and "List of Tables" style: short entries made
+    of the positives' own words) generated and added to the negatives, so that the model learns
+    the layout (it also sees one shape token per line) rather than the vocabulary; 0: none."""
 
     def __post_init__(self) -> None:
         _fraction(self.holdout, "quality.train.holdout")
+        _check(self.link_list_negatives >= 0, f"quality.train.link_list_negatives={self.link_list_negatives}: must be >= 0")
         for k in ("epoch", "word_ngrams", "dim"):
             _positive(f"quality.train.{k}", getattr(self, k))
         for i, spec in enumerate(self.positive):
@@ -357,10 +365,19 @@ class QualityKeepConfig:
     """``threshold`` rule: the lowest score kept."""
     alpha: float = 9.0
     """``pareto`` rule: the Pareto shape (GPT-3: 9)."""
+    keep_fraction: Optional[float] = None
+    """``threshold`` rule: instead of ``threshold``, the threshold that keeps this fraction of the
+    judged documents (the matching quantile of their scores, computed once after the filter
+    stage, logged and shown in the report); ``None``: use ``threshold``."""
 
     def __post_init__(self) -> None:
         _fraction(self.threshold, "quality.keep.threshold", closed=True)
         _positive("quality.keep.alpha", self.alpha)
+        if self.keep_fraction is not None:
+            _check(0 < self.keep_fraction <= 1, f"quality.keep.keep_fraction={self.keep_fraction}: a fraction in (0, 1]")
+            _check(
+                self.rule == "threshold", f"quality.keep.keep_fraction: only the threshold rule takes it (quality.keep.rule={self.rule})"
+            )
 
 
 @dataclass
@@ -373,8 +390,14 @@ class QualityConfig:
     """A trained fastText model; ``None``: train one in the ``prepare`` stage."""
     sources: Optional[list[str]] = None
     """Judge only these input sources (``None``: all)."""
+    min_auc: float = 0.75
+    """The report warns when the classifier's held-out AUC (held-out reference text against
+    held-out negatives, and against the ``eval_negative_match`` pages) is below this."""
     train: QualityTrainConfig = field(default_factory=QualityTrainConfig)
     keep: QualityKeepConfig = field(default_factory=QualityKeepConfig)
+
+    def __post_init__(self) -> None:
+        _fraction(self.min_auc, "quality.min_auc", closed=True)
 
 
 @dataclass
@@ -422,6 +445,13 @@ class ReportConfig:
     wandb: bool = False
     """Also log the report to Weights & Biases."""
     wandb_project: str = "xiulian-data"
+    warn_loss_share: float = 0.3
+    """Warn (log, ``warnings`` in report.json and the CLI summary) when a language or an input
+    source loses more than this share of its documents or of its characters between extraction
+    and the final documents."""
+
+    def __post_init__(self) -> None:
+        _fraction(self.warn_loss_share, "report.warn_loss_share", closed=True)
 
 
 # ----------------------------------------------------------------------------- executors

@@ -1,11 +1,17 @@
-"""Per-run report: documents and bytes in and out per block, removals by reason, bad input, the
-boilerplate lines removed, the largest duplicate clusters with examples, classifier figures and
-score histograms (PNG). Written to ``<out>/report/`` (report.json, report.md, *.png) and, when
+"""Per-run report: documents and bytes in and out per block, removals by block and reason
+(dedup included: ``removed_by_reason``), bad input, the boilerplate lines removed, the largest
+duplicate clusters with examples, classifier figures, what each input source and each language
+kept (``by_source``, ``by_language``), the quality threshold and the kept fraction per source,
+warnings (a low classifier AUC, a source or language losing more than
+``report.warn_loss_share``) and score histograms (PNG; quality per language and per source with
+the threshold drawn). Written to ``<out>/report/`` (report.json, report.md, *.png) and, when
 ``report.wandb`` is set, to W&B (respects ``WANDB_MODE=offline``)."""
 
 from __future__ import annotations
 
+import heapq
 import json
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -16,6 +22,11 @@ from llm.data.shards import atomic_write_json
 from llm.pipeline.layout import STAGES
 from llm.pipeline.layout import paths as _paths
 from llm.pipeline.writers import read_jsonl_gz as _jsonl_gz
+
+log = logging.getLogger(__name__)
+
+#: removal folders (``work/removed/<folder>``) whose documents carry no ``filter_reason``: their reason
+DEDUP_REASONS = {"exact_dedup": "duplicate", "near_dedup": "near_duplicate"}
 
 
 def _stage_stats(logs: Path) -> list[dict]:
@@ -30,30 +41,129 @@ def _num(v) -> float:
     return v.get("total", 0) if isinstance(v, dict) else (v or 0)
 
 
-def _hist(values, title: str, path: Path, bins: int = 20) -> str | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
+def removals(stats: dict) -> dict[str, int]:
+    """Documents one block removed, by reason, from its datatrove stats: every ``dropped_<reason>``
+    count, and the drops counted without a reason (``dropped`` beyond the named ones) as
+    ``unspecified``, so that no removal is left out."""
+    removed = {k.removeprefix("dropped_"): int(_num(v)) for k, v in stats.items() if k.startswith("dropped_") and _num(v)}
+    unnamed = int(_num(stats.get("dropped"))) - sum(removed.values())
+    if unnamed > 0:
+        removed["unspecified"] = unnamed
+    return removed
+
+
+def loss_table(docs_in: dict, chars_in: dict, docs_kept: dict, chars_kept: dict) -> dict[str, dict]:
+    """Per key (a source or a language): documents and characters in and kept, and the shares
+    lost (0 when nothing came in)."""
+    out = {}
+    for key in sorted(set(docs_in) | set(docs_kept)):
+        di, ci, dk, ck = docs_in.get(key, 0), chars_in.get(key, 0), docs_kept.get(key, 0), chars_kept.get(key, 0)
+        out[key] = {
+            "docs_in": di,
+            "docs_kept": dk,
+            "chars_in": ci,
+            "chars_kept": ck,
+            "docs_lost_share": round(1 - dk / di, 4) if di else 0.0,
+            "chars_lost_share": round(1 - ck / ci, 4) if ci else 0.0,
+        }
+    return out
+
+
+def loss_warnings(table: dict[str, dict], kind: str, share: float) -> list[str]:
+    """A warning for each entry of ``table`` (``loss_table``) that lost more than ``share`` of its
+    documents or of its characters."""
+    out = []
+    for key, row in table.items():
+        worst = max(row["docs_lost_share"], row["chars_lost_share"])
+        if worst > share:
+            removed = ", ".join(f"{k} {v}" for k, v in sorted(row.get("removed", {}).items(), key=lambda kv: -kv[1])[:4])
+            out.append(
+                f"{kind} {key!r} lost {row['docs_lost_share']:.0%} of its documents ({row['docs_in'] - row['docs_kept']} of "
+                f"{row['docs_in']}) and {row['chars_lost_share']:.0%} of its characters, more than report.warn_loss_share="
+                f"{share}" + (f"; removed by {removed}" if removed else "")
+            )
+    return out
+
+
+def auc_warnings(figures: dict | None, min_auc: float) -> list[str]:
+    """A warning for each AUC of the quality classifier's figures below ``min_auc``."""
+    out = []
+    for key, what in (("heldout_auc", "held-out reference vs held-out negatives"), ("eval_auc", "held-out reference vs eval negatives")):
+        auc = (figures or {}).get(key)
+        if auc is not None and auc == auc and auc < min_auc:
+            out.append(
+                f"quality classifier {key}={auc:.3f} ({what}) is below quality.min_auc={min_auc}: its scores barely rank "
+                "good text above bad; give it more or closer reference text (quality.train.positive) before trusting its removals"
+            )
+    return out
+
+
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    _plt().close(fig)
+    os.replace(tmp, path)
+    return path.name
+
+
+def _threshold_line(ax, threshold: float | None) -> None:
+    if threshold is not None:
+        ax.axvline(threshold, color="crimson", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.3g}")
+
+
+def _hist(values, title: str, path: Path, bins: int = 20, threshold: float | None = None) -> str | None:
+    """One histogram of ``values``, or of each (label, values) pair; ``threshold`` drawn as a
+    dashed vertical line."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    fig, ax = _plt().subplots(figsize=(5, 3.2))
     if isinstance(values[0], (list, tuple)):  # (label, values) pairs
         for label, vals in values:
             ax.hist(vals, bins=bins, alpha=0.6, label=f"{label} ({len(vals)})")
-        ax.legend(fontsize=7)
     else:
         ax.hist(values, bins=bins)
+    _threshold_line(ax, threshold)
+    if isinstance(values[0], (list, tuple)) or threshold is not None:
+        ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
     ax.set_ylabel("documents")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path.name
+    return _save(fig, path)
+
+
+def _hist_grid(groups: dict[str, dict[str, list]], title: str, path: Path, threshold: float | None, bins: int = 20) -> str | None:
+    """One panel per group (a language or a source): its kept and removed scores on the same
+    bins, the threshold drawn, the kept share in the panel's title."""
+    groups = {k: v for k, v in groups.items() if v["kept"] or v["removed"]}
+    if not groups:
+        return None
+    plt = _plt()
+    cols = min(3, len(groups))
+    rows = (len(groups) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows + 0.4), squeeze=False)
+    edges = [i / bins for i in range(bins + 1)]
+    for ax, (name, v) in zip(axes.flat, groups.items()):
+        n = len(v["kept"]) + len(v["removed"])
+        ax.hist([v["kept"], v["removed"]], bins=edges, stacked=True, label=["kept", "removed"], color=["tab:green", "tab:gray"])
+        _threshold_line(ax, threshold)
+        ax.set_title(f"{name}: kept {len(v['kept'])} of {n} ({len(v['kept']) / n:.0%})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(groups) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 class ReportWriter:
@@ -82,7 +192,7 @@ def build_report(cfg: dict) -> dict:
                 "bytes_out": _num(stats.get("doc_len")),
                 "seconds": round(_num(st.get("time_stats")), 3),
             }
-            removed = {k.removeprefix("dropped_"): int(_num(v)) for k, v in stats.items() if k.startswith("dropped_") and _num(v)}
+            removed = removals(stats)
             if removed:
                 row["removed"] = removed
                 for k, v in removed.items():
@@ -117,7 +227,7 @@ def build_report(cfg: dict) -> dict:
         }
         for cid, recs in top
     ]
-    exact = sorted(_jsonl_gz(p["filtered"]), key=lambda r: -r.get("metadata", {}).get("duplicate_count", 0))[:10]
+    exact = heapq.nlargest(10, _jsonl_gz(p["filtered"]), key=lambda r: r.get("metadata", {}).get("duplicate_count", 0))
     report["largest_exact_duplicate_clusters"] = [
         {"kept": r["id"], "copies_removed": r["metadata"].get("duplicate_count", 0), "example": r["text"][:200]}
         for r in exact
@@ -130,40 +240,138 @@ def build_report(cfg: dict) -> dict:
     mix = p["out"] / "mixture.json"
     if mix.exists():
         report["mixture"] = json.loads(mix.read_text())
+    # what each source and each language kept, one pass over each folder (nothing held but counters and scores)
+    cnt = {k: defaultdict(lambda: defaultdict(int)) for k in ("docs_in", "chars_in", "docs_kept", "chars_kept")}
+    removed_by = {"source": defaultdict(lambda: defaultdict(int)), "language": defaultdict(lambda: defaultdict(int))}
+
+    def _count(rec: dict, what: str, language: bool = True) -> None:
+        m = rec.get("metadata", {})
+        cnt[f"docs_{what}"]["source"][m.get("source", "?")] += 1
+        cnt[f"chars_{what}"]["source"][m.get("source", "?")] += len(rec["text"])
+        if language:
+            cnt[f"docs_{what}"]["language"][m.get("language", "?")] += 1
+            cnt[f"chars_{what}"]["language"][m.get("language", "?")] += len(rec["text"])
+
+    for rec in _jsonl_gz(p["extracted"]):
+        _count(rec, "in")
+    removed_dirs = sorted(d.name for d in p["removed"].iterdir() if d.is_dir()) if p["removed"].is_dir() else []
+    q_scores = defaultdict(lambda: {"kept": [], "removed": []})  # (kind, key) -> scores
+    for block in removed_dirs:
+        for rec in _jsonl_gz(p["removed"] / block):
+            m = rec.get("metadata", {})
+            reason = f"{block}:{m.get('filter_reason') or DEDUP_REASONS.get(block, 'unspecified')}"
+            removed_by["source"][m.get("source", "?")][reason] += 1
+            if block == "langid":  # not routed to a language: counted in its source only
+                _count(rec, "in", language=False)
+                continue
+            removed_by["language"][m.get("language", "?")][reason] += 1
+            if block == "quality" and m.get("quality_score") is not None:
+                q_scores[("source", m.get("source", "?"))]["removed"].append(m["quality_score"])
+                q_scores[("language", m.get("language", "?"))]["removed"].append(m["quality_score"])
+    kept_scores = {"harmful_score": [], "language_score": [], "doc_chars": []}
+    kept = 0
+    for rec in _jsonl_gz(p["final"]):
+        kept += 1
+        m = rec.get("metadata", {})
+        _count(rec, "kept")
+        if m.get("quality_score") is not None:
+            q_scores[("source", m.get("source", "?"))]["kept"].append(m["quality_score"])
+            q_scores[("language", m.get("language", "?"))]["kept"].append(m["quality_score"])
+        kept_scores["harmful_score"].append(m.get("harmful_score"))
+        kept_scores["language_score"].append(m.get("language_score"))
+        kept_scores["doc_chars"].append(len(rec["text"]))
+    warn_share = float(cfg.get("report", {}).get("warn_loss_share", 0.3))
+    warnings: list[str] = []
+    for kind, key in (("source", "by_source"), ("language", "by_language")):
+        table = loss_table(*(cnt[k][kind] for k in ("docs_in", "chars_in", "docs_kept", "chars_kept")))
+        for name, row in table.items():
+            row["removed"] = dict(sorted(removed_by[kind][name].items(), key=lambda kv: -kv[1]))
+        report[key] = table
+        warnings += loss_warnings(table, kind, warn_share)
+
+    # quality: the threshold used, the kept fraction of the judged documents per source, the AUC floor
+    q = cfg.get("quality", {})
+    if q.get("enabled", True):
+        keep = q.get("keep", {})
+        threshold = keep.get("threshold") if keep.get("rule", "threshold") == "threshold" else None
+        tfile = p["models"] / "quality_threshold.json"
+        chosen = json.loads(tfile.read_text()) if keep.get("keep_fraction") is not None and tfile.exists() else None
+        if chosen:
+            threshold = chosen["threshold"]
+        figures = report.get("classifiers", {}).get("quality", {})
+        report["quality"] = {
+            "rule": keep.get("rule", "threshold"),
+            "threshold": threshold,
+            **({"keep_fraction": keep["keep_fraction"], "threshold_from_keep_fraction": chosen} if chosen else {}),
+            "heldout_auc": figures.get("heldout_auc"),
+            "eval_auc": figures.get("eval_auc"),
+            "kept_fraction_by_source": {
+                key: round(len(v["kept"]) / (len(v["kept"]) + len(v["removed"])), 4)
+                for (kind, key), v in sorted(q_scores.items())
+                if kind == "source" and (v["kept"] or v["removed"])
+            },
+            "judged_by_source": {
+                key: len(v["kept"]) + len(v["removed"]) for (kind, key), v in sorted(q_scores.items()) if kind == "source"
+            },
+        }
+        warnings += auc_warnings(figures, float(q.get("min_auc", 0.75)))
+    else:
+        threshold = None
+    for w in warnings:
+        log.warning(w)
+    report["warnings"] = warnings
+
     # histograms
-    final = list(_jsonl_gz(p["final"]))
-    q_removed = list(_jsonl_gz(p["removed"] / "quality"))
     plots = {}
-    for key, title, series in (
-        (
-            "quality_score",
-            "quality score (kept vs removed)",
-            [
-                ("kept", [r["metadata"].get("quality_score") for r in final if "quality_score" in r["metadata"]]),
-                ("removed", [r["metadata"].get("quality_score") for r in q_removed]),
-            ],
-        ),
-        (
-            "harmful_score",
-            "harmful classifier score (kept)",
-            [r["metadata"].get("harmful_score") for r in final if "harmful_score" in r["metadata"]],
-        ),
-        ("language_score", "language-id score (kept)", [r["metadata"].get("language_score") for r in final]),
-        ("doc_chars", "document length, characters (kept)", [len(r["text"]) for r in final]),
+    all_q = {"kept": [], "removed": []}
+    for (kind, _), v in q_scores.items():
+        if kind == "source":
+            all_q["kept"] += v["kept"]
+            all_q["removed"] += v["removed"]
+    hf = cfg.get("harmful", {})
+    for key, title, series, line in (
+        ("quality_score", "quality score (kept vs removed)", [(k, v) for k, v in all_q.items() if v], threshold),
+        ("harmful_score", "harmful classifier score (kept)", kept_scores["harmful_score"], hf.get("threshold")),
+        ("language_score", "language-id score (kept)", kept_scores["language_score"], None),
+        ("doc_chars", "document length, characters (kept)", kept_scores["doc_chars"], None),
     ):
-        if series and isinstance(series[0], tuple):
-            series = [(lab, [v for v in vals if v is not None]) for lab, vals in series]
-            series = [s for s in series if s[1]]
-        png = _hist(series, title, p["report"] / f"{key}.png")
+        png = _hist(series, title, p["report"] / f"{key}.png", threshold=line)
         if png:
             plots[key] = png
+    for kind in ("language", "source"):
+        groups = {key: v for (k, key), v in sorted(q_scores.items()) if k == kind}
+        png = _hist_grid(groups, f"quality score per {kind} (kept / removed)", p["report"] / f"quality_score_by_{kind}.png", threshold)
+        if png:
+            plots[f"quality_score_by_{kind}"] = png
     report["plots"] = plots
-    report["kept_documents"] = len(final)
+    report["kept_documents"] = kept
     atomic_write_json(p["report"] / "report.json", report)
     (p["report"] / "report.md").write_text(to_markdown(report))
     if cfg.get("report", {}).get("wandb"):
         _to_wandb(cfg, report, p["report"])
     return report
+
+
+def summary(r: dict, report_dir: str) -> dict:
+    """The CLI's summary of a report: kept documents, removals by block and reason, per source
+    and per language (documents in/kept, shares lost), the quality classifier's AUC, threshold
+    and kept fraction per source, bad input and the warnings."""
+
+    def brief(table: dict) -> dict:
+        keys = ("docs_in", "docs_kept", "docs_lost_share", "chars_lost_share")
+        return {k: {f: v[f] for f in keys} for k, v in (table or {}).items()}
+
+    out = {
+        "kept_documents": r.get("kept_documents"),
+        "removed_by_reason": r.get("removed_by_reason"),
+        "by_source": brief(r.get("by_source")),
+        "by_language": brief(r.get("by_language")),
+    }
+    if r.get("quality"):
+        keep = ("threshold", "keep_fraction", "heldout_auc", "eval_auc", "kept_fraction_by_source")
+        out["quality"] = {k: r["quality"][k] for k in keep if r["quality"].get(k) is not None}
+    out.update({"bad_input": r.get("bad_input"), "warnings": r.get("warnings", []), "report": report_dir})
+    return out
 
 
 def to_markdown(r: dict) -> str:
@@ -179,6 +387,32 @@ def to_markdown(r: dict) -> str:
             f"| {b['stage']} | {b['block']} | {int(b['docs_in'])} | {int(b['docs_out'])} | "
             f"{b['bytes_out'] / 1e6:.2f} | {b['seconds']} | {rem} |"
         )
+    if r.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in r["warnings"]]
+    if r.get("removed_by_reason"):
+        lines += ["", "## Removed by block and reason", ""]
+        lines += [f"- {k}: {v}" for k, v in sorted(r["removed_by_reason"].items(), key=lambda kv: -kv[1])]
+    for key, title in (("by_source", "source"), ("by_language", "language")):
+        if r.get(key):
+            lines += [
+                "",
+                f"## Per {title}",
+                "",
+                f"| {title} | docs in | docs kept | lost | chars lost | removed |",
+                "|---|---:|---:|---:|---:|---|",
+            ]
+            for name, row in r[key].items():
+                rem = ", ".join(f"{k} {v}" for k, v in row.get("removed", {}).items())
+                lines.append(
+                    f"| {name} | {row['docs_in']} | {row['docs_kept']} | {row['docs_lost_share']:.0%} | {row['chars_lost_share']:.0%} | {rem} |"
+                )
+    if r.get("quality"):
+        qr = r["quality"]
+        lines += ["", "## Quality classifier", "", f"- rule {qr['rule']}, threshold {qr['threshold']}"]
+        if qr.get("keep_fraction") is not None:
+            lines.append(f"- threshold chosen to keep {qr['keep_fraction']} of the judged documents: {qr['threshold_from_keep_fraction']}")
+        lines.append(f"- held-out AUC {qr.get('heldout_auc')}, eval AUC {qr.get('eval_auc')}")
+        lines += [f"- kept fraction, {k}: {v} of {qr['judged_by_source'][k]}" for k, v in qr.get("kept_fraction_by_source", {}).items()]
     if r.get("bad_input"):
         lines += ["", "## Bad input", ""] + [f"- {k}: {v}" for k, v in sorted(r["bad_input"].items())]
     if r.get("classifiers"):

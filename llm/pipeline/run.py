@@ -9,7 +9,8 @@ Stages (each a datatrove executor with its own logging dir ``<out>/work/logs/<st
   filter     N tasks   exact dups dropped -> boilerplate lines removed -> heuristics -> harmful
                        -> write ``work/filtered``; MinHash signatures
   buckets    B tasks   MinHash LSH buckets (one task per band)
-  cluster    1 task    union-find over the candidate pairs
+  cluster    1 task    union-find over the candidate pairs; with ``quality.keep.keep_fraction``,
+                       the quality threshold keeping that share of the filtered documents
   final      N tasks   near dups dropped -> quality score and keep rule -> write ``work/final``
   mixture    1 task    weights and repeats -> tokenizer -> token shards in ``<out>/shards``
   report     1 task    ``<out>/report/`` (JSON, Markdown, PNG plots; W&B when configured)
@@ -41,7 +42,7 @@ from llm.pipeline.langid import LanguageRouter
 from llm.pipeline.layout import STAGES
 from llm.pipeline.layout import paths as _paths
 from llm.pipeline.mixture import MixtureWriter
-from llm.pipeline.quality import QualityFilter
+from llm.pipeline.quality import QualityFilter, QualityThreshold
 from llm.pipeline.readers import make_reader
 from llm.pipeline.report import ReportWriter
 from llm.pipeline.writers import AtomicJsonlWriter
@@ -64,6 +65,28 @@ class RankFileReader(JsonlReader):
             for doc in self.read_files_shard([name]):
                 self.update_doc_stats(doc)
                 yield doc
+
+
+class _NamedDrops:
+    """A datatrove dedup filter that counts its drops under a reason too (``dropped_<reason>``,
+    as our filters do), so the report's ``removed_by_reason`` has them."""
+
+    reason = "dropped"
+
+    def stat_update(self, *labels, value: int = 1, unit: str | None = None):
+        super().stat_update(*labels, value=value, unit=unit)
+        if "dropped" in labels:
+            super().stat_update(f"dropped_{self.reason}", value=value, unit=unit)
+
+
+class ExactDedupDrop(_NamedDrops, ExactDedupFilter):
+    name = "exact_dedup"
+    reason = "duplicate"
+
+
+class NearDedupDrop(_NamedDrops, MinhashDedupFilter):
+    name = "near_dedup"
+    reason = "near_duplicate"
 
 
 class Drain:
@@ -142,7 +165,7 @@ def build_stages(cfg: dict) -> dict[str, tuple[list, int]]:
     harmful_models = {lang: str(p["models"] / f"harmful_{lang}.bin") for lang in hf.get("classifier_languages", [])}
     filt = [
         RankFileReader(str(p["extracted"])),
-        ExactDedupFilter(str(p["exact_dups"]), config=_exact_config(), exclusion_writer=_excluded(p, "exact_dedup")),
+        ExactDedupDrop(str(p["exact_dups"]), config=_exact_config(), exclusion_writer=_excluded(p, "exact_dedup")),
         BoilerplateRemover(str(p["boilerplate"]), min_chars=bp["min_chars"]),
         HeuristicFilter(
             default=h.get("default"), languages=h.get("languages"), sources=h.get("sources"), exclusion_writer=_excluded(p, "heuristics")
@@ -168,9 +191,22 @@ def build_stages(cfg: dict) -> dict[str, tuple[list, int]]:
         )
     ]
     q = cfg["quality"]
+    keep_fraction = q["keep"].get("keep_fraction") if q.get("enabled", True) else None
+    if keep_fraction is not None:
+        cluster.append(
+            Drain(
+                QualityThreshold(
+                    str(p["filtered"]),
+                    str(p["models"] / "quality.bin"),
+                    str(p["models"] / "quality_threshold.json"),
+                    keep_fraction,
+                    q.get("sources"),
+                )
+            )
+        )
     final = [
         RankFileReader(str(p["filtered"])),
-        MinhashDedupFilter(
+        NearDedupDrop(
             str(p["minhash"] / "clusters"), exclusion_writer=_excluded(p, "near_dedup"), load_cluster_ids=True, load_cluster_sizes=True
         ),
     ]
@@ -183,6 +219,7 @@ def build_stages(cfg: dict) -> dict[str, tuple[list, int]]:
                 alpha=q["keep"]["alpha"],
                 sources=q.get("sources"),
                 seed=cfg.get("seed", 0),
+                threshold_file=str(p["models"] / "quality_threshold.json") if keep_fraction is not None else None,
                 exclusion_writer=_excluded(p, "quality"),
             )
         )

@@ -7,17 +7,23 @@ model cannot learn "markup = good"); negatives are raw crawl text: the pages of
 crawl extraction would give them), not our cleaned documents, which share the reference
 text's content. Documents whose id contains ``eval_negative_match`` (e.g.
 "genindex": the index pages are pure link lists) are kept out of training and scored against
-the held-out reference texts: that AUC is the figure the report shows.
+the held-out reference texts: that AUC is the figure the report shows. Pages that are mostly
+links (indexes, tables of contents, "List of Tables") share the reference text's words, so
+``link_list_negatives`` such pages are generated from the positives' own words
+(``link_list_pages``) and added to the negatives, and the model sees one shape token per line
+(``llm.pipeline.classify.line_shape_tokens``): it learns the layout, not the vocabulary.
 
 Harmful (``harmful.classifier_languages``): per language, positives are the labelled harmful
 examples of ``llm/pipeline/assets/harmful_seed.jsonl`` plus ``harmful.train`` files (jsonl with
 text/label/lang); negatives are the seed's benign examples plus paragraphs of the extracted
-documents of that language.
+documents of that language. With ``harmful.quantize`` (default) each model is quantised
+(fastText ``quantize``, ``qnorm`` + ``retrain``): a few hundred kB instead of ~128 MB.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -61,6 +67,45 @@ def read_spec_texts(spec: dict) -> list[tuple[str, str]]:
     return out
 
 
+_ENTRY_STYLES = (
+    lambda r, i, j, p: f"{p} ({r.choice(['module', 'function', 'class', 'attribute', 'method'])})",
+    lambda r, i, j, p: f"{p}() (in module {p.split()[0].lower()}.{r.choice(['core', 'util', 'api'])}), {r.randint(1, 900)}",
+    lambda r, i, j, p: f"Table {i}.{j}. {p}",
+    lambda r, i, j, p: f"Figure {i}.{j}. {p}",
+    lambda r, i, j, p: f"{i}.{j}. {p}",
+    lambda r, i, j, p: f"Chapter {i}. {p}",
+    lambda r, i, j, p: p,
+    lambda r, i, j, p: f"{p}, {r.randint(1, 400)}, {r.randint(401, 900)}",
+)
+_PAGE_TITLES = ("Index", "List of Tables", "List of Figures", "Table of Contents", "Contents", "Site map", "Related links")
+
+
+def link_list_pages(texts: list[str], n: int, seed: int = 0) -> list[str]:
+    """``n`` link-list pages (index, table-of-contents, "List of Tables" and menu styles) whose
+    entries are runs of 1 to 6 words taken from ``texts``: negatives with the positives' own
+    vocabulary, so a classifier can tell them apart only by their layout (many short lines
+    without sentences)."""
+    rng = random.Random(seed)
+    pool = [ws for t in texts if len(ws := words(t)) >= 3]
+    if not pool or n <= 0:
+        return []
+    pages = []
+    for _ in range(n):
+        style = rng.randrange(len(_ENTRY_STYLES))
+        lines = [rng.choice(_PAGE_TITLES)]
+        for i in range(1, rng.randint(20, 150) + 1):
+            ws = rng.choice(pool)
+            k = rng.randint(1, min(6, len(ws)))
+            start = rng.randrange(len(ws) - k + 1)
+            phrase = " ".join(ws[start : start + k])
+            lines.append(
+                _ENTRY_STYLES[style if rng.random() < 0.8 else rng.randrange(len(_ENTRY_STYLES))](rng, 1 + i // 9, 1 + i % 9, phrase)
+            )
+        lines += rng.sample(["Previous", "Next", "Home", "Up", "Search", "Top of page"], 3)
+        pages.append("\n".join(lines))
+    return pages
+
+
 class ClassifierTrainer:
     name = "classifiers"
 
@@ -95,18 +140,21 @@ class ClassifierTrainer:
                 (eval_negative if match and match in doc_id else negative).append(text)
         holdout = float(t.get("holdout", 0.2))
         seed = int(self.cfg.get("seed", 0))
+        links = link_list_pages(positive, int(t.get("link_list_negatives", 200)), seed)
         figures = train_fasttext(
             positive,
-            negative,
+            negative + links,
             out,
             holdout=holdout,
             seed=seed,
             epoch=t.get("epoch", 25),
             word_ngrams=t.get("word_ngrams", 2),
             dim=t.get("dim", 32),
+            line_shapes=True,
         )
+        figures["link_list_negatives"] = len(links)
         if eval_negative:
-            scorer = FastTextScorer(out)
+            scorer = FastTextScorer(out, line_shapes=True)
             pos = [scorer(x) for x in positive if held_out(x, holdout, seed)]
             figures["eval_negative_match"] = match
             figures["eval_negative"] = len(eval_negative)
@@ -141,7 +189,15 @@ class ClassifierTrainer:
         if pos and neg:  # a few dozen labelled examples against thousands of paragraphs: rebalance to 1:2
             pos = pos * max(1, len(neg) // (2 * len(pos)))
         figures = train_fasttext(
-            pos, neg, out, holdout=0.0, seed=int(self.cfg.get("seed", 0)), epoch=int(hf.get("epoch", 50)), word_ngrams=2, dim=16
+            pos,
+            neg,
+            out,
+            holdout=0.0,
+            seed=int(self.cfg.get("seed", 0)),
+            epoch=int(hf.get("epoch", 50)),
+            word_ngrams=2,
+            dim=16,
+            quantize=bool(hf.get("quantize", True)),
         )
         atomic_write_json(out.with_name(out.name + ".json"), figures)
         logger.info(f"harmful classifier ({lang}): {figures}")
