@@ -209,8 +209,24 @@ def test_quality_threshold_from_keep_fraction_and_kept_share_per_source(small_ru
 
 @pytest.mark.tier("integration")
 def test_harmful_models_are_small(small_run):
-    """The harmful classifier is quantised: well under a megabyte on disk (a full model was ~128 MB)."""
+    """The harmful classifier hashes its bigrams into harmful.buckets (50,000): a few MB on disk
+    (with fastText's default 2M buckets it was 128 MB)."""
     size = (small_run["work"] / "models" / "harmful_en.bin").stat().st_size
-    figures = small_run["report"]["classifiers"]["harmful_en"]
-    assert size < 2_000_000 and figures["model_bytes"] == size and figures["quantized"]
-    assert figures["unquantized"]["bytes"] > 20 * size
+    assert size < 5_000_000 and small_run["report"]["classifiers"]["harmful_en"]["model_bytes"] == size
+
+
+@pytest.mark.tier("integration")  # trains fastText models (seconds)
+def test_small_harmful_models_train_one_after_another(tmp_path):
+    """Models with few buckets, trained one after another in one process (as the prepare stage
+    trains quality, then harmful en and zh), all train and give the same figures: fastText reads
+    part of its new model's memory before writing it, which diverged ("Encountered NaN") when
+    that memory came from a freed earlier model."""
+    from llm.pipeline.classify import train_fasttext
+    from llm.pipeline.train_classifiers import harmful_examples
+
+    records = [{"text": t, "metadata": {"language": "en"}} for _, t in prose_sections()]
+    pos, neg = harmful_examples("en", records, {"benign_paragraphs": 3000})
+    train_fasttext(pos, neg, tmp_path / "big.bin", holdout=0.2, epoch=5, dim=32)  # as the quality model: 2M buckets, then freed
+    figures = [train_fasttext(pos, neg, tmp_path / f"m{i}.bin", holdout=0.2, epoch=50, dim=16, buckets=50000) for i in range(4)]
+    assert all(f == figures[0] for f in figures)
+    assert figures[0]["model_bytes"] < 5_000_000 and figures[0]["heldout_auc"] > 0.5

@@ -9,6 +9,7 @@ model handles English and Chinese.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -77,9 +78,23 @@ def model_tokens(text: str, line_shapes: bool = False, max_chars: int = 20000) -
     return f"{toks} {line_shape_tokens(text)}" if line_shapes else toks
 
 
+def _zeroed_large_allocations() -> None:
+    """fastText's training reads part of a model's newly allocated memory before writing it: in
+    a process that has freed a large block before (a previous model), glibc serves the next one
+    from that block and training diverges ("Encountered NaN", every other model of 3.5 MB here).
+    A fixed mmap threshold (``M_MMAP_THRESHOLD``, glibc's default 128 kB, which it otherwise
+    raises after each large free) makes every large block come fresh from mmap, zeroed."""
+    try:
+        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def fasttext_module():
     """``fasttext`` with its load-time warning silenced."""
     import fasttext
+
+    _zeroed_large_allocations()
 
     fasttext.FastText.eprint = lambda *a, **k: None
     return fasttext
@@ -99,15 +114,17 @@ def train_fasttext(
     min_count: int = 1,
     max_chars: int = 20000,
     line_shapes: bool = False,
+    buckets: int = 2_000_000,
     quantize: bool = False,
     cutoff: int = 100000,
 ) -> dict:
-    """Train and write ``out`` atomically; return the figures (counts, held-out AUC and accuracy
-    at 0.5, the model's size on disk). ``line_shapes``: the model also sees one shape token per
-    line (``line_shape_tokens``; the scorer then adds them too). ``quantize``: fastText's product
-    quantisation (``qnorm``, ``retrain`` on the training rows, at most ``cutoff`` words and
-    n-grams kept), so a model of a few hundred kB replaces one of ~130 MB; the held-out figures
-    of the full model are kept under ``unquantized``."""
+    """Train and write ``out`` atomically; return the figures (counts, held-out AUC, accuracy,
+        recall and false-positive rate at 0.5, each distinct held-out text scored once; the model's
+        size on disk). ``line_shapes``: the model also sees one shape token per
+        line (``line_shape_tokens``; the scorer then adds them too). ``buckets``: hash buckets of
+    the word n-grams (fastText's ``bucket``; each costs ``dim`` floats on disk). ``quantize``: fastText's product
+        quantisation (``qnorm``, ``retrain`` on the training rows, at most ``cutoff`` words and
+        n-grams kept); the held-out figures of the model before it are kept under ``unquantized``."""
     if not positive or not negative:
         raise ValueError(f"classifier {out}: need positive and negative texts, got {len(positive)} and {len(negative)}")
     fasttext = fasttext_module()
@@ -120,6 +137,7 @@ def train_fasttext(
                 test.append(t)
             else:
                 rows.append(f"__label__{label} {model_tokens(t, line_shapes, max_chars)}")
+    test_pos, test_neg = list(dict.fromkeys(test_pos)), list(dict.fromkeys(test_neg))  # each held-out text scored once
     rng = np.random.default_rng(seed)
     rng.shuffle(rows)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, dir=out.parent) as f:
@@ -135,6 +153,8 @@ def train_fasttext(
             "bytes": tmp.stat().st_size,
             "heldout_auc": roc_auc(pos, neg) if both else None,
             "heldout_accuracy": accuracy(pos, neg) if both else None,
+            "heldout_recall": accuracy(pos, []) if pos else None,  # positives scored above 0.5
+            "heldout_false_positive_rate": 1 - accuracy([], neg) if neg else None,
         }
 
     try:
@@ -145,6 +165,7 @@ def train_fasttext(
             wordNgrams=word_ngrams,
             dim=dim,
             minCount=min_count,
+            bucket=buckets,
             loss="softmax",
             thread=1,
             seed=seed,
@@ -166,6 +187,8 @@ def train_fasttext(
         "heldout_negative": len(test_neg),
         "heldout_auc": small["heldout_auc"],
         "heldout_accuracy": small["heldout_accuracy"],
+        "heldout_recall": small["heldout_recall"],
+        "heldout_false_positive_rate": small["heldout_false_positive_rate"],
         "model_bytes": small["bytes"],
         "line_shapes": line_shapes,
     }

@@ -262,15 +262,19 @@ class HarmfulConfig:
     """At most this many paragraphs of the extracted documents serve as benign examples."""
     skip_sources: list[str] = field(default_factory=list)
     """Input sources trusted: never filtered here."""
-    quantize: bool = True
-    """Quantise each trained classifier (fastText ``quantize`` with ``qnorm`` and ``retrain``):
-    ~0.3 MB instead of ~128 MB a model; the held-out figures before and after are in BENCHMARKS.md."""
+    buckets: int = 50000
+    """Hash buckets of the classifiers' word bigrams (fastText ``bucket``, its default 2M made
+    each model 128 MB): 50,000 give 3.6 MB with the same scores (BENCHMARKS.md)."""
+    quantize: bool = False
+    """Also quantise each classifier (fastText ``quantize``, ``qnorm``, ``retrain``): 1.7 MB, but
+    its scores move by up to 0.3 (BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         _check(self.min_hits >= 1, f"harmful.min_hits={self.min_hits}: must be at least 1")
         _fraction(self.min_hit_ratio, "harmful.min_hit_ratio", closed=True)
         _fraction(self.threshold, "harmful.threshold", closed=True)
         _check(self.benign_paragraphs >= 0, f"harmful.benign_paragraphs={self.benign_paragraphs}: must be >= 0")
+        _positive("harmful.buckets", self.buckets)
 
 
 @dataclass

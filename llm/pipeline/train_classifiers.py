@@ -16,8 +16,9 @@ links (indexes, tables of contents, "List of Tables") share the reference text's
 Harmful (``harmful.classifier_languages``): per language, positives are the labelled harmful
 examples of ``llm/pipeline/assets/harmful_seed.jsonl`` plus ``harmful.train`` files (jsonl with
 text/label/lang); negatives are the seed's benign examples plus paragraphs of the extracted
-documents of that language. With ``harmful.quantize`` (default) each model is quantised
-(fastText ``quantize``, ``qnorm`` + ``retrain``): a few hundred kB instead of ~128 MB.
+documents of that language. Each model hashes its bigrams into ``harmful.buckets`` (50,000:
+3.6 MB a model instead of fastText's default 2M buckets, 128 MB, with the same scores);
+``harmful.quantize`` also quantises it (1.7 MB).
 """
 
 from __future__ import annotations
@@ -167,27 +168,7 @@ class ClassifierTrainer:
         if out.with_name(out.name + ".json").exists():
             return
         hf = self.cfg["harmful"]
-        pos, neg = [], []
-        for f in [str(SEED)] + list(hf.get("train") or []):
-            for line in Path(f).read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    if rec.get("lang", lang) == lang:
-                        (pos if rec["label"] == "harmful" else neg).append(rec["text"])
-        limit = int(hf.get("benign_paragraphs", 3000))
-        block_words, block_phrases = load_blocklists(blocklist_files(hf.get("blocklists")))
-        terms, phrases = block_words.get(lang, set()), block_phrases.get(lang, [])
-        for rec in read_jsonl_gz(self.extracted):
-            if rec.get("metadata", {}).get("language") != lang:
-                continue
-            for para in rec["text"].split("\n\n"):
-                if len(neg) >= limit:
-                    break
-                low = para.lower()
-                if len(para.strip()) >= 20 and not (set(words(low)) & terms or any(p in low for p in phrases)):
-                    neg.append(para.strip())  # corpus text is assumed benign unless a blocklist term is in it
-        if pos and neg:  # a few dozen labelled examples against thousands of paragraphs: rebalance to 1:2
-            pos = pos * max(1, len(neg) // (2 * len(pos)))
+        pos, neg = harmful_examples(lang, read_jsonl_gz(self.extracted), hf)
         figures = train_fasttext(
             pos,
             neg,
@@ -197,7 +178,39 @@ class ClassifierTrainer:
             epoch=int(hf.get("epoch", 50)),
             word_ngrams=2,
             dim=16,
-            quantize=bool(hf.get("quantize", True)),
+            buckets=int(hf.get("buckets", 50000)),
+            quantize=bool(hf.get("quantize", False)),
         )
         atomic_write_json(out.with_name(out.name + ".json"), figures)
         logger.info(f"harmful classifier ({lang}): {figures}")
+
+
+def harmful_examples(lang: str, records, hf: dict) -> tuple[list[str], list[str]]:
+    """The harmful classifier's training texts for ``lang``: positives, the harmful examples of
+    the seed and ``harmful.train`` files; negatives, their benign examples plus up to
+    ``benign_paragraphs`` paragraphs of ``records`` (documents ``{"text", "metadata":
+    {"language"}}``) without a blocklist term; positives repeated to about 1:2."""
+    pos, neg = [], []
+    for f in [str(SEED)] + list(hf.get("train") or []):
+        for line in Path(f).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if rec.get("lang", lang) == lang:
+                    (pos if rec["label"] == "harmful" else neg).append(rec["text"])
+    limit = int(hf.get("benign_paragraphs", 3000))
+    block_words, block_phrases = load_blocklists(blocklist_files(hf.get("blocklists")))
+    terms, phrases = block_words.get(lang, set()), block_phrases.get(lang, [])
+    for rec in records:
+        if len(neg) >= limit:
+            break
+        if rec.get("metadata", {}).get("language") != lang:
+            continue
+        for para in rec["text"].split("\n\n"):
+            if len(neg) >= limit:
+                break
+            low = para.lower()
+            if len(para.strip()) >= 20 and not (set(words(low)) & terms or any(p in low for p in phrases)):
+                neg.append(para.strip())  # corpus text is assumed benign unless a blocklist term is in it
+    if pos and neg:  # a few dozen labelled examples against thousands of paragraphs: rebalance to 1:2
+        pos = pos * max(1, len(neg) // (2 * len(pos)))
+    return pos, neg
