@@ -218,9 +218,9 @@ def test_harmful_models_are_small(small_run):
 @pytest.mark.tier("integration")  # trains fastText models (seconds)
 def test_small_harmful_models_train_one_after_another(tmp_path):
     """Models with few buckets, trained one after another in one process (as the prepare stage
-    trains quality, then harmful en and zh), all train and give the same figures: fastText reads
-    part of its new model's memory before writing it, which diverged ("Encountered NaN") when
-    that memory came from a freed earlier model."""
+    trains quality, then harmful en and zh), all train and give the same figures: trained in the
+    process itself, fastText's result depended on what the process had done before (different
+    models, or "Encountered NaN" in the pipeline); each training now runs in a fresh interpreter."""
     from llm.pipeline.classify import train_fasttext
     from llm.pipeline.train_classifiers import harmful_examples
 

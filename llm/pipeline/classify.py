@@ -9,10 +9,11 @@ model handles English and Chinese.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -78,23 +79,9 @@ def model_tokens(text: str, line_shapes: bool = False, max_chars: int = 20000) -
     return f"{toks} {line_shape_tokens(text)}" if line_shapes else toks
 
 
-def _zeroed_large_allocations() -> None:
-    """fastText's training reads part of a model's newly allocated memory before writing it: in
-    a process that has freed a large block before (a previous model), glibc serves the next one
-    from that block and training diverges ("Encountered NaN", every other model of 3.5 MB here).
-    A fixed mmap threshold (``M_MMAP_THRESHOLD``, glibc's default 128 kB, which it otherwise
-    raises after each large free) makes every large block come fresh from mmap, zeroed."""
-    try:
-        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def fasttext_module():
     """``fasttext`` with its load-time warning silenced."""
     import fasttext
-
-    _zeroed_large_allocations()
 
     fasttext.FastText.eprint = lambda *a, **k: None
     return fasttext
@@ -127,7 +114,6 @@ def train_fasttext(
         n-grams kept); the held-out figures of the model before it are kept under ``unquantized``."""
     if not positive or not negative:
         raise ValueError(f"classifier {out}: need positive and negative texts, got {len(positive)} and {len(negative)}")
-    fasttext = fasttext_module()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows, test_pos, test_neg = [], [], []
@@ -157,28 +143,22 @@ def train_fasttext(
             "heldout_false_positive_rate": 1 - accuracy([], neg) if neg else None,
         }
 
+    params = dict(
+        epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim, minCount=min_count, bucket=buckets, loss="softmax", thread=1, seed=seed
+    )
+    full_tmp = out.with_name(out.name + ".full.tmp")
     try:
-        model = fasttext.train_supervised(
-            input=train_file,
-            epoch=epoch,
-            lr=lr,
-            wordNgrams=word_ngrams,
-            dim=dim,
-            minCount=min_count,
-            bucket=buckets,
-            loss="softmax",
-            thread=1,
-            seed=seed,
-            verbose=0,
-        )
-        model.save_model(str(tmp))
-        full = heldout_figures()
+        _train_in_fresh_process(train_file, tmp, params, full_tmp if quantize else None, cutoff)
         if quantize:
-            model.quantize(input=train_file, qnorm=True, retrain=True, cutoff=cutoff, thread=1, verbose=0)
-            model.save_model(str(tmp))
+            tmp, quantized = full_tmp, tmp
+            full = heldout_figures()
+            tmp = quantized
+            os.unlink(full_tmp)
+            small = heldout_figures()
+        else:
+            full = small = heldout_figures()
     finally:
         os.unlink(train_file)
-    small = heldout_figures() if quantize else full
     os.replace(tmp, out)
     figures = {
         "train_positive": sum(r.startswith("__label__pos") for r in rows),
@@ -196,6 +176,28 @@ def train_fasttext(
         figures["quantized"] = True
         figures["unquantized"] = full
     return figures
+
+
+def _train_in_fresh_process(train_file: str, out: Path, params: dict, full_out: Path | None, cutoff: int) -> None:
+    """fastText training in a new interpreter (``python -m llm.pipeline.classify``): in a process
+    that has trained or loaded models before, its training came out different from one run to
+    the next and, with small models, diverged ("Encountered NaN"); in a fresh process it is
+    deterministic. With ``full_out``, the trained model is written there and its quantised copy
+    to ``out``."""
+    job = {"train_file": train_file, "out": str(out), "params": params, "full_out": str(full_out) if full_out else None, "cutoff": cutoff}
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's llm package, whatever is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-m", "llm.pipeline.classify", json.dumps(job)], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"fastText training of {out} failed: {r.stderr.strip()[-2000:]}")
+
+
+def _train_child(job: dict) -> None:
+    model = fasttext_module().train_supervised(input=job["train_file"], verbose=0, **job["params"])
+    if job["full_out"]:
+        model.save_model(job["full_out"])
+        model.quantize(input=job["train_file"], qnorm=True, retrain=True, cutoff=job["cutoff"], thread=1, verbose=0)
+    model.save_model(job["out"])
 
 
 class FastTextScorer:
@@ -220,3 +222,7 @@ class FastTextScorer:
             if lab == "__label__pos":
                 return float(min(1.0, max(0.0, p)))
         return 0.0
+
+
+if __name__ == "__main__":
+    _train_child(json.loads(sys.argv[1]))
