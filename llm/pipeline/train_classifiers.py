@@ -18,7 +18,7 @@ examples of ``llm/pipeline/assets/harmful_seed.jsonl`` plus ``harmful.train`` fi
 text/label/lang); negatives are the seed's benign examples plus paragraphs of the extracted
 documents of that language. Each model hashes its bigrams into ``harmful.buckets`` (50,000:
 3.6 MB a model instead of fastText's default 2M buckets, 128 MB, with the same scores);
-``harmful.quantize`` also quantises it (1.7 MB).
+``harmful.quantize`` also quantises it (0.5 MB).
 """
 
 from __future__ import annotations
