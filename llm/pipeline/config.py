@@ -432,6 +432,13 @@ class MixtureConfig:
     """Tokens per shard at most (``llm.data.shards.write_shards``)."""
     val_fraction: float = 0.01
     """Fraction of the documents written to the validation split."""
+    shuffle_buffer_mb: float = 256.0
+    """Memory for the shuffle (MiB): the drawn documents are scattered to bucket files of about this
+    size in memory, and one bucket at a time is loaded and shuffled; peak memory of the mixture
+    step is about this plus the tokenizer trainer's (``llm/pipeline/mixture.py``)."""
+    tokenizer_sample_chars: Optional[int] = 200000000
+    """Characters of one copy of the documents the tokenizer is trained on (a seeded sample by
+    document id beyond that); ``None``: all of them."""
 
     def __post_init__(self) -> None:
         for name, src in _entries(self.sources, MixtureSource, "mixture.sources").items():
@@ -441,6 +448,11 @@ class MixtureConfig:
         _positive("mixture.vocab_size", self.vocab_size)
         _positive("mixture.shard_max_tokens", self.shard_max_tokens)
         _fraction(self.val_fraction, "mixture.val_fraction")
+        _positive("mixture.shuffle_buffer_mb", self.shuffle_buffer_mb)
+        _check(
+            self.tokenizer_sample_chars is None or self.tokenizer_sample_chars > 0,
+            f"mixture.tokenizer_sample_chars={self.tokenizer_sample_chars}: must be positive",
+        )
 
 
 @dataclass

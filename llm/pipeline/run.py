@@ -237,6 +237,9 @@ def build_stages(cfg: dict) -> dict[str, tuple[list, int]]:
                 shard_max_tokens=mx["shard_max_tokens"],
                 val_fraction=mx["val_fraction"],
                 seed=cfg.get("seed", 0),
+                shuffle_buffer_mb=mx["shuffle_buffer_mb"],
+                tokenizer_sample_chars=mx["tokenizer_sample_chars"],
+                work_dir=str(p["work"] / "mixture"),
             )
         )
     ]
