@@ -33,7 +33,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "rl": ("llm.bench.rl", "PPO vs TRL"),
     "data": ("llm.bench.data", "the stage-1 pipeline's blocks vs datatrove's"),
     "data_lang": ("llm.bench.data_lang", "clean Chinese kept by the stage-1 heuristics vs its English original"),
-
+    "harmful_models": ("llm.bench.harmful_models", "harmful-content classifiers: size and held-out accuracy per bucket count"),
     "data_scale": ("llm.bench.data_scale", "the whole stage-1 pipeline at N documents: peak RSS and docs/s per stage"),
     "strategies": ("llm.bench.strategies", "memory and throughput per rank of DDP, ZeRO 1/2/3 and FSDP"),
     "litgpt": ("llm.bench.litgpt", "our pretraining loop vs litgpt's"),

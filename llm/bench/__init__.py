@@ -7,7 +7,7 @@
 * ``rl``         -- PPO: rollout against plain ``generate``, iteration phases, LoRA memory, TRL
 * ``data``       -- the stage-1 data pipeline's blocks against datatrove's
 * ``data_lang``  -- clean Chinese kept by the stage-1 heuristics against its English original
-
+* ``harmful_models`` -- the harmful-content classifiers' size and held-out accuracy
 * ``data_scale`` -- the whole stage-1 pipeline at N documents: peak RSS and docs/s per stage
 * ``strategies`` -- memory and throughput per rank of DDP, ZeRO 1/2/3 and FSDP
 * ``litgpt``     -- our pretraining loop against litgpt's
