@@ -28,6 +28,29 @@ log = logging.getLogger(__name__)
 #: removal folders (``work/removed/<folder>``) whose documents carry no ``filter_reason``: their reason
 DEDUP_REASONS = {"exact_dedup": "duplicate", "near_dedup": "near_duplicate"}
 
+#: values kept per histogram series: a seeded uniform sample beyond this (counts stay exact)
+HIST_SAMPLE = 50_000
+
+
+class Sample:
+    """Count every value, keep a uniform sample of at most ``k`` of them (reservoir sampling,
+    seeded): the report's memory stays bounded however many documents a crawl has, while counts
+    and shares stay exact and histograms keep their shape."""
+
+    def __init__(self, k: int = HIST_SAMPLE, seed: int = 0) -> None:
+        import random
+
+        self.k, self.n, self.values, self._rng = k, 0, [], random.Random(seed)
+
+    def add(self, v) -> None:
+        self.n += 1
+        if len(self.values) < self.k:
+            self.values.append(v)
+        else:
+            j = self._rng.randrange(self.n)
+            if j < self.k:
+                self.values[j] = v
+
 
 def _stage_stats(logs: Path) -> list[dict]:
     files = sorted((logs / "stats").glob("*.json")) if (logs / "stats").is_dir() else []
@@ -141,10 +164,10 @@ def _hist(values, title: str, path: Path, bins: int = 20, threshold: float | Non
     return _save(fig, path)
 
 
-def _hist_grid(groups: dict[str, dict[str, list]], title: str, path: Path, threshold: float | None, bins: int = 20) -> str | None:
+def _hist_grid(groups: dict[str, dict[str, Sample]], title: str, path: Path, threshold: float | None, bins: int = 20) -> str | None:
     """One panel per group (a language or a source): its kept and removed scores on the same
     bins, the threshold drawn, the kept share in the panel's title."""
-    groups = {k: v for k, v in groups.items() if v["kept"] or v["removed"]}
+    groups = {k: v for k, v in groups.items() if v["kept"].n or v["removed"].n}
     if not groups:
         return None
     plt = _plt()
@@ -153,10 +176,12 @@ def _hist_grid(groups: dict[str, dict[str, list]], title: str, path: Path, thres
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows + 0.4), squeeze=False)
     edges = [i / bins for i in range(bins + 1)]
     for ax, (name, v) in zip(axes.flat, groups.items()):
-        n = len(v["kept"]) + len(v["removed"])
-        ax.hist([v["kept"], v["removed"]], bins=edges, stacked=True, label=["kept", "removed"], color=["tab:green", "tab:gray"])
+        n = v["kept"].n + v["removed"].n
+        ax.hist(
+            [v["kept"].values, v["removed"].values], bins=edges, stacked=True, label=["kept", "removed"], color=["tab:green", "tab:gray"]
+        )
         _threshold_line(ax, threshold)
-        ax.set_title(f"{name}: kept {len(v['kept'])} of {n} ({len(v['kept']) / n:.0%})", fontsize=8)
+        ax.set_title(f"{name}: kept {v['kept'].n} of {n} ({v['kept'].n / n:.0%})", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
@@ -212,20 +237,19 @@ def build_report(cfg: dict) -> dict:
         report["boilerplate_lines"] = {
             s: {"documents": v["documents"], "lines": len(v["hashes"]), "top": v["top"][:10]} for s, v in json.loads(bp.read_text()).items()
         }
-    # near-duplicate clusters: removed documents grouped by cluster, largest first
-    clusters: dict[int, list] = defaultdict(list)
+    # near-duplicate clusters, largest first: a count, five ids and an example each (never the documents)
+    clusters: dict[int, dict] = {}
     for rec in _jsonl_gz(p["removed"] / "near_dedup"):
         m = rec.get("metadata", {})
-        clusters[m.get("minhash_cluster_id", -1)].append(rec)
-    top = sorted(clusters.items(), key=lambda kv: -len(kv[1]))[:10]
+        c = clusters.setdefault(
+            m.get("minhash_cluster_id", -1), {"n": 0, "size": m.get("minhash_cluster_size"), "removed": [], "example": rec["text"][:300]}
+        )
+        c["n"] += 1
+        if len(c["removed"]) < 5:
+            c["removed"].append(rec["id"])
+    top = sorted(clusters.items(), key=lambda kv: -kv[1]["n"])[:10]
     report["largest_near_duplicate_clusters"] = [
-        {
-            "cluster": cid,
-            "size": recs[0]["metadata"].get("minhash_cluster_size", len(recs) + 1),
-            "removed": [r["id"] for r in recs[:5]],
-            "example": recs[0]["text"][:300],
-        }
-        for cid, recs in top
+        {"cluster": cid, "size": c["size"] or c["n"] + 1, "removed": c["removed"], "example": c["example"]} for cid, c in top
     ]
     exact = heapq.nlargest(10, _jsonl_gz(p["filtered"]), key=lambda r: r.get("metadata", {}).get("duplicate_count", 0))
     report["largest_exact_duplicate_clusters"] = [
@@ -255,7 +279,7 @@ def build_report(cfg: dict) -> dict:
     for rec in _jsonl_gz(p["extracted"]):
         _count(rec, "in")
     removed_dirs = sorted(d.name for d in p["removed"].iterdir() if d.is_dir()) if p["removed"].is_dir() else []
-    q_scores = defaultdict(lambda: {"kept": [], "removed": []})  # (kind, key) -> scores
+    q_scores = defaultdict(lambda: {"kept": Sample(), "removed": Sample()})  # (kind, key) -> scores
     for block in removed_dirs:
         for rec in _jsonl_gz(p["removed"] / block):
             m = rec.get("metadata", {})
@@ -266,20 +290,21 @@ def build_report(cfg: dict) -> dict:
                 continue
             removed_by["language"][m.get("language", "?")][reason] += 1
             if block == "quality" and m.get("quality_score") is not None:
-                q_scores[("source", m.get("source", "?"))]["removed"].append(m["quality_score"])
-                q_scores[("language", m.get("language", "?"))]["removed"].append(m["quality_score"])
-    kept_scores = {"harmful_score": [], "language_score": [], "doc_chars": []}
+                q_scores[("source", m.get("source", "?"))]["removed"].add(m["quality_score"])
+                q_scores[("language", m.get("language", "?"))]["removed"].add(m["quality_score"])
+    kept_scores = {k: Sample() for k in ("harmful_score", "language_score", "doc_chars")}
     kept = 0
     for rec in _jsonl_gz(p["final"]):
         kept += 1
         m = rec.get("metadata", {})
         _count(rec, "kept")
         if m.get("quality_score") is not None:
-            q_scores[("source", m.get("source", "?"))]["kept"].append(m["quality_score"])
-            q_scores[("language", m.get("language", "?"))]["kept"].append(m["quality_score"])
-        kept_scores["harmful_score"].append(m.get("harmful_score"))
-        kept_scores["language_score"].append(m.get("language_score"))
-        kept_scores["doc_chars"].append(len(rec["text"]))
+            q_scores[("source", m.get("source", "?"))]["kept"].add(m["quality_score"])
+            q_scores[("language", m.get("language", "?"))]["kept"].add(m["quality_score"])
+        for key, v in (("harmful_score", m.get("harmful_score")), ("language_score", m.get("language_score"))):
+            if v is not None:
+                kept_scores[key].add(v)
+        kept_scores["doc_chars"].add(len(rec["text"]))
     warn_share = float(cfg.get("report", {}).get("warn_loss_share", 0.3))
     warnings: list[str] = []
     for kind, key in (("source", "by_source"), ("language", "by_language")):
@@ -306,13 +331,11 @@ def build_report(cfg: dict) -> dict:
             "heldout_auc": figures.get("heldout_auc"),
             "eval_auc": figures.get("eval_auc"),
             "kept_fraction_by_source": {
-                key: round(len(v["kept"]) / (len(v["kept"]) + len(v["removed"])), 4)
+                key: round(v["kept"].n / (v["kept"].n + v["removed"].n), 4)
                 for (kind, key), v in sorted(q_scores.items())
-                if kind == "source" and (v["kept"] or v["removed"])
+                if kind == "source" and (v["kept"].n or v["removed"].n)
             },
-            "judged_by_source": {
-                key: len(v["kept"]) + len(v["removed"]) for (kind, key), v in sorted(q_scores.items()) if kind == "source"
-            },
+            "judged_by_source": {key: v["kept"].n + v["removed"].n for (kind, key), v in sorted(q_scores.items()) if kind == "source"},
         }
         warnings += auc_warnings(figures, float(q.get("min_auc", 0.75)))
     else:
@@ -323,17 +346,17 @@ def build_report(cfg: dict) -> dict:
 
     # histograms
     plots = {}
-    all_q = {"kept": [], "removed": []}
+    all_q = {"kept": [], "removed": []}  # the per-source samples together (each at most HIST_SAMPLE)
     for (kind, _), v in q_scores.items():
         if kind == "source":
-            all_q["kept"] += v["kept"]
-            all_q["removed"] += v["removed"]
+            all_q["kept"] += v["kept"].values
+            all_q["removed"] += v["removed"].values
     hf = cfg.get("harmful", {})
     for key, title, series, line in (
         ("quality_score", "quality score (kept vs removed)", [(k, v) for k, v in all_q.items() if v], threshold),
-        ("harmful_score", "harmful classifier score (kept)", kept_scores["harmful_score"], hf.get("threshold")),
-        ("language_score", "language-id score (kept)", kept_scores["language_score"], None),
-        ("doc_chars", "document length, characters (kept)", kept_scores["doc_chars"], None),
+        ("harmful_score", "harmful classifier score (kept)", kept_scores["harmful_score"].values, hf.get("threshold")),
+        ("language_score", "language-id score (kept)", kept_scores["language_score"].values, None),
+        ("doc_chars", "document length, characters (kept)", kept_scores["doc_chars"].values, None),
     ):
         png = _hist(series, title, p["report"] / f"{key}.png", threshold=line)
         if png:
