@@ -40,6 +40,10 @@ PaddingSide = _choice("PaddingSide", "right", "left")
 LoraBias = _choice("LoraBias", "none", "all", "lora_only")
 KLEstimator = _choice("KLEstimator", "k1", "k2", "k3", "abs")
 Critic = _choice("Critic", "shared", "separate")
+GroupEstimator = _choice("GroupEstimator", "grpo", "dr_grpo", "rloo", "reinforce_pp")
+LossAgg = _choice("LossAgg", "token", "sequence", "dr_grpo")
+KLPlacement = _choice("KLPlacement", "loss", "reward", "off")
+DynamicSampling = _choice("DynamicSampling", "drop", "off")
 StrategyName = _choice(
     "StrategyName", "auto", "single", "ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp"
 )
@@ -169,6 +173,26 @@ class DataConfig:
     padding_side: PaddingSide = PaddingSide.right
     """Reward model and DPO batches: ``right`` or ``left`` padding (both read the right tokens:
     positions and the reward's read-out come from the attention mask)."""
+    # ---- tasks with verifiable answers (stage=grpo) ----
+    tasks: Optional[str] = None
+    """stage=grpo: the prompts and their verifiers. ``builtin:<name>`` (``arithmetic``,
+    ``countdown``, ``sort``, ``reverse``; generated from ``seed``, validated on the generator's
+    held-out split) or a tasks ``.jsonl`` file (llm/rl/tasks.py; validated on ``val_tasks``, else
+    ``val_fraction`` of the file's tasks). ``None``: stage=grpo reads prompts as stage=ppo does
+    (``sources``/``datasets``) and needs ``stage.reward.function`` or ``stage.reward.model``."""
+    tasks_size: int = 1000
+    """``builtin:`` tasks: how many distinct training problems to generate."""
+    tasks_val_size: int = 64
+    """``builtin:`` tasks: how many distinct held-out problems to validate on."""
+    tasks_held_out: float = 0.2
+    """``builtin:`` tasks: the fraction of all problems that belong to the held-out split (by a
+    hash of the problem, so the splits never share one)."""
+    tasks_params: dict[str, Any] = field(default_factory=dict)
+    """``builtin:`` tasks: the generator's difficulty, e.g. ``{digits: 1}`` for arithmetic,
+    ``{count: 3}`` for countdown, ``{length: 4}`` for sort and reverse."""
+    val_tasks: Optional[str] = None
+    """A tasks ``.jsonl`` file of held-out tasks for a ``tasks`` file (``None``: ``val_fraction``
+    of its tasks, chosen by ``seed``)."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.val_fraction < 1, f"data.val_fraction={self.val_fraction}: a fraction in [0, 1)")
@@ -178,6 +202,11 @@ class DataConfig:
             ct in ("auto", "default") or "{{" in ct or "{%" in ct or Path(ct).expanduser().is_file(),
             f"data.chat_template={ct!r}: no such file (expected auto, default, the path of a Jinja file, "
             "or an inline Jinja template containing {{ or {%)",
+        )
+        _check(
+            self.tasks_size > 0 and self.tasks_val_size >= 0 and 0 < self.tasks_held_out < 1,
+            f"data.tasks_size={self.tasks_size}, data.tasks_val_size={self.tasks_val_size}, data.tasks_held_out="
+            f"{self.tasks_held_out}: need tasks_size > 0, tasks_val_size >= 0 and 0 < tasks_held_out < 1",
         )
         _check(
             self.seq_len > 0 and self.micro_batch_size > 0,
@@ -284,6 +313,88 @@ class PPOConfig:
 
 
 @dataclass
+class GRPOConfig:
+    """Group-based policy gradient without a critic (GRPO, Dr. GRPO, RLOO, REINFORCE++, DAPO's
+    and GSPO's options; llm/rl/group.py). One iteration = one training step: each of the
+    ``data.micro_batch_size`` prompts of a rank is answered ``group_size`` times by sampling, every
+    answer is scored, advantages come from its group, then ``epochs`` x ``minibatches`` clipped
+    policy-gradient updates. ``trainer.max_steps`` counts iterations."""
+
+    group_size: int = 8
+    """G: sampled answers per prompt (at least 2: the baseline is the group)."""
+    estimator: GroupEstimator = GroupEstimator.grpo
+    """The advantage: ``grpo`` ((r - mean) / std of the group), ``dr_grpo`` (r - mean), ``rloo``
+    (r - mean of the other answers) or ``reinforce_pp`` (r - mean, whitened over the batch)."""
+    loss_agg: LossAgg = LossAgg.token
+    """How per-token losses become one: ``token`` (every token of the batch alike, DAPO),
+    ``sequence`` (mean per answer, then over answers: GRPO's original) or ``dr_grpo`` (sum over
+    answers x ``max_new_tokens``: no length bias)."""
+    eps_low: float = 0.2
+    """The ratio is clipped below at ``1 - eps_low``."""
+    eps_high: Optional[float] = None
+    """... and above at ``1 + eps_high`` (``None``: ``eps_low``). DAPO's clip-higher: 0.28."""
+    gspo: bool = False
+    """GSPO: one length-normalised ratio per answer instead of one per token (use small bounds,
+    e.g. ``eps_low=3e-4 eps_high=4e-4``, and ``loss_agg=sequence``)."""
+    kl: KLPlacement = KLPlacement.loss
+    """Where the KL to the reference goes: ``loss`` (GRPO: ``kl_coef`` x the estimate, aggregated
+    like the loss), ``reward`` (subtracted from each answer's reward before the group baseline) or
+    ``off`` (DAPO, Dr. GRPO: no reference at all, no reference forward pass)."""
+    kl_coef: float = 0.04
+    """beta, the KL term's weight (``kl=off`` ignores it; 0 keeps the reference for logging)."""
+    kl_estimator: KLEstimator = KLEstimator.k3
+    """k1, k2, k3 (GRPO's, unbiased and >= 0) or abs (llm/rl/kl.py)."""
+    dynamic_sampling: DynamicSampling = DynamicSampling.drop
+    """``drop``: groups whose answers all got the same reward leave the loss (they have no
+    advantage; DAPO's filter without the refill: no prompts are sampled to replace them; an
+    iteration with none left makes no update); ``off``: they stay (their tokens count in the
+    ``token`` normaliser)."""
+    overlong_cache: int = 0
+    """DAPO's soft overlong penalty: answers longer than ``max_new_tokens - overlong_cache``
+    tokens lose up to 1 reward, linearly, -1 at ``max_new_tokens`` (0: off)."""
+    overlong_filter: bool = False
+    """DAPO's overlong filter: answers cut at ``max_new_tokens`` before their end-of-turn token
+    leave the loss."""
+    correct_weight: float = 1.0
+    """The verifier's reward (1 for a right answer, else 0; needs ``data.tasks``)."""
+    format_weight: float = 0.0
+    """Reward for giving an answer in the asked form (a ``\\boxed{}`` or an ``Answer:`` line),
+    right or wrong (needs ``data.tasks``)."""
+    epochs: int = 1
+    """Passes over an iteration's answers (1: on-policy, the ratio is 1 in the first update)."""
+    minibatches: int = 1
+    """Updates per pass: the answers are shuffled and split into this many minibatches."""
+    max_prompt_tokens: int = 128
+    """Longer prompts are left out (``data.on_truncated``)."""
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts; log-probs are taken at the same temperature."""
+    top_p: float = 1.0
+    top_k: int = 0
+    log_samples_every: int = 10
+    """Every N iterations, log prompts, answers and rewards (W&B and samples.jsonl)."""
+
+    def __post_init__(self) -> None:
+        _check(self.group_size >= 2, f"stage.grpo.group_size={self.group_size}: at least 2 (the baseline comes from the group)")
+        _check(
+            self.epochs >= 1 and self.minibatches >= 1,
+            f"stage.grpo.epochs={self.epochs}, stage.grpo.minibatches={self.minibatches}: both must be at least 1",
+        )
+        _check(
+            self.eps_low >= 0 and (self.eps_high is None or self.eps_high >= 0),
+            f"stage.grpo.eps_low={self.eps_low}, eps_high={self.eps_high}: clip bounds must be >= 0",
+        )
+        _check(self.kl_coef >= 0, f"stage.grpo.kl_coef={self.kl_coef}: must be >= 0")
+        _check(self.max_new_tokens >= 1, f"stage.grpo.max_new_tokens={self.max_new_tokens}: must be at least 1")
+        _check(
+            0 <= self.overlong_cache <= self.max_new_tokens,
+            f"stage.grpo.overlong_cache={self.overlong_cache}: between 0 (off) and max_new_tokens={self.max_new_tokens}",
+        )
+        _check(self.temperature > 0, f"stage.grpo.temperature={self.temperature}: must be positive (rollouts sample)")
+        _check(0 < self.top_p <= 1, f"stage.grpo.top_p={self.top_p}: must be in (0, 1]")
+
+
+@dataclass
 class DPOConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0
@@ -295,7 +406,7 @@ class DPOConfig:
 @dataclass
 class StageConfig:
     name: str = MISSING
-    """pretrain, sft, rm (reward model), ppo, dpo."""
+    """pretrain, sft, rm (reward model), ppo, dpo, grpo."""
     random_init: bool = False
     """Start from random weights when ``model.pretrained`` is unset. Pretraining sets it; a
     fine-tuning stage refuses to start without a checkpoint unless you set it explicitly."""
@@ -309,8 +420,9 @@ class StageConfig:
     sample_prompts: list[str] = field(default_factory=lambda: ["The "])
     sample_max_new_tokens: int = 48
     reward: RewardConfig = field(default_factory=RewardConfig)
-    """stage=ppo: the reward."""
+    """stage=ppo: the reward; stage=grpo: the function and reward-model parts of its reward."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
 
 

@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {
     "rm": "llm.stages.reward:STAGE",
     "dpo": "llm.stages.dpo:STAGE",
     "ppo": "llm.stages.ppo:STAGE",
+    "grpo": "llm.stages.grpo:STAGE",
 }
 
 

@@ -1,0 +1,275 @@
+"""Group-based policy gradient without a critic (GRPO and its family), inside one LightningModule
+with manual optimisation.
+
+One training step is one iteration:
+
+1. **rollout** -- each of the batch's B prompts is answered ``group_size`` (G) times by sampling
+   (the prompts repeated, one generation call through the engine);
+2. **score** -- each answer's reward is a weighted sum of components, each logged on its own:
+   ``correct`` (the task's verifier), ``format`` (an answer in the asked form), ``function``
+   (``stage.reward.function``), ``model`` (``stage.reward.model``), ``missing_eos`` and
+   ``overlong`` (DAPO's soft length penalty);
+3. **evaluate** -- log-probs of the answers under the policy that sampled them and, unless
+   ``kl=off``, the reference (a frozen copy, or the LoRA policy with its adapters disabled);
+4. **advantages** -- from the group (``estimator``: grpo, dr_grpo, rloo, reinforce_pp), after the
+   KL penalty when ``kl=reward``; with ``dynamic_sampling=drop`` the groups whose answers all
+   got the same reward leave the loss;
+5. **updates** -- ``epochs`` passes of ``minibatches`` clipped policy-gradient updates
+   (clip-higher, GSPO's sequence ratio, token/sequence/Dr. GRPO aggregation, KL in the loss:
+   :func:`llm.rl.group.policy_loss`).
+
+Rollouts, the reference and the counting of one optimizer step per iteration are PPO's
+(:mod:`llm.stages.rollout`). Validation answers held-out prompts greedily and logs
+``val/reward`` and, with tasks, ``val/accuracy`` (the fraction verified right).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from llm.data.task_prompts import grpo_data
+from llm.rl.advantages import masked_mean
+from llm.rl.experience import Rollout
+from llm.rl.group import group_advantages, informative_groups, kl_penalised_scores, overlong_filter, overlong_penalty, policy_loss
+from llm.rl.kl import kl_estimate
+from llm.rl.tasks import Task, check_answer, extract_answer
+from llm.stages.registry import Stage
+from llm.stages.rollout import DEEPSPEED, RolloutStage, mean, not_under_deepspeed, timing_metrics
+
+log = logging.getLogger(__name__)
+
+POLICY_STATS = ("pg_loss", "clip_frac", "clip_frac_low", "clip_frac_high", "ratio_max", "approx_kl", "grad_norm")
+
+
+@dataclass
+class GroupExperience:
+    """An iteration's N = B * G answers with what the updates need (a prompt's G answers consecutive)."""
+
+    rollout: Rollout
+    rewards: torch.Tensor  # [N] the rewards the advantages come from (after the KL when kl=reward)
+    old_logprobs: torch.Tensor  # [N, R] log-probs of the answer tokens under the sampling policy
+    ref_logprobs: torch.Tensor | None  # [N, R] under the reference (None: kl=off)
+    entropy: torch.Tensor  # [N, R] the sampling policy's entropy at each answer position
+    advantages: torch.Tensor  # [N] one per answer
+    loss_mask: torch.Tensor  # [N, R] float: answer tokens that enter the loss
+    kept_groups: torch.Tensor  # [B] bool: groups left in the loss by dynamic sampling
+
+
+class GRPOStage(RolloutStage):
+    stage_label, rl_key = "GRPO", "grpo"
+
+    def on_model_ready(self) -> None:
+        self.setup_rollout(reference=self.stage_cfg.grpo.kl != "off")
+        self.setup_reward_sources()
+
+    # --------------------------------------------------------------------- rewards
+    def _tasks_of(self, split: str, index: torch.Tensor) -> list[Task] | None:
+        dm = self.trainer.datamodule
+        if not hasattr(dm, "task"):
+            return None
+        return [dm.task(split, int(i)) for i in index.tolist()]
+
+    @torch.no_grad()
+    def reward_components(self, ro: Rollout, tasks: list[Task] | None) -> dict[str, torch.Tensor]:
+        """Each component [N] of the answers' reward, unweighted."""
+        cfg, rcfg = self.stage_cfg.grpo, self.stage_cfg.reward
+        comps: dict[str, torch.Tensor] = {}
+        if tasks is not None:
+            answers = [extract_answer(t) for t in ro.texts]
+            comps["correct"] = torch.tensor([float(a is not None and check_answer(t, a)) for t, a in zip(tasks, answers)])
+            comps["format"] = torch.tensor([float(a is not None) for a in answers])
+        if self.reward_fn is not None:
+            comps["function"] = self.function_scores(ro.prompts, ro.texts)
+        if "rm" in self._frozen:
+            comps["model"] = self.model_scores(ro.prompts, ro.texts)
+        if rcfg.missing_eos_penalty:
+            comps["missing_eos"] = (~ro.ended).float()
+        if cfg.overlong_cache:
+            comps["overlong"] = overlong_penalty(ro.response_mask.sum(1), cfg.max_new_tokens, cfg.overlong_cache)
+        return {k: v.to(self.device, torch.float32) for k, v in comps.items()}
+
+    def reward_weights(self) -> dict[str, float]:
+        cfg, rcfg = self.stage_cfg.grpo, self.stage_cfg.reward
+        return {
+            "correct": cfg.correct_weight,
+            "format": cfg.format_weight,
+            "function": rcfg.function_weight,
+            "model": rcfg.model_weight,
+            "missing_eos": -rcfg.missing_eos_penalty,
+            "overlong": 1.0,
+        }
+
+    def total_reward(self, comps: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+        w = self.reward_weights()
+        total = torch.zeros(n, device=self.device)
+        for k, v in comps.items():
+            total += w[k] * v
+        return total
+
+    # --------------------------------------------------------------- one iteration
+    @torch.no_grad()
+    def make_experience(self, ro: Rollout, scores: torch.Tensor) -> GroupExperience:
+        """Steps 3-4: the sampling policy's and the reference's log-probs, group advantages, the
+        loss mask (dynamic sampling, overlong filter)."""
+        cfg = self.stage_cfg.grpo
+        G = cfg.group_size
+        fmask = ro.response_mask.float()
+        self.model.eval()
+        old_logp, entropy, _ = self.response_logprobs(ro)
+        self.model.train()
+        ref_logp = self.reference_logprobs(ro) if self.has_reference else None
+        rewards = scores
+        if cfg.kl == "reward" and ref_logp is not None:
+            rewards = kl_penalised_scores(scores, old_logp, ref_logp, fmask, cfg.kl_coef, str(cfg.kl_estimator))
+        if cfg.dynamic_sampling == "drop":
+            kept = informative_groups(scores, G)  # by the task's reward, not the KL-shaped one
+        else:
+            kept = torch.ones(scores.shape[0] // G, dtype=torch.bool, device=scores.device)
+        adv = group_advantages(str(cfg.estimator), rewards, G)
+        loss_mask = fmask * kept.repeat_interleave(G).to(fmask.dtype).unsqueeze(1)
+        if cfg.overlong_filter:
+            loss_mask = overlong_filter(loss_mask, ~ro.ended)
+        return GroupExperience(ro, rewards, old_logp, ref_logp, entropy, adv, loss_mask, kept)
+
+    def update(self, exp: GroupExperience, raw: Any) -> tuple[dict[str, list[float]], int]:
+        """Step 5: ``epochs`` x ``minibatches`` clipped policy-gradient updates. A minibatch with no
+        token in the loss on any rank makes no update (AdamW would still move the weights)."""
+        cfg = self.stage_cfg.grpo
+        stats: dict[str, list[float]] = {k: [] for k in POLICY_STATS}
+        N = exp.advantages.shape[0]
+        kl_coef = cfg.kl_coef if cfg.kl == "loss" else 0.0
+        n_updates = 0
+        for _ in range(cfg.epochs):
+            for i in torch.randperm(N, device=self.device).chunk(cfg.minibatches):
+                m = exp.loss_mask[i]
+                if float(self._sum_over_ranks(m.sum())) == 0:
+                    continue
+                logp, _, _ = self.response_logprobs(exp.rollout, i)
+                loss, st = policy_loss(
+                    logp,
+                    exp.old_logprobs[i],
+                    exp.advantages[i],
+                    m,
+                    eps_low=cfg.eps_low,
+                    eps_high=cfg.eps_high,
+                    ratio="sequence" if cfg.gspo else "token",
+                    agg=str(cfg.loss_agg),
+                    max_len=cfg.max_new_tokens,
+                    ref_logp=exp.ref_logprobs[i] if exp.ref_logprobs is not None else None,
+                    kl_coef=kl_coef,
+                    kl_estimator=str(cfg.kl_estimator),
+                )
+                gn = self.apply_update(loss, raw, n_updates)
+                n_updates += 1
+                if gn is not None:
+                    st["grad_norm"] = gn
+                for k, v in st.items():
+                    if k in stats:
+                        stats[k].append(float(v.detach()))
+        return stats, n_updates
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        cfg = self.stage_cfg.grpo
+        G = cfg.group_size
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        index = batch["index"]
+        prompts = [p for p in self._prompts_of("train", index) for _ in range(G)]
+        tasks = self._tasks_of("train", index)
+        tasks = [t for t in tasks for _ in range(G)] if tasks is not None else None
+        t0 = time.perf_counter()
+        ro = self.rollout(batch["prompt_ids"].repeat_interleave(G, 0), batch["prompt_mask"].repeat_interleave(G, 0), prompts)  # 1.
+        t1 = time.perf_counter()
+        comps = self.reward_components(ro, tasks)  # 2.
+        scores = self.total_reward(comps, len(ro.texts))
+        t2 = time.perf_counter()
+        exp = self.make_experience(ro, scores)  # 3-4.
+        t3 = time.perf_counter()
+        raw = opt.optimizer if hasattr(opt, "optimizer") else opt
+        stats, n_updates = self.update(exp, raw)  # 5.
+        lr = self.count_iteration(opt, sched)
+        t4 = time.perf_counter()
+
+        fmask, rmask = ro.response_mask.float(), ro.response_mask
+        gen_tokens = int(rmask.sum())
+        self.tokens_seen += gen_tokens
+        metrics: dict[str, float] = {
+            "grpo/reward": self._mean_over_ranks(scores.mean()),
+            "grpo/reward_std": self._mean_over_ranks(scores.view(-1, G).std(1, correction=0).mean()),
+            "grpo/dropped_groups": self._mean_over_ranks(1.0 - exp.kept_groups.float().mean()),
+            "grpo/entropy": self._mean_over_ranks(masked_mean(exp.entropy, fmask)),
+            "grpo/response_length": self._mean_over_ranks(rmask.sum(1).float().mean()),
+            "grpo/ended_with_eos": self._mean_over_ranks(ro.ended.float().mean()),
+            "grpo/updates": float(n_updates),
+            "train/lr": lr,
+            **timing_metrics((t0, t1, t2, t3, t4), gen_tokens),
+        }
+        for k, v in comps.items():
+            metrics[f"grpo/reward/{k}"] = self._mean_over_ranks(v.mean())
+        if "correct" in comps:
+            metrics["grpo/accuracy"] = metrics["grpo/reward/correct"]
+        if exp.ref_logprobs is not None:  # KL of the sampling policy to the reference, per answer token
+            kl = kl_estimate(exp.old_logprobs, exp.ref_logprobs, str(cfg.kl_estimator))
+            metrics["grpo/kl"] = self._mean_over_ranks(masked_mean(kl, fmask))
+        for k in POLICY_STATS:
+            metrics[f"grpo/{k}"] = mean(stats[k])
+        self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False)
+        self.log("grpo/reward_mean", metrics["grpo/reward"], prog_bar=True)
+        self.record_samples(cfg.log_samples_every, prompts, ro.texts, scores, "grpo/samples")
+        self.after_step()
+        return torch.tensor(metrics["grpo/reward"])
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val = torch.zeros(4, device=self.device, dtype=torch.float64)
+        self._val_has_tasks = False
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        prompts = self._prompts_of("val", batch["index"])
+        tasks = self._tasks_of("val", batch["index"])
+        ro = self.rollout(batch["prompt_ids"], batch["prompt_mask"], prompts, greedy=True)
+        comps = self.reward_components(ro, tasks)
+        total = self.total_reward(comps, len(ro.texts)).double()
+        correct = comps["correct"].double().sum() if "correct" in comps else total.new_zeros(())
+        self._val_has_tasks = tasks is not None
+        self._val += torch.stack([total.sum(), correct, total.new_tensor(float(len(ro.texts))), ro.response_mask.sum().double()])
+
+    def on_validation_epoch_end(self) -> None:
+        s, correct, n, length = self._sum_over_ranks(self._val).tolist()
+        if n:
+            self.log("val/reward", s / n, prog_bar=True)
+            if self._val_has_tasks:
+                self.log("val/accuracy", correct / n, prog_bar=True)
+            self.log("val/response_length", length / n)
+
+
+def _check(cfg: Any) -> None:
+    g, r = cfg.stage.grpo, cfg.stage.reward
+    if not cfg.data.tasks and not r.function and not r.model:
+        raise ValueError(
+            "stage=grpo needs a reward: data.tasks=builtin:<name> or a tasks .jsonl file (verified answers), and/or "
+            "stage.reward.function=<name or module:function>, and/or stage.reward.model=<reward-model export>"
+        )
+    n = cfg.data.micro_batch_size * g.group_size
+    if g.minibatches > n:
+        raise ValueError(
+            f"stage.grpo.minibatches={g.minibatches}: more than the {n} answers of an iteration "
+            f"(data.micro_batch_size={cfg.data.micro_batch_size} x stage.grpo.group_size={g.group_size})"
+        )
+
+
+STAGE = Stage(
+    name="grpo",
+    module=GRPOStage,
+    data=grpo_data,
+    eval_suite="sft",
+    needs_pretrained=True,
+    samples_during_training=False,
+    refused_strategies={s: not_under_deepspeed("GRPO", "DPO (stage=dpo), which runs under every strategy") for s in DEEPSPEED},
+    check=_check,
+)
+"""Stage 3c: group-based policy gradient (GRPO family) on verifiable or rule-based rewards."""

@@ -1,0 +1,309 @@
+"""What the on-policy RL stages (PPO, GRPO) share: a frozen reference, rollouts through the
+generation engine, log-probs of response tokens, and minibatch updates under manual optimisation.
+
+The reference is a frozen copy of the starting policy, or, for a LoRA policy, the same model with
+its adapters disabled (no second copy in memory). A stage that needs no reference (GRPO without a
+KL term) asks for none.
+
+Lightning counts an optimizer step each time ``LightningOptimizer.step`` runs; the minibatch
+updates of an iteration use the wrapped torch optimizer directly (:meth:`RolloutStage.apply_update`)
+and the iteration ends with one counted, empty step (:meth:`RolloutStage.count_iteration`), so
+``trainer.max_steps`` counts iterations (and checkpoints and the LR schedule step per iteration).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm.data.chat import stop_token_ids
+from llm.data.preference import encode_answer, pad_batch, positions_from_mask
+from llm.losses import IGNORE_INDEX, entropy_from_logits, token_logprobs
+from llm.model.engine import Engine, Sampling
+from llm.model.lora import is_peft
+from llm.rl.experience import Rollout
+from llm.rl.rewards import load_reward_fn
+from llm.stages.base import BaseStage
+from llm.stages.reward import reward_scores
+
+log = logging.getLogger(__name__)
+
+
+def response_mask(responses: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask [B, R]: 1 up to and including the first stop token; ended [B]: a stop token came)."""
+    is_stop = torch.zeros_like(responses, dtype=torch.bool)
+    for s in stop_ids:
+        is_stop |= responses == s
+    # position of the first stop token, R when none
+    R = responses.shape[1]
+    idx = torch.arange(R, device=responses.device).expand_as(responses)
+    first = torch.where(is_stop, idx, torch.full_like(idx, R)).min(-1).values
+    mask = (idx <= first.unsqueeze(1)).long()
+    return mask, first < R
+
+
+def not_under_deepspeed(stage: str, alternative: str) -> str:
+    """Why an RL stage with minibatch updates refuses DeepSpeed (``Stage.refused_strategies``)."""
+    return (
+        f"{stage} takes several optimizer steps per iteration (its minibatch updates), with gradients it averages itself and "
+        "generation between them, while DeepSpeed's engine owns the gradients and the step; under ZeRO-3 every generated "
+        f"token would also all-gather the weights (DeepSpeed-Chat needs its Hybrid Engine for this). Run {stage} with "
+        f"strategy=ddp or strategy=fsdp, or use {alternative}"
+    )
+
+
+def model_inputs(ro: Rollout, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]:
+    """(sequences [B, P + R], their attention mask, P, responses [B, R], response mask [B, R]) of
+    a rollout, or of its ``rows``."""
+    t = (ro.sequences, ro.attention_mask, ro.responses, ro.response_mask)
+    if rows is not None:
+        t = tuple(x[rows] for x in t)
+    return t[0], t[1], ro.prompt_len, t[2], t[3]
+
+
+class RewardModel:
+    """A frozen reward-model export with its own tokenizer: scores (prompt, response text)."""
+
+    def __init__(self, path: str, max_tokens: int = 1024) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from llm.data.chat import ensure_chat_template
+
+        self.path = path
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        ensure_chat_template(self.tokenizer)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
+        self.max_tokens = min(max_tokens, getattr(self.model.config, "max_position_embeddings", max_tokens) or max_tokens)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def to(self, device: torch.device) -> RewardModel:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def score(self, prompts: list[list[dict]], responses: list[str]) -> torch.Tensor:
+        seqs = []
+        for p, r in zip(prompts, responses):
+            enc = encode_answer(self.tokenizer, p, r if r.strip() else " ", self.max_tokens)
+            seqs.append(enc.ids if enc is not None else [self.pad_id])
+        device = next(self.model.parameters()).device
+        ids, mask = pad_batch(seqs, self.pad_id, max(len(s) for s in seqs), "right")
+        return reward_scores(self.model, ids.to(device), mask.to(device))
+
+
+DEEPSPEED = ("deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
+
+
+class RolloutStage(BaseStage):
+    """A stage that samples its own training data from the policy. Subclasses set
+    :attr:`rl_key` and call :meth:`setup_rollout` from ``on_model_ready``."""
+
+    stage_label = "RL"
+    """The stage's name in messages."""
+
+    rl_key = ""
+    """The stage's own config under ``stage`` (``ppo``, ``grpo``): its ``max_new_tokens``,
+    ``temperature``, ``top_k`` and ``top_p`` drive the rollouts."""
+
+    @property
+    def rollout_cfg(self) -> Any:
+        return self.stage_cfg[self.rl_key]
+
+    def setup_rollout(self, reference: bool = True) -> None:
+        """The frozen modules (a reference copy unless the policy is LoRA or ``reference`` is
+        off), the stop tokens and the pad id."""
+        self._frozen: dict[str, Any] = {}  # not submodules: out of checkpoints and the optimizer
+        self.has_reference = reference
+        if reference and not is_peft(self.model):
+            self._frozen["ref"] = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.iteration_samples: list[dict] = []
+
+    def setup_reward_sources(self) -> None:
+        """``stage.reward``'s reward model (frozen) and Python reward function, when set."""
+        rcfg = self.stage_cfg.reward
+        if rcfg.model:
+            self._frozen["rm"] = RewardModel(rcfg.model)
+        self.reward_fn = load_reward_fn(rcfg.function) if rcfg.function else None
+
+    def model_scores(self, prompts: list[list[dict]], texts: list[str]) -> torch.Tensor:
+        """The reward model's score [B] of each (prompt, response), unweighted."""
+        return self._frozen["rm"].score(prompts, texts).to(self.device)
+
+    def function_scores(self, prompts: list[list[dict]], texts: list[str]) -> torch.Tensor:
+        """``stage.reward.function`` [B] of each (last user turn, response), unweighted."""
+        last_user = [p[-1]["content"] for p in prompts]
+        vals = self.reward_fn(last_user, texts, **dict(self.stage_cfg.reward.kwargs))
+        if len(vals) != len(texts):
+            raise ValueError(f"stage.reward.function returned {len(vals)} rewards for {len(texts)} responses")
+        return torch.tensor([float(v) for v in vals], device=self.device)
+
+    def _place_frozen(self) -> None:
+        for v in self._frozen.values():
+            v.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._place_frozen()
+
+    def on_validation_start(self) -> None:
+        self._place_frozen()
+
+    # --------------------------------------------------------------- forward passes
+    def response_logprobs(
+        self, ro: Rollout, rows: torch.Tensor | None = None, model: Any = None, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """(log-probs [B, R] of the response tokens of ``ro`` (its ``rows``, default all) at the
+        sampling temperature, entropy [B, R], the model's output)."""
+        seq, attn, P, responses, rmask = model_inputs(ro, rows)
+        out = (model if model is not None else self.model)(
+            input_ids=seq,
+            attention_mask=attn,
+            position_ids=positions_from_mask(attn),
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+        )
+        R = responses.shape[1]
+        logits = out.logits[:, P - 1 : P - 1 + R] / self.rollout_cfg.temperature
+        targets = responses.masked_fill(rmask == 0, IGNORE_INDEX)
+        return token_logprobs(logits, targets), entropy_from_logits(logits), out
+
+    @torch.no_grad()
+    def reference_logprobs(self, ro: Rollout) -> torch.Tensor:
+        """Log-probs of the response tokens under the reference: the frozen copy, or the policy
+        with its LoRA adapters disabled."""
+        if not self.has_reference:
+            raise RuntimeError(f"{self.stage_label}: no reference model was set up")
+        if "ref" in self._frozen:
+            return self.response_logprobs(ro, model=self._frozen["ref"])[0]
+        with self.model.disable_adapter():
+            return self.response_logprobs(ro)[0]
+
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """Responses [B, R] to left-padded prompts [B, P], through the one generation engine."""
+        cfg = self.rollout_cfg
+        sampling = Sampling(cfg.max_new_tokens, do_sample=not greedy, temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p)
+        extra = {}
+        if self.sharded and self._trainer is not None and self.trainer.world_size > 1:
+            extra["synced_gpus"] = True  # FSDP: every rank runs the same number of forward passes (they all-gather)
+        return Engine(self.model, self.tokenizer, chat=True).generate(prompt_ids, prompt_mask, sampling, **extra)
+
+    def rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, prompts: list[list[dict]], greedy: bool = False) -> Rollout:
+        """The policy's responses to a batch of prompts, cut after their first stop token."""
+        responses = self.generate(prompt_ids, prompt_mask, greedy=greedy)
+        if responses.shape[1] == 0:
+            responses = torch.full((prompt_ids.shape[0], 1), self.pad_id, device=self.device, dtype=torch.long)
+        rmask, ended = response_mask(responses, self.stop_ids)
+        responses = responses.masked_fill(rmask == 0, self.pad_id)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        return Rollout(prompt_ids, prompt_mask, responses, rmask, ended, texts, prompts)
+
+    def _prompts_of(self, split: str, index: torch.Tensor) -> list[list[dict]]:
+        dm = self.trainer.datamodule
+        return [dm.prompt_messages(split, int(i)) for i in index.tolist()]
+
+    # ---------------------------------------------------------------- updates
+    def apply_update(self, loss: torch.Tensor, raw: Any, n_updates: int) -> torch.Tensor | None:
+        """One minibatch update with the raw torch optimizer ``raw``: backward, gradients averaged
+        over ranks, clipped, checked, stepped. Returns the gradient norm (``None``: no clipping)."""
+        with self._no_sync(last=False):  # several updates per step: the stage averages gradients itself
+            self.manual_backward(loss)
+        self._average_gradients_over_ranks()
+        gn = self._clip_gradients(raw)
+        if gn is not None and not torch.isfinite(gn):  # gradients are averaged: every rank sees it
+            raise FloatingPointError(
+                f"{self.stage_label} iteration {self.global_step + 1}, minibatch update {n_updates + 1}: non-finite gradient norm "
+                f"{gn.item()} (loss {loss.item()} on rank {self.global_rank}); stopped before the update, the last "
+                f"checkpoint is intact (resume with ckpt_path=last, perhaps with a lower stage.optim.lr)"
+            )
+        raw.step()
+        raw.zero_grad(set_to_none=True)
+        return gn
+
+    def count_iteration(self, opt: Any, sched: Any) -> float:
+        """End an iteration: one counted, empty optimizer step and one LR-schedule step. Returns
+        the learning rate the iteration used."""
+        lr = sched.get_last_lr()[0]
+        opt.zero_grad(set_to_none=True)
+        opt.step()  # no gradients: changes nothing, makes Lightning count this iteration as one step
+        sched.step()
+        return lr
+
+    def _average_gradients_over_ranks(self) -> None:
+        """DDP synchronises gradients only in the backward that follows its forward; an RL stage runs
+        many backward passes in one training step, so it averages the gradients over ranks itself."""
+        if self.trainer.world_size <= 1 or self.sharded:  # FSDP reduce-scatters in every backward
+            return
+        import torch.distributed as dist
+
+        grads = [p.grad for p in self.optim_modules().parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.trainer.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def on_train_end(self) -> None:
+        """Every rank must end with the same weights: a cheap check that gradients were in sync."""
+        if self.trainer.world_size <= 1 or self.sharded:  # FSDP: each rank holds its own shard
+            return
+        total = torch.stack([p.detach().double().sum() for p in self.optim_modules().parameters()]).sum().reshape(1)
+        every = self.all_gather(total).reshape(-1)
+        if (every.max() - every.min()).abs() > 1e-6 * every.abs().max().clamp(min=1.0):
+            raise RuntimeError(f"{self.stage_label}: the ranks' weights diverged (parameter sums {every.tolist()})")
+
+    def _mean_over_ranks(self, x: torch.Tensor) -> float:
+        x = x.detach().float()
+        if self.trainer.world_size > 1:
+            x = self.trainer.strategy.reduce(x.clone(), reduce_op="mean")
+        return float(x)
+
+    # ---------------------------------------------------------------- samples
+    def record_samples(self, every: int, prompts: list[list[dict]], texts: list[str], scores: torch.Tensor, key: str) -> None:
+        """Every ``every`` iterations (rank 0): the first 4 (prompt, response, score) rows to
+        ``samples.jsonl`` in the run directory and a W&B table ``<key>``."""
+        it = self.global_step  # already counts this iteration
+        if not every or (it - 1) % every or not self.trainer.is_global_zero:
+            return
+        rows = [
+            {"iteration": it, "prompt": p[-1]["content"], "response": t, "score": float(s)}
+            for p, t, s in zip(prompts[:4], texts[:4], scores[:4])
+        ]
+        self.iteration_samples.extend(rows)
+        run_dir = Path(self.trainer.default_root_dir)
+        with open(run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for lg in self.trainer.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                lg.log_text(
+                    key=key,
+                    columns=["iteration", "prompt", "response", "score"],
+                    data=[[r["iteration"], r["prompt"], r["response"], r["score"]] for r in self.iteration_samples],
+                    step=it,
+                )
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def timing_metrics(stamps: tuple[float, float, float, float, float], gen_tokens: int) -> dict[str, float]:
+    """``time/*`` of an iteration from its time stamps: start, generated, scored, evaluated, trained."""
+    t0, t1, t2, t3, t4 = stamps
+    return {
+        "time/generate_s": t1 - t0,
+        "time/score_s": t2 - t1,
+        "time/evaluate_s": t3 - t2,
+        "time/train_s": t4 - t3,
+        "time/generate_tokens_per_s": gen_tokens / max(1e-9, t1 - t0),
+    }
