@@ -1,20 +1,21 @@
-"""stage=grpo end to end on the tiny model (stage 1 -> SFT fixture of tests/test_rlhf.py): a run of
-a few iterations on verifiable built-in tasks logs every reward component, accuracy, dropped
-groups, clip fractions and the KL; the estimators and loss options run; a LoRA policy is its own
-reference (no second copy); a resumed run matches an uninterrupted one; a rule reward rises."""
+"""stage=grpo end to end on the tiny model (the stage 1 -> SFT fixture that tests/test_rlhf.py's PPO
+starts from): a run on verifiable built-in tasks logs every reward component, accuracy, dropped
+groups, clip fractions and the KL; each estimator runs with the loss options it is paired with;
+a LoRA policy is its own reference (no second copy) and kl=off keeps none; a resumed run matches
+an uninterrupted one; a rule reward rises; refusals happen at start."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import pytest
+import torch
 
 from llm.train import train
 
 from conftest import compose
-
-pytestmark = pytest.mark.tier("integration")
 
 FAST = ["trainer.progress_bar=false", "trainer.log_every_n_steps=1", "trainer.ckpt_every_n_steps=0"]
 GRPO = [
@@ -29,6 +30,7 @@ GRPO = [
     "stage.grpo.max_new_tokens=12",
     "stage.sample_prompts=[]",
     "eval=none",
+    "export=false",
 ]
 
 
@@ -37,26 +39,184 @@ def sft_export(sft_run):
     return sft_run[1]["export"]
 
 
-def _run(run_dir, args):
-    return train(compose([*FAST, *GRPO, *args], run_dir=run_dir))
+def _cfg(run_dir, args):
+    return compose([*FAST, *GRPO, *args], run_dir=run_dir)
 
 
-def _rows(run_dir, key):
+def _rows(run_dir, key=None):
     with open(os.path.join(run_dir, "metrics.csv")) as f:
-        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+        rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+    rows = [r for r in rows if "grpo/reward" in r]
+    return [r[key] for r in rows] if key else rows
 
 
-def test_grpo_on_tasks_logs_components_accuracy_and_kl(tmp_path, sft_export):
-    res = _run(
-        tmp_path,
-        [
-            f"model.pretrained={sft_export}",
-            "stage.grpo.format_weight=0.5",
-            "stage.reward.function=short",
-            "stage.grpo.dynamic_sampling=off",
-            "trainer.max_steps=3",
-            "trainer.val_every_n_steps=3",
-            "stage.optim.lr=1e-3",
-        ],
+def _changed(module, start):
+    from safetensors.torch import load_file
+
+    base = load_file(os.path.join(start, "model.safetensors"))
+    own = {n.removeprefix("model."): p for n, p in module.model.named_parameters()}
+    return any(not torch.equal(own[k].detach().cpu(), base[k]) for k in base if k in own)
+
+
+@pytest.mark.tier("integration")
+def test_grpo_on_tasks_logs_each_reward_component_accuracy_and_kl(tmp_path, sft_export):
+    res = train(
+        _cfg(
+            tmp_path,
+            [
+                f"model.pretrained={sft_export}",
+                "stage.grpo.format_weight=0.5",
+                "stage.reward.function=short",
+                "stage.reward.function_weight=2.0",
+                "stage.grpo.dynamic_sampling=off",
+                "trainer.max_steps=3",
+                "trainer.val_every_n_steps=3",
+                "stage.optim.lr=1e-3",
+                "stage.grpo.log_samples_every=1",
+            ],
+        )
     )
-    print(res["metrics"])
+    assert res["global_step"] == 3
+    rows = _rows(tmp_path)
+    assert len(rows) == 3
+    for r in rows:
+        for k in ("grpo/accuracy", "grpo/dropped_groups", "grpo/response_length", "grpo/clip_frac", "grpo/kl", "grpo/entropy"):
+            assert k in r, (k, sorted(r))
+        # the reward is the weighted sum of its components, each logged on its own
+        total = r["grpo/reward/correct"] + 0.5 * r["grpo/reward/format"] + 2.0 * r["grpo/reward/function"]
+        assert r["grpo/reward"] == pytest.approx(total, abs=1e-5)
+        assert r["grpo/accuracy"] == r["grpo/reward/correct"] and 0 <= r["grpo/accuracy"] <= 1
+        assert r["grpo/dropped_groups"] == 0.0  # dynamic_sampling=off
+    assert rows[0]["grpo/kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollout is the reference's
+    assert rows[-1]["grpo/kl"] > 0  # the policy moved away from it
+    for m in (res["before"], res["metrics"]):  # held-out tasks, greedy: accuracy and reward
+        assert 0 <= m["val/accuracy"] <= 1 and "val/reward" in m
+    assert "ref" in res["module"]._frozen  # a full model: the reference is a frozen copy
+    samples = [json.loads(line) for line in open(tmp_path / "samples.jsonl")]
+    assert len(samples) == 3 * 4 and samples[0]["prompt"].startswith("What is ")
+
+
+@pytest.mark.tier("integration")
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["stage.grpo.estimator=dr_grpo", "stage.grpo.loss_agg=dr_grpo", "stage.grpo.kl=reward", "stage.grpo.eps_high=0.28"],
+        ["stage.grpo.estimator=rloo", "stage.grpo.gspo=true", "stage.grpo.loss_agg=sequence", "stage.grpo.minibatches=2"],
+        ["stage.grpo.estimator=reinforce_pp", "stage.grpo.kl=off", "stage.grpo.overlong_cache=4", "stage.grpo.overlong_filter=true"],
+    ],
+    ids=["dr_grpo", "rloo-gspo", "reinforce_pp-dapo"],
+)
+def test_grpo_estimators_and_loss_options_train(tmp_path, sft_export, options):
+    res = train(
+        _cfg(
+            tmp_path,
+            [
+                f"model.pretrained={sft_export}",
+                "stage.reward.function=short",
+                "+stage.reward.kwargs={max_chars: 20}",
+                "stage.grpo.dynamic_sampling=drop",
+                "trainer.max_steps=2",
+                "trainer.val_every_n_steps=100",
+                "trainer.val_before_train=false",
+                "stage.optim.lr=1e-3",
+                *options,
+            ],
+        )
+    )
+    rows = _rows(tmp_path)
+    assert len(rows) == 2
+    for r in rows:
+        assert all(torch.isfinite(torch.tensor(v)) for v in r.values())
+        assert r["grpo/updates"] == (0 if r["grpo/dropped_groups"] == 1 else 1 + ("stage.grpo.minibatches=2" in options))
+    assert ("grpo/kl" in rows[0]) == ("stage.grpo.kl=off" not in options)
+    assert ("grpo/reward/overlong" in rows[0]) == ("stage.grpo.overlong_cache=4" in options)
+    if "stage.grpo.kl=off" in options:
+        assert res["module"]._frozen == {} and not res["module"].has_reference  # no reference, no copy
+    if any(r["grpo/updates"] for r in rows):
+        assert _changed(res["module"], sft_export)
+
+
+@pytest.mark.tier("integration")
+def test_grpo_lora_policy_is_its_own_reference(tmp_path, sft_export):
+    res = train(
+        _cfg(
+            tmp_path,
+            [
+                f"model.pretrained={sft_export}",
+                "stage.lora.enabled=true",
+                "stage.reward.function=short",
+                "+stage.reward.kwargs={max_chars: 20}",
+                "stage.grpo.dynamic_sampling=off",
+                "trainer.max_steps=3",
+                "trainer.val_every_n_steps=100",
+                "trainer.val_before_train=false",
+                "stage.optim.lr=1e-2",
+            ],
+        )
+    )
+    module = res["module"]
+    assert module.has_reference and "ref" not in module._frozen  # the adapters disabled: no second model
+    kls = _rows(tmp_path, "grpo/kl")
+    assert kls[0] == pytest.approx(0.0, abs=1e-5) and kls[-1] > 0
+
+
+@pytest.mark.tier("integration")
+def test_grpo_resume_matches_uninterrupted(tmp_path, sft_export):
+    args = [
+        f"model.pretrained={sft_export}",
+        "stage.reward.function=short",
+        "+stage.reward.kwargs={max_chars: 20}",
+        "trainer.val_every_n_steps=100",
+        "trainer.val_before_train=false",
+        "trainer.max_steps=4",
+        "stage.optim.lr=1e-3",
+        "trainer.ckpt_every_n_steps=2",
+    ]
+    full = train(_cfg(tmp_path / "full", args))
+    ckpt = tmp_path / "full" / "checkpoints" / "step0000002.ckpt"
+    assert ckpt.exists()
+    resumed = train(_cfg(tmp_path / "resumed", [*args, f"ckpt_path={ckpt}"]))
+    assert resumed["global_step"] == 4
+    for (n, p), (_, q) in zip(full["module"].model.named_parameters(), resumed["module"].model.named_parameters()):
+        torch.testing.assert_close(p, q, msg=n)
+
+
+@pytest.mark.tier("integration")
+def test_grpo_raises_a_rule_reward(tmp_path, sft_export):
+    """Plain prompts (PPO's), the rule "short answers": the mean sampled reward rises."""
+    res = train(
+        _cfg(
+            tmp_path,
+            [
+                f"model.pretrained={sft_export}",
+                "data=prompts_demo",
+                "data.micro_batch_size=8",
+                "stage.reward.function=short",
+                "+stage.reward.kwargs={max_chars: 20}",
+                "stage.grpo.max_new_tokens=24",
+                "stage.grpo.kl_coef=0.0",
+                "trainer.max_steps=20",
+                "trainer.val_every_n_steps=20",
+                "stage.optim.lr=1e-4",
+            ],
+        )
+    )
+    rewards = _rows(tmp_path, "grpo/reward")
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    print(
+        f"GRPO, rule reward `short`: sampled {first:.3f} -> {last:.3f}; greedy held-out {res['before']['val/reward']:.3f} -> "
+        f"{res['metrics']['val/reward']:.3f}"
+    )
+    assert last > first + 0.1, (first, last)
+
+
+def test_grpo_refuses_at_start_without_reward_or_under_deepspeed(tmp_path):
+    base = ["model.pretrained=/nonexistent", "data=prompts_demo"]
+    with pytest.raises(ValueError, match="stage=grpo needs a reward"):
+        train(_cfg(tmp_path, base))
+    with pytest.raises(ValueError, match="stage=grpo does not run under strategy=deepspeed_zero2: GRPO takes several"):
+        train(_cfg(tmp_path, [*base, "stage.reward.function=short", "strategy=deepspeed_zero2"]))
+    with pytest.raises(ValueError, match="stage.grpo.minibatches=64: more than the 16 answers"):
+        train(_cfg(tmp_path, [*base, "stage.reward.function=short", "stage.grpo.minibatches=64"]))
+    with pytest.raises(ValueError, match="group_size=1: at least 2"):
+        train(_cfg(tmp_path, [*base, "stage.reward.function=short", "stage.grpo.group_size=1"]))
