@@ -127,7 +127,8 @@ def test_grpo_estimators_and_loss_options_train(tmp_path, sft_export, options):
     assert len(rows) == 2
     for r in rows:
         assert all(torch.isfinite(torch.tensor(v)) for v in r.values())
-        assert r["grpo/updates"] == (0 if r["grpo/dropped_groups"] == 1 else 1 + ("stage.grpo.minibatches=2" in options))
+        most = 2 if "stage.grpo.minibatches=2" in options else 1  # a minibatch of dropped groups only makes no update
+        assert (r["grpo/updates"] == 0) if r["grpo/dropped_groups"] == 1 else (1 <= r["grpo/updates"] <= most)
     assert ("grpo/kl" in rows[0]) == ("stage.grpo.kl=off" not in options)
     assert ("grpo/reward/overlong" in rows[0]) == ("stage.grpo.overlong_cache=4" in options)
     if "stage.grpo.kl=off" in options:

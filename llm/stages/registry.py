@@ -1,7 +1,7 @@
 """The stage registry: every training stage declared once, in its own file.
 
 ``llm.train.train`` reads a :class:`Stage` and branches on none of their names. Adding a stage
-(GRPO, KTO, ...) is one new file under ``llm/stages/`` that ends in a ``STAGE = Stage(...)``
+(KTO, ...) is one new file under ``llm/stages/`` that ends in a ``STAGE = Stage(...)``
 declaration, plus one line in :data:`REGISTRY`.
 """
 
