@@ -33,6 +33,8 @@ GRPO = [
     "export=false",
 ]
 
+SHORT = ["stage.reward.function=short", "+stage.reward.kwargs={max_chars: 20}"]  # rule reward: answers of at most 20 characters
+
 
 @pytest.fixture(scope="session")
 def sft_export(sft_run):
@@ -41,6 +43,10 @@ def sft_export(sft_run):
 
 def _cfg(run_dir, args):
     return compose([*FAST, *GRPO, *args], run_dir=run_dir)
+
+
+def _train(run_dir, start, args):
+    return train(_cfg(run_dir, [f"model.pretrained={start}", *args]))
 
 
 def _rows(run_dir, key=None):
@@ -60,21 +66,19 @@ def _changed(module, start):
 
 @pytest.mark.tier("integration")
 def test_grpo_on_tasks_logs_each_reward_component_accuracy_and_kl(tmp_path, sft_export):
-    res = train(
-        _cfg(
-            tmp_path,
-            [
-                f"model.pretrained={sft_export}",
-                "stage.grpo.format_weight=0.5",
-                "stage.reward.function=short",
-                "stage.reward.function_weight=2.0",
-                "stage.grpo.dynamic_sampling=off",
-                "trainer.max_steps=3",
-                "trainer.val_every_n_steps=3",
-                "stage.optim.lr=1e-3",
-                "stage.grpo.log_samples_every=1",
-            ],
-        )
+    res = _train(
+        tmp_path,
+        sft_export,
+        [
+            "stage.grpo.format_weight=0.5",
+            "stage.reward.function=short",
+            "stage.reward.function_weight=2.0",
+            "stage.grpo.dynamic_sampling=off",
+            "trainer.max_steps=3",
+            "trainer.val_every_n_steps=3",
+            "stage.optim.lr=1e-3",
+            "stage.grpo.log_samples_every=1",
+        ],
     )
     assert res["global_step"] == 3
     rows = _rows(tmp_path)
@@ -107,21 +111,18 @@ def test_grpo_on_tasks_logs_each_reward_component_accuracy_and_kl(tmp_path, sft_
     ids=["dr_grpo", "rloo-gspo", "reinforce_pp-dapo"],
 )
 def test_grpo_estimators_and_loss_options_train(tmp_path, sft_export, options):
-    res = train(
-        _cfg(
-            tmp_path,
-            [
-                f"model.pretrained={sft_export}",
-                "stage.reward.function=short",
-                "+stage.reward.kwargs={max_chars: 20}",
-                "stage.grpo.dynamic_sampling=drop",
-                "trainer.max_steps=2",
-                "trainer.val_every_n_steps=100",
-                "trainer.val_before_train=false",
-                "stage.optim.lr=1e-3",
-                *options,
-            ],
-        )
+    res = _train(
+        tmp_path,
+        sft_export,
+        [
+            *SHORT,
+            "stage.grpo.dynamic_sampling=drop",
+            "trainer.max_steps=2",
+            "trainer.val_every_n_steps=100",
+            "trainer.val_before_train=false",
+            "stage.optim.lr=1e-3",
+            *options,
+        ],
     )
     rows = _rows(tmp_path)
     assert len(rows) == 2
@@ -139,21 +140,18 @@ def test_grpo_estimators_and_loss_options_train(tmp_path, sft_export, options):
 
 @pytest.mark.tier("integration")
 def test_grpo_lora_policy_is_its_own_reference(tmp_path, sft_export):
-    res = train(
-        _cfg(
-            tmp_path,
-            [
-                f"model.pretrained={sft_export}",
-                "stage.lora.enabled=true",
-                "stage.reward.function=short",
-                "+stage.reward.kwargs={max_chars: 20}",
-                "stage.grpo.dynamic_sampling=off",
-                "trainer.max_steps=3",
-                "trainer.val_every_n_steps=100",
-                "trainer.val_before_train=false",
-                "stage.optim.lr=1e-2",
-            ],
-        )
+    res = _train(
+        tmp_path,
+        sft_export,
+        [
+            "stage.lora.enabled=true",
+            *SHORT,
+            "stage.grpo.dynamic_sampling=off",
+            "trainer.max_steps=3",
+            "trainer.val_every_n_steps=100",
+            "trainer.val_before_train=false",
+            "stage.optim.lr=1e-2",
+        ],
     )
     module = res["module"]
     assert module.has_reference and "ref" not in module._frozen  # the adapters disabled: no second model
@@ -165,8 +163,7 @@ def test_grpo_lora_policy_is_its_own_reference(tmp_path, sft_export):
 def test_grpo_resume_matches_uninterrupted(tmp_path, sft_export):
     args = [
         f"model.pretrained={sft_export}",
-        "stage.reward.function=short",
-        "+stage.reward.kwargs={max_chars: 20}",
+        *SHORT,
         "trainer.val_every_n_steps=100",
         "trainer.val_before_train=false",
         "trainer.max_steps=4",
@@ -184,31 +181,29 @@ def test_grpo_resume_matches_uninterrupted(tmp_path, sft_export):
 
 @pytest.mark.tier("integration")
 def test_grpo_raises_a_rule_reward(tmp_path, sft_export):
-    """Plain prompts (PPO's), the rule "short answers": the mean sampled reward rises."""
-    res = train(
-        _cfg(
-            tmp_path,
-            [
-                f"model.pretrained={sft_export}",
-                "data=prompts_demo",
-                "data.micro_batch_size=8",
-                "stage.reward.function=short",
-                "+stage.reward.kwargs={max_chars: 20}",
-                "stage.grpo.max_new_tokens=24",
-                "stage.grpo.kl_coef=0.0",
-                "trainer.max_steps=20",
-                "trainer.val_every_n_steps=20",
-                "stage.optim.lr=1e-4",
-            ],
-        )
+    """Plain prompts (PPO's), the rule "short answers": the mean sampled reward rises (measured on
+    this configuration with seeds 1234, 7 and 99: +0.65, +0.58, +0.49 from the first 4 iterations
+    to the last 4)."""
+    res = _train(
+        tmp_path,
+        sft_export,
+        [
+            "data=prompts_demo",
+            "data.micro_batch_size=4",
+            *SHORT,
+            "stage.grpo.max_new_tokens=24",
+            "stage.grpo.kl_coef=0.0",
+            "trainer.max_steps=16",
+            "trainer.val_every_n_steps=16",
+            "stage.optim.lr=3e-4",
+        ],
     )
     rewards = _rows(tmp_path, "grpo/reward")
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    print(
-        f"GRPO, rule reward `short`: sampled {first:.3f} -> {last:.3f}; greedy held-out {res['before']['val/reward']:.3f} -> "
-        f"{res['metrics']['val/reward']:.3f}"
-    )
-    assert last > first + 0.1, (first, last)
+    before, after = res["before"]["val/reward"], res["metrics"]["val/reward"]
+    print(f"GRPO, rule reward `short`: sampled {first:.3f} -> {last:.3f}; greedy held-out {before:.3f} -> {after:.3f}")
+    assert len(rewards) == 16
+    assert last > first + 0.2, (first, last)
 
 
 def test_grpo_refuses_at_start_without_reward_or_under_deepspeed(tmp_path):
@@ -221,3 +216,49 @@ def test_grpo_refuses_at_start_without_reward_or_under_deepspeed(tmp_path):
         train(_cfg(tmp_path, [*base, "stage.reward.function=short", "stage.grpo.minibatches=64"]))
     with pytest.raises(ValueError, match="group_size=1: at least 2"):
         train(_cfg(tmp_path, [*base, "stage.reward.function=short", "stage.grpo.group_size=1"]))
+
+
+def test_task_splits_from_a_builtin_generator_and_from_a_file(tmp_path):
+    from llm.data.task_prompts import read_task_splits
+    from llm.rl.tasks import Task, write_tasks
+
+    cfg = compose(["data=tasks_demo", "data.tasks_size=30", "data.tasks_val_size=10"])
+    train_tasks, val, report = read_task_splits(cfg)
+    assert (len(train_tasks), len(val)) == (30, 10) and report["params"] == {"digits": 1}
+    assert not {t.prompt for t in train_tasks} & {t.prompt for t in val}  # the generator's splits share no problem
+    assert all(t.verifier == "number" and "\\boxed{}" in t.prompt for t in train_tasks)
+    again, _, _ = read_task_splits(cfg)
+    assert [t.prompt for t in again] == [t.prompt for t in train_tasks]  # from data.seed
+
+    path = tmp_path / "tasks.jsonl"
+    write_tasks(path, [Task(f"What is {i} + 1? Answer: <n>", "number", str(i + 1)) for i in range(20)])
+    file_cfg = compose(["data=tasks_demo", f"data.tasks={path}", "data.val_fraction=0.25"])
+    tr, va, _ = read_task_splits(file_cfg)
+    assert (len(tr), len(va)) == (15, 5) and not {t.prompt for t in tr} & {t.prompt for t in va}
+    write_tasks(tmp_path / "held.jsonl", [Task("What is 2 + 2?", "number", "4")])
+    tr, va, _ = read_task_splits(compose(["data=tasks_demo", f"data.tasks={path}", f"data.val_tasks={tmp_path / 'held.jsonl'}"]))
+    assert (len(tr), [t.answer for t in va]) == (20, ["4"])
+    with pytest.raises(ValueError, match="data.tasks='nope.jsonl': no such file"):
+        read_task_splits(compose(["data=tasks_demo", "data.tasks=nope.jsonl"]))
+
+
+@pytest.mark.tier("integration")
+def test_task_prompts_keep_their_task_when_long_prompts_are_left_out(sft_export):
+    from transformers import AutoTokenizer
+
+    from llm.data.chat import ensure_chat_template, render_text
+    from llm.data.task_prompts import TaskDataModule
+    from llm.rl.tasks import Task
+
+    tok = AutoTokenizer.from_pretrained(sft_export)
+    ensure_chat_template(tok)
+    tasks = [Task(f"What is {i} + 1?", "number", str(i + 1)) for i in range(6)]
+    tasks.insert(2, Task("What is " + " + ".join(["1"] * 200) + "?", "number", "200"))  # too long
+    dm = TaskDataModule(tasks, tasks[:2], tok, max_prompt_tokens=64, batch_size=2)
+    assert dm.counts["train"]["prompt_too_long"] == 1 and len(dm.tasks["train"]) == 6
+    for i in range(6):
+        assert dm.prompt_messages("train", i) == [{"role": "user", "content": dm.task("train", i).prompt}]
+    batch = dm.collate_step("train", [3, 4])  # left-padded, rendered with the chat template and its generation prompt
+    rendered = render_text(tok, [{"role": "user", "content": dm.task("train", 3).prompt}], add_generation_prompt=True)
+    assert batch["prompt_ids"][0][batch["prompt_mask"][0] == 1].tolist() == tok(rendered, add_special_tokens=False).input_ids
+    assert batch["prompt_mask"][:, -1].tolist() == [1, 1]
