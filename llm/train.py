@@ -230,6 +230,27 @@ def _hydra_main(cfg: DictConfig) -> None:
     result = train(cfg)
     if result["export"]:
         print(f"export: {result['export']}", flush=True)
+    _leave_if_not_first_rank()
+
+
+def _leave_if_not_first_rank() -> None:
+    """A rank other than 0 of a distributed run has nothing left to do once ``train`` returns
+    (rank 0 alone exports and evaluates): it flushes its logs and leaves with ``os._exit(0)``.
+    Its interpreter's normal shutdown ran C++ destructors of DeepSpeed ZeRO-3's objects while
+    rank 0 was still exporting, and now and then one aborted the process ("terminate called
+    without an active exception", SIGABRT: torchrun then failed the job although every step,
+    checkpoint and the export were done)."""
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main() -> None:

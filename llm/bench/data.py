@@ -65,6 +65,27 @@ def doc_text(doc) -> str:
     return doc.text
 
 
+def same_input_quality_filter(model: Path, threshold: float):
+    """datatrove's ``FastTextClassifierFilter`` on our quality model, fed what the model was
+    trained on (``llm.pipeline.classify.model_tokens``: words, and the line-shape tokens when the
+    model's figures say so); on raw text it scores every document low and keeps none."""
+    import json
+
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import FastTextClassifierFilter
+
+    from llm.pipeline.classify import model_tokens
+
+    side = Path(f"{model}.json")
+    shapes = bool(side.is_file() and json.loads(side.read_text()).get("line_shapes"))
+
+    class SameInput(FastTextClassifierFilter):
+        def filter(self, doc):
+            return super().filter(Document(text=model_tokens(doc.text, shapes), id=doc.id, metadata=doc.metadata))
+
+    return SameInput(str(model), keep_labels=("pos", threshold))
+
+
 def fresh(docs):
     from datatrove.data import Document
 
@@ -158,7 +179,7 @@ def block_pairs(cfg: dict, models: Path, warc_dir: Path, tmp: Path) -> list[tupl
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupSignature
     from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
     from datatrove.pipeline.extractors import Trafilatura
-    from datatrove.pipeline.filters import C4QualityFilter, FastTextClassifierFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
     from datatrove.pipeline.readers import WarcReader as DTWarcReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
@@ -230,9 +251,9 @@ def block_pairs(cfg: dict, models: Path, warc_dir: Path, tmp: Path) -> list[tupl
         (
             "quality classifier",
             [ours["QualityFilter"]],
-            [FastTextClassifierFilter(str(models / "quality.bin"), keep_labels=("pos", q["threshold"]))],
+            [same_input_quality_filter(models / "quality.bin", q["threshold"])],
             "text",
-            "the same fastText model on both sides (trained by our run)",
+            "the same fastText model and model input on both sides (trained by our run)",
         ),
         (
             "write JSONL",
@@ -283,7 +304,7 @@ def e2e_datatrove(work: Path, warc_dir: Path, kjv: Path, quality_model: Path, th
         MinhashDedupSignature,
     )
     from datatrove.pipeline.extractors import Trafilatura
-    from datatrove.pipeline.filters import C4QualityFilter, FastTextClassifierFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
     from datatrove.pipeline.readers import JsonlReader, WarcReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
@@ -319,7 +340,7 @@ def e2e_datatrove(work: Path, warc_dir: Path, kjv: Path, quality_model: Path, th
         "final": [
             JsonlReader(f"{w}/filtered"),
             MinhashDedupFilter(f"{w}/minhash/clusters"),
-            FastTextClassifierFilter(str(quality_model), keep_labels=("pos", threshold)),
+            same_input_quality_filter(quality_model, threshold),
             JsonlWriter(f"{w}/final"),
         ],
     }
