@@ -7,19 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_sft_data import MULTI
 
 from llm.data import chat
 from llm.data.chat import encode_conversation, render_text
 
 from conftest import compose
-
-MULTI = [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "Hi there 😀"},
-    {"role": "assistant", "content": "Hello! 你好"},
-    {"role": "user", "content": "Again"},
-    {"role": "assistant", "content": "Sure."},
-]
 
 CHATML = ("<|im_start|>", "<|im_end|>")
 LLAMA3 = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")

@@ -26,8 +26,10 @@ from conftest import FAST, ROOT, SFT, compose
 STEPS = ["trainer.max_steps=8", "trainer.val_every_n_steps=4", "trainer.ckpt_every_n_steps=4", "stage.grad_accum=2", "eval=none"]
 
 
-def torchrun(run_dir: Path, overrides: list[str], nproc: int = 2, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def torchrun(
+    run_dir: Path, overrides: list[str], nproc: int = 2, check: bool = True, entry: tuple[str, ...] = ("-m", "llm.train")
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     cmd = [
         sys.executable,
@@ -36,8 +38,7 @@ def torchrun(run_dir: Path, overrides: list[str], nproc: int = 2, check: bool = 
         "--standalone",
         "--nproc_per_node",
         str(nproc),
-        "-m",
-        "llm.train",
+        *entry,
         *overrides,
         f"hydra.run.dir={run_dir}",
     ]
@@ -241,20 +242,12 @@ def test_sharded_kill_and_resume_matches(tmp_path, ddp_pretrain, strategy):
         torch.save({**sd, "planted": Payload(marker)}, target)
     why = readable(planted)
     assert why and why.startswith(f"UnsafeCheckpointError: {target}: refused to load") and "posix.mkdir" in why, why
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions"), "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(ROOT / "tests" / "unchecked_resume.py"),
-    ]
-    r = subprocess.run(
-        [*cmd, *FAST, *STEPS, f"strategy={strategy}", f"ckpt_path={planted}", f"hydra.run.dir={tmp_path / 'planted-run'}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=900, env=env,
-    )  # fmt: skip
+    r = torchrun(
+        tmp_path / "planted-run",
+        [*FAST, *STEPS, f"strategy={strategy}", f"ckpt_path={planted}"],
+        check=False,
+        entry=(str(ROOT / "tests" / "unchecked_resume.py"),),
+    )
     out = r.stdout + r.stderr
     assert r.returncode != 0 and f"UnsafeCheckpointError: {target}: refused to load" in out, out[-4000:]
     assert not marker.exists()
