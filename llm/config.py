@@ -44,6 +44,7 @@ GroupEstimator = _choice("GroupEstimator", "grpo", "dr_grpo", "rloo", "reinforce
 LossAgg = _choice("LossAgg", "token", "sequence", "dr_grpo")
 KLPlacement = _choice("KLPlacement", "loss", "reward", "off")
 DynamicSampling = _choice("DynamicSampling", "drop", "off")
+RolloutEngineName = _choice("RolloutEngineName", "hf", "vllm")
 StrategyName = _choice(
     "StrategyName", "auto", "single", "ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp"
 )
@@ -395,6 +396,56 @@ class GRPOConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """The engine that generates PPO's and GRPO's rollouts (llm/rl/engines.py), the check of its
+    log-probs against the trainer's, and the truncated importance-sampling correction."""
+
+    engine: RolloutEngineName = RolloutEngineName.hf
+    """``hf``: transformers' ``generate`` on the policy itself (llm/model/engine.py, KV cache, no
+    second copy); ``vllm``: a vLLM engine colocated on the same GPU (``pip install -e .[vllm]``;
+    CUDA only, one process per GPU, not under FSDP), its weights reloaded from the policy after
+    each iteration and its memory released while the policy trains."""
+    logprob_check: bool = True
+    """The engine returns the log-prob of each token it sampled, and each iteration logs how far
+    they are from the trainer's recomputed ones (``rollout/logprob_diff_mean``, ``_max``,
+    ``rollout/mismatch_kl``)."""
+    tis: Optional[bool] = None
+    """Truncated importance sampling (Yao et al. 2025): each token's policy-gradient loss is
+    multiplied by ``min(pi_trainer / pi_engine, tis_cap)`` of the sampled token, correcting for
+    rollouts that came from a slightly different distribution than the trainer's (``None``: on
+    for ``vllm``, off for ``hf``, whose log-probs match the trainer's)."""
+    tis_cap: float = 2.0
+    """C, the cap of the importance weight (verl's ``tis_imp_ratio_cap``)."""
+    engine_temperature: Optional[float] = None
+    """Sample at this temperature instead of the stage's (``None``: the stage's). A diagnostic:
+    rollouts then deliberately come from another distribution than the one the trainer's
+    log-probs assume, which the log-prob check shows and TIS corrects."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vLLM: the fraction of the GPU's memory it may take (weights and KV cache) while awake."""
+    vllm_sleep_level: int = 1
+    """vLLM sleep while the policy trains: 1 moves its weights to CPU memory and frees its KV
+    cache; 2 discards both (less CPU memory; the weights are reloaded from the policy anyway)."""
+    vllm_dtype: str = "auto"
+    """vLLM's weight dtype (``auto``: the checkpoint's; ``bfloat16``, ``float16``, ``float32``)."""
+
+    def __post_init__(self) -> None:
+        _check(self.tis_cap >= 1.0, f"stage.rollout.tis_cap={self.tis_cap}: must be at least 1 (it caps an importance weight)")
+        _check(
+            self.engine_temperature is None or self.engine_temperature > 0,
+            f"stage.rollout.engine_temperature={self.engine_temperature}: must be positive (or null: the stage's temperature)",
+        )
+        _check(
+            0 < self.vllm_gpu_memory_utilization < 1,
+            f"stage.rollout.vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization}: must be in (0, 1)",
+        )
+        _check(self.vllm_sleep_level in (1, 2), f"stage.rollout.vllm_sleep_level={self.vllm_sleep_level}: 1 or 2")
+        _check(
+            not (self.tis and not self.logprob_check),
+            "stage.rollout.tis=true needs stage.rollout.logprob_check=true (the weights come from the engine's log-probs)",
+        )
+
+
+@dataclass
 class DPOConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0
@@ -424,6 +475,8 @@ class StageConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """stage=ppo and stage=grpo: the rollout engine, its log-prob check and TIS."""
 
 
 @dataclass

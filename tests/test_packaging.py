@@ -25,6 +25,9 @@ NOT_DECLARED = {
     # installed at run time by llm/bench/litgpt.py into its own cache directory (pip --target),
     # so that litgpt's pins never touch the project's environment
     "litgpt": "installed into a cache by the litgpt benchmark",
+    # the optional `vllm` extra: GPU machines only (its own CUDA torch), never installed by launch/setup.sh;
+    # llm/rl/engines.py imports it only when stage.rollout.engine=vllm, refused at start without it
+    "vllm": "the optional vllm extra, not installed here",
     # optional: the pipeline's readers decompress .zst inputs when it is installed, and say so when
     # it is not (llm/pipeline/readers.py decompressed); not installed in the project's environment
 }

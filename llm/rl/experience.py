@@ -8,7 +8,7 @@ the code that trains on it (``PPOStage.update``) meet only here; the arithmetic 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,7 @@ class Rollout:
     ended: torch.Tensor  # [B] bool, the response reached a stop token within R
     texts: list[str]  # B decoded responses (special tokens skipped)
     prompts: list[list[dict]]  # B conversations ({"role", "content"} messages) the prompts render
+    logprobs: torch.Tensor | None = None  # [B, R] float, the rollout engine's log-prob of each sampled token (0 on padding)
 
     @property
     def sequences(self) -> torch.Tensor:  # [B, P + R]
@@ -53,6 +54,8 @@ class Experience:
     rewards: torch.Tensor  # [B, R] float, -beta * kl, plus the score on the last response token
     advantages: torch.Tensor  # [B, R] float, GAE (whitened when configured)
     returns: torch.Tensor  # [B, R] float, advantages + values (the critic's targets)
+    is_weights: torch.Tensor | None = None  # [B, R] float, TIS weights on the policy loss (None: off)
+    engine_stats: dict[str, float] = field(default_factory=dict)  # rollout/* of the log-prob check
 
     @property
     def mask(self) -> torch.Tensor:  # [B, R] float, response tokens

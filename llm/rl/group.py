@@ -208,6 +208,7 @@ def policy_loss(
     ref_logp: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped policy-gradient loss of the GRPO family; returns ``(loss, stats)``.
 
@@ -227,6 +228,9 @@ def policy_loss(
     The per-token losses are reduced by :func:`aggregate` (``agg``, ``max_len``). With ``ref_logp``
     and ``kl_coef > 0`` the KL estimate to the reference (``kl_estimator``: k1, k2, k3 or abs),
     reduced the same way, is added times ``kl_coef`` (KL in the loss, GRPO's choice with k3).
+    ``is_weights`` [N, T] (truncated importance sampling, :func:`llm.rl.mismatch.tis_weights`)
+    multiply each token's policy-gradient term, detached, before aggregation; the KL term is not
+    weighted.
 
     stats (detached scalars): ``clip_frac`` (tokens whose clipped term is the active one),
     ``clip_frac_low`` / ``clip_frac_high`` (of those, below ``1 - eps_low`` with A < 0 / above
@@ -253,6 +257,8 @@ def policy_loss(
     unclipped = -adv * s
     clipped = -adv * torch.clamp(s, 1.0 - eps_low, 1.0 + eps_high)
     per_token = torch.maximum(unclipped, clipped)  # [N, T]
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach().to(per_token.dtype)
     pg_loss = aggregate(per_token, fmask, agg, max_len)
     loss = pg_loss
 

@@ -34,6 +34,7 @@ import torch
 
 from llm.data.task_prompts import grpo_data
 from llm.rl.advantages import masked_mean
+from llm.rl.engines import check_rollout_config
 from llm.rl.experience import Rollout
 from llm.rl.group import group_advantages, informative_groups, kl_penalised_scores, overlong_filter, overlong_penalty, policy_loss
 from llm.rl.kl import kl_estimate
@@ -58,6 +59,8 @@ class GroupExperience:
     advantages: torch.Tensor  # [N] one per answer
     loss_mask: torch.Tensor  # [N, R] float: answer tokens that enter the loss
     kept_groups: torch.Tensor  # [B] bool: groups left in the loss by dynamic sampling
+    is_weights: torch.Tensor | None = None  # [N, R] TIS weights on the policy loss (None: off)
+    engine_stats: dict[str, float] | None = None  # rollout/*: the engine's log-probs against the trainer's
 
 
 class GRPOStage(RolloutStage):
@@ -122,6 +125,7 @@ class GRPOStage(RolloutStage):
         self.model.eval()
         old_logp, entropy, _ = self.response_logprobs(ro)
         self.model.train()
+        is_w, engine_stats = self.engine_check(ro, old_logp)
         ref_logp = self.reference_logprobs(ro) if self.has_reference else None
         rewards = scores
         if cfg.kl == "reward" and ref_logp is not None:
@@ -134,7 +138,7 @@ class GRPOStage(RolloutStage):
         loss_mask = fmask * kept.repeat_interleave(G).to(fmask.dtype).unsqueeze(1)
         if cfg.overlong_filter:
             loss_mask = overlong_filter(loss_mask, ~ro.ended)
-        return GroupExperience(ro, rewards, old_logp, ref_logp, entropy, adv, loss_mask, kept)
+        return GroupExperience(ro, rewards, old_logp, ref_logp, entropy, adv, loss_mask, kept, is_w, engine_stats)
 
     def update(self, exp: GroupExperience, raw: Any) -> tuple[dict[str, list[float]], int]:
         """Step 5: ``epochs`` x ``minibatches`` clipped policy-gradient updates. A minibatch with no
@@ -163,6 +167,7 @@ class GRPOStage(RolloutStage):
                     ref_logp=exp.ref_logprobs[i] if exp.ref_logprobs is not None else None,
                     kl_coef=kl_coef,
                     kl_estimator=str(cfg.kl_estimator),
+                    is_weights=exp.is_weights[i] if exp.is_weights is not None else None,
                 )
                 gn = self.apply_update(loss, raw, n_updates)
                 n_updates += 1
@@ -207,6 +212,7 @@ class GRPOStage(RolloutStage):
             "grpo/updates": float(n_updates),
             "train/lr": lr,
             **timing_metrics((t0, t1, t2, t3, t4), gen_tokens),
+            **(exp.engine_stats or {}),
         }
         for k, v in comps.items():
             metrics[f"grpo/reward/{k}"] = self._mean_over_ranks(v.mean())
@@ -260,6 +266,7 @@ def _check(cfg: Any) -> None:
             f"stage.grpo.minibatches={g.minibatches}: more than the {n} answers of an iteration "
             f"(data.micro_batch_size={cfg.data.micro_batch_size} x stage.grpo.group_size={g.group_size})"
         )
+    check_rollout_config(cfg, "grpo")
 
 
 STAGE = Stage(

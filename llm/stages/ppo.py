@@ -43,6 +43,7 @@ from llm.data import builders
 from llm.data.preference import positions_from_mask
 from llm.losses import ppo_policy_loss, ppo_value_loss
 from llm.rl.advantages import gae, masked_mean, masked_var, masked_whiten
+from llm.rl.engines import check_rollout_config
 from llm.rl.experience import Experience, Rollout, kl_penalised_rewards
 from llm.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from llm.stages.registry import Stage
@@ -157,6 +158,7 @@ class PPOStage(RolloutStage):
         self.model.eval()
         old_logp, old_values, old_ent = self._policy_forward(ro)
         self.model.train()
+        is_w, engine_stats = self.engine_check(ro, old_logp)
         ref_logp = self.reference_logprobs(ro)
         kl = kl_estimate(old_logp, ref_logp, cfg.kl_estimator) * fmask
         beta = self.kl_ctl.value
@@ -164,7 +166,7 @@ class PPOStage(RolloutStage):
         adv, returns = gae(rewards, old_values, fmask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             adv = masked_whiten(adv, fmask)
-        return Experience(ro, scores, old_logp, old_values, old_ent, ref_logp, kl, beta, rewards, adv, returns)
+        return Experience(ro, scores, old_logp, old_values, old_ent, ref_logp, kl, beta, rewards, adv, returns, is_w, engine_stats)
 
     def update(self, exp: Experience, opt: Any) -> tuple[dict[str, list[float]], int, bool]:
         """Step 6: ``epochs`` passes of minibatch updates over the experience. Returns (the
@@ -187,7 +189,8 @@ class PPOStage(RolloutStage):
                 i = perm[lo : lo + mb]
                 logp, values, ent = self._policy_forward(ro, i)
                 m = fmask[i]
-                pg, clipfrac, approx_kl = ppo_policy_loss(logp, exp.old_logprobs[i], exp.advantages[i], m, cfg.clip_range)
+                w = exp.is_weights[i] if exp.is_weights is not None else None
+                pg, clipfrac, approx_kl = ppo_policy_loss(logp, exp.old_logprobs[i], exp.advantages[i], m, cfg.clip_range, w)
                 vf, vf_clipfrac = ppo_value_loss(values, exp.old_values[i], exp.returns[i], m, cfg.value_clip)
                 entropy = masked_mean(ent, m)
                 loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * entropy
@@ -252,6 +255,7 @@ class PPOStage(RolloutStage):
             "ppo/grad_norm": mean(stats["grad_norm"]),
             "train/lr": lr,
             **timing_metrics((t0, t1, t2, t3, t4), gen_tokens),
+            **exp.engine_stats,
         }
         self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False)
         self.log("ppo/score_mean", float(metrics["ppo/score"]), prog_bar=True)
@@ -293,6 +297,7 @@ class PPOStage(RolloutStage):
 
 
 def _check(cfg: Any) -> None:
+    check_rollout_config(cfg, "ppo")
     if cfg.strategy.name == "fsdp" and cfg.stage.ppo.critic == "separate":
         raise ValueError(
             "stage=ppo with stage.ppo.critic=separate under strategy=fsdp: the separate critic is read through "

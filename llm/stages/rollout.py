@@ -24,9 +24,11 @@ import torch
 from llm.data.chat import stop_token_ids
 from llm.data.preference import encode_answer, pad_batch, positions_from_mask
 from llm.losses import IGNORE_INDEX, entropy_from_logits, token_logprobs
-from llm.model.engine import Engine, Sampling
+from llm.model.engine import Sampling
 from llm.model.lora import is_peft
+from llm.rl.engines import RolloutEngine, make_engine, tis_enabled
 from llm.rl.experience import Rollout
+from llm.rl.mismatch import logprob_mismatch, tis_stats, tis_weights
 from llm.rl.rewards import load_reward_fn
 from llm.stages.base import BaseStage
 from llm.stages.reward import reward_scores
@@ -124,6 +126,28 @@ class RolloutStage(BaseStage):
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.iteration_samples: list[dict] = []
+        self._engine: RolloutEngine | None = None
+
+    @property
+    def rollout_engine(self) -> RolloutEngine:
+        """The engine ``stage.rollout.engine`` names (built on first use, with the policy's weights)."""
+        if getattr(self, "_engine", None) is None:
+            from llm.model.build import resolve_pretrained
+
+            rcfg, cfg = self.stage_cfg.rollout, self.rollout_cfg
+            ckpt = str(resolve_pretrained(self.model_cfg.pretrained)) if str(rcfg.engine) == "vllm" and self.model_cfg.pretrained else None
+            self._engine = make_engine(
+                rcfg,
+                self.model,
+                self.tokenizer,
+                checkpoint=ckpt,
+                stop_ids=self.stop_ids,
+                pad_id=self.pad_id,
+                seed=self.global_rank,
+                max_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
+            )
+            self._engine.sync_weights(self.model)
+        return self._engine
 
     def setup_reward_sources(self) -> None:
         """``stage.reward``'s reward model (frozen) and Python reward function, when set."""
@@ -150,6 +174,7 @@ class RolloutStage(BaseStage):
 
     def on_fit_start(self) -> None:
         self._place_frozen()
+        self.rollout_engine.sync_weights(self.model)  # the policy as the strategy placed it (and as a resume loaded it)
 
     def on_validation_start(self) -> None:
         self._place_frozen()
@@ -184,24 +209,62 @@ class RolloutStage(BaseStage):
         with self.model.disable_adapter():
             return self.response_logprobs(ro)[0]
 
-    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, greedy: bool = False) -> torch.Tensor:
-        """Responses [B, R] to left-padded prompts [B, P], through the one generation engine."""
-        cfg = self.rollout_cfg
-        sampling = Sampling(cfg.max_new_tokens, do_sample=not greedy, temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p)
+    def generate_with_logprobs(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, greedy: bool = False, logprobs: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(responses [B, R] to left-padded prompts [B, P], the rollout engine's log-prob [B, R] of
+        each sampled token or ``None``), through ``stage.rollout.engine``, woken for it and put
+        back to sleep after."""
+        cfg, rcfg = self.rollout_cfg, self.stage_cfg.rollout
+        temperature = rcfg.engine_temperature or cfg.temperature
+        sampling = Sampling(cfg.max_new_tokens, do_sample=not greedy, temperature=temperature, top_k=cfg.top_k or None, top_p=cfg.top_p)
         extra = {}
         if self.sharded and self._trainer is not None and self.trainer.world_size > 1:
             extra["synced_gpus"] = True  # FSDP: every rank runs the same number of forward passes (they all-gather)
-        return Engine(self.model, self.tokenizer, chat=True).generate(prompt_ids, prompt_mask, sampling, **extra)
+        engine = self.rollout_engine
+        engine.wake()
+        try:
+            return engine.generate(prompt_ids, prompt_mask, sampling, logprobs=logprobs and bool(rcfg.logprob_check), **extra)
+        finally:
+            engine.sleep()
+
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """Responses [B, R] to left-padded prompts [B, P], through the rollout engine."""
+        return self.generate_with_logprobs(prompt_ids, prompt_mask, greedy=greedy, logprobs=False)[0]
 
     def rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, prompts: list[list[dict]], greedy: bool = False) -> Rollout:
-        """The policy's responses to a batch of prompts, cut after their first stop token."""
-        responses = self.generate(prompt_ids, prompt_mask, greedy=greedy)
+        """The policy's responses to a batch of prompts, cut after their first stop token, with
+        the engine's sampling log-probs (not for greedy answers)."""
+        responses, logprobs = self.generate_with_logprobs(prompt_ids, prompt_mask, greedy=greedy, logprobs=not greedy)
         if responses.shape[1] == 0:
             responses = torch.full((prompt_ids.shape[0], 1), self.pad_id, device=self.device, dtype=torch.long)
+            logprobs = torch.zeros(responses.shape, device=self.device) if logprobs is not None else None
         rmask, ended = response_mask(responses, self.stop_ids)
         responses = responses.masked_fill(rmask == 0, self.pad_id)
+        if logprobs is not None:
+            logprobs = logprobs.to(self.device, torch.float32) * rmask
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        return Rollout(prompt_ids, prompt_mask, responses, rmask, ended, texts, prompts)
+        return Rollout(prompt_ids, prompt_mask, responses, rmask, ended, texts, prompts, logprobs)
+
+    @torch.no_grad()
+    def engine_check(self, ro: Rollout, trainer_logp: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """Compare the rollout engine's log-probs of the sampled tokens with the trainer's
+        (``trainer_logp`` [B, R], the "old" log-probs): ``rollout/logprob_diff_mean``,
+        ``rollout/logprob_diff_max``, ``rollout/mismatch_kl`` (llm/rl/mismatch.py); with TIS on,
+        the importance weights [B, R] for the policy loss and ``rollout/tis_weight_mean``,
+        ``rollout/tis_capped_frac``. ``(None, {})`` when the engine gave no log-probs."""
+        if ro.logprobs is None:
+            return None, {}
+        rcfg, m = self.stage_cfg.rollout, ro.response_mask
+        stats = logprob_mismatch(trainer_logp, ro.logprobs, m)
+        weights = None
+        if tis_enabled(rcfg):
+            weights = tis_weights(trainer_logp, ro.logprobs, m, rcfg.tis_cap)
+            stats.update(tis_stats(weights, m, rcfg.tis_cap))
+        out = {f"rollout/{k}": self._mean_over_ranks(v) for k, v in stats.items() if k != "logprob_diff_max"}
+        dmax = stats["logprob_diff_max"].detach().float().reshape(1)
+        out["rollout/logprob_diff_max"] = float(self.all_gather(dmax).max()) if self.trainer.world_size > 1 else float(dmax)
+        return weights, out
 
     def _prompts_of(self, split: str, index: torch.Tensor) -> list[list[dict]]:
         dm = self.trainer.datamodule
@@ -232,6 +295,7 @@ class RolloutStage(BaseStage):
         opt.zero_grad(set_to_none=True)
         opt.step()  # no gradients: changes nothing, makes Lightning count this iteration as one step
         sched.step()
+        self.rollout_engine.sync_weights(self.model)  # the next rollouts come from the updated policy
         return lr
 
     def _average_gradients_over_ranks(self) -> None:
