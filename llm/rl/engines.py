@@ -195,7 +195,8 @@ class VLLMEngine:
     Built from the policy's checkpoint directory (architecture and tokenizer); the weights it
     generates with are the policy's, loaded by :meth:`sync_weights` through the worker's
     ``model_runner.model.load_weights`` (``LLM.collective_rpc``, the engine core in this process:
-    ``VLLM_ENABLE_V1_MULTIPROCESSING=0``). Sleep mode (``enable_sleep_mode``): :meth:`sleep`
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=0``; ``distributed_executor_backend="external_launcher"``:
+    under DDP each rank is one replica on its own GPU, seeded by its rank). Sleep mode (``enable_sleep_mode``): :meth:`sleep`
     frees its KV cache and offloads (level 1) or discards (level 2) its weights while the policy
     trains; :meth:`wake` takes the weights back, loads the policy's if they changed, then
     re-creates the KV cache. Sampled log-probs come from ``SamplingParams(logprobs=0)`` with
@@ -208,7 +209,12 @@ class VLLMEngine:
         why = vllm_unavailable()
         if why:
             raise RuntimeError(why)
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process: weights by reference
+        # the engine core and its worker in this process (weights passed by reference), one worker per training
+        # process on that process's GPU (cuda:LOCAL_RANK), joining the process group the trainer already set up
+        # (torchrun / Lightning's launcher set these; a single process gets a world of one)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")):
+            os.environ.setdefault(k, v)
         from vllm import LLM
 
         self.stop_ids, self.pad_id, self.level = list(stop_ids), pad_id, int(rcfg.vllm_sleep_level)
@@ -218,6 +224,8 @@ class VLLMEngine:
             dtype=str(rcfg.vllm_dtype),
             gpu_memory_utilization=float(rcfg.vllm_gpu_memory_utilization),
             enable_sleep_mode=True,
+            distributed_executor_backend="external_launcher",  # each training process is one data-parallel vLLM replica
+            tensor_parallel_size=1,
             seed=seed,
             max_model_len=max_len,
             logprobs_mode="processed_logprobs",
