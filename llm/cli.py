@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scaling": ("llm.eval.scaling", "scaling-law sweeps and fits"),
     "generate": ("llm.generate", "continue a prompt with a model directory"),
     "chat": ("llm.chat", "chat with an instruction-tuned model in the terminal"),
+    "plan": ("llm.plan", "memory per rank of a model, strategy and precision; settings that fit a GPU (--gpu-memory 80GB --nodes 8)"),
     "rank": ("llm.rank", "the ranking page: people order answers into preference pairs"),
     "bench": ("llm.bench.train", "benchmarks against named baselines; `xiulian bench KIND --help`"),
 }
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "data_scale": ("llm.bench.data_scale", "the whole stage-1 pipeline at N documents: peak RSS and docs/s per stage"),
     "strategies": ("llm.bench.strategies", "memory and throughput per rank of DDP, ZeRO 1/2/3 and FSDP"),
     "litgpt": ("llm.bench.litgpt", "our pretraining loop vs litgpt's"),
+    "plan": ("llm.bench.plan", "the memory planner's prediction vs measured per-rank memory of real runs"),
 }
 
 
