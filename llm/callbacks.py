@@ -132,20 +132,38 @@ class Preemption(L.Callback):
 class StateMemory(L.Callback):
     """``trainer.memory_report=true``: at the optimizer step of ``step`` (the second, when Adam's
     state exists), every rank counts the bytes it holds in parameters, gradients, optimizer state
-    and other tensors (``llm.strategy.state_bytes``); rank 0 writes all ranks' figures to
-    ``memory_per_rank.json`` in the run directory, logs them and sends ``memory/*`` (rank 0's) to
-    the loggers."""
+    and other tensors (``llm.strategy.state_bytes``), and over that whole training step (forward,
+    backward, optimizer) its peak resident memory: the kernel's peak mark is reset when the step
+    starts (``/proc/self/clear_refs``), ``rss_before_step`` and the bytes of all live tensors
+    (``tensors_before_step``) are read then, and ``rss_step_peak`` (``VmHWM``) when it ends (the RSS
+    figures are absent where ``/proc`` does not allow them). Rank 0 writes all ranks'
+    figures to ``memory_per_rank.json`` in the run directory, logs them and sends ``memory/*``
+    (rank 0's) to the loggers."""
 
     def __init__(self, strategy_name: str, step: int = 1) -> None:
         self.strategy_name = strategy_name
         self.step = step
         self.report: dict | None = None
+        self._mine: dict | None = None
+        self._rss_before: int | None = None
+        self._tensors_before = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step and self._rss_before is None and self.report is None:
+            from llm.strategy import state_bytes
+
+            opt = trainer.optimizers[0] if trainer.optimizers else None
+            self._tensors_before = state_bytes(trainer.strategy, module, opt)["total"]
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current RSS
+                self._rss_before = _proc_status().get("VmRSS")
+            except OSError:
+                self._rss_before = None
 
     def on_before_optimizer_step(self, trainer: L.Trainer, module: Any, optimizer: Any) -> None:
-        if trainer.global_step != self.step or self.report is not None:
+        if trainer.global_step != self.step or self._mine is not None:
             return
-        import json
-
         import torch
 
         from llm.strategy import state_bytes
@@ -154,6 +172,18 @@ class StateMemory(L.Callback):
         if torch.cuda.is_available() and module.device.type == "cuda":
             mine["cuda_allocated"] = int(torch.cuda.memory_allocated(module.device))
             mine["cuda_peak"] = int(torch.cuda.max_memory_allocated(module.device))
+        self._mine = mine
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._mine is None or self.report is not None:
+            return
+        import json
+
+        mine = dict(self._mine)
+        if self._rss_before is not None:
+            mine["rss_before_step"] = self._rss_before
+            mine["tensors_before_step"] = self._tensors_before
+            mine["rss_step_peak"] = _proc_status().get("VmHWM", 0)
         ranks = [mine]
         if trainer.world_size > 1:
             import torch.distributed as dist
@@ -170,6 +200,20 @@ class StateMemory(L.Callback):
             log.info("memory of rank 0 (MiB, %s, %d ranks): %s", self.strategy_name, trainer.world_size, mib)
             for lg in trainer.loggers:
                 lg.log_metrics({f"memory/{k}_mib": float(v) for k, v in mib.items()}, step=trainer.global_step)
+
+
+def _proc_status() -> dict[str, int]:
+    """VmRSS and VmHWM of this process in bytes (empty where /proc is not readable)."""
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS", "VmHWM")):
+                    k, v = line.split(":")
+                    out[k] = int(v.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
 
 
 def build_callbacks(cfg: Any, stage: Any, placement: Any, run_dir: Path) -> tuple[list, Any, Preemption | None]:
