@@ -245,9 +245,9 @@ def state_bytes(s: Shape, st: Setting) -> tuple[int, int, int, int, int]:
     keeps the module's parameters in the compute dtype (bf16 under either bf16 precision), its
     optimizer holds an fp32 master copy of its partition beside the moments (12 bytes per
     parameter / N), gradients are partitioned (1/N) plus two reduce buckets of h² elements; ZeRO-3
-    also partitions the parameters and keeps an fp32 gradient partition for the step (4/N).
-    ``deepspeed_zero3_offload`` moves parameters, optimizer state and the fp32 gradient partition
-    to host memory (``host``)."""
+    also partitions the parameters (measured in fp32: 20 bytes per parameter / N).
+    ``deepspeed_zero3_offload`` moves parameters, gradients and optimizer state to host memory
+    (``host``), with a gradient buffer of 4 bytes per parameter / N there (measured in fp32: 24 / N)."""
     n_p = param_count(s)
     name, dp, tp = st.strategy, st.dp, st.tensor_parallel
     if tp > 1 and name != "fsdp":
@@ -262,8 +262,8 @@ def state_bytes(s: Shape, st: Setting) -> tuple[int, int, int, int, int]:
         if name in ("deepspeed_zero1", "deepspeed_zero2"):
             return p * n_p, p * n_p // dp + bucket, 12 * n_p // dp, 0, 0
         if name == "deepspeed_zero3":
-            return p * n_p // dp, p * n_p // dp, 12 * n_p // dp, 4 * n_p // dp, 0
-        return 0, 0, 0, 0, (p + p + 12 + 4 + 4) * n_p // dp  # offload: all of it on the host
+            return p * n_p // dp, p * n_p // dp, 12 * n_p // dp, 0, 0
+        return 0, 0, 0, 0, (p + p + 12 + 4) * n_p // dp  # offload: all of it on the host, and a gradient buffer there
     p = 2 if st.precision == "bf16-true" else 4
     shard = dp * tp if name == "fsdp" else 1
     return p * n_p // shard, p * n_p // shard, 2 * p * n_p // shard, 0, 0

@@ -53,9 +53,9 @@ def test_state_bytes_per_strategy_and_precision_by_hand():
     z2 = replace(ddp, strategy="deepspeed_zero2", precision="bf16-mixed")
     assert plan.state_bytes(SMALL, z2) == (2 * n, 2 * n // 4 + 2 * bucket, 12 * n // 4, 0, 0)
     z3 = replace(z2, strategy="deepspeed_zero3", precision="32-true")
-    assert plan.state_bytes(SMALL, z3) == (n, n, 3 * n, n, 0)
+    assert plan.state_bytes(SMALL, z3) == (n, n, 3 * n, 0, 0)  # 20 bytes per parameter / 4
     off = replace(z3, strategy="deepspeed_zero3_offload", precision="bf16-mixed")
-    assert plan.state_bytes(SMALL, off) == (0, 0, 0, 0, (2 + 2 + 12 + 4 + 4) * n // 4)
+    assert plan.state_bytes(SMALL, off) == (0, 0, 0, 0, (2 + 2 + 12 + 4) * n // 4)
     with pytest.raises(ValueError, match="tensor parallelism composes with fsdp only"):
         plan.state_bytes(SMALL, replace(ddp, tensor_parallel=2))
 

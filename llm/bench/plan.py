@@ -10,10 +10,12 @@ than malloc's cache). Two comparisons per rank, both printed as predicted / meas
   torch's tensors hold at the optimizer step (``llm.strategy.state_bytes``: every live storage
   counted once; no allocator in between) against the planner's params + grads + optimizer + buffers.
 * **step peak**: the peak RSS over the second training step (``VmHWM`` after
-  ``/proc/self/clear_refs``) less the RSS of an idle process that has imported everything and
-  started a process group (measured here first), against the planner's total less its fixed
-  overhead. What RSS cannot isolate: malloc's arenas for small blocks, the data loader and
-  Lightning's own objects; they are inside the measured figure and not in the prediction.
+  ``/proc/self/clear_refs``) against the planner's total less its fixed overhead, measured two
+  ways: less the process's own non-tensor RSS at the step's start (its RSS then minus the bytes of
+  all its live tensors), and less the RSS of an idle process that has imported everything and
+  started a process group (measured here first). The second also holds what a training process
+  has beside its tensors (the data loader, Lightning's and DeepSpeed's objects, malloc's arenas
+  for small blocks), which the planner does not model and RSS cannot split further.
 """
 
 from __future__ import annotations
