@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -183,3 +184,33 @@ def test_prediction_within_tolerance_of_a_measured_tiny_run(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert abs(row["state_ratio"] - 1) < 0.1, row
     assert abs(row["own_ratio"] - 1) < 0.1, row
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_its_summary(tmp_path):
+    """launch/gpu-check.sh on CPU: every step at tiny sizes, the markdown and JSON summaries."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    r = subprocess.run(
+        ["bash", str(ROOT / "launch" / "gpu-check.sh"), "--dry-run", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    summary = json.loads((tmp_path / "gpu-check.json").read_text())
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert summary["dry_run"] and set(steps) == {
+        "pretrain",
+        "pretrain_compiled",
+        "fsdp",
+        "deepspeed_zero2",
+        "deepspeed_zero3",
+        "sft_lora",
+        "ppo",
+    }
+    assert all(s["status"] == "ok" for s in steps.values()), steps
+    assert steps["pretrain"]["tokens_per_s"] > 0 and steps["pretrain"]["peak_bytes"] > 0 and steps["pretrain"]["predicted_bytes"] > 0
+    assert summary["sdpa"]["math"] == "ok"
+    assert "| pretrain | ok |" in (tmp_path / "gpu-check.md").read_text()
