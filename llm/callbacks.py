@@ -150,10 +150,16 @@ class StateMemory(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.step and self._rss_before is None and self.report is None:
+            import torch
+
             from llm.strategy import state_bytes
 
             opt = trainer.optimizers[0] if trainer.optimizers else None
             self._tensors_before = state_bytes(trainer.strategy, module, opt)["total"]
+            if isinstance(getattr(trainer.strategy, "model", None), torch.nn.parallel.DistributedDataParallel):
+                # DDP's reducer keeps its gradient buckets (gradient_as_bucket_view: as large as the
+                # gradients) in C++, out of gc's sight, while the gradients are None between steps
+                self._tensors_before += sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad and p.grad is None)
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")  # resets VmHWM to the current RSS
