@@ -152,8 +152,11 @@ def layer_activation_bytes(s: Shape, tokens: int, precision: str, device: str = 
     seq = s.max_seq_len  # the caller passes tokens = b x T; T x T terms need T itself
     mask = (4 if device == "cpu" else 1) if s.dropout > 0 else 0
     whole = res * 4 * d + 4 * 4 + 2 * mask * d  # ln_1 and ln_2 in/out, their mean/rstd, two residual dropout masks
-    if device == "cpu" and s.dropout > 0:  # math attention: copies of q and k, qkv, 3 x (heads x T) per token, output copy
-        split = mm * (2 * d + 3 * d + d) + 4 * 3 * s.n_head * seq
+    if device == "cpu" and s.dropout > 0:
+        # math attention: copies of q and k, the fused qkv (a copy of v alone when the batch has
+        # several rows), 3 x (heads x T) per token (scores, dropout mask, dropped scores), output copy
+        qkv = 3 * d if tokens <= seq else d
+        split = mm * (2 * d + qkv + d) + 4 * 3 * s.n_head * seq
     else:  # flash / memory-efficient attention: qkv and the output (+ logsumexp)
         split = mm * (3 * d + d) + 4 * s.n_head
     split += mm * 5 * f
