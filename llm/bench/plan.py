@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], help="extra Hydra override for every run (repeatable)")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--quick", action="store_true", help="tiny only, N=1,2, ddp/zero2/zero3/fsdp (the CI check)")
+    ap.add_argument(
+        "--tabulate", nargs="+", default=None, metavar="JSON", help="no runs: the table again from the --json files of earlier runs"
+    )
     ap.add_argument("--markdown", default=None, help="append the table to this Markdown file")
     ap.add_argument("--json", default=None, help="write all figures to this JSON file")
     args = ap.parse_args(argv)
@@ -190,11 +193,17 @@ def main(argv: list[str] | None = None) -> None:
         args.models = "tiny"
     args.seq_len = {k: int(v) for k, v in (x.split("=") for x in args.seq_len.split(","))}
     args.micro_batch = {k: int(v) for k, v in (x.split("=") for x in args.micro_batch.split(","))}
-    baseline = statistics.median(idle_baseline() for _ in range(2))
-    print(f"[bench] idle process (imports + process group): {baseline / MIB:.1f} MiB RSS", flush=True)
     rows = []
+    if args.tabulate:  # the predictions of today's planner against the measurements of earlier runs
+        docs = [json.loads(Path(p).read_text()) for p in args.tabulate]
+        baseline = statistics.median(d["baseline"] for d in docs)
+        runs = {(r["model"], r["strategy"], r["nproc"]): r for d in docs for r in d["rows"]}  # a later file's run replaces an earlier one's
+        rows = [compare(k[0], r, baseline, args) for k, r in runs.items()]
+    else:
+        baseline = statistics.median(idle_baseline() for _ in range(2))
+        print(f"[bench] idle process (imports + process group): {baseline / MIB:.1f} MiB RSS", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_plan-") as tmp:
-        for model in args.models.split(","):
+        for model in [] if args.tabulate else args.models.split(","):
             for n in [int(x) for x in args.nproc.split(",")]:
                 for s in args.strategies.split(","):
                     print(f"[bench] {model} {s} N={n} ...", flush=True)
