@@ -272,17 +272,26 @@ def state_bytes(s: Shape, st: Setting) -> tuple[int, int, int, int, int]:
     return p * n_p // shard, p * n_p // shard, 2 * p * n_p // shard, 0, 0
 
 
+#: DeepSpeed's ``stage3_max_live_parameters`` default
+MAX_LIVE = 10**9
+
+
 def working_bytes(s: Shape, st: Setting) -> int:
     """Transient bytes beside the activations: the layers sharded strategies gather (FSDP: the
-    running layer and the prefetched next one; ZeRO-3: the same, and the offload variant fetches
-    from the host) and the bf16 weight copies autocast makes under ``bf16-mixed`` (saved for the
+    running layer and the prefetched next one; ZeRO-3: up to ``stage3_max_live_parameters``, 1e9,
+    of them stay gathered) and the bf16 weight copies autocast makes under ``bf16-mixed`` (saved for the
     backward: the whole model's matmul weights, also under FSDP, since autocast casts the gathered
     weights)."""
     lp = layer_params(s) // st.tensor_parallel
     out = 0
-    if st.strategy in ("fsdp", "deepspeed_zero3", "deepspeed_zero3_offload") and st.dp > 1:
-        p = 4 if (st.strategy == "fsdp" and st.precision != "bf16-true") or st.precision == "32-true" else 2
+    if st.strategy == "fsdp" and st.dp > 1:
+        p = 2 if st.precision == "bf16-true" else 4
         out += 2 * lp * p + lp * p  # two layers gathered, one layer's gradients before the reduce-scatter
+    elif st.strategy.startswith("deepspeed_zero3") and st.dp > 1:
+        # DeepSpeed keeps gathered parameters alive up to stage3_max_live_parameters (default 1e9
+        # elements, not changed by the strategy): a model below that stays whole while it trains
+        p = 4 if st.precision == "32-true" else 2
+        out += p * min(param_count(s), MAX_LIVE) + lp * p
     if st.precision == "bf16-mixed" and not st.strategy.startswith("deepspeed"):
         out += 2 * matmul_params(s) // st.tensor_parallel
     return out
