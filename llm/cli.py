@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "train": ("llm.bench.train", "training loop vs a bare PyTorch loop (and litgpt, TRL with --baselines)"),
     "sft": ("llm.bench.sft", "SFT vs TRL's SFTTrainer; full vs LoRA memory"),
     "rl": ("llm.bench.rl", "PPO vs TRL"),
+    "grpo": ("llm.bench.grpo", "GRPO vs TRL GRPOTrainer"),
     "data": ("llm.bench.data", "the stage-1 pipeline's blocks vs datatrove's"),
     "data_lang": ("llm.bench.data_lang", "clean Chinese kept by the stage-1 heuristics vs its English original"),
     "harmful_models": ("llm.bench.harmful_models", "harmful-content classifiers: size and held-out accuracy per bucket count"),

@@ -5,6 +5,7 @@
   of a step (and litgpt, TRL with ``--baselines``); also ``python -m llm.bench``
 * ``sft``        -- SFT against TRL's ``SFTTrainer``; full fine-tuning against LoRA
 * ``rl``         -- PPO: rollout against plain ``generate``, iteration phases, LoRA memory, TRL
+* ``grpo``       -- one GRPO iteration against TRL's ``GRPOTrainer``, time split by phase
 * ``data``       -- the stage-1 data pipeline's blocks against datatrove's
 * ``data_lang``  -- clean Chinese kept by the stage-1 heuristics against its English original
 * ``harmful_models`` -- the harmful-content classifiers' size and held-out accuracy
