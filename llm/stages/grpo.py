@@ -53,9 +53,9 @@ class GroupExperience:
 
     rollout: Rollout
     rewards: torch.Tensor  # [N] the rewards the advantages come from (after the KL when kl=reward)
-    old_logprobs: torch.Tensor  # [N, R] log-probs of the answer tokens under the sampling policy
+    old_logprobs: torch.Tensor | None  # [N, R] log-probs of the answer tokens under the sampling policy (None: from the update)
     ref_logprobs: torch.Tensor | None  # [N, R] under the reference (None: kl=off)
-    entropy: torch.Tensor  # [N, R] the sampling policy's entropy at each answer position
+    entropy: torch.Tensor | None  # [N, R] the sampling policy's entropy at each answer position (None: from the update)
     advantages: torch.Tensor  # [N] one per answer
     loss_mask: torch.Tensor  # [N, R] float: answer tokens that enter the loss
     kept_groups: torch.Tensor  # [B] bool: groups left in the loss by dynamic sampling
@@ -122,10 +122,10 @@ class GRPOStage(RolloutStage):
         cfg = self.stage_cfg.grpo
         G = cfg.group_size
         fmask = ro.response_mask.float()
-        self.model.eval()
-        old_logp, entropy, _ = self.response_logprobs(ro)
-        self.model.train()
-        is_w, engine_stats = self.engine_check(ro, old_logp)
+        old_logp = entropy = is_w = engine_stats = None
+        if not self.single_update:
+            old_logp, entropy = self.sampling_logprobs(ro)
+            is_w, engine_stats = self.engine_check(ro, old_logp)
         ref_logp = self.reference_logprobs(ro) if self.has_reference else None
         rewards = scores
         if cfg.kl == "reward" and ref_logp is not None:
@@ -140,6 +140,22 @@ class GRPOStage(RolloutStage):
             loss_mask = overlong_filter(loss_mask, ~ro.ended)
         return GroupExperience(ro, rewards, old_logp, ref_logp, entropy, adv, loss_mask, kept, is_w, engine_stats)
 
+    @property
+    def single_update(self) -> bool:
+        """One on-policy update per iteration and no KL in the reward: the sampling policy's
+        log-probs are that update's own, detached (the ratio is 1; TRL's shortcut), one forward
+        pass over the answers less than taking them first."""
+        cfg = self.stage_cfg.grpo
+        return cfg.epochs == 1 and cfg.minibatches == 1 and cfg.kl != "reward"
+
+    @torch.no_grad()
+    def sampling_logprobs(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probs [N, R], entropy [N, R]) of the answers under the policy that sampled them."""
+        self.model.eval()
+        old_logp, entropy, _ = self.response_logprobs(ro)
+        self.model.train()
+        return old_logp, entropy
+
     def update(self, exp: GroupExperience, raw: Any) -> tuple[dict[str, list[float]], int]:
         """Step 5: ``epochs`` x ``minibatches`` clipped policy-gradient updates. A minibatch with no
         token in the loss on any rank makes no update (AdamW would still move the weights)."""
@@ -153,7 +169,11 @@ class GRPOStage(RolloutStage):
                 m = exp.loss_mask[i]
                 if float(self._sum_over_ranks(m.sum())) == 0:
                     continue
-                logp, _, _ = self.response_logprobs(exp.rollout, i)
+                logp, ent, _ = self.response_logprobs(exp.rollout, i)
+                if exp.old_logprobs is None:  # the single update: its own log-probs are the sampling policy's
+                    exp.old_logprobs, exp.entropy = torch.empty_like(logp), torch.empty_like(ent)
+                    exp.old_logprobs[i], exp.entropy[i] = logp.detach(), ent.detach()
+                    exp.is_weights, exp.engine_stats = self.engine_check(exp.rollout, exp.old_logprobs)
                 loss, st = policy_loss(
                     logp,
                     exp.old_logprobs[i],
@@ -196,6 +216,9 @@ class GRPOStage(RolloutStage):
         t3 = time.perf_counter()
         raw = opt.optimizer if hasattr(opt, "optimizer") else opt
         stats, n_updates = self.update(exp, raw)  # 5.
+        if exp.old_logprobs is None:  # no update (every group dropped): the log-probs for the metrics
+            exp.old_logprobs, exp.entropy = self.sampling_logprobs(ro)
+            exp.is_weights, exp.engine_stats = self.engine_check(ro, exp.old_logprobs)
         lr = self.count_iteration(opt, sched)
         t4 = time.perf_counter()
 
