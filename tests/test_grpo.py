@@ -206,6 +206,40 @@ def test_grpo_raises_a_rule_reward(tmp_path, sft_export):
     assert last > first + 0.2, (first, last)
 
 
+@pytest.mark.tier("integration")
+def test_grpo_single_update_takes_the_sampling_logprobs_from_the_update(tmp_path, sft_export, monkeypatch):
+    """One on-policy update per iteration (epochs = minibatches = 1, KL not in the reward): the
+    sampling policy's log-probs are the update's own, detached, so an iteration runs two forward
+    passes over its answers (reference, update) instead of three; the ratio is exactly 1. With
+    two epochs they are taken first, as before (reference, sampling policy, two updates)."""
+    from llm.stages.grpo import GRPOStage
+
+    calls: list[int] = []
+    original = GRPOStage.response_logprobs
+
+    def counted(self, *a, **k):
+        calls.append(self.global_step)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(GRPOStage, "response_logprobs", counted)
+    args = [
+        *SHORT,
+        "stage.grpo.dynamic_sampling=off",
+        "trainer.max_steps=2",
+        "trainer.val_every_n_steps=100",
+        "trainer.val_before_train=false",
+        "stage.optim.lr=1e-3",
+    ]
+    _train(tmp_path / "one", sft_export, args)
+    assert calls == [0, 0, 1, 1]
+    rows = _rows(tmp_path / "one")
+    assert [r["grpo/ratio_max"] for r in rows] == [1.0, 1.0] and [r["grpo/clip_frac"] for r in rows] == [0.0, 0.0]
+    assert rows[0]["grpo/kl"] == pytest.approx(0.0, abs=1e-5) and rows[1]["grpo/kl"] > 0 and rows[1]["grpo/entropy"] > 0
+    calls.clear()
+    _train(tmp_path / "two", sft_export, [*args, "stage.grpo.epochs=2"])
+    assert calls == [0] * 4 + [1] * 4
+
+
 def test_grpo_refuses_at_start_without_reward_or_under_deepspeed(tmp_path):
     base = ["model.pretrained=/nonexistent", "data=prompts_demo"]
     with pytest.raises(ValueError, match="stage=grpo needs a reward"):
@@ -262,3 +296,81 @@ def test_task_prompts_keep_their_task_when_long_prompts_are_left_out(sft_export)
     rendered = render_text(tok, [{"role": "user", "content": dm.task("train", 3).prompt}], add_generation_prompt=True)
     assert batch["prompt_ids"][0][batch["prompt_mask"][0] == 1].tolist() == tok(rendered, add_special_tokens=False).input_ids
     assert batch["prompt_mask"][:, -1].tolist() == [1, 1]
+
+
+@pytest.mark.slow
+def test_grpo_under_ddp_and_fsdp_raises_a_rule_reward_alike(tmp_path, sft_export):
+    """Two processes, the rule "short answers" on plain prompts (2 prompts x 4 answers per rank and
+    iteration). Under DDP the mean sampled reward rises and the ranks end with the same weights (the
+    stage checks it at the end, :meth:`RolloutStage.on_train_end`: its gradient averaging keeps them
+    in sync); FSDP (each decoder layer sharded, generation with synced ranks) gives the same rewards,
+    policy losses and KL at every iteration and the same exported weights as DDP."""
+    from test_strategies import same_run, same_weights, torchrun
+
+    from conftest import FAST as COMMON
+
+    args = [
+        *COMMON,
+        *FAST,
+        *GRPO,
+        f"model.pretrained={sft_export}",
+        "data=prompts_demo",
+        "data.micro_batch_size=2",
+        *SHORT,
+        "stage.grpo.max_new_tokens=24",
+        "stage.grpo.kl_coef=0.0",
+        "trainer.max_steps=12",
+        "trainer.val_every_n_steps=12",
+        "trainer.val_before_train=false",
+        "stage.optim.lr=3e-4",
+        "export=true",
+    ]
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    torchrun(ddp, [*args, "strategy=ddp"])
+    rewards = _rows(ddp, "grpo/reward")
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    print(f"GRPO under DDP (2 ranks), rule reward `short`: sampled {first:.3f} -> {last:.3f}")
+    assert len(rewards) == 12 and last > first + 0.2, rewards
+    torchrun(fsdp, [*args, "strategy=fsdp"])
+    for key in ("grpo/reward", "grpo/pg_loss", "grpo/kl", "grpo/response_length"):
+        same_run(ddp, fsdp, key, tol=1e-5)
+    same_weights(ddp, fsdp)
+
+
+MIN_GAIN, MAX_KL = 0.15, 0.1  # the SmolLM2 demo's held-out accuracy gain and the largest mean KL per token
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_grpo_raises_smollm2_arithmetic_accuracy_with_bounded_kl(tmp_path, seed):
+    """The learning demo (``launch/demo-grpo.sh``: ``stage=grpo_demo data=arith_demo``) from
+    SmolLM2-135M-Instruct: held-out greedy accuracy on one-digit arithmetic rises by a clear
+    margin in 16 iterations while the KL to the starting model stays small."""
+    from fixtures import smollm2_dir
+
+    model = smollm2_dir()
+    res = train(
+        compose(
+            [
+                *FAST,
+                "stage=grpo_demo",
+                "data=arith_demo",
+                "data.micro_batch_size=4",  # the preset's, over conftest's FAST
+                "data.val_batches=null",
+                "model=hf",
+                f"model.pretrained={model}",
+                "trainer.max_steps=16",
+                "trainer.val_every_n_steps=16",
+                "eval=none",
+                "export=false",
+                f"seed={seed}",
+            ],
+            run_dir=tmp_path,
+        )
+    )
+    before, after = res["before"]["val/accuracy"], res["metrics"]["val/accuracy"]
+    kls = _rows(tmp_path, "grpo/kl")
+    print(f"SmolLM2 GRPO, seed {seed}: held-out greedy accuracy {before:.3f} -> {after:.3f}; KL max {max(kls):.4f}")
+    assert after >= before + MIN_GAIN, (before, after)
+    assert max(kls) < MAX_KL, kls
