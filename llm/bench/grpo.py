@@ -75,8 +75,7 @@ from llm.bench.sft import resolve_model
 
 PHASES = ("generate_s", "score_s", "reference_s", "evaluate_s", "train_s")
 TRL_DIFFERENCES = [
-    "TRL computes no separate old-policy log-probs when the update is on-policy (ratio 1 by construction); "
-    "Xiulian takes them from the training forward in that case too (see `other` if not)",
+    "old-policy log-probs: with one on-policy update neither side runs a forward pass for them (the ratio is 1 by construction)",
     "TRL tokenizes, decodes and scores conversational completions; Xiulian decodes and scores text",
     "different random streams: the sampled tokens differ (their number does not: fixed length)",
     "Xiulian runs inside Lightning (manual optimisation, one empty counted optimizer step per iteration); TRL inside transformers' Trainer",
