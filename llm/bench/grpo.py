@@ -453,6 +453,8 @@ def markdown(res: dict) -> tuple[str, list[str]]:
         f"- command: `{res['command']}`",
         f"- {s['batch_size']} prompts x group {s['group_size']}, every answer {s['max_new_tokens']} tokens; KL k3 0.04 to a frozen "
         f"reference; one update per iteration; medians of iterations {s['warmup'] + 1}..{s['iterations']} of {s['repeats']} runs per side, ABBA",
+        f"- other processes kept {span([*c['xiulian'].get('foreign_cores', []), *((c.get('trl') or {}).get('foreign_cores', []))])} "
+        "of the cores busy meanwhile",
         "",
     ]
     rows = []
