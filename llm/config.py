@@ -361,6 +361,11 @@ class GRPOConfig:
     format_weight: float = 0.0
     """Reward for giving an answer in the asked form (a ``\\boxed{}`` or an ``Answer:`` line),
     right or wrong (needs ``data.tasks``)."""
+    sandbox_timeout_s: float = 10.0
+    """Code tasks (verifier ``code``): wall-clock seconds for one answer and all its tests in the
+    sandbox (llm/rl/sandbox.py; each test also has 2 s of its own)."""
+    sandbox_memory_mb: int = 512
+    """Code tasks: the sandbox's memory limit (address space, MiB) per answer."""
     epochs: int = 1
     """Passes over an iteration's answers (1: on-policy, the ratio is 1 in the first update)."""
     minibatches: int = 1
@@ -386,6 +391,10 @@ class GRPOConfig:
             f"stage.grpo.eps_low={self.eps_low}, eps_high={self.eps_high}: clip bounds must be >= 0",
         )
         _check(self.kl_coef >= 0, f"stage.grpo.kl_coef={self.kl_coef}: must be >= 0")
+        _check(
+            self.sandbox_timeout_s > 0 and self.sandbox_memory_mb >= 64,
+            f"stage.grpo.sandbox_timeout_s={self.sandbox_timeout_s} must be positive, sandbox_memory_mb={self.sandbox_memory_mb} at least 64",
+        )
         _check(self.max_new_tokens >= 1, f"stage.grpo.max_new_tokens={self.max_new_tokens}: must be at least 1")
         _check(
             0 <= self.overlong_cache <= self.max_new_tokens,

@@ -6,9 +6,12 @@ A task file is JSON lines, one task a line::
     {"prompt": "What is 12 * 34? ...", "answer": "408", "verifier": "number"}
     {"prompt": "Using 3, 5, 7 ... equals 26 ...", "verifier": "countdown", "meta": {"numbers": [3, 5, 7], "target": 26}}
 
+    {"prompt": "Write a function f(x) ...", "verifier": "code", "tests": ["assert f(2) == 5"], "meta": {"entry_point": "f"}}
+
 Fields: ``prompt`` (text, required), ``verifier`` (how an answer is checked, default ``exact``),
-``answer`` (required except for ``countdown``), ``id`` and ``meta`` (an object; ``countdown``
-reads ``numbers``, ``target`` and optionally ``use_all``). Verifiers:
+``answer`` (required except for ``countdown`` and ``code``), ``tests`` (``code`` only, and
+required there), ``id`` and ``meta`` (an object; ``countdown`` reads ``numbers``, ``target`` and
+optionally ``use_all``; ``code`` reads ``entry_point``). Verifiers:
 
 * ``number``: numerically equal as exact rationals: ``1,234`` = ``1234.0``; ``2/4`` = ``0.5`` =
   ``\\frac{1}{2}``; ``1/3`` is not ``0.333``.
@@ -17,13 +20,17 @@ reads ``numbers``, ``target`` and optionally ``use_all``). Verifiers:
 * ``countdown``: an arithmetic expression (+ - * / and parentheses, read with :mod:`ast`, never
   evaluated as Python) that uses each given number at most once (all of them with ``use_all``)
   and equals ``target``.
+* ``code``: Python run against ``tests`` (a list of ``assert`` statements, or one test program)
+  in :mod:`llm.rl.sandbox`; the score is the fraction of tests passed. With ``meta.entry_point``
+  the answer must define that function (tests may call it as ``candidate``).
 
-The answer is taken from a response's last ``\\boxed{...}``, else its last ``Answer: ...`` line.
+The answer is taken from a response's last ``\\boxed{...}``, else its last ``Answer: ...`` line;
+for ``code``, from its last fenced code block (the whole response when it has none).
 :func:`verify` gives 1 for a right answer, 0 for none, and ``format_reward`` (default 0) for an
-answer in the right format that is wrong. Code with tests is not a verifier yet (it needs the
-sandbox); a task file asking for one is refused.
+answer in the right format that is wrong; for ``code`` the fraction of tests passed.
 
-Built-in tasks (:func:`builtin_tasks`): ``arithmetic``, ``countdown``, ``sort``, ``reverse``.
+Built-in tasks (:func:`builtin_tasks`): ``arithmetic``, ``countdown``, ``sort``, ``reverse``,
+``code`` (write a small function; tests held by the task).
 Each problem falls into the train or the held-out (``test``) split by a hash of the problem
 itself, so the splits never share a problem whatever the seeds (for one ``held_out`` fraction).
 """
@@ -45,12 +52,13 @@ from pathlib import Path
 from typing import Any
 
 from llm.data.chat import jsonl_records
+from llm.rl.sandbox import SandboxLimits, run_tests_batch
 from llm.writes import write_guard
 
 log = logging.getLogger(__name__)
 
-VERIFIERS = ("number", "exact", "int_list", "countdown")
-FIELDS = ("prompt", "answer", "verifier", "id", "meta")
+VERIFIERS = ("number", "exact", "int_list", "countdown", "code")
+FIELDS = ("prompt", "answer", "verifier", "id", "meta", "tests")
 MAX_ANSWER_CHARS = 200  # longer answers are not parsed (numbers, expressions): wrong, not slow
 
 
@@ -65,11 +73,14 @@ class Task:
     answer: str | None = None
     id: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    tests: list[str] | str | None = None  # verifier "code": assert statements, or one test program
 
     def to_record(self) -> dict[str, Any]:
         rec: dict[str, Any] = {"prompt": self.prompt, "verifier": self.verifier}
         if self.answer is not None:
             rec["answer"] = self.answer
+        if self.tests is not None:
+            rec["tests"] = self.tests
         if self.id:
             rec["id"] = self.id
         if self.meta:
@@ -81,8 +92,6 @@ class Task:
         """Check a parsed JSON record; errors name ``where`` (``file:line``) and the field."""
         if not isinstance(rec, dict):
             raise TaskDataError(f"{where}: a task is a JSON object, got {type(rec).__name__}")
-        if "tests" in rec:
-            raise TaskDataError(f"{where}: field 'tests': code tasks need the sandbox, which is not built yet")
         unknown = sorted(set(rec) - set(FIELDS))
         if unknown:
             raise TaskDataError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))} (known: {', '.join(FIELDS)})")
@@ -100,7 +109,22 @@ class Task:
             raise TaskDataError(f"{where}: field 'answer' must be text or a number")
         if answer is not None:
             answer = str(answer)
-        if verifier == "countdown":
+        tests = rec.get("tests")
+        if verifier != "code" and tests is not None:
+            raise TaskDataError(f"{where}: field 'tests' is only for verifier 'code' (this task's verifier is {verifier!r})")
+        if verifier == "code":
+            if isinstance(tests, str):
+                ok = bool(tests.strip())
+            else:
+                ok = isinstance(tests, list) and bool(tests) and all(isinstance(x, str) and x.strip() for x in tests)
+            if not ok:
+                raise TaskDataError(
+                    f"{where}: field 'tests' must be a non-empty list of test statements or one test program for verifier 'code'"
+                )
+            entry = meta.get("entry_point")
+            if entry is not None and not (isinstance(entry, str) and entry.isidentifier()):
+                raise TaskDataError(f"{where}: field 'meta.entry_point' must be a function name, got {entry!r}")
+        elif verifier == "countdown":
             nums, target = meta.get("numbers"), meta.get("target")
             if not (isinstance(nums, list) and nums and all(type(x) is int and x >= 0 for x in nums)):
                 raise TaskDataError(f"{where}: field 'meta.numbers' must be a non-empty list of integers >= 0 for verifier 'countdown'")
@@ -113,7 +137,7 @@ class Task:
         elif verifier == "int_list" and parse_int_list(answer) is None:
             raise TaskDataError(f"{where}: field 'answer': {answer!r} is not a list of integers")
         task_id = rec.get("id", "")
-        return cls(prompt=prompt, verifier=verifier, answer=answer, id=str(task_id), meta=meta)
+        return cls(prompt=prompt, verifier=verifier, answer=answer, id=str(task_id), meta=meta, tests=tests)
 
 
 def read_tasks(path: str | Path, on_bad_row: str = "error") -> list[Task]:
@@ -284,8 +308,62 @@ def eval_countdown(expr: str, numbers: Sequence[int], use_all: bool = False) -> 
     return value
 
 
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def extract_code(text: str) -> str:
+    """The code of a response: its last fenced block marked ``python`` (or ``py``, ``python3``),
+    else its last unmarked fenced block, else the whole response."""
+    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
+    for want in (("python", "py", "python3"), ("",)):
+        found = [body for lang, body in blocks if lang in want]
+        if found:
+            return found[-1]
+    return text
+
+
+def has_code_block(text: str) -> bool:
+    return bool(_FENCE.search(text))
+
+
+def code_scores(
+    tasks: Sequence[Task], responses: Sequence[str], limits: SandboxLimits | None = None, workers: int | None = None
+) -> list[float]:
+    """The fraction of its tests each response's code passes (``code`` tasks), run in the
+    sandbox, ``workers`` answers at a time."""
+    if any(t.verifier != "code" for t in tasks):
+        raise ValueError("code_scores: only tasks with verifier 'code'")
+    results = run_tests_batch(
+        [extract_code(r) for r in responses],
+        [t.tests or [] for t in tasks],
+        limits,
+        entry_points=[t.meta.get("entry_point") for t in tasks],
+        workers=workers,
+    )
+    return [r.fraction for r in results]
+
+
+def score_responses(tasks: Sequence[Task], responses: Sequence[str], limits: SandboxLimits | None = None) -> tuple[list[float], list[bool]]:
+    """(correctness, has an answer in the asked form) of each response: 1/0 by the task's
+    verifier, or for ``code`` tasks the fraction of tests passed (all of a batch's code run in
+    the sandbox in parallel); the form is a fenced code block for ``code``, else an extracted
+    answer."""
+    if len(tasks) != len(responses):
+        raise ValueError(f"{len(tasks)} tasks but {len(responses)} responses")
+    correct, formed = [0.0] * len(tasks), [False] * len(tasks)
+    code = [i for i, t in enumerate(tasks) if t.verifier == "code"]
+    for i, s in zip(code, code_scores([tasks[i] for i in code], [responses[i] for i in code], limits) if code else []):
+        correct[i], formed[i] = s, has_code_block(responses[i])
+    for i, (t, r) in enumerate(zip(tasks, responses)):
+        if t.verifier != "code":
+            a = extract_answer(r)
+            correct[i], formed[i] = float(a is not None and check_answer(t, a)), a is not None
+    return correct, formed
+
+
 def check_answer(task: Task, answer: str) -> bool:
-    """Whether an extracted ``answer`` is right for ``task``."""
+    """Whether an extracted ``answer`` is right for ``task`` (for ``code``: the code passes all
+    its tests)."""
     if task.verifier == "number":
         got, want = parse_number(answer), parse_number(task.answer or "")
         return got is not None and got == want
@@ -299,13 +377,19 @@ def check_answer(task: Task, answer: str) -> bool:
             return eval_countdown(answer, task.meta["numbers"], bool(task.meta.get("use_all", False))) == task.meta["target"]
         except ValueError:
             return False
+    if task.verifier == "code":
+        return code_scores([task], [answer], workers=1)[0] == 1.0
     raise ValueError(f"unknown verifier {task.verifier!r} (one of {', '.join(VERIFIERS)})")
 
 
 def verify(task: Task, response: str, format_reward: float = 0.0) -> float:
     """The reward of a response: 1.0 when its extracted answer is right, ``format_reward`` when it
     has an answer in the asked format (``\\boxed{}`` or ``Answer:``) that is wrong, 0.0 when it
-    has none."""
+    has none. For ``code``: the fraction of tests passed (``format_reward`` instead of 0 when a
+    fenced block fails them all)."""
+    if task.verifier == "code":
+        frac = code_scores([task], [response], workers=1)[0]
+        return frac if frac > 0 or not has_code_block(response) else float(format_reward)
     answer = extract_answer(response)
     if answer is None:
         return 0.0
@@ -315,7 +399,8 @@ def verify(task: Task, response: str, format_reward: float = 0.0) -> float:
 def verify_batch(tasks: Sequence[Task], responses: Sequence[str], format_reward: float = 0.0) -> list[float]:
     if len(tasks) != len(responses):
         raise ValueError(f"{len(tasks)} tasks but {len(responses)} responses")
-    return [verify(t, r, format_reward) for t, r in zip(tasks, responses, strict=True)]
+    correct, formed = score_responses(tasks, responses)
+    return [c if c > 0 or not f else float(format_reward) for c, f in zip(correct, formed)]
 
 
 # ---------------------------------------------------------------------------- built-in tasks
@@ -394,11 +479,54 @@ def gen_reverse(rng: random.Random, length: int = 6) -> tuple[str, Task]:
     return "reverse:" + s, Task(f"Write the string '{s}' backwards. {BOXED}", "exact", s[::-1], meta={"text": s})
 
 
+CODE_FORMAT = "Answer with the function in a ```python code block."
+
+
+def gen_code(rng: random.Random, n_tests: int = 4) -> tuple[str, Task]:
+    """Write a small Python function ``f``: ``a*x + b``, ``x`` repeated ``n`` times (a string),
+    the count of list items above ``t``, or the ``k``-th digit from the right; ``n_tests`` asserts
+    on random inputs (kept in the task, never shown in the prompt), a reference solution in
+    ``meta.solution``."""
+    if n_tests < 1:
+        raise ValueError(f"code: n_tests >= 1 (got {n_tests})")
+    kind = rng.choice(["linear", "repeat", "count_above", "digit"])
+    if kind == "linear":
+        a, b = rng.randint(2, 9), rng.randint(-20, 20)
+        desc, key = f"takes an integer x and returns {a} * x {'+' if b >= 0 else '-'} {abs(b)}", f"linear:{a}:{b}"
+        cases = [(x, a * x + b) for x in (rng.randint(-50, 50) for _ in range(n_tests))]
+        solution = f"return {a} * x + {b}"
+    elif kind == "repeat":
+        n = rng.randint(2, 5)
+        desc, key = f"takes a string x and returns x repeated {n} times", f"repeat:{n}"
+        words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(1, 4))) for _ in range(n_tests)]
+        cases = [(repr(w), repr(w * n)) for w in words]
+        solution = f"return x * {n}"
+    elif kind == "count_above":
+        t = rng.randint(0, 20)
+        desc, key = f"takes a list of integers x and returns how many of them are greater than {t}", f"count_above:{t}"
+        lists = [[rng.randint(0, 30) for _ in range(rng.randint(0, 6))] for _ in range(n_tests)]
+        cases = [(xs, sum(v > t for v in xs)) for xs in lists]
+        solution = f"return sum(1 for v in x if v > {t})"
+    else:
+        k = rng.randint(1, 3)
+        desc, key = (
+            f"takes a non-negative integer x and returns its digit number {k} counted from the right (0 if x has fewer digits)",
+            f"digit:{k}",
+        )
+        cases = [(x, x // 10 ** (k - 1) % 10) for x in (rng.randint(0, 99999) for _ in range(n_tests))]
+        solution = f"return x // {10 ** (k - 1)} % 10"
+    tests = [f"assert f({x}) == {y}" for x, y in cases]
+    prompt = f"Write a Python function f(x) that {desc}. {CODE_FORMAT}"
+    meta = {"entry_point": "f", "kind": kind, "solution": f"def f(x):\n    {solution}\n"}
+    return key, Task(prompt, "code", None, meta=meta, tests=tests)
+
+
 GENERATORS: dict[str, Callable[..., tuple[str, Task]]] = {
     "arithmetic": gen_arithmetic,
     "countdown": gen_countdown,
     "sort": gen_sort,
     "reverse": gen_reverse,
+    "code": gen_code,
 }
 
 

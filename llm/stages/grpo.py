@@ -38,7 +38,8 @@ from llm.rl.engines import check_rollout_config
 from llm.rl.experience import Rollout
 from llm.rl.group import group_advantages, informative_groups, kl_penalised_scores, overlong_filter, overlong_penalty, policy_loss
 from llm.rl.kl import kl_estimate
-from llm.rl.tasks import Task, check_answer, extract_answer
+from llm.rl.sandbox import SandboxLimits
+from llm.rl.tasks import Task, score_responses
 from llm.stages.registry import Stage
 from llm.stages.rollout import DEEPSPEED, RolloutStage, mean, not_under_deepspeed, timing_metrics
 
@@ -82,10 +83,10 @@ class GRPOStage(RolloutStage):
         """Each component [N] of the answers' reward, unweighted."""
         cfg, rcfg = self.stage_cfg.grpo, self.stage_cfg.reward
         comps: dict[str, torch.Tensor] = {}
-        if tasks is not None:
-            answers = [extract_answer(t) for t in ro.texts]
-            comps["correct"] = torch.tensor([float(a is not None and check_answer(t, a)) for t, a in zip(tasks, answers)])
-            comps["format"] = torch.tensor([float(a is not None) for a in answers])
+        if tasks is not None:  # code tasks: the fraction of tests passed, run in the sandbox
+            limits = SandboxLimits(timeout_s=cfg.sandbox_timeout_s, memory_mb=cfg.sandbox_memory_mb)
+            correct, formed = score_responses(tasks, ro.texts, limits)
+            comps["correct"], comps["format"] = torch.tensor(correct), torch.tensor([float(f) for f in formed])
         if self.reward_fn is not None:
             comps["function"] = self.function_scores(ro.prompts, ro.texts)
         if "rm" in self._frozen:
