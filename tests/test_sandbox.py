@@ -64,7 +64,7 @@ def test_endless_loop_is_stopped_at_the_time_limit():
     r = run_tests(stubborn, TESTS, limits)
     took = time.perf_counter() - t0
     assert r.causes == {"timeout": 4} and "killed" in r.errors[0]
-    assert 2.0 <= took < 3.5
+    assert 2.0 <= took < 4.5  # killed at 2 s (slack for a loaded machine)
     assert run_python("while True:\n    pass\n", limits=limits).status == "timeout"
 
 
@@ -224,3 +224,43 @@ def test_builtin_code_tasks_reference_solutions_pass():
     right = [f"```python\n{t.meta['solution']}```" for t in tasks]
     assert verify_batch(tasks, right) == [1.0] * len(tasks)
     assert verify_batch(tasks, ["```python\ndef f(x):\n    return None\n```"] * len(tasks)) == [0.0] * len(tasks)
+
+
+def test_grpo_scores_code_tasks_in_the_sandbox(tmp_path, sft_run):
+    """stage=grpo on the built-in code tasks runs; its ``correct`` component is the fraction of
+    tests passed, run in the sandbox (answers given here, since the tiny model writes no code)."""
+    from types import SimpleNamespace
+
+    from llm.train import train
+
+    from conftest import compose
+
+    grpo = [
+        "stage=grpo",
+        "model=hf",
+        f"model.pretrained={sft_run[1]['export']}",
+        "data=tasks_demo",
+        "data.tasks=builtin:code",
+        "data.tasks_params={}",
+        "data.micro_batch_size=2",
+        "data.tasks_size=16",
+        "data.tasks_val_size=2",
+        "data.val_batches=1",
+        "stage.grpo.group_size=2",
+        "stage.grpo.max_new_tokens=8",
+        "stage.grpo.format_weight=0.5",
+        "stage.grpo.sandbox_timeout_s=3",
+        "stage.sample_prompts=[]",
+        "trainer.max_steps=1",
+        "trainer.val_every_n_steps=1",
+        "trainer.ckpt_every_n_steps=0",
+        "eval=none",
+        "export=false",
+    ]
+    res = train(compose(grpo, run_dir=tmp_path))
+    assert res["global_step"] == 1 and 0 <= res["metrics"]["val/accuracy"] <= 1
+    task = Task("Write f(x) = 2x.", "code", meta={"entry_point": "f"}, tests=TESTS)
+    texts = [f"```python\n{DOUBLE}```", "```python\ndef f(x):\n    return x * x\n```", "```python\nwhile True: pass\n```", "no code"]
+    comps = res["module"].reward_components(SimpleNamespace(texts=texts), [task] * 4)
+    assert comps["correct"].tolist() == [1.0, 0.25, 0.0, 0.0]
+    assert comps["format"].tolist() == [1.0, 1.0, 1.0, 0.0]
