@@ -239,9 +239,7 @@ def test_grpo_scores_code_tasks_in_the_sandbox(tmp_path, sft_run):
         "stage=grpo",
         "model=hf",
         f"model.pretrained={sft_run[1]['export']}",
-        "data=tasks_demo",
-        "data.tasks=builtin:code",
-        "data.tasks_params={}",
+        "data.tasks=builtin:code",  # not data=tasks_demo: its tasks_params (digits) are arithmetic's
         "data.micro_batch_size=2",
         "data.tasks_size=16",
         "data.tasks_val_size=2",
