@@ -379,8 +379,22 @@ class GRPOConfig:
     top_k: int = 0
     log_samples_every: int = 10
     """Every N iterations, log prompts, answers and rewards (W&B and samples.jsonl)."""
+    env: Optional[str] = None
+    """Multi-turn episodes with tools (llm/rl/env.py): ``calculator`` (arithmetic through
+    ``<tool>calculator: EXPR</tool>``) or ``python`` (a Python interpreter in the code sandbox, and
+    the calculator). The tool output is appended as a turn that carries no loss; an episode ends
+    on a final answer, a reply without a tool call, or ``max_turns``. ``None``: one answer per
+    prompt. ``max_new_tokens`` then bounds each reply."""
+    max_turns: int = 4
+    """With ``env``: the most assistant turns of an episode (a tool call in the last is not run)."""
 
     def __post_init__(self) -> None:
+        _check(self.max_turns >= 1, f"stage.grpo.max_turns={self.max_turns}: must be at least 1")
+        _check(
+            not (self.env and self.overlong_cache),
+            f"stage.grpo.overlong_cache={self.overlong_cache} with stage.grpo.env={self.env}: the overlong penalty counts one "
+            "answer against max_new_tokens, and an episode has several replies; leave overlong_cache=0",
+        )
         _check(self.group_size >= 2, f"stage.grpo.group_size={self.group_size}: at least 2 (the baseline comes from the group)")
         _check(
             self.epochs >= 1 and self.minibatches >= 1,

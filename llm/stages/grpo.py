@@ -35,6 +35,7 @@ import torch
 from llm.data.task_prompts import grpo_data
 from llm.rl.advantages import masked_mean
 from llm.rl.engines import check_rollout_config
+from llm.rl.env import EpisodeRunner
 from llm.rl.experience import Rollout
 from llm.rl.group import group_advantages, informative_groups, kl_penalised_scores, overlong_filter, overlong_penalty, policy_loss
 from llm.rl.kl import kl_estimate
@@ -70,6 +71,8 @@ class GRPOStage(RolloutStage):
     def on_model_ready(self) -> None:
         self.setup_rollout(reference=self.stage_cfg.grpo.kl != "off")
         self.setup_reward_sources()
+        cfg = self.stage_cfg.grpo
+        self.episodes = EpisodeRunner.from_config(cfg, self.tokenizer) if cfg.env else None  # multi-turn episodes with tools
 
     # --------------------------------------------------------------------- rewards
     def _tasks_of(self, split: str, index: torch.Tensor) -> list[Task] | None:
@@ -208,7 +211,10 @@ class GRPOStage(RolloutStage):
         tasks = self._tasks_of("train", index)
         tasks = [t for t in tasks for _ in range(G)] if tasks is not None else None
         t0 = time.perf_counter()
-        ro = self.rollout(batch["prompt_ids"].repeat_interleave(G, 0), batch["prompt_mask"].repeat_interleave(G, 0), prompts)  # 1.
+        if self.episodes is not None:  # 1. multi-turn: the tool turns are in the sequence, out of the loss
+            ro = self.episodes.rollout(self, prompts, tasks)
+        else:  # 1.
+            ro = self.rollout(batch["prompt_ids"].repeat_interleave(G, 0), batch["prompt_mask"].repeat_interleave(G, 0), prompts)
         t1 = time.perf_counter()
         comps = self.reward_components(ro, tasks)  # 2.
         scores = self.total_reward(comps, len(ro.texts))
@@ -242,6 +248,8 @@ class GRPOStage(RolloutStage):
             metrics[f"grpo/reward/{k}"] = self._mean_over_ranks(v.mean())
         if "correct" in comps:
             metrics["grpo/accuracy"] = metrics["grpo/reward/correct"]
+        if self.episodes is not None:
+            metrics.update({f"grpo/{k}": self._mean_over_ranks(v) for k, v in self.episodes.metrics(ro).items()})
         if exp.ref_logprobs is not None:  # KL of the sampling policy to the reference, per answer token
             kl = kl_estimate(exp.old_logprobs, exp.ref_logprobs, str(cfg.kl_estimator))
             metrics["grpo/kl"] = self._mean_over_ranks(masked_mean(kl, fmask))
@@ -249,7 +257,8 @@ class GRPOStage(RolloutStage):
             metrics[f"grpo/{k}"] = mean(stats[k])
         self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False)
         self.log("grpo/reward_mean", metrics["grpo/reward"], prog_bar=True)
-        self.record_samples(cfg.log_samples_every, prompts, ro.texts, scores, "grpo/samples")
+        texts = ro.transcript_texts() if self.episodes is not None else ro.texts
+        self.record_samples(cfg.log_samples_every, prompts, texts, scores, "grpo/samples")
         self.after_step()
         return torch.tensor(metrics["grpo/reward"])
 
@@ -261,7 +270,10 @@ class GRPOStage(RolloutStage):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         prompts = self._prompts_of("val", batch["index"])
         tasks = self._tasks_of("val", batch["index"])
-        ro = self.rollout(batch["prompt_ids"], batch["prompt_mask"], prompts, greedy=True)
+        if self.episodes is not None:
+            ro = self.episodes.rollout(self, prompts, tasks, greedy=True)
+        else:
+            ro = self.rollout(batch["prompt_ids"], batch["prompt_mask"], prompts, greedy=True)
         comps = self.reward_components(ro, tasks)
         total = self.total_reward(comps, len(ro.texts)).double()
         correct = comps["correct"].double().sum() if "correct" in comps else total.new_zeros(())
