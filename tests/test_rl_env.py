@@ -321,4 +321,51 @@ def test_grpo_with_the_calculator_environment_runs_and_logs_turns_and_tool_calls
         assert all(torch.isfinite(torch.tensor(v)) for v in r.values())
     assert res["module"].episodes is not None and "val/accuracy" in res["metrics"]
     samples = open(os.path.join(tmp_path, "samples.jsonl")).read()
-    assert "[assistant]" in samples and "calculator" in samples  # transcripts; the prompt carries the instructions
+    assert "[assistant]" in samples  # whole transcripts
+
+
+@pytest.mark.tier("integration")
+def test_grpo_trains_on_episodes_with_tool_turns_when_the_replies_are_forced(tmp_path, sft_run, monkeypatch):
+    """The model's replies forced through the stage's generate: the first calls the calculator on
+    the task, the second answers with the tool's output (right in even rows, off by one in odd
+    ones), so every episode has a tool turn in its sequence and the reward reads the answer."""
+    import re
+
+    from test_grpo import _rows, _train
+
+    from llm.stages.grpo import GRPOStage
+
+    def forced(self, prompt_ids, prompt_mask, greedy=False):
+        rows = []
+        for r, (ids, am) in enumerate(zip(prompt_ids, prompt_mask)):
+            text = self.tokenizer.decode(ids[am.bool()], skip_special_tokens=False)
+            done = re.findall(r"<\|tool\|>(-?\d+)<\|end\|>", text)
+            if done:
+                reply = f"It is \\boxed{{{int(done[-1]) + r % 2}}}"
+            else:
+                a, op, b = re.findall(r"What is (\d+) ([-+*]) (\d+)\?", text)[-1]
+                reply = f"<tool>calculator: {a} {op} {b}</tool>"
+            rows.append(self.tokenizer(reply, add_special_tokens=False).input_ids + [self.stop_ids[0]])
+        R = max(len(x) for x in rows)
+        return torch.tensor([x + [self.pad_id] * (R - len(x)) for x in rows], device=prompt_ids.device)
+
+    monkeypatch.setattr(GRPOStage, "generate", forced)
+    res = _train(
+        tmp_path,
+        sft_run[1]["export"],
+        [
+            "stage.grpo.env=calculator",
+            "stage.grpo.max_turns=3",
+            "stage.grpo.max_new_tokens=48",
+            "trainer.max_steps=2",
+            "trainer.val_every_n_steps=2",
+            "stage.optim.lr=1e-3",
+        ],
+    )
+    rows = _rows(tmp_path)
+    assert len(rows) == 2
+    for r in rows:
+        assert r["grpo/turns"] == 2 and r["grpo/tool_calls"] == 1 and r["grpo/tool_tokens"] > 0
+        assert r["grpo/reward/correct"] == pytest.approx(0.5) and r["grpo/dropped_groups"] == 0 and r["grpo/updates"] == 1
+        assert torch.isfinite(torch.tensor(r["grpo/pg_loss"])) and r["grpo/grad_norm"] > 0
+    assert res["metrics"]["val/accuracy"] == pytest.approx(0.5)  # greedy validation through the same episodes
