@@ -103,6 +103,16 @@ def test_python_tool_runs_in_the_sandbox(tmp_path):
     assert "python" in env.tools and env.run_tool("python", "print(6 * 7)").strip() == "42"
 
 
+def test_config_refuses_a_turn_limit_below_one_and_the_overlong_penalty_with_an_environment():
+    from llm.config import GRPOConfig
+
+    assert GRPOConfig(env="calculator", max_turns=2).max_turns == 2
+    with pytest.raises(ValueError, match="stage.grpo.max_turns=0"):
+        GRPOConfig(env="calculator", max_turns=0)
+    with pytest.raises(ValueError, match="overlong_cache=4 with stage.grpo.env=calculator"):
+        GRPOConfig(env="calculator", overlong_cache=4)
+
+
 def test_unknown_environment_is_refused_naming_the_choices():
     with pytest.raises(ValueError, match=r"stage.grpo.env='abacus'.*calculator, python"):
         make_env("abacus")
