@@ -50,7 +50,7 @@ StrategyName = _choice(
 )
 Accelerator = _choice("Accelerator", "auto", "cpu", "gpu")
 OnNonfinite = _choice("OnNonfinite", "stop", "skip")
-TaskType = _choice("TaskType", "perplexity", "choice", "generate")
+TaskType = _choice("TaskType", "perplexity", "choice", "generate", "verified")
 FewshotSampler = _choice("FewshotSampler", "first_n", "random")
 WandbMode = _choice("WandbMode", "auto", "online", "offline", "disabled")
 
@@ -387,6 +387,12 @@ class GRPOConfig:
     prompt. ``max_new_tokens`` then bounds each reply."""
     max_turns: int = 4
     """With ``env``: the most assistant turns of an episode (a tool call in the last is not run)."""
+    val_samples: int = 0
+    """Validation: n answers sampled per held-out task (at ``temperature``/``top_p``/``top_k``,
+    seeded) for ``val/pass@k`` (0: off; greedy ``val/accuracy`` is logged either way)."""
+    val_pass_k: list[int] = field(default_factory=lambda: [1])
+    """Validation: the k of ``val/pass@k`` (unbiased estimator, llm/eval/passk.py), each
+    ``1 <= k <= val_samples``."""
 
     def __post_init__(self) -> None:
         _check(self.max_turns >= 1, f"stage.grpo.max_turns={self.max_turns}: must be at least 1")
@@ -416,6 +422,12 @@ class GRPOConfig:
         )
         _check(self.temperature > 0, f"stage.grpo.temperature={self.temperature}: must be positive (rollouts sample)")
         _check(0 < self.top_p <= 1, f"stage.grpo.top_p={self.top_p}: must be in (0, 1]")
+        _check(self.val_samples >= 0, f"stage.grpo.val_samples={self.val_samples}: must be >= 0 (0: no val/pass@k)")
+        _check(
+            not self.val_samples or all(1 <= k <= self.val_samples for k in self.val_pass_k),
+            f"stage.grpo.val_pass_k={list(self.val_pass_k)}: each k must be in 1..stage.grpo.val_samples={self.val_samples} "
+            "(pass@k needs at least k answers per task)",
+        )
 
 
 @dataclass
@@ -589,9 +601,12 @@ class EvalTaskConfig:
     type: TaskType = TaskType.choice
     """``perplexity`` (held-out text), ``choice`` (log-likelihood of each option, the
     lm-evaluation-harness way; few-shot classification is a choice task with ``shots > 0``)
-    or ``generate`` (greedy answer, exact match)."""
+    or ``generate`` (greedy answer, exact match) or ``verified`` (tasks checked by their verifier,
+    ``llm/rl/tasks.py``: greedy accuracy and pass@k; ``llm/eval/verified.py``)."""
     path: Optional[str] = None
-    """A ``.jsonl`` file, or ``builtin:<name>`` for a task shipped in ``llm/eval/tasks``."""
+    """A ``.jsonl`` file, or ``builtin:<name>`` for a task shipped in ``llm/eval/tasks``.
+    ``verified``: a tasks ``.jsonl`` file (GRPO's format, ``data.tasks``) or ``builtin:<name>``, a
+    generator of ``llm/rl/tasks.py`` (its held-out ``test`` split)."""
     sources: list[str] = field(default_factory=list)
     """``perplexity``: text sources as in ``data.sources`` (files, directories, ``.jsonl``,
     ``builtin:python-docs``, ``builtin:zen-of-python``)."""
@@ -614,11 +629,15 @@ class EvalTaskConfig:
     fewshot_sampler: FewshotSampler = FewshotSampler.first_n
     """``first_n`` (the first k records, lm-eval's ``first_n``) or ``random`` (seeded, per query)."""
     seed: int = 1234
+    """The few-shot sampler's seed; ``verified``: the built-in generator's and the sampling's."""
     limit: Optional[int] = None
+    """Evaluate at most N records (``verified`` with ``builtin:<name>``: the problems generated,
+    ``None``: 100)."""
     max_new_tokens: int = 32
     stop: list[str] = field(default_factory=lambda: ["\n"])
     chat: bool = False
-    """``generate``: render the prompt as a user turn with the model's chat template."""
+    """``generate``, ``verified``: render the prompt as a user turn with the model's chat template
+    (``xiulian eval --tasks``: on when the tokenizer has one)."""
     ignore_case: bool = True
     extract: Optional[str] = None
     """``generate``: a regular expression; the answer is its first group (or whole match) in the
@@ -632,6 +651,21 @@ class EvalTaskConfig:
     bos_per_window: bool = True
     """``perplexity``: put the prefix token (BOS, else EOS) in front of every window, not only the
     document's first; a model trained with BOS at position 0 scores far worse without it."""
+    samples: int = 0
+    """``verified``: n, the answers sampled per problem for pass@k (0: greedy answers only)."""
+    pass_k: list[int] = field(default_factory=list)
+    """``verified``: the k of pass@k, each ``1 <= k <= samples`` (pass@1 is reported whenever
+    ``samples > 0``)."""
+    temperature: float = 1.0
+    """``verified``: the sampling temperature of the ``samples`` answers."""
+    top_p: float = 1.0
+    """``verified``: nucleus sampling of the ``samples`` answers (1.0: off)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """``verified`` with ``builtin:<name>``: the generator's difficulty, as ``data.tasks_params``
+    (e.g. ``{digits: 1}``)."""
+    held_out: float = 0.2
+    """``verified`` with ``builtin:<name>``: the held-out fraction, as ``data.tasks_held_out`` (the
+    same value gives the same test split GRPO validates on, never a training problem)."""
 
 
 @dataclass

@@ -3,6 +3,7 @@
     python -m llm.eval outputs/pretrain/demo/export                     # suite "pretrain"
     python -m llm.eval outputs/sft/demo/export --suite sft --limit 20
     python -m llm.eval model.gguf --suite my_suite.yaml --out results.json --wandb
+    python -m llm.eval outputs/grpo/demo/export --tasks builtin:arithmetic --n 8 --k 1,4,8   # pass@k
 
 The model is any Hugging Face causal-LM directory (a Xiulian export or another checkpoint) or a
 ``.gguf`` file. Results are printed, written beside the run, never into the model directory
@@ -57,7 +58,20 @@ def main(argv: list[str] | None = None) -> dict:
         epilog=__doc__.split("\n\n", 1)[1],
     )
     ap.add_argument("model", help="an HF model directory (e.g. a run's export/) or a .gguf file")
-    ap.add_argument("--suite", default="pretrain", help="a suite name in conf/eval or a YAML file (default: pretrain)")
+    ap.add_argument("--suite", default=None, help="a suite name in conf/eval or a YAML file (default: pretrain)")
+    ap.add_argument(
+        "--tasks",
+        default=None,
+        metavar="SPEC",
+        help="instead of a suite, one verified task: builtin:<name> (a generator's held-out split, e.g. builtin:arithmetic) "
+        "or a tasks .jsonl file (GRPO's format); greedy accuracy and pass@k",
+    )
+    ap.add_argument("--n", type=int, default=None, help="verified tasks: answers sampled per problem (n of pass@k)")
+    ap.add_argument("--k", default=None, metavar="K[,K...]", help="verified tasks: the k of pass@k, e.g. 1,4,8 (each <= --n)")
+    ap.add_argument("--temperature", type=float, default=None, help="verified tasks: sampling temperature (default 1.0)")
+    ap.add_argument("--top-p", type=float, default=None, help="verified tasks: nucleus sampling (default 1.0: off)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="verified tasks: answer length limit")
+    ap.add_argument("--seed", type=int, default=None, help="verified tasks: the seed of the problems and the sampling")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite field, e.g. tasks.0.shots=2")
     ap.add_argument("--limit", type=int, default=None, help="evaluate at most N items (or documents) per task")
     ap.add_argument("--batch-size", type=int, default=None)
@@ -72,10 +86,37 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--project", default="xiulian")
     args = ap.parse_args(argv)
 
-    from llm.eval.core import HEADLINE, flat_metrics, run_suite, write_results
+    from llm.eval.core import flat_metrics, headline_metrics, run_suite, write_results
     from llm.eval.suites import load_suite
+    from llm.eval.verified import report_ks
 
-    suite = load_suite(args.suite, args.set)
+    if args.tasks and args.suite:
+        sys.exit("give --suite or --tasks, not both")
+    suite = tasks_suite(args.tasks) if args.tasks else load_suite(args.suite or "pretrain", args.set)
+    if args.tasks and args.set:
+        for o in args.set:  # the same KEY=VALUE overrides, on the one-task suite
+            suite = _override(suite, o)
+    for t in suite.tasks:
+        if t.type != "verified":
+            continue
+        for flag, key in (
+            ("n", "samples"),
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("max_new_tokens", "max_new_tokens"),
+            ("seed", "seed"),
+        ):
+            if getattr(args, flag) is not None:
+                t[key] = getattr(args, flag)
+        if args.k is not None:
+            try:
+                t.pass_k = [int(k) for k in args.k.split(",") if k.strip()]
+            except ValueError:
+                sys.exit(f"--k {args.k!r}: expected integers separated by commas, e.g. 1,4,8")
+        try:
+            report_ks(t)  # k > n refused before the model loads
+        except ValueError as e:
+            sys.exit(str(e))
     if args.limit is not None:
         for t in suite.tasks:
             t.limit = args.limit
@@ -86,13 +127,17 @@ def main(argv: list[str] | None = None) -> dict:
     out_path = Path(args.out) if args.out else results_path(args.model, suite.name)  # refused before the work, not after
     model, tok = load_model(args.model, args.dtype)
     model.to(args.device)
+    if args.tasks:  # a chat model answers in its chat template, as GRPO prompted it
+        suite.tasks[0].chat = bool(getattr(tok, "chat_template", None))
     res = run_suite(model, tok, suite)
     res["model"] = str(Path(args.model).absolute())
     out = write_results(res, out_path)
     print(f"\n{'task':<24} {'type':<11} {'metric':<12} {'value':>9} {'n':>6}")
     for name, r in res["tasks"].items():
-        k = HEADLINE[r["type"]]
-        print(f"{name:<24} {r['type']:<11} {k:<12} {r[k]:>9.4f} {r.get('n', r.get('tokens')):>6}")
+        for k in headline_metrics(r):
+            print(f"{name:<24} {r['type']:<11} {k:<12} {r[k]:>9.4f} {r.get('n', r.get('tokens')):>6}")
+        if "problems_file" in r:
+            print(f"{name}: per-problem answers and verdicts in {out.with_name(r['problems_file'])}")
     print(f"results: {out}")
     if args.wandb:
         import wandb
@@ -106,6 +151,27 @@ def main(argv: list[str] | None = None) -> dict:
         run.summary.update(flat_metrics(res))
         run.finish()
     return res
+
+
+def tasks_suite(spec: str) -> Any:
+    """The one-task suite of ``--tasks SPEC``: a verified task named after the generator or file."""
+    from omegaconf import OmegaConf
+
+    from llm.config import EvalConfig
+
+    name = spec.split(":", 1)[1] if spec.startswith("builtin:") else Path(spec).stem
+    return OmegaConf.merge(OmegaConf.structured(EvalConfig), {"name": name, "tasks": [{"name": name, "type": "verified", "path": spec}]})
+
+
+def _override(suite: Any, o: str) -> Any:
+    import yaml
+    from omegaconf import OmegaConf
+
+    key, sep, value = o.partition("=")
+    if not sep:
+        raise ValueError(f"--set {o!r}: expected KEY=VALUE (e.g. tasks.0.params.digits=1)")
+    OmegaConf.update(suite, key, yaml.safe_load(value), merge=True)
+    return suite
 
 
 def _cuda() -> bool:

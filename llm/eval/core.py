@@ -1,6 +1,6 @@
 """Evaluation: perplexity, few-shot and multiple-choice log-likelihood scoring, exact match.
 
-Three task types (``EvalTaskConfig.type``):
+Four task types (``EvalTaskConfig.type``):
 
 * ``perplexity``: documents are tokenized (the tokenizer's own special tokens), a prefix token
   (BOS, else EOS) is put in front so that every token of the document is predicted, and the
@@ -23,6 +23,10 @@ Three task types (``EvalTaskConfig.type``):
   chat template), cut at the first ``stop`` string; ``exact_match`` compares the stripped text
   (case-insensitively unless ``ignore_case: false``) with the answer or any of a list of answers;
   ``extract``, a regular expression, first picks the answer out of the output.
+* ``verified``: tasks with a verifier (GRPO's, :mod:`llm.rl.tasks`), answered greedily and
+  ``samples`` times by sampling: ``greedy_accuracy`` and unbiased ``pass@k``
+  (:mod:`llm.eval.verified`); the per-problem answers and verdicts go to a ``.jsonl`` beside the
+  results.
 
 Records are JSON lines. Errors name the file, the line and the field.
 """
@@ -45,7 +49,7 @@ log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 BUILTIN_ZEN = "builtin:zen-of-python"
-TASK_TYPES = ("perplexity", "choice", "generate")
+TASK_TYPES = ("perplexity", "choice", "generate", "verified")
 
 
 class EvalDataError(ValueError):
@@ -531,6 +535,10 @@ def run_task(model: Any, tokenizer: Any, task: Any, batch_size: int = 8) -> dict
         res: dict[str, Any] = perplexity(model, tokenizer, read_texts(task), batch_size, task.max_length, task.stride, task.bos_per_window)
     elif task.type == "choice":
         res = run_choice(model, tokenizer, task, batch_size)
+    elif task.type == "verified":
+        from llm.eval.verified import run_verified
+
+        res = run_verified(model, tokenizer, task, batch_size)
     else:
         res = run_generate(model, tokenizer, task)
     res["type"] = task.type
@@ -538,7 +546,12 @@ def run_task(model: Any, tokenizer: Any, task: Any, batch_size: int = 8) -> dict
     return res
 
 
-HEADLINE = {"perplexity": "ppl", "choice": "acc", "generate": "exact_match"}
+HEADLINE = {"perplexity": "ppl", "choice": "acc", "generate": "exact_match", "verified": "greedy_accuracy"}
+
+
+def headline_metrics(res: dict[str, Any]) -> list[str]:
+    """The metrics printed for a task's result: its type's headline, and a verified task's pass@k."""
+    return [HEADLINE[res["type"]], *(k for k in res if k.startswith("pass@"))]
 
 
 def run_suite(model: Any, tokenizer: Any, suite: Any, say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -551,8 +564,8 @@ def run_suite(model: Any, tokenizer: Any, suite: Any, say: Callable[[str], None]
     for task in suite.tasks:
         res = run_task(model, tokenizer, task, suite.batch_size)
         results[task.name] = res
-        key = HEADLINE[task.type]
-        say(f"eval {task.name} ({task.type}, {res.get('n', res.get('docs'))} items, {res['seconds']:.1f}s): {key}={res[key]:.4f}")
+        shown = " ".join(f"{k}={res[k]:.4f}" for k in headline_metrics(res))
+        say(f"eval {task.name} ({task.type}, {res.get('n', res.get('docs'))} items, {res['seconds']:.1f}s): {shown}")
     return {"suite": suite.name, "tasks": results}
 
 
@@ -561,18 +574,32 @@ def flat_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, flo
     out = {}
     for name, res in results["tasks"].items():
         for k, v in res.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("seconds", "shots"):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("seconds", "shots", "seed", "temperature", "top_p"):
                 out[f"{prefix}/{name}/{k}"] = float(v)
     return out
 
 
 def write_results(results: dict[str, Any], path: Path) -> Path:
-    """Atomic write of the results JSON (a crash leaves the previous file intact)."""
+    """Atomic write of the results JSON (a crash leaves the previous file intact). A task's
+    per-problem ``problems`` (verified tasks) go to ``<stem>.<task>.jsonl`` beside it, one problem
+    a line, named in the task's ``problems_file``; the JSON keeps the summary."""
     import os
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    summary = dict(results)
+    if isinstance(results.get("tasks"), dict):
+        summary["tasks"] = {}
+        for name, res in results["tasks"].items():
+            if isinstance(res, dict) and "problems" in res:
+                side = path.with_name(f"{path.stem}.{name}.jsonl")
+                tmp = side.with_name(side.name + ".tmp")
+                tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res["problems"]), encoding="utf-8")
+                os.replace(tmp, side)
+                res["problems_file"] = side.name
+                res = {k: v for k, v in res.items() if k != "problems"}
+            summary["tasks"][name] = res
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     os.replace(tmp, path)
     return path

@@ -20,7 +20,8 @@ One training step is one iteration:
 
 Rollouts, the reference and the counting of one optimizer step per iteration are PPO's
 (:mod:`llm.stages.rollout`). Validation answers held-out prompts greedily and logs
-``val/reward`` and, with tasks, ``val/accuracy`` (the fraction verified right).
+``val/reward`` and, with tasks, ``val/accuracy`` (the fraction verified right); with
+``val_samples`` it also samples that many answers per held-out task and logs ``val/pass@k``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from llm.data.task_prompts import grpo_data
+from llm.eval.passk import pass_at_k
 from llm.rl.advantages import masked_mean
 from llm.rl.engines import check_rollout_config
 from llm.rl.env import EpisodeRunner
@@ -40,7 +42,7 @@ from llm.rl.experience import Rollout
 from llm.rl.group import group_advantages, informative_groups, kl_penalised_scores, overlong_filter, overlong_penalty, policy_loss
 from llm.rl.kl import kl_estimate
 from llm.rl.sandbox import SandboxLimits
-from llm.rl.tasks import Task, score_responses
+from llm.rl.tasks import Task, score_responses, verify
 from llm.stages.registry import Stage
 from llm.stages.rollout import DEEPSPEED, RolloutStage, mean, not_under_deepspeed, timing_metrics
 
@@ -266,6 +268,8 @@ class GRPOStage(RolloutStage):
     def on_validation_epoch_start(self) -> None:
         self._val = torch.zeros(4, device=self.device, dtype=torch.float64)
         self._val_has_tasks = False
+        # val/pass@k: per-task estimates summed for each k of val_pass_k, then the number of tasks
+        self._val_pass = torch.zeros(len(self._val_ks()) + 1, device=self.device, dtype=torch.float64)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         prompts = self._prompts_of("val", batch["index"])
@@ -279,6 +283,30 @@ class GRPOStage(RolloutStage):
         correct = comps["correct"].double().sum() if "correct" in comps else total.new_zeros(())
         self._val_has_tasks = tasks is not None
         self._val += torch.stack([total.sum(), correct, total.new_tensor(float(len(ro.texts))), ro.response_mask.sum().double()])
+        if self.stage_cfg.grpo.val_samples and tasks is not None:
+            self._val_pass += self._val_pass_at_k(batch, prompts, tasks, batch_idx)
+
+    def _val_ks(self) -> list[int]:
+        return sorted({int(k) for k in self.stage_cfg.grpo.val_pass_k})
+
+    @torch.no_grad()
+    def _val_pass_at_k(self, batch: dict[str, torch.Tensor], prompts: list[list[dict]], tasks: list[Task], batch_idx: int) -> torch.Tensor:
+        """``val_samples`` sampled answers to each task of a validation batch, verified: the sum over
+        the batch's tasks of pass@k for each k of ``val_pass_k``, then the number of tasks. The
+        sampling is seeded by (step, rank, batch) and leaves the training RNG as it was."""
+        cfg = self.stage_cfg.grpo
+        n = cfg.val_samples
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(hash((self.global_step, self.global_rank, batch_idx)) & 0x7FFF_FFFF)
+            ro = self.rollout(
+                batch["prompt_ids"].repeat_interleave(n, 0),
+                batch["prompt_mask"].repeat_interleave(n, 0),
+                [p for p in prompts for _ in range(n)],
+            )
+        right = [verify(t, text) >= 1.0 for t, text in zip([t for t in tasks for _ in range(n)], ro.texts, strict=True)]
+        counts = [sum(right[i * n : (i + 1) * n]) for i in range(len(tasks))]
+        sums = [sum(pass_at_k(n, c, k) for c in counts) for k in self._val_ks()]
+        return torch.tensor([*sums, float(len(tasks))], device=self.device, dtype=torch.float64)
 
     def on_validation_epoch_end(self) -> None:
         s, correct, n, length = self._sum_over_ranks(self._val).tolist()
@@ -287,6 +315,11 @@ class GRPOStage(RolloutStage):
             if self._val_has_tasks:
                 self.log("val/accuracy", correct / n, prog_bar=True)
             self.log("val/response_length", length / n)
+        if self.stage_cfg.grpo.val_samples:
+            *sums, n_tasks = self._sum_over_ranks(self._val_pass).tolist()
+            if n_tasks:
+                for k, v in zip(self._val_ks(), sums):
+                    self.log(f"val/pass@{k}", v / n_tasks)
 
 
 def _check(cfg: Any) -> None:
