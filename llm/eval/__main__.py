@@ -132,10 +132,10 @@ def main(argv: list[str] | None = None) -> dict:
     res = run_suite(model, tok, suite)
     res["model"] = str(Path(args.model).absolute())
     out = write_results(res, out_path)
-    print(f"\n{'task':<24} {'type':<11} {'metric':<12} {'value':>9} {'n':>6}")
+    print(f"\n{'task':<24} {'type':<11} {'metric':<16} {'value':>9} {'n':>6}")
     for name, r in res["tasks"].items():
         for k in headline_metrics(r):
-            print(f"{name:<24} {r['type']:<11} {k:<12} {r[k]:>9.4f} {r.get('n', r.get('tokens')):>6}")
+            print(f"{name:<24} {r['type']:<11} {k:<16} {r[k]:>9.4f} {r.get('n', r.get('tokens')):>6}")
         if "problems_file" in r:
             print(f"{name}: per-problem answers and verdicts in {out.with_name(r['problems_file'])}")
     print(f"results: {out}")
