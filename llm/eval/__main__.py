@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_path = Path(args.out) if args.out else results_path(args.model, suite.name)  # refused before the work, not after
     model, tok = load_model(args.model, args.dtype)
     model.to(args.device)
-    if args.tasks:  # a chat model answers in its chat template, as GRPO prompted it
+    if args.tasks and not any(o.startswith("tasks.0.chat=") for o in args.set):  # a chat model answers in its template, as GRPO prompted it
         suite.tasks[0].chat = bool(getattr(tok, "chat_template", None))
     res = run_suite(model, tok, suite)
     res["model"] = str(Path(args.model).absolute())
