@@ -298,12 +298,12 @@ class GRPOStage(RolloutStage):
         n = cfg.val_samples
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(hash((self.global_step, self.global_rank, batch_idx)) & 0x7FFF_FFFF)
-            ro = self.rollout(
-                batch["prompt_ids"].repeat_interleave(n, 0),
-                batch["prompt_mask"].repeat_interleave(n, 0),
-                [p for p in prompts for _ in range(n)],
-            )
-        right = [verify(t, text) >= 1.0 for t, text in zip([t for t in tasks for _ in range(n)], ro.texts, strict=True)]
+            many_prompts, many_tasks = [p for p in prompts for _ in range(n)], [t for t in tasks for _ in range(n)]
+            if self.episodes is not None:  # multi-turn: each sample is a whole episode
+                ro = self.episodes.rollout(self, many_prompts, many_tasks, greedy=False)
+            else:
+                ro = self.rollout(batch["prompt_ids"].repeat_interleave(n, 0), batch["prompt_mask"].repeat_interleave(n, 0), many_prompts)
+        right = [verify(t, text) >= 1.0 for t, text in zip(many_tasks, ro.texts, strict=True)]
         counts = [sum(right[i * n : (i + 1) * n]) for i in range(len(tasks))]
         sums = [sum(pass_at_k(n, c, k) for c in counts) for k in self._val_ks()]
         return torch.tensor([*sums, float(len(tasks))], device=self.device, dtype=torch.float64)
