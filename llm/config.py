@@ -249,9 +249,66 @@ class LoraConfig:
 
 
 @dataclass
+class RewardFunctionConfig:
+    """One rule reward of ``stage.reward.functions``, a component with its own weight."""
+
+    function: str = MISSING
+    """A built-in (``contains_word``, ``short``, ``length``, ``think_format``, ``regex``;
+    llm/rl/rewards.py) or ``package.module:function`` taking (prompts, responses, **kwargs)."""
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: Optional[str] = None
+    """The component's name, logged as ``grpo/reward/<name>`` (default: the function's name)."""
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge behind an OpenAI-compatible ``/v1/chat/completions`` endpoint (llm/rl/judge.py):
+    one request per answer, its reply read for a score, normalised to [0, 1]."""
+
+    url: Optional[str] = None
+    """The endpoint: a base URL (``http://host:8000/v1``) or the full ``.../chat/completions`` URL
+    (None: no judge). Checked for a TCP connection at start."""
+    model: str = "default"
+    """The ``model`` field of each request."""
+    prompt_template: Optional[str] = None
+    """The user message; ``{prompt}``, ``{response}`` (required), ``{answer}`` (the task's answer,
+    else empty) and ``{max_score}`` are replaced. None: a built-in template asking for
+    ``Score: <0..max_score>``."""
+    max_score: float = 10.0
+    """The top of the judge's scale: its score is divided by this; a score outside
+    [0, max_score] or no number counts as unparseable and scores 0."""
+    api_key_env: Optional[str] = None
+    """The environment variable holding the API key (sent as a Bearer token), if any."""
+    timeout: float = 60.0
+    """Seconds per HTTP request."""
+    retries: int = 3
+    """Retries of a request after 429, 5xx, a connection error or a timeout, with exponential
+    backoff (1, 2, 4 ... s); after the last, training stops with an error naming the URL."""
+    max_concurrency: int = 8
+    """Requests in flight at once (a thread pool)."""
+    max_tokens: int = 16
+    """The judge's reply length limit (a score needs few tokens)."""
+    weight: float = 1.0
+    """The ``judge`` component's weight in the reward."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_score > 0, f"stage.reward.judge.max_score={self.max_score}: must be positive")
+        _check(
+            self.timeout > 0 and self.retries >= 0 and self.max_concurrency >= 1 and self.max_tokens >= 1,
+            f"stage.reward.judge: timeout={self.timeout} > 0, retries={self.retries} >= 0, "
+            f"max_concurrency={self.max_concurrency} >= 1, max_tokens={self.max_tokens} >= 1",
+        )
+        _check(
+            self.prompt_template is None or "{response}" in self.prompt_template,
+            "stage.reward.judge.prompt_template must contain {response} (the answer to grade)",
+        )
+
+
+@dataclass
 class RewardConfig:
-    """Where PPO's reward comes from: a reward model, a Python function, or both (summed with
-    weights)."""
+    """Where PPO's and GRPO's reward comes from: a reward model, Python functions, an LLM judge,
+    or several (summed with weights)."""
 
     model: Optional[str] = None
     """A reward-model export (``stage=rm``'s ``export``: loads as AutoModelForSequenceClassification)."""
@@ -261,6 +318,11 @@ class RewardConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     model_weight: float = 1.0
     function_weight: float = 1.0
+    functions: list[RewardFunctionConfig] = field(default_factory=list)
+    """More rule rewards, each a component with its own weight and kwargs, beside ``function``:
+    ``'stage.reward.functions=[{function: length, weight: 0.5, kwargs: {max_chars: 80}}]'``."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """An LLM judge's score as the ``judge`` component (off unless ``judge.url`` is set)."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the score of a response that does not end with the end-of-turn token
     within ``max_new_tokens`` (0: off)."""

@@ -23,6 +23,10 @@ optionally ``use_all``; ``code`` reads ``entry_point``). Verifiers:
 * ``code``: Python run against ``tests`` (a list of ``assert`` statements, or one test program)
   in :mod:`llm.rl.sandbox`; the score is the fraction of tests passed. With ``meta.entry_point``
   the answer must define that function (tests may call it as ``candidate``).
+* ``math``: mathematically equal, by the ``math-verify`` package (LaTeX or plain expressions:
+  ``\\frac{1}{2}`` = ``0.5``, ``\\sqrt{4}`` = ``2``, ``x=3`` = ``3``, sets and intervals;
+  :mod:`llm.rl.math_answer`, each comparison in a worker process killed after a time limit).
+  Needs the ``rl`` extra: a task file asking for it without the package is refused at load.
 
 The answer is taken from a response's last ``\\boxed{...}``, else its last ``Answer: ...`` line;
 for ``code``, from its last fenced code block (the whole response when it has none).
@@ -52,12 +56,13 @@ from pathlib import Path
 from typing import Any
 
 from llm.data.chat import jsonl_records
+from llm.rl.math_answer import MathVerifyMissing, math_equal, require_math_verify
 from llm.rl.sandbox import SandboxLimits, run_tests_batch
 from llm.writes import write_guard
 
 log = logging.getLogger(__name__)
 
-VERIFIERS = ("number", "exact", "int_list", "countdown", "code")
+VERIFIERS = ("number", "exact", "int_list", "countdown", "code", "math")
 FIELDS = ("prompt", "answer", "verifier", "id", "meta", "tests")
 MAX_ANSWER_CHARS = 200  # longer answers are not parsed (numbers, expressions): wrong, not slow
 
@@ -132,6 +137,11 @@ class Task:
                 raise TaskDataError(f"{where}: field 'meta.target' must be an integer for verifier 'countdown'")
         elif answer is None:
             raise TaskDataError(f"{where}: field 'answer' is required for verifier {verifier!r}")
+        elif verifier == "math":
+            try:
+                require_math_verify()
+            except MathVerifyMissing as e:
+                raise TaskDataError(f"{where}: {e}") from None
         elif verifier == "number" and parse_number(answer) is None:
             raise TaskDataError(f"{where}: field 'answer': {answer!r} is not a number")
         elif verifier == "int_list" and parse_int_list(answer) is None:
@@ -379,6 +389,8 @@ def check_answer(task: Task, answer: str) -> bool:
             return False
     if task.verifier == "code":
         return code_scores([task], [answer], workers=1)[0] == 1.0
+    if task.verifier == "math":
+        return math_equal(task.answer or "", answer)
     raise ValueError(f"unknown verifier {task.verifier!r} (one of {', '.join(VERIFIERS)})")
 
 

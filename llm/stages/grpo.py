@@ -7,7 +7,8 @@ One training step is one iteration:
    (the prompts repeated, one generation call through the engine);
 2. **score** -- each answer's reward is a weighted sum of components, each logged on its own:
    ``correct`` (the task's verifier), ``format`` (an answer in the asked form), ``function``
-   (``stage.reward.function``), ``model`` (``stage.reward.model``), ``missing_eos`` and
+   (``stage.reward.function``), one per ``stage.reward.functions`` entry (by its name),
+   ``model`` (``stage.reward.model``), ``judge`` (``stage.reward.judge``), ``missing_eos`` and
    ``overlong`` (DAPO's soft length penalty);
 3. **evaluate** -- log-probs of the answers under the policy that sampled them and, unless
    ``kl=off``, the reference (a frozen copy, or the LoRA policy with its adapters disabled);
@@ -96,6 +97,10 @@ class GRPOStage(RolloutStage):
             comps["function"] = self.function_scores(ro.prompts, ro.texts)
         if "rm" in self._frozen:
             comps["model"] = self.model_scores(ro.prompts, ro.texts)
+        comps.update(self.rule_components(ro.prompts, ro.texts))
+        if self.judge is not None:
+            refs = [t.answer or "" for t in tasks] if tasks is not None else None
+            comps["judge"] = self.judge_scores(ro.prompts, ro.texts, refs)
         if rcfg.missing_eos_penalty:
             comps["missing_eos"] = (~ro.ended).float()
         if cfg.overlong_cache:
@@ -109,8 +114,10 @@ class GRPOStage(RolloutStage):
             "format": cfg.format_weight,
             "function": rcfg.function_weight,
             "model": rcfg.model_weight,
+            "judge": rcfg.judge.weight,
             "missing_eos": -rcfg.missing_eos_penalty,
             "overlong": 1.0,
+            **{name: w for name, (_, w, _) in self.rule_fns.items()},
         }
 
     def total_reward(self, comps: dict[str, torch.Tensor], n: int) -> torch.Tensor:
@@ -252,6 +259,8 @@ class GRPOStage(RolloutStage):
             metrics["grpo/accuracy"] = metrics["grpo/reward/correct"]
         if self.episodes is not None:
             metrics.update({f"grpo/{k}": self._mean_over_ranks(v) for k, v in self.episodes.metrics(ro).items()})
+        if "judge" in comps:
+            metrics["grpo/judge_unparseable"] = self._mean_over_ranks(torch.tensor(self.judge_unparseable_last, device=self.device))
         if exp.ref_logprobs is not None:  # KL of the sampling policy to the reference, per answer token
             kl = kl_estimate(exp.old_logprobs, exp.ref_logprobs, str(cfg.kl_estimator))
             metrics["grpo/kl"] = self._mean_over_ranks(masked_mean(kl, fmask))
@@ -324,10 +333,11 @@ class GRPOStage(RolloutStage):
 
 def _check(cfg: Any) -> None:
     g, r = cfg.stage.grpo, cfg.stage.reward
-    if not cfg.data.tasks and not r.function and not r.model:
+    if not cfg.data.tasks and not r.function and not r.model and not r.functions and not r.judge.url:
         raise ValueError(
             "stage=grpo needs a reward: data.tasks=builtin:<name> or a tasks .jsonl file (verified answers), and/or "
-            "stage.reward.function=<name or module:function>, and/or stage.reward.model=<reward-model export>"
+            "stage.reward.function=<name or module:function> (or stage.reward.functions), and/or "
+            "stage.reward.model=<reward-model export>, and/or stage.reward.judge.url=<OpenAI-compatible endpoint>"
         )
     n = cfg.data.micro_batch_size * g.group_size
     if g.minibatches > n:

@@ -83,9 +83,10 @@ class PPOStage(RolloutStage):
     def on_model_ready(self) -> None:
         cfg = self.stage_cfg.ppo
         rcfg = self.stage_cfg.reward
-        if not rcfg.model and not rcfg.function:
+        if not rcfg.model and not rcfg.function and not rcfg.functions and not rcfg.judge.url:
             raise ValueError(
-                "stage=ppo needs a reward: stage.reward.model=<reward-model export> and/or stage.reward.function=<name or module:function>"
+                "stage=ppo needs a reward: stage.reward.model=<reward-model export> and/or stage.reward.function=<name or module:function> "
+                "(or stage.reward.functions), and/or stage.reward.judge.url=<OpenAI-compatible endpoint>"
             )
         self.setup_rollout()
         self.setup_reward_sources()
@@ -145,6 +146,10 @@ class PPOStage(RolloutStage):
             total += rcfg.model_weight * self.model_scores(prompts, texts)
         if self.reward_fn is not None:
             total += rcfg.function_weight * self.function_scores(prompts, texts)
+        for name, v in self.rule_components(prompts, texts).items():
+            total += self.rule_fns[name][1] * v
+        if self.judge is not None:
+            total += rcfg.judge.weight * self.judge_scores(prompts, texts)
         if rcfg.missing_eos_penalty:
             total -= rcfg.missing_eos_penalty * (~ended).float()
         return total

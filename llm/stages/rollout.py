@@ -28,6 +28,7 @@ from llm.model.engine import Sampling
 from llm.model.lora import is_peft
 from llm.rl.engines import RolloutEngine, make_engine, tis_enabled
 from llm.rl.experience import Rollout
+from llm.rl.judge import DEFAULT_TEMPLATE, Judge
 from llm.rl.mismatch import logprob_mismatch, tis_stats, tis_weights
 from llm.rl.rewards import load_reward_fn
 from llm.stages.base import BaseStage
@@ -101,6 +102,10 @@ class RewardModel:
 DEEPSPEED = ("deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
 
 
+RESERVED_COMPONENTS = ("correct", "format", "function", "model", "judge", "missing_eos", "overlong")
+"""Reward component names of the stages themselves; ``stage.reward.functions`` entries take others."""
+
+
 class RolloutStage(BaseStage):
     """A stage that samples its own training data from the policy. Subclasses set
     :attr:`rl_key` and call :meth:`setup_rollout` from ``on_model_ready``."""
@@ -150,11 +155,55 @@ class RolloutStage(BaseStage):
         return self._engine
 
     def setup_reward_sources(self) -> None:
-        """``stage.reward``'s reward model (frozen) and Python reward function, when set."""
+        """``stage.reward``'s reward model (frozen), Python reward functions and LLM judge, when set."""
         rcfg = self.stage_cfg.reward
         if rcfg.model:
             self._frozen["rm"] = RewardModel(rcfg.model)
         self.reward_fn = load_reward_fn(rcfg.function) if rcfg.function else None
+        self.rule_fns: dict[str, tuple[Any, float, dict]] = {}  # component name -> (function, weight, kwargs)
+        for i, f in enumerate(rcfg.functions):
+            name = f.name or str(f.function).rpartition(":")[2]
+            if name in RESERVED_COMPONENTS or name in self.rule_fns:
+                raise ValueError(
+                    f"stage.reward.functions[{i}]: component name {name!r} is taken "
+                    f"(reserved: {', '.join(RESERVED_COMPONENTS)}; give it a 'name')"
+                )
+            self.rule_fns[name] = (load_reward_fn(f.function), float(f.weight), dict(f.kwargs))
+        j = rcfg.judge
+        self.judge = None
+        if j.url:
+            self.judge = Judge(
+                j.url,
+                j.model,
+                prompt_template=j.prompt_template or DEFAULT_TEMPLATE,
+                max_score=j.max_score,
+                api_key_env=j.api_key_env,
+                timeout=j.timeout,
+                retries=j.retries,
+                max_concurrency=j.max_concurrency,
+                max_tokens=j.max_tokens,
+            )
+            log.info("judge reward: %s (weight %g)", self.judge.client.name, j.weight)
+        self.judge_unparseable_last = 0.0
+
+    def rule_components(self, prompts: list[list[dict]], texts: list[str]) -> dict[str, torch.Tensor]:
+        """Each ``stage.reward.functions`` entry's scores [B] (by component name), unweighted."""
+        last_user = [p[-1]["content"] for p in prompts]
+        out = {}
+        for name, (fn, _, kwargs) in self.rule_fns.items():
+            vals = fn(last_user, texts, **kwargs)
+            if len(vals) != len(texts):
+                raise ValueError(f"stage.reward.functions {name!r} returned {len(vals)} rewards for {len(texts)} responses")
+            out[name] = torch.tensor([float(v) for v in vals], device=self.device)
+        return out
+
+    def judge_scores(self, prompts: list[list[dict]], texts: list[str], answers: list[str] | None = None) -> torch.Tensor:
+        """The judge's score [B] in [0, 1] of each (last user turn, response, reference answer);
+        sets :attr:`judge_unparseable_last` to the fraction of replies with no score."""
+        before = self.judge.unparseable
+        vals = self.judge.score([p[-1]["content"] for p in prompts], texts, answers)
+        self.judge_unparseable_last = (self.judge.unparseable - before) / max(1, len(texts))
+        return torch.tensor(vals, device=self.device, dtype=torch.float32)
 
     def model_scores(self, prompts: list[list[dict]], texts: list[str]) -> torch.Tensor:
         """The reward model's score [B] of each (prompt, response), unweighted."""
