@@ -309,3 +309,29 @@ def test_grpo_logs_the_judge_and_each_weighted_rule_reward(tmp_path, sft_export)
     assert len(server.requests) == 2 * 16 + 2 * 8
     golds = [b["messages"][0]["content"].split("Gold: ")[1].split("\n")[0] for b in server.requests]
     assert all(g.lstrip("-").isdigit() for g in golds)  # the arithmetic task's answer, given to the judge
+
+
+def test_stage_reward_sources_name_each_function_and_refuse_a_taken_name_or_a_dead_judge(tmp_path):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from llm.config import JudgeConfig, RewardConfig, RewardFunctionConfig
+    from llm.stages.rollout import RolloutStage
+
+    def sources(**kw):
+        holder = SimpleNamespace(stage_cfg=SimpleNamespace(reward=OmegaConf.structured(RewardConfig(**kw))), _frozen={})
+        RolloutStage.setup_reward_sources(holder)
+        return holder
+
+    h = sources(
+        functions=[RewardFunctionConfig("length", 0.5), RewardFunctionConfig("llm.rl.rewards:regex", 2.0, {"pattern": "x"}, "has_x")]
+    )
+    assert {k: w for k, (_, w, _) in h.rule_fns.items()} == {"length": 0.5, "has_x": 2.0} and h.judge is None
+    with pytest.raises(ValueError, match=r"functions\[1\]: component name 'format' is taken"):
+        sources(functions=[RewardFunctionConfig("short"), RewardFunctionConfig("regex", name="format")])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TeacherError, match=rf"judge.url=http://127.0.0.1:{port}/v1/chat/completions: the judge endpoint is unreachable"):
+        sources(judge=JudgeConfig(url=f"http://127.0.0.1:{port}/v1"))
