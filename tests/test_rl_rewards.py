@@ -4,6 +4,7 @@ against a real OpenAI-compatible server on loopback, and the weighted components
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import threading
@@ -18,10 +19,13 @@ from llm.rl.math_answer import MathChecker, math_equal
 from llm.rl.rewards import length, load_reward_fn, regex, think_format
 from llm.rl.tasks import Task, TaskDataError, check_answer, read_tasks, verify
 
-pytest.importorskip("math_verify")
+needs_math_verify = pytest.mark.skipif(
+    importlib.util.find_spec("math_verify") is None, reason="math-verify missing: pip install 'xiulian[rl]'"
+)
 
 
 # ------------------------------------------------------------------------------------ math
+@needs_math_verify
 @pytest.mark.parametrize(
     "gold, answer",
     [
@@ -43,6 +47,7 @@ def test_math_verifier_accepts_equivalent_answers(gold, answer):
     assert check_answer(Task("q", "math", gold), answer)
 
 
+@needs_math_verify
 @pytest.mark.parametrize(
     "gold, answer",
     [
@@ -60,6 +65,7 @@ def test_math_verifier_rejects_different_answers(gold, answer):
     assert not check_answer(Task("q", "math", gold), answer)
 
 
+@needs_math_verify
 def test_math_answer_is_extracted_from_the_stated_format():
     task = Task("q", "math", "\\frac{1}{2}")
     assert verify(task, "Half of one is \\boxed{0.5}.") == 1.0
@@ -68,6 +74,7 @@ def test_math_answer_is_extracted_from_the_stated_format():
     assert verify(task, "\\boxed{2}", format_reward=0.1) == 0.1
 
 
+@needs_math_verify
 def test_math_timeout_scores_a_pathological_answer_wrong_without_hanging():
     checker = MathChecker(timeout=1)
     try:
@@ -80,6 +87,7 @@ def test_math_timeout_scores_a_pathological_answer_wrong_without_hanging():
         checker.close()
 
 
+@needs_math_verify
 def test_math_works_off_the_main_thread_and_survives_a_dead_worker():
     checker = MathChecker(timeout=2)
     got = []
@@ -96,6 +104,7 @@ def test_math_works_off_the_main_thread_and_survives_a_dead_worker():
     assert math_equal("2", "3") is False  # the shared checker
 
 
+@needs_math_verify
 def test_task_file_with_math_verifier_and_a_clear_error_without_the_package(tmp_path, monkeypatch):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({"prompt": "Half of 1?", "answer": "\\frac{1}{2}", "verifier": "math"}) + "\n")
