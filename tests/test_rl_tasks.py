@@ -21,6 +21,7 @@ from llm.rl.tasks import (
     parse_int_list,
     parse_number,
     read_tasks,
+    score_responses,
     verify,
     verify_batch,
     write_tasks,
@@ -44,6 +45,11 @@ def test_extract_answer_formats():
     assert extract_answer(r"unclosed \boxed{5 but Answer: 6") == "6"
     assert extract_answer("It is 42.") is None
     assert extract_answer("Answer:   ") is None
+    # an empty box is no answer (the GRPO demo's policy learned to write "\boxed{}" for the format reward)
+    assert extract_answer(r"\boxed{} is the final answer \boxed{ }") is None
+    task = Task(prompt="What is 7 * 0?", verifier="number", answer="0")
+    assert score_responses([task], [r"7 * 0 = \boxed{}"]) == ([0.0], [False])
+    assert score_responses([task], [r"7 * 0 = \boxed{0}"]) == ([1.0], [True])
 
 
 # ============================================================================== numbers

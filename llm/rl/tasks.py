@@ -208,10 +208,11 @@ def extract_boxed(text: str) -> str | None:
 def extract_answer(text: str) -> str | None:
     """The answer of a response: its last ``\\boxed{...}``, else the rest of the line after its
     last ``Answer:`` (case-insensitive; surrounding ``$``, ``**`` and a final period dropped), else
-    None."""
+    None. An empty last ``\\boxed{}`` is no answer: it would earn the format reward for nothing
+    (a policy learns to write it, as SmolLM2 did in the GRPO demo)."""
     boxed = extract_boxed(text)
     if boxed is not None:
-        return boxed
+        return boxed or None
     matches = _ANSWER_LINE.findall(text)
     if not matches:
         return None
