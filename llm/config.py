@@ -769,6 +769,11 @@ class Config:
     """Resume: ``last`` (the newest checkpoint in ``run_dir``), or a path to a .ckpt."""
     export: bool = True
     """Write the Hugging Face export to ``run_dir/export`` at the end."""
+    export_max_shard_size: str = "5GB"
+    """Largest weight file of the export (``"5GB"``, ``"500MB"``: decimal units, as transformers
+    reads them). A model under it is one ``model.safetensors``; a larger one is written as
+    ``model-00001-of-0000N.safetensors`` with ``model.safetensors.index.json``. Under ZeRO-3 and
+    FSDP the shards are written as the layers are gathered, so no process holds the whole model."""
     weights_only: bool = True
     """Checkpoints of every strategy load without arbitrary unpickling (:mod:`llm.safeload`): tensors
     and plain data only. ``false`` trusts the checkpoint and loads it unchecked (logged)."""
@@ -778,6 +783,26 @@ class Config:
             self.model.pretrained or self.data.seq_len <= self.model.max_seq_len,
             f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}",
         )
+        try:
+            ok = size_bytes(self.export_max_shard_size) > 0
+        except ValueError:
+            ok = False
+        _check(ok, f"export_max_shard_size={self.export_max_shard_size!r}: a size such as 5GB, 500MB or 10KB")
+
+
+_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def size_bytes(size: int | str) -> int:
+    """Bytes of ``"5GB"``, ``"500MB"``, ``"10KB"`` (decimal units, as transformers and
+    huggingface_hub read ``max_shard_size``) or of a plain number of bytes."""
+    s = str(size).strip()
+    if s.isdigit():
+        return int(s)
+    unit = s[-2:].upper()
+    if unit not in _UNITS:
+        raise ValueError(f"{size!r}: not a size (a number of bytes or one with KB, MB, GB or TB)")
+    return int(float(s[:-2].strip()) * _UNITS[unit])
 
 
 def _check(ok: Any, message: str) -> None:

@@ -578,3 +578,47 @@ def state_bytes(strategy: Any, module: torch.nn.Module, optimizer: Any) -> dict[
     out["total"] = sum(out.values())
     out.update(dev)  # where it lives: with offloading, the optimizer state is in cpu_total
     return out
+
+
+def gathered_tensors(
+    strategy: Any, model: torch.nn.Module, entries: list[tuple[str, torch.Tensor, bool]]
+) -> Iterator[tuple[str, torch.Tensor | None, bool]]:
+    """``(name, whole tensor on CPU, is a parameter)`` for each of ``entries`` (``(name, parameter
+    or buffer, is a parameter)``, from ``model``), in order: on rank 0 a copy of the whole tensor,
+    ``None`` on the other ranks. A collective under ZeRO-3 and FSDP: every rank iterates it to the
+    end. ZeRO-3 gathers one decoder layer's parameters at a time (``deepspeed.zero.GatheredParameters``,
+    the rest one tensor at a time), FSDP2 each parameter (``DTensor.full_tensor``); so a rank
+    holds at most one gathered layer, and rank 0 only the copies its consumer has not dropped."""
+    first = strategy.is_global_zero
+    zero3 = is_deepspeed(strategy) and strategy.zero_stage_3
+
+    def copy(t: torch.Tensor) -> torch.Tensor | None:
+        full = getattr(t, "full_tensor", None)
+        if full is not None:  # FSDP2: all ranks all-gather this parameter
+            t = full()
+        return t.detach().to("cpu", copy=True) if first else None
+
+    if not zero3:
+        for name, t, is_param in entries:
+            yield name, copy(t), is_param
+        return
+    import deepspeed
+
+    layer_of: dict[int, int] = {}
+    try:
+        for i, layer in enumerate(decoder_layers(model)):
+            layer_of.update(dict.fromkeys((id(p) for p in layer.parameters()), i))
+    except ValueError:
+        pass
+    groups: list[list[tuple[str, torch.Tensor, bool]]] = []
+    for e in entries:
+        key = layer_of.get(id(e[1]))
+        if groups and key is not None and layer_of.get(id(groups[-1][0][1])) == key:
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    for group in groups:
+        params = [t for _, t, is_param in group if is_param and hasattr(t, "ds_id")]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            for name, t, is_param in group:
+                yield name, copy(t), is_param

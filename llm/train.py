@@ -9,6 +9,7 @@ The last line it prints is ``export: <absolute path of the Hugging Face export>`
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -164,41 +165,75 @@ def _fit(cfg: Config, stage: Stage, run_dir: Path, ckpt: str | None) -> dict[str
 
 
 def finish(cfg: Config, stage: Stage, data: StageData, trainer: Any, module: Any, placement: Any, result: dict) -> None:
-    """After training: one plain model on rank 0 (ZeRO-3 and FSDP shards gathered, every rank
-    taking part), greedy samples, the Hugging Face export (LoRA merged, its adapter saved beside
-    it) and the evaluation suite; ``result`` gets what they produce."""
-    from llm.export import export_hf
+    """After training: greedy samples, the Hugging Face export (LoRA merged, its adapter saved
+    beside it) and the evaluation suite, on rank 0; ``result`` gets what they produce.
+
+    ZeRO-3 and FSDP: the export is streamed (:func:`llm.export.export_hf_streamed`: every rank
+    takes part, a layer gathered at a time, rank 0 writing shard files), so no process holds the
+    whole model for it; rank 0 then loads the export into one plain model only when samples or
+    the evaluation suite need one. A LoRA run (its merge needs the whole model) and a run
+    without an export consolidate the shards into one plain model on rank 0 as before."""
+    from llm.export import export_hf, export_hf_streamed, load_weights
     from llm.model.engine import generate_text
     from llm.strategy import consolidated_state_dict
 
     tc, tokenizer = cfg.trainer, data.tokenizer
     run_dir = Path(result["run_dir"])
-    full = consolidated_state_dict(trainer.strategy, module) if placement.param_sharded else None
+    exporting = cfg.export and not tc.fast_dev_run
+    prompts = list(cfg.stage.sample_prompts) if stage.samples_at_end else []
+    evaluating = bool(cfg.eval.tasks and cfg.eval.at_end and not tc.fast_dev_run)
+    streamed = placement.param_sharded and exporting and not cfg.stage.lora.enabled
+    extra = {
+        "stage": stage.name,
+        "model": cfg.model.name,
+        "base": cfg.model.pretrained,
+        "global_step": trainer.global_step,
+        "tokens_seen": module.tokens_seen,
+        "metrics": result["metrics"],
+    }
+    stop = None
+    if stage.chat:
+        from llm.data.chat import stop_token_ids
+
+        stop = stop_token_ids(tokenizer)
+    if streamed:
+        config = module.model.config
+        if cfg.strategy.activation_checkpointing and hasattr(config, "use_cache"):
+            # training switched the cache off (``parallelize``); the export's config is a plain model's
+            config = copy.deepcopy(config)
+            config.use_cache = type(config)().use_cache
+        path = export_hf_streamed(
+            trainer.strategy,
+            module.model,
+            tokenizer,
+            run_dir / "export",
+            extra=extra,
+            eos_token_id=stop,
+            max_shard_size=cfg.export_max_shard_size,
+            config=config,
+        )
+        result["export"] = str(path) if path is not None else None
+    full = consolidated_state_dict(trainer.strategy, module) if placement.param_sharded and not streamed else None
     if trainer.is_global_zero:
-        if full is not None:
+        if full is not None or (streamed and (prompts or evaluating)):
             plain = build_module(cfg, stage, data, for_training=False)
             plain.configure_model()
-            plain.load_state_dict(full)
+            if full is not None:
+                plain.load_state_dict(full)
+                log.info("consolidated the %s shards into one model for export", cfg.strategy.name)
+            else:
+                load_weights(plain.model, result["export"])
+                log.info("loaded the export into one model for the samples and the evaluation")
             module = plain
             result["module"] = plain
-            log.info("consolidated the %s shards into one model for export", cfg.strategy.name)
         model = module.model
-        prompts = list(cfg.stage.sample_prompts) if stage.samples_at_end else []
         if prompts:
             texts = generate_text(model, tokenizer, prompts, cfg.stage.sample_max_new_tokens, chat=stage.chat)
             result["samples"] = list(zip(prompts, texts))
             print("\nsamples (greedy):")
             for p, t in result["samples"]:
                 print(f"  {p!r} -> {t!r}")
-        if cfg.export and not tc.fast_dev_run:
-            extra = {
-                "stage": stage.name,
-                "model": cfg.model.name,
-                "base": cfg.model.pretrained,
-                "global_step": trainer.global_step,
-                "tokens_seen": module.tokens_seen,
-                "metrics": result["metrics"],
-            }
+        if exporting and not streamed:
             if cfg.stage.lora.enabled:
                 from llm.model.lora import save_adapter
 
@@ -208,13 +243,10 @@ def finish(cfg: Config, stage: Stage, data: StageData, trainer: Any, module: Any
                 model = model.merge_and_unload()  # training is over: the export is base + adapter, plain HF
                 module.model = model
                 extra["lora"] = {"name": cfg.stage.lora.name, "adapter": str(adapter)}
-            stop = None
-            if stage.chat:
-                from llm.data.chat import stop_token_ids
-
-                stop = stop_token_ids(tokenizer)
-            result["export"] = str(export_hf(model, tokenizer, run_dir / "export", extra=extra, eos_token_id=stop))
-        if cfg.eval.tasks and cfg.eval.at_end and not tc.fast_dev_run:
+            result["export"] = str(
+                export_hf(model, tokenizer, run_dir / "export", extra=extra, eos_token_id=stop, max_shard_size=cfg.export_max_shard_size)
+            )
+        if evaluating:
             from llm.eval.suites import eval_at_end
 
             result["eval"] = eval_at_end(cfg.eval, stage.name, model, tokenizer, trainer, Path(result["export"] or run_dir))

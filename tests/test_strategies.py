@@ -60,10 +60,18 @@ def same_run(a: Path, b: Path, key: str = "train/loss", tol: float = 2e-6) -> No
         assert abs(sa[k] - sb[k]) <= tol * max(1.0, abs(sa[k])), (key, k, sa[k], sb[k])
 
 
-def same_weights(a: Path, b: Path, tol: float = 1e-5) -> None:
+def export_weights(run: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a run's export: ``model.safetensors`` or the shards its index names."""
     from safetensors.torch import load_file
 
-    wa, wb = load_file(a / "export" / "model.safetensors"), load_file(b / "export" / "model.safetensors")
+    d = run / "export"
+    index = d / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    return {k: v for f in files for k, v in load_file(d / f).items()}
+
+
+def same_weights(a: Path, b: Path, tol: float = 1e-5) -> None:
+    wa, wb = export_weights(a), export_weights(b)
     assert set(wa) == set(wb)
     worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
     assert worst < tol, worst
@@ -190,10 +198,13 @@ def ddp_pretrain(tmp_path_factory, demo_data):
 @pytest.mark.parametrize("strategy", ["deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp"])
 def test_pretrain_matches_ddp(tmp_path, ddp_pretrain, strategy):
     """Same data, same seed, grad_accum=2: the losses, gradient norms and validation losses of
-    every step and the exported weights equal DDP's. The export of a ZeRO-3/FSDP run is one
-    plain HF directory that transformers loads. Checkpoints are directories of shards."""
+    every step and the exported weights equal DDP's. The export of a ZeRO-3/FSDP run is
+    streamed (a layer gathered at a time) into shards of at most 1 MB (``export_max_shard_size``),
+    with transformers' names and index; plain transformers loads it with the logits of DDP's
+    one-file export, and its config is DDP's. Checkpoints are directories of shards."""
     run = tmp_path / "run"
-    r = torchrun(run, [*FAST, *STEPS, f"strategy={strategy}"])
+    sharded = strategy in ("deepspeed_zero3", "fsdp")
+    r = torchrun(run, [*FAST, *STEPS, f"strategy={strategy}", *(["export_max_shard_size=1MB"] if sharded else [])])
     assert r.stdout.strip().splitlines()[-1] == f"export: {run / 'export'}"
     same_run(ddp_pretrain, run)
     same_run(ddp_pretrain, run, "train/grad_norm", tol=2e-5)
@@ -201,7 +212,18 @@ def test_pretrain_matches_ddp(tmp_path, ddp_pretrain, strategy):
     same_weights(ddp_pretrain, run)
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(run / "export")
+    model = AutoModelForCausalLM.from_pretrained(run / "export")
+    if sharded:
+        files = sorted(p.name for p in (run / "export").glob("*.safetensors"))
+        n = len(files)
+        assert n > 1 and files == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)], files
+        index = json.loads((run / "export" / "model.safetensors.index.json").read_text())
+        assert set(index["weight_map"].values()) == set(files)
+        assert json.loads((run / "export" / "config.json").read_text()) == json.loads((ddp_pretrain / "export" / "config.json").read_text())
+        ddp = AutoModelForCausalLM.from_pretrained(ddp_pretrain / "export").eval()
+        ids = torch.randint(0, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(input_ids=ids).logits, ddp(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["step0000004.ckpt", "step0000008.ckpt"], ckpts  # no .tmp left behind
     assert all((run / "checkpoints" / c).is_dir() for c in ckpts)
