@@ -8,14 +8,15 @@ never leaves a half-written export under the final name.
 
 Two writers: :func:`export_hf` (one process holds the whole model: ``save_pretrained``) and
 :func:`export_hf_streamed` (ZeRO-3 and FSDP: every rank takes part, the parameters are gathered a
-decoder layer at a time, rank 0 writes each shard file as soon as it is full and drops its
-tensors, so no process ever holds the whole model).
+decoder layer at a time, rank 0 writes each tensor into its place in its weight file and drops
+it, so no process ever holds the whole model, nor a whole weight file).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Iterable
@@ -35,53 +36,107 @@ INDEX = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 
+#: safetensors' names of torch dtypes
+_ST_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def plan_shards(sizes: list[tuple[str, int]], max_bytes: int) -> list[list[str]]:
+    """The tensor names of each weight file, from ``(name, bytes)`` in the state dict's order:
+    transformers' split (``huggingface_hub.split_torch_state_dict_into_shards``): a file is closed
+    when the next tensor would take it past ``max_bytes``; a tensor larger than that gets a file
+    of its own, numbered where it comes."""
+    shards: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for name, n in sizes:
+        if n > max_bytes:
+            shards.append([name])
+            continue
+        if size + n > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += n
+    if current:
+        shards.append(current)
+    return shards
+
+
 class ShardWriter:
-    """Safetensors shards of at most ``max_bytes`` each, written as the tensors arrive (in order,
-    a tensor larger than the limit alone in its shard, as transformers splits a state dict); on
-    :meth:`close` renamed to transformers' names: ``model.safetensors`` when one shard holds them
-    all, else ``model-00001-of-0000N.safetensors`` and ``model.safetensors.index.json``."""
+    """The weight files of an export, written while the tensors arrive one at a time: every
+    shape and dtype is known before any value (``specs``), so each file's safetensors header is
+    written first and each tensor goes straight to its place in its file; the writer holds no
+    tensor. Files and index carry transformers' names: ``model.safetensors`` when one file holds
+    everything, else ``model-00001-of-0000N.safetensors`` and ``model.safetensors.index.json``."""
 
-    def __init__(self, out_dir: str | os.PathLike, max_bytes: int) -> None:
-        self.out, self.max_bytes = Path(out_dir), int(max_bytes)
-        self.files: list[tuple[Path, list[str]]] = []
-        self.current: dict[str, torch.Tensor] = {}
-        self.current_bytes = self.total_bytes = self.total_params = 0
+    def __init__(
+        self, out_dir: str | os.PathLike, specs: list[tuple[str, tuple[int, ...], torch.dtype]], max_bytes: int, params: int
+    ) -> None:
+        self.out = Path(out_dir)
+        nbytes = {name: math.prod(shape) * _element_size(dtype) for name, shape, dtype in specs}
+        spec = {name: (tuple(shape), dtype) for name, shape, dtype in specs}
+        self.shards = plan_shards(list(nbytes.items()), int(max_bytes))
+        n = len(self.shards)
+        self.names = [WEIGHTS] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+        self.total_bytes, self.params = sum(nbytes.values()), params
+        self.where: dict[str, tuple[int, int, tuple[int, ...], torch.dtype]] = {}  # name -> (file, offset, shape, dtype)
+        self.left = [len(s) for s in self.shards]
+        self.files: dict[int, Any] = {}
+        self.headers: list[bytes] = []
+        for i, names in enumerate(self.shards):
+            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+            begin = 0
+            for name in names:
+                shape, dtype = spec[name]
+                header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [begin, begin + nbytes[name]]}
+                begin += nbytes[name]
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+            self.headers.append(len(raw).to_bytes(8, "little") + raw)
+            for name in names:
+                self.where[name] = (i, len(self.headers[i]) + header[name]["data_offsets"][0], *spec[name])
 
-    def add(self, name: str, tensor: torch.Tensor, is_param: bool = True) -> None:
-        n = tensor.numel() * tensor.element_size()
-        if self.current and self.current_bytes + n > self.max_bytes:
-            self.flush()
-        self.current[name] = tensor.contiguous()
-        self.current_bytes += n
-        self.total_bytes += n
-        self.total_params += tensor.numel() if is_param else 0
-
-    def flush(self) -> None:
-        from safetensors.torch import save_file
-
-        if not self.current:
-            return
-        path = self.out / f"model-{len(self.files) + 1:05d}.part.safetensors"
-        save_file(self.current, str(path), metadata={"format": "pt"})
-        self.files.append((path, list(self.current)))
-        self.current, self.current_bytes = {}, 0
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        i, offset, shape, dtype = self.where[name]
+        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+            raise ValueError(f"{name}: got {tuple(tensor.shape)} {tensor.dtype}, the export's plan says {shape} {dtype}")
+        f = self.files.get(i)
+        if f is None:
+            f = self.files[i] = open(self.out / self.names[i], "wb")
+            f.write(self.headers[i])
+        f.seek(offset)
+        f.write(memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+        self.left[i] -= 1
+        if self.left[i] == 0:
+            f.close()
+            del self.files[i]
 
     def close(self) -> list[Path]:
-        self.flush()
-        n = len(self.files)
-        if n == 1:
-            final = self.out / WEIGHTS
-            os.replace(self.files[0][0], final)
-            return [final]
-        weight_map, out = {}, []
-        for i, (path, names) in enumerate(self.files, 1):
-            final = self.out / f"model-{i:05d}-of-{n:05d}.safetensors"
-            os.replace(path, final)
-            weight_map.update(dict.fromkeys(names, final.name))
-            out.append(final)
-        index = {"metadata": {"total_parameters": self.total_params, "total_size": self.total_bytes}, "weight_map": weight_map}
-        (self.out / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return out
+        missing = [n for i, names in enumerate(self.shards) if self.left[i] for n in names]
+        if missing:
+            raise ValueError(f"{self.out}: the export's weights are incomplete, e.g. {missing[:3]} never arrived")
+        if len(self.names) > 1:
+            index = {
+                "metadata": {"total_parameters": self.params, "total_size": self.total_bytes},
+                "weight_map": {name: self.names[i] for i, names in enumerate(self.shards) for name in names},
+            }
+            (self.out / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return [self.out / n for n in self.names]
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
 
 
 def saved_entries(model: Any) -> list[tuple[str, torch.Tensor, bool]]:
@@ -103,14 +158,19 @@ def saved_entries(model: Any) -> list[tuple[str, torch.Tensor, bool]]:
 
 
 def write_weights(
-    out_dir: str | os.PathLike, tensors: Iterable[tuple[str, torch.Tensor | None, bool]], max_shard_size: int | str
+    out_dir: str | os.PathLike,
+    specs: list[tuple[str, tuple[int, ...], torch.dtype]],
+    tensors: Iterable[tuple[str, torch.Tensor | None]],
+    max_shard_size: int | str,
+    params: int,
 ) -> list[Path]:
-    """Stream ``(name, whole tensor on CPU, is a parameter)`` into shard files (:class:`ShardWriter`).
-    ``None`` tensors (another rank's turn in a collective) are skipped."""
-    w = ShardWriter(out_dir, size_bytes(max_shard_size))
-    for name, t, is_param in tensors:
+    """Write ``(name, whole tensor on CPU)`` as they arrive into the weight files planned from
+    ``specs`` (:class:`ShardWriter`); ``None`` tensors (another rank's turn in a collective) are
+    skipped. ``params``: the parameter count the index records."""
+    w = ShardWriter(out_dir, specs, size_bytes(max_shard_size), params)
+    for name, t in tensors:
         if t is not None:
-            w.add(name, t, is_param)
+            w.add(name, t)
     return w.close()
 
 
@@ -178,7 +238,8 @@ def export_hf_streamed(
     """:func:`export_hf` for a model whose parameters are sharded over the ranks (ZeRO-3, FSDP):
     a collective, every rank calls it. The tensors are gathered a decoder layer at a time
     (:func:`llm.strategy.gathered_tensors`), floating ones cast to ``dtype`` (the consolidated
-    export's: a plain model is built in fp32), and rank 0 writes each shard as soon as it is full.
+    export's: a plain model is built in fp32), and rank 0 writes each one into its place in its
+    weight file as it arrives (:class:`ShardWriter`), holding one gathered tensor at a time.
     Returns the export's path on rank 0, ``None`` elsewhere. config.json is ``config`` (default:
     the model's) with dtype and architectures set as ``save_pretrained`` sets them."""
     from llm.strategy import gathered_tensors
@@ -191,12 +252,11 @@ def export_hf_streamed(
         out, tmp = _prepare(out)
     strategy.barrier("export_tmp")
     with write_guard(out, "export") if first else _nothing():
-        stream = (
-            (k, None if t is None else (t.to(dtype) if t.is_floating_point() else t), p)
-            for k, t, p in gathered_tensors(strategy, model, entries)
-        )
+        stream = ((k, None if t is None else t.to(_saved_dtype(t, dtype))) for k, t, _ in gathered_tensors(strategy, model, entries))
         if first:
-            files = write_weights(tmp, stream, max_shard_size)
+            specs = [(k, tuple(getattr(t, "ds_shape", None) or t.shape), _saved_dtype(t, dtype)) for k, t, _ in entries]
+            params = sum(math.prod(shape) for (_, shape, _), (_, _, is_param) in zip(specs, entries) if is_param)
+            files = write_weights(tmp, specs, stream, max_shard_size, params)
             config = model.config if config is None else config
             config.dtype = str(dtype).split(".")[1]
             config.architectures = [type(model).__name__.removeprefix("FSDP")]
@@ -208,6 +268,10 @@ def export_hf_streamed(
     path = _complete(tmp, out, tokenizer, extra, eos_token_id) if first else None
     strategy.barrier("export_done")
     return path
+
+
+def _saved_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    return dtype if t.is_floating_point() else t.dtype
 
 
 def _nothing() -> Any:

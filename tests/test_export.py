@@ -94,3 +94,37 @@ def test_export_max_shard_size_is_checked():
     assert compose([]).export_max_shard_size == "5GB"
     with pytest.raises(ValueError, match="export_max_shard_size='5 parsecs'"):
         check_config(compose(["export_max_shard_size=5 parsecs"]))
+
+
+def test_shard_writer_any_dtype_any_order(tmp_path):
+    """Headers first, values in any order: bf16, fp16, int64, bool and 0-d tensors read back
+    exactly with safetensors; the split equals huggingface_hub's (a tensor past the limit alone,
+    numbered where it comes)."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import load_file
+
+    from llm.export import INDEX, ShardWriter
+
+    g = torch.Generator().manual_seed(0)
+    sd = {
+        "a": torch.randn(10, 30, generator=g).bfloat16(),
+        "big": torch.randn(700, generator=g),
+        "b": torch.randint(0, 9, (7, 3), generator=g),
+        "c": torch.randn(5, generator=g).half(),
+        "d": torch.rand(40, generator=g) > 0.5,
+        "e": torch.tensor(3.5),
+        "f": torch.randn(200, generator=g),
+    }
+    w = ShardWriter(tmp_path, [(k, tuple(v.shape), v.dtype) for k, v in sd.items()], 1000, params=0)
+    for k in ["f", "d", "a", "e", "big", "c", "b"]:
+        w.add(k, sd[k])
+    w.close()
+    split = split_torch_state_dict_into_shards(sd, max_shard_size=1000)
+    index = json.loads((tmp_path / INDEX).read_text())
+    assert index["weight_map"] == split.tensor_to_filename and index["metadata"]["total_size"] == split.metadata["total_size"]
+    back = {k: v for f in split.filename_to_tensors for k, v in load_file(tmp_path / f).items()}
+    assert set(back) == set(sd) and all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in sd.items())
+    with pytest.raises(ValueError, match="the export's plan says"):
+        ShardWriter(tmp_path / "x", [("a", (2,), torch.float32)], 1000, 0).add("a", torch.zeros(3))
+    with pytest.raises(ValueError, match="never arrived"):
+        ShardWriter(tmp_path, [("a", (2,), torch.float32)], 1000, 0).close()
