@@ -596,7 +596,7 @@ def gathered_tensors(
         full = getattr(t, "full_tensor", None)
         if full is not None:  # FSDP2: all ranks all-gather this parameter
             t = full()
-        return t.detach().to("cpu", copy=True) if first else None
+        return t.detach().cpu() if first else None  # written before the next gather: no copy needed on CPU
 
     if not zero3:
         for name, t, is_param in entries:

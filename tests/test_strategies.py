@@ -201,10 +201,13 @@ def test_pretrain_matches_ddp(tmp_path, ddp_pretrain, strategy):
     every step and the exported weights equal DDP's. The export of a ZeRO-3/FSDP run is
     streamed (a layer gathered at a time) into shards of at most 1 MB (``export_max_shard_size``),
     with transformers' names and index; plain transformers loads it with the logits of DDP's
-    one-file export, and its config is DDP's. Checkpoints are directories of shards."""
+    one-file export, and its config is DDP's; rank 0 loads it back for the greedy samples.
+    Checkpoints are directories of shards."""
     run = tmp_path / "run"
     sharded = strategy in ("deepspeed_zero3", "fsdp")
-    r = torchrun(run, [*FAST, *STEPS, f"strategy={strategy}", *(["export_max_shard_size=1MB"] if sharded else [])])
+    r = torchrun(
+        run, [*FAST, *STEPS, f"strategy={strategy}", *(["export_max_shard_size=1MB", "stage.sample_prompts=[Once]"] if sharded else [])]
+    )
     assert r.stdout.strip().splitlines()[-1] == f"export: {run / 'export'}"
     same_run(ddp_pretrain, run)
     same_run(ddp_pretrain, run, "train/grad_norm", tol=2e-5)
@@ -219,6 +222,7 @@ def test_pretrain_matches_ddp(tmp_path, ddp_pretrain, strategy):
         assert n > 1 and files == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)], files
         index = json.loads((run / "export" / "model.safetensors.index.json").read_text())
         assert set(index["weight_map"].values()) == set(files)
+        assert "samples (greedy):" in r.stdout  # rank 0 loaded the export for them
         assert json.loads((run / "export" / "config.json").read_text()) == json.loads((ddp_pretrain / "export" / "config.json").read_text())
         ddp = AutoModelForCausalLM.from_pretrained(ddp_pretrain / "export").eval()
         ids = torch.randint(0, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
@@ -403,3 +407,15 @@ def test_bench_strategies_quick(tmp_path):
     assert half(z3["params"], ddp["params"]) and z3["total"] < 0.7 * ddp["total"]
     assert all(r["tokens_per_s"] > 0 for r in rows.values())
     assert "| fsdp | 2 |" in md.read_text()
+
+
+@pytest.mark.slow
+def test_bench_export_quick(tmp_path):
+    """The export benchmark on the tiny model: both exports write the same number of weight
+    files, and the streamed one raises rank 0's peak RSS far less than the consolidated one."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "llm.bench.export", "--model", "tiny", "--vocab", "1024", "--max-shard-size", "1MB", "--json", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT, timeout=900, capture_output=True)
+    rows = {r["way"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["streamed"]["files"] == rows["consolidated"]["files"] > 1
+    assert rows["streamed"]["ranks"][0]["increase"] * 3 < rows["consolidated"]["ranks"][0]["increase"], rows
