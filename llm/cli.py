@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "strategies": ("llm.bench.strategies", "memory and throughput per rank of DDP, ZeRO 1/2/3 and FSDP"),
     "litgpt": ("llm.bench.litgpt", "our pretraining loop vs litgpt's"),
     "plan": ("llm.bench.plan", "the memory planner's prediction vs measured per-rank memory of real runs"),
+    "export": ("llm.bench.export", "rank 0's peak memory of the sharded (FSDP) export: consolidated vs streamed"),
 }
 
 
