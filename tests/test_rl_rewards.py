@@ -70,7 +70,8 @@ def test_math_answer_is_extracted_from_the_stated_format():
     task = Task("q", "math", "\\frac{1}{2}")
     assert verify(task, "Half of one is \\boxed{0.5}.") == 1.0
     assert verify(task, "I think so.\nAnswer: $1/2$") == 1.0
-    assert verify(task, "The answer is 0.5") == 0.0  # not in the asked form
+    assert verify(task, "The final answer is $0.5$.") == 1.0  # GSM8K's "The answer is" form
+    assert verify(task, "Half of one is 0.5") == 0.0  # in no stated form
     assert verify(task, "\\boxed{2}", format_reward=0.1) == 0.1
 
 

@@ -44,6 +44,9 @@ def test_extract_answer_formats():
     assert extract_answer("ANSWER:   (3 + 5) * 3 = 24") == "(3 + 5) * 3 = 24"
     assert extract_answer(r"unclosed \boxed{5 but Answer: 6") == "6"
     assert extract_answer("It is 42.") is None
+    assert extract_answer("7 + 9 = 16\n\nThe final answer is 16.") == "16"  # GSM8K's form, as SmolLM2 writes it
+    assert extract_answer("The answer is: [1, 2]\nthanks") == "[1, 2]"
+    assert extract_answer("the answer is 3. Answer: 4") == "4"  # an Answer: line wins
     assert extract_answer("Answer:   ") is None
     # an empty box is no answer (the GRPO demo's policy learned to write "\boxed{}" for the format reward)
     assert extract_answer(r"\boxed{} is the final answer \boxed{ }") is None

@@ -185,6 +185,7 @@ def write_tasks(path: str | Path, tasks: Iterable[Task]) -> int:
 
 # ------------------------------------------------------------------------ answer extraction
 _ANSWER_LINE = re.compile(r"answer\s*[:：]\s*(.*)", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"\banswer\s+is\s*[:：]?\s*(.*)", re.IGNORECASE)  # "The (final) answer is 16." (GSM8K's form)
 
 
 def extract_boxed(text: str) -> str | None:
@@ -207,13 +208,14 @@ def extract_boxed(text: str) -> str | None:
 
 def extract_answer(text: str) -> str | None:
     """The answer of a response: its last ``\\boxed{...}``, else the rest of the line after its
-    last ``Answer:`` (case-insensitive; surrounding ``$``, ``**`` and a final period dropped), else
-    None. An empty last ``\\boxed{}`` is no answer: it would earn the format reward for nothing
-    (a policy learns to write it, as SmolLM2 did in the GRPO demo)."""
+    last ``Answer:``, else after its last "answer is" (``The final answer is 16.``; both
+    case-insensitive; surrounding ``$``, ``**`` and a final period dropped), else None. An empty
+    last ``\\boxed{}`` is no answer: it would earn the format reward for nothing (a policy learns
+    to write it, as SmolLM2 did in the GRPO demo)."""
     boxed = extract_boxed(text)
     if boxed is not None:
         return boxed or None
-    matches = _ANSWER_LINE.findall(text)
+    matches = _ANSWER_LINE.findall(text) or _ANSWER_IS.findall(text)
     if not matches:
         return None
     ans = matches[-1].strip()
