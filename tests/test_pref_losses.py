@@ -1,11 +1,12 @@
 """Preference losses beside DPO (IPO, SimPO, KTO in llm.losses) against values worked by hand.
-cDPO is ``dpo_loss(label_smoothing=eps)``, tested in tests/test_rl_math.py."""
+cDPO is ``dpo_loss(label_smoothing=eps)``: its value is tested in tests/test_rl_math.py, its
+gradient here."""
 
 from __future__ import annotations
 
 import torch
 
-from llm.losses import ipo_loss, kto_loss, kto_reference_point, simpo_loss
+from llm.losses import dpo_loss, ipo_loss, kto_loss, kto_reference_point, simpo_loss
 
 
 def close(actual, expected, atol=1e-6):
@@ -82,3 +83,39 @@ def test_kto_at_reference_is_half_the_weight():
     lp = torch.tensor([-5.0, -7.0, -3.0])
     loss, _ = kto_loss(lp, lp.clone(), torch.tensor([True, False, True]), 0.0, desirable_weight=1.0, undesirable_weight=1.5)
     close(loss, [0.5, 0.75, 0.5])
+
+
+def test_cdpo_gradient_at_reference_shrinks_by_one_minus_two_eps():
+    pc = torch.tensor([-10.0], requires_grad=True)
+    pr = torch.tensor([-12.0])
+    loss, _, _ = dpo_loss(pc, pr, pc.detach().clone(), pr.clone(), beta=0.1, label_smoothing=0.2)
+    close(loss, [0.693147])  # 0.8 ln 2 + 0.2 ln 2
+    loss.sum().backward()
+    # -beta (1 - eps) sigmoid(0) + beta eps sigmoid(0) = -0.1 * 0.5 * (1 - 0.4) = -0.03
+    close(pc.grad, [-0.03])
+
+
+def test_simpo_gradient_is_length_normalised():
+    pc = torch.tensor([-4.0], requires_grad=True)
+    pr = torch.tensor([-9.0], requires_grad=True)
+    loss, _, _ = simpo_loss(pc, pr, torch.tensor([2]), torch.tensor([3]), beta=2.0, gamma=1.0)  # logits 1 as above
+    loss.sum().backward()
+    # d/dpi_c -log sigmoid(z) = -sigmoid(-z) * beta / |c| = -0.268941 * 2 / 2; d/dpi_r = +0.268941 * 2 / 3
+    close(pc.grad, [-0.268941])
+    close(pr.grad, [0.179294])
+
+
+def test_kto_undesirable_gradient_pushes_its_reward_down():
+    pol = torch.tensor([1.0, -2.0], requires_grad=True)
+    loss, _ = kto_loss(pol, torch.zeros(2), torch.tensor([True, False]), 0.5, beta=0.4, undesirable_weight=2.0)
+    loss.sum().backward()
+    # d/dr 2 (1 - sigmoid(0.4 (0.5 - r))) = 2 * 0.4 * s (1 - s) with s = sigmoid(1) = 0.731059: 0.8 * 0.196612 = 0.157290
+    close(pol.grad[1], 0.157290)
+
+
+def test_kto_reference_point_from_mismatched_pairs():
+    # three examples; mismatched pairs (x_i, y_{i+1}) with policy - reference log-probs 0.3, -0.6, 0.9:
+    # mean 0.2 (z0 is one number for the batch, not per example)
+    pol = torch.tensor([-5.7, -8.6, -3.1])
+    ref = torch.tensor([-6.0, -8.0, -4.0])
+    close(kto_reference_point(pol, ref), 0.2)
