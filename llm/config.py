@@ -45,6 +45,7 @@ LossAgg = _choice("LossAgg", "token", "sequence", "dr_grpo")
 KLPlacement = _choice("KLPlacement", "loss", "reward", "off")
 DynamicSampling = _choice("DynamicSampling", "drop", "off")
 RolloutEngineName = _choice("RolloutEngineName", "hf", "vllm")
+PrefLoss = _choice("PrefLoss", "dpo", "ipo", "simpo", "kto")
 StrategyName = _choice(
     "StrategyName", "auto", "single", "ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp"
 )
@@ -544,11 +545,59 @@ class RolloutConfig:
 
 @dataclass
 class DPOConfig:
-    beta: float = 0.1
+    """Preference optimisation without RL (llm/losses.py, docs/rlhf.md). Every loss trains on
+    ``data`` preference pairs; ``kto`` also on unpaired thumbs-up/down records."""
+
+    loss: PrefLoss = PrefLoss.dpo
+    """``dpo`` (``-log sigmoid`` of the reward margin; cDPO with ``label_smoothing``), ``ipo``
+    (squared loss pulling the log-ratio margin to ``1 / (2 beta)``: no overfitting to
+    deterministic preferences), ``simpo`` (reference-free: the length-normalised log-prob is the
+    reward, a target margin ``gamma``; no reference model at all) or ``kto`` (unpaired
+    desirable/undesirable answers against a KL reference point)."""
+    beta: Optional[float] = None
+    """The reward scale (IPO's tau). ``None``: the loss's usual value, 0.1 for dpo, ipo and kto,
+    2.0 for simpo (its rewards are per-token averages, so it needs a larger one)."""
     label_smoothing: float = 0.0
+    """cDPO's eps in [0, 0.5): the share of pairs assumed to be labelled the wrong way round
+    (``dpo`` and ``simpo`` only)."""
+    gamma: Optional[float] = None
+    """SimPO's target reward margin (absolute; TRL's ``gamma_beta_ratio`` is ``gamma / beta``).
+    ``None``: 0.5. ``simpo`` only."""
+    length_norm: Optional[bool] = None
+    """Divide each answer's summed log-prob by its number of tokens before the loss. ``None``: on
+    for ``simpo`` (its definition), off for the others (``true`` with ``ipo`` is TRL's IPO)."""
+    desirable_weight: float = 1.0
+    """KTO's lambda_D, the weight of a thumbs-up example's loss (``kto`` only). Choose the weights
+    so that ``desirable_weight * n_desirable / (undesirable_weight * n_undesirable)`` lies in
+    [1, 4/3] (the paper's advice; the data report logs the counts)."""
+    undesirable_weight: float = 1.0
+    """KTO's lambda_U, the weight of a thumbs-down example's loss (``kto`` only)."""
     precompute_ref: bool = False
     """Compute the reference's log-probs of every pair once before training and keep only those
     numbers (no second model in memory, e.g. under ZeRO-3); kept in checkpoints for resume."""
+
+    def __post_init__(self) -> None:
+        loss = str(self.loss)
+        _check(self.beta is None or self.beta > 0, f"stage.dpo.beta={self.beta}: must be positive")
+        _check(0 <= self.label_smoothing < 0.5, f"stage.dpo.label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
+        _check(
+            self.label_smoothing == 0 or loss in ("dpo", "simpo"),
+            f"stage.dpo.label_smoothing={self.label_smoothing} with stage.dpo.loss={loss}: label smoothing (cDPO) applies to dpo and simpo only",
+        )
+        _check(self.gamma is None or loss == "simpo", f"stage.dpo.gamma={self.gamma} with stage.dpo.loss={loss}: gamma is SimPO's margin")
+        _check(
+            (self.desirable_weight == 1 and self.undesirable_weight == 1) or loss == "kto",
+            f"stage.dpo.desirable_weight={self.desirable_weight}, undesirable_weight={self.undesirable_weight} with "
+            f"stage.dpo.loss={loss}: the weights are KTO's",
+        )
+        _check(
+            self.desirable_weight > 0 and self.undesirable_weight > 0,
+            f"stage.dpo.desirable_weight={self.desirable_weight}, undesirable_weight={self.undesirable_weight}: both must be positive",
+        )
+        _check(
+            not (self.precompute_ref and loss == "simpo"),
+            "stage.dpo.precompute_ref=true with stage.dpo.loss=simpo: SimPO has no reference model to precompute",
+        )
 
 
 @dataclass

@@ -92,6 +92,7 @@ def test_wrong_type_names_it():
         ("stage.ppo.kl_estimator=k4", "k1, k2, k3, abs"),
         ("model.arch=mamba", "llama, gpt2"),
         ("logger.mode=online-ish", "auto, online, offline, disabled"),
+        ("stage.dpo.loss=orpo", "dpo, ipo, simpo, kto"),
     ],
 )
 def test_closed_choice_rejected_at_compose(override, allowed):
@@ -113,6 +114,14 @@ def test_closed_choice_rejected_at_compose(override, allowed):
         (["data.val_fraction=1.5"], "data.val_fraction=1.5"),
         (["data.chat_template=chatml"], "data.chat_template='chatml': no such file (expected auto, default, the path of a Jinja file"),
         (["trainer.max_skipped_steps=-1"], "trainer.max_skipped_steps=-1"),
+        (["stage=dpo", "stage.dpo.loss=ipo", "stage.dpo.label_smoothing=0.1"], "label smoothing (cDPO) applies to dpo and simpo only"),
+        (["stage=dpo", "stage.dpo.loss=kto", "stage.dpo.label_smoothing=0.1"], "stage.dpo.loss=kto: label smoothing"),
+        (["stage=dpo", "stage.dpo.label_smoothing=0.5"], "stage.dpo.label_smoothing=0.5: must be in [0, 0.5)"),
+        (["stage=dpo", "stage.dpo.gamma=1.0"], "stage.dpo.gamma=1.0 with stage.dpo.loss=dpo: gamma is SimPO's margin"),
+        (["stage=dpo", "stage.dpo.loss=simpo", "stage.dpo.precompute_ref=true"], "SimPO has no reference model"),
+        (["stage=dpo", "stage.dpo.loss=ipo", "stage.dpo.undesirable_weight=2"], "the weights are KTO's"),
+        (["stage=dpo", "stage.dpo.loss=kto", "stage.dpo.desirable_weight=0"], "both must be positive"),
+        (["stage=dpo", "stage.dpo.beta=0"], "stage.dpo.beta=0.0: must be positive"),
     ],
 )
 def test_cross_field_checks_name_the_fields(overrides, message):

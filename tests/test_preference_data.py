@@ -174,3 +174,95 @@ def test_prompts_for_ppo(tmp_path, tok):
     assert b["prompt_ids"].shape[0] == 2 and (b["prompt_mask"][:, -1] == 1).all()  # left padded
     with pytest.raises(ChatDataError, match="longer than stage.ppo.max_prompt_tokens=64"):
         PromptDataModule(prompts, [], tok, max_prompt_tokens=64, batch_size=2, on_truncated="error")
+
+
+# ------------------------------------------------------------------------------------- KTO
+def test_kto_unpaired_records_pairs_and_rankings(tmp_path):
+    from llm.data.preference import read_kto
+
+    f = _write(
+        tmp_path / "k.jsonl",
+        [
+            {"prompt": "Say hi", "completion": "Hi!", "label": True},
+            {"prompt": [{"role": "user", "content": "2+2?"}], "completion": [{"role": "assistant", "content": "5"}], "label": False},
+            {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}], "label": True},
+            {"prompt": "Be nice", "chosen": "Sure.", "rejected": "No."},  # a pair: one desirable, one undesirable
+            {"prompt": "Rank us", "responses": ["best", "good", "worst"]},  # a ranking: its best and its worst
+        ],
+    )
+    ex, rep = read_kto(f)
+    assert rep.read == 5 and rep.kept == 5 and not rep.skipped
+    got = [(e.prompt[-1]["content"], e.completion, e.desirable) for e in ex]
+    assert got == [
+        ("Say hi", "Hi!", True),
+        ("2+2?", "5", False),
+        ("Capital of France?", "Paris.", True),
+        ("Be nice", "Sure.", True),
+        ("Be nice", "No.", False),
+        ("Rank us", "best", True),
+        ("Rank us", "worst", False),
+    ]
+    assert ex[3].group == ex[4].group and ex[0].origin.endswith("k.jsonl:1")
+    # outside KTO an unpaired record is refused, naming what to do
+    with pytest.raises(ChatDataError, match=r"k\.jsonl:1: label: an unpaired \(KTO\) record; train it with stage\.dpo\.loss=kto"):
+        read_preferences(f)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": "q", "completion": "a"}, r"k\.jsonl:2: label: missing"),
+        ({"prompt": "q", "completion": "a", "label": 1}, r"k\.jsonl:2: label: expected true \(desirable\) or false \(undesirable\), got 1"),
+        ({"prompt": "q", "completion": "a", "label": "yes"}, r"k\.jsonl:2: label: expected true"),
+        ({"prompt": "q", "label": True}, r"k\.jsonl:2: completion: missing"),
+        ({"prompt": "q", "completion": " ", "label": True}, r"k\.jsonl:2: completion: empty"),
+        ({"completion": "a", "label": True}, r"k\.jsonl:2: prompt: missing"),
+        ({"messages": [{"role": "user", "content": "q"}], "label": True}, r"k\.jsonl:2: messages: no assistant message"),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "completion": "b", "label": True},
+            r"k\.jsonl:2: messages: give either messages or prompt and completion",
+        ),
+        ({"prompt": "q", "chosen": "a"}, r"k\.jsonl:2: rejected: missing"),
+        ("{not json", r"k\.jsonl:2"),
+    ],
+)
+def test_kto_bad_rows_name_file_line_and_field(tmp_path, row, message):
+    from llm.data.preference import read_kto
+
+    f = _write(tmp_path / "k.jsonl", [{"prompt": "ok", "completion": "a", "label": True}, row])
+    with pytest.raises(ChatDataError, match=message):
+        read_kto(f)
+    ex, rep = read_kto(f, on_error="skip")  # or counted skips
+    assert len(ex) == 1 and rep.read == 2 and sum(rep.skipped.values()) == 1
+
+
+def test_kto_mismatched_partners_never_share_a_prompt():
+    from llm.data.preference import mismatched_partners
+
+    groups = ["a", "a", "b", "b", "c", "d", "d", "d"]
+    for seed in range(20):
+        part = mismatched_partners(groups, seed)
+        assert all(groups[j] != groups[i] for i, j in enumerate(part))
+    assert mismatched_partners(groups, 3) == mismatched_partners(groups, 3)  # fixed by the seed
+    with pytest.raises(ChatDataError, match="at least two different prompts"):
+        mismatched_partners(["a", "a"], 0)
+
+
+def test_kto_batches_from_the_builtin_pairs(tok):
+    """The demo's paired data trains KTO: each pair gives a desirable and an undesirable example,
+    each with a mismatched sequence (its prompt, another prompt's answer) for the reference point."""
+    from llm.data.preference import KTODataModule, record_to_kto
+
+    ex = [e for i, r in enumerate(builtin_python_qa_pairs(0)[:6]) for e in record_to_kto(r, f"#{i}")]
+    dm = KTODataModule(ex, [], tok, seq_len=256, micro_batch_size=4, grad_accum=2)
+    assert dm.counts["train"]["desirable"] == dm.counts["train"]["undesirable"] == 6
+    batch = dm.collate_step("train", dm.plan("train", 0)[0])
+    assert set(batch) == {f"{s}_{k}" for s in ("completion", "kl") for k in ("ids", "mask", "labels")} | {"desirable", "valid", "index"}
+    assert batch["completion_ids"].shape[:2] == (2, 4) and batch["desirable"].sum() > 0
+    for b, i in enumerate(batch["index"].flatten().tolist()):
+        e = ex[i]
+        kl_ids = batch["kl_ids"].flatten(0, 1)[b][batch["kl_mask"].flatten(0, 1)[b].bool()].tolist()
+        other = [f for f in ex if f.group != e.group and encode_answer(tok, e.prompt, f.completion, 256).ids == kl_ids]
+        assert other  # the same prompt with an answer to a different one
+        assert batch["desirable"].flatten()[b].item() == int(e.desirable)
+    assert dm.report()["train"]["examples"] == 12

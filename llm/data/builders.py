@@ -198,6 +198,8 @@ def build_preference_data(cfg: Config, tokenizer: Any) -> Any:
     one side)."""
     from llm.data.preference import PreferenceDataModule, read_preferences, split_pairs
 
+    if cfg.stage.name == "dpo" and str(cfg.stage.dpo.loss) == "kto":
+        return build_kto_data(cfg, tokenizer)
     train_specs, val_specs = chat_specs(cfg.data)
     per_source: dict[str, Any] = {}
     train = _read_sources(train_specs, lambda sp: read_preferences(sp.path, cfg.data.on_bad_row, cfg.data.seed), per_source, "")
@@ -205,6 +207,34 @@ def build_preference_data(cfg: Config, tokenizer: Any) -> Any:
     if not val_specs:
         train, val = split_pairs(train, cfg.data.val_fraction, cfg.data.seed)
     return PreferenceDataModule(train, val, tokenizer, padding_side=cfg.data.padding_side, read_report=per_source, **_batching(cfg))
+
+
+def build_kto_data(cfg: Config, tokenizer: Any) -> Any:
+    """KTO examples (``stage.dpo.loss=kto``): unpaired thumbs-up/down records, pairs (two examples
+    each) or rankings, from the same sources and held out the same way as pairs."""
+    from llm.data.preference import KTODataModule, read_kto, split_pairs
+
+    train_specs, val_specs = chat_specs(cfg.data)
+    per_source: dict[str, Any] = {}
+    train = _read_sources(train_specs, lambda sp: read_kto(sp.path, cfg.data.on_bad_row, cfg.data.seed), per_source, "")
+    val = _read_sources(val_specs, lambda sp: read_kto(sp.path, cfg.data.on_bad_row, cfg.data.seed), per_source, "val:")
+    if not val_specs:
+        train, val = split_pairs(train, cfg.data.val_fraction, cfg.data.seed)
+    dm = KTODataModule(train, val, tokenizer, padding_side=cfg.data.padding_side, read_report=per_source, **_batching(cfg))
+    c, d = dm.counts["train"], cfg.stage.dpo
+    n_d, n_u = c["desirable"], c["undesirable"]
+    ratio = d.desirable_weight * n_d / (d.undesirable_weight * n_u) if n_u else float("inf")
+    if not 1 <= ratio <= 4 / 3:
+        log.warning(
+            "KTO data: %d desirable and %d undesirable training examples: desirable_weight x %d / (undesirable_weight x %d) = %.2f, "
+            "outside the paper's advised [1, 4/3]; adjust stage.dpo.desirable_weight / undesirable_weight",
+            n_d,
+            n_u,
+            n_d,
+            n_u,
+            ratio,
+        )
+    return dm
 
 
 def build_prompt_data(cfg: Config, tokenizer: Any) -> Any:
@@ -299,7 +329,7 @@ def _preference_data(cfg: Config, dedicated_pad: bool) -> StageData:
 
 
 def preference_data(cfg: Config) -> StageData:
-    """Preference pairs for DPO."""
+    """Preference pairs for DPO, IPO and SimPO; KTO examples for ``stage.dpo.loss=kto``."""
     return _preference_data(cfg, dedicated_pad=False)
 
 

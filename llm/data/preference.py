@@ -16,6 +16,16 @@ reason with ``on_error=skip``: a missing prompt, chosen or rejected; an empty an
 identical to rejected. A pair whose prompt leaves no room for the answer within ``seq_len`` is
 counted (``prompt_too_long``) or, with ``on_truncated=error``, stops the run.
 
+Unpaired (KTO, ``stage.dpo.loss=kto``), one answer with a thumbs-up or -down:
+
+* ``{"prompt": ..., "completion": "...", "label": true}`` (``prompt`` as above, ``completion`` an
+  answer as above, ``label`` true = desirable, false = undesirable; TRL's unpaired form), or
+* ``{"messages": [... ending with the assistant's answer], "label": false}``.
+
+Under KTO a pair counts as one desirable (chosen) and one undesirable (rejected) example, a
+ranking as its best (desirable) and its worst (undesirable) answer, so paired files and the
+built-in pairs train KTO too; outside KTO an unpaired record is an error.
+
 Built in, needing no download: ``builtin:python-qa-pairs`` -- the question/answer pairs made
 from CPython's documentation (``builtin:python-qa``) with the real answer chosen and the answer
 to a different question rejected (a known better answer, not a human ranking).
@@ -105,6 +115,8 @@ def _group_key(prompt: list[dict]) -> str:
 def record_to_pairs(rec: Any, where: str) -> list[PreferencePair]:
     if not isinstance(rec, dict):
         raise ChatDataError(f"{where}: expected a JSON object")
+    if "label" in rec and "chosen" not in rec and "responses" not in rec:
+        raise ChatDataError(f"{where}: label: an unpaired (KTO) record; train it with stage.dpo.loss=kto")
     prompt = _prompt_messages(rec.get("prompt"), where)
     group = _group_key(prompt)
     if "responses" in rec:
@@ -127,6 +139,99 @@ def record_to_pairs(rec: Any, where: str) -> list[PreferencePair]:
     if not isinstance(margin, (int, float)):
         raise ChatDataError(f"{where}: margin: expected a number")
     return [PreferencePair(prompt, chosen, rejected, float(margin), group, where)]
+
+
+@dataclass
+class KTOExample:
+    """One answer with a thumbs-up (``desirable``) or -down, for KTO."""
+
+    prompt: list[dict]
+    completion: str
+    desirable: bool
+    group: str = ""
+    """Examples of one prompt share a group: they are split (train/held-out) together, and never
+    mismatched with each other for KTO's reference point."""
+    origin: str = ""
+
+
+def record_to_kto(rec: Any, where: str) -> list[KTOExample]:
+    """An unpaired record gives one example, a pair two (chosen desirable, rejected undesirable),
+    a ranking two (its best desirable, its worst undesirable)."""
+    if not isinstance(rec, dict):
+        raise ChatDataError(f"{where}: expected a JSON object")
+    if "label" not in rec:
+        if "chosen" in rec or "responses" in rec:
+            pairs = record_to_pairs(rec, where)
+            best, worst = pairs[0].chosen, pairs[-1].rejected  # a ranking's first pair is (1st, 2nd), its last (K-1th, Kth)
+            p = pairs[0]
+            return [KTOExample(p.prompt, best, True, p.group, where), KTOExample(p.prompt, worst, False, p.group, where)]
+        raise ChatDataError(
+            f"{where}: label: missing (an unpaired KTO record needs prompt, completion and label; a pair chosen and rejected)"
+        )
+    label = rec["label"]
+    if not isinstance(label, bool):
+        raise ChatDataError(f"{where}: label: expected true (desirable) or false (undesirable), got {label!r}")
+    if "messages" in rec:
+        if "prompt" in rec or "completion" in rec:
+            raise ChatDataError(f"{where}: messages: give either messages or prompt and completion, not both")
+        msgs = validate_messages(rec["messages"], where)
+        if msgs[-1]["role"] != "assistant":
+            raise ChatDataError(f"{where}: messages: must end with the assistant's answer")
+        prompt, completion = msgs[:-1], msgs[-1]["content"]
+        if prompt[-1]["role"] != "user":
+            raise ChatDataError(f"{where}: messages: the answer must follow a user turn")
+    else:
+        prompt = _prompt_messages(rec.get("prompt"), where)
+        if rec.get("completion") is None:
+            raise ChatDataError(f"{where}: completion: missing (an unpaired KTO record needs prompt, completion and label)")
+        completion = _answer(rec.get("completion"), where, "completion")
+    return [KTOExample(prompt, completion, label, _group_key(prompt), where)]
+
+
+def read_kto(path: str, on_error: str = "error", seed: int = 0) -> tuple[list[KTOExample], ReadReport]:
+    """All KTO examples of one source (unpaired records, pairs, rankings, the built-in pairs);
+    ``on_error``: ``error`` (raise) or ``skip`` (count by reason)."""
+    if on_error not in ("error", "skip"):
+        raise ValueError(f"on_error must be 'error' or 'skip', got {on_error!r}")
+    report = ReadReport()
+    out: list[KTOExample] = []
+    for where, rec in _preference_records(path, seed):
+        report.read += 1
+        try:
+            if isinstance(rec, ChatDataError):
+                raise rec
+            got = record_to_kto(rec, where)
+        except ChatDataError as e:
+            if on_error == "error":
+                raise
+            report.skipped[_reason(e)] += 1
+            continue
+        out.extend(got)
+        report.kept += 1
+    if report.read == 0:
+        raise ChatDataError(f"{path}: no records")
+    return out, report
+
+
+def mismatched_partners(groups: Sequence[str], seed: int) -> list[int]:
+    """For KTO's reference point: for each example the index of another whose prompt differs (the
+    completion it is paired with to estimate KL(policy || reference) from mismatched pairs, as in
+    the KTO paper and TRL). A seeded random order, each example taking the next one in it (the
+    one after if that shares its prompt): a fixed pairing, as TRL's, so precomputed reference
+    log-probs cover it. An example whose every other shares its prompt raises."""
+    n = len(groups)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    out = [0] * n
+    for k, i in enumerate(order):
+        for step in range(1, n):
+            j = order[(k + step) % n]
+            if groups[j] != groups[i]:
+                out[i] = j
+                break
+        else:
+            raise ChatDataError("KTO data: its reference point needs answers to at least two different prompts")
+    return out
 
 
 def builtin_python_qa_pairs(seed: int = 0) -> list[dict]:
@@ -292,6 +397,9 @@ class PreferenceDataModule(StepDataModule):
 
     kind = "preference"
     report_name = "preference_data_report.json"
+    sides = ("chosen", "rejected")
+    """The sequences of one unit, each with ``*_ids``, ``*_mask`` and ``*_labels``."""
+    unit_name = "pairs"
 
     def __init__(
         self,
@@ -322,7 +430,14 @@ class PreferenceDataModule(StepDataModule):
             self.pairs[split], self.counts[split], self.truncated_files[split] = self._encode(pairs, on_truncated)
             c = self.counts[split]
             warn_truncated(
-                "preference", "pairs", split, c["pairs"], c["truncated"], self.truncated_files[split], seq_len, warn_truncated_share
+                "preference",
+                self.unit_name,
+                split,
+                c[self.unit_name],
+                c["truncated"],
+                self.truncated_files[split],
+                seq_len,
+                warn_truncated_share,
             )
         if not self.pairs["train"]:
             raise ChatDataError("preference data: no training pair left (see the data report)")
@@ -370,7 +485,7 @@ class PreferenceDataModule(StepDataModule):
         longest = max((len(s.ids) for it in items if it for s in it[:2]), default=1)
         length = int(-(-longest // 8) * 8)
         out: dict[str, torch.Tensor] = {}
-        for k, name in ((0, "chosen"), (1, "rejected")):
+        for k, name in enumerate(self.sides):
             seqs = [it[k].ids if it else [] for it in items]
             ids, mask = pad_batch(seqs, self.pad_id, length, self.padding_side)
             labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
@@ -380,16 +495,19 @@ class PreferenceDataModule(StepDataModule):
                     start = 0 if self.padding_side == "right" else length - n
                     labels[b, start : start + n - 1] = torch.tensor(lab)
             out[f"{name}_ids"], out[f"{name}_mask"], out[f"{name}_labels"] = ids, mask, labels
-        out["margin"] = torch.tensor([it[2] if it else 0.0 for it in items])
+        out.update(self._extras(items))
         out["valid"] = torch.tensor([1 if it else 0 for it in items])
         out["index"] = torch.tensor([i if i is not None else -1 for i in idx])
         return out
+
+    def _extras(self, items: list) -> dict[str, torch.Tensor]:
+        return {"margin": torch.tensor([it[2] if it else 0.0 for it in items])}
 
     def collate_step(self, split: str, step_units: list[Any]) -> dict[str, torch.Tensor]:
         micros = self.micro_batches(split, step_units)
         # one padded length for the whole step so micro-batches stack
         parts = [self.collate_micro(split, m) for m in micros]
-        length = max(p["chosen_ids"].shape[1] for p in parts)
+        length = max(p[f"{self.sides[0]}_ids"].shape[1] for p in parts)
         for p in parts:
             for k in list(p):
                 if p[k].dim() == 2 and p[k].shape[1] < length:
@@ -401,11 +519,57 @@ class PreferenceDataModule(StepDataModule):
         for split in ("train", "val"):
             c = dict(self.counts[split])
             c["truncated"] = c.get("truncated", 0)
-            c["truncated_share"] = round(c["truncated"] / c["pairs"], 4) if c.get("pairs") else 0.0
+            n = c.get(self.unit_name)
+            c["truncated_share"] = round(c["truncated"] / n, 4) if n else 0.0
             c["truncated_files"] = dict(self.truncated_files[split])
             rep[split] = c
         rep["seq_len"] = self.seq_len
         return rep
+
+
+class KTODataModule(PreferenceDataModule):
+    """Step batches of KTO examples: ``completion_*`` (the prompt and its answer) and ``kl_*``
+    (the same prompt with another prompt's answer, :func:`mismatched_partners`: KTO's reference
+    point), ``desirable`` (1 thumbs-up, 0 thumbs-down), ``valid`` and ``index``. ``self.pairs``
+    holds the encoded examples (the name the reference precomputation reads)."""
+
+    sides = ("completion", "kl")
+    unit_name = "examples"
+
+    def _encode(self, examples: Sequence[KTOExample], on_truncated: str) -> tuple[list, Counter, Counter]:
+        counts: Counter = Counter()
+        files: Counter = Counter()
+        kept: list[KTOExample] = []
+        enc: list[EncodedAnswer] = []
+        for e in examples:
+            counts["examples"] += 1
+            a = encode_answer(self.tokenizer, e.prompt, e.completion, self.seq_len)
+            if a is None or a.truncated:
+                counts["truncated"] += 1
+                files[source_file(e.origin)] += 1
+            if a is None:
+                if on_truncated == "error":
+                    raise ChatDataError(
+                        f"{e.origin}: prompt: longer than the context (data.seq_len={self.seq_len}) leaves no answer token; "
+                        "raise data.seq_len or set data.on_truncated=skip"
+                    )
+                counts["prompt_too_long"] += 1
+                continue
+            kept.append(e)
+            enc.append(a)
+        out = []
+        if kept:
+            partner = mismatched_partners([e.group for e in kept], self.seed)
+            for i, e in enumerate(kept):
+                kl = encode_answer(self.tokenizer, e.prompt, kept[partner[i]].completion, self.seq_len)
+                if kl is None:  # cannot happen: the prompt fits with its own answer
+                    raise ChatDataError(f"{e.origin}: prompt: leaves no room for a mismatched answer")
+                out.append((enc[i], kl, e.desirable))
+                counts["desirable" if e.desirable else "undesirable"] += 1
+        return out, counts, files
+
+    def _extras(self, items: list) -> dict[str, torch.Tensor]:
+        return {"desirable": torch.tensor([1 if it and it[2] else 0 for it in items])}
 
 
 def _extend(x: torch.Tensor, length: int, key: str, pad_id: int, side: str) -> torch.Tensor:
