@@ -15,6 +15,9 @@ its reason and the others still run):
 4. ``sft_lora``: LoRA SFT of SmolLM2 (``--smollm2 DIR``, a Hugging Face directory; dry: the
    export of step 1) in bf16;
 5. ``ppo``: one PPO iteration of the same model with a rule-based reward.
+6. ``grpo_vllm``: one GRPO iteration of the same model on built-in arithmetic, rolled out by the
+   colocated vLLM engine (``stage.rollout.engine=vllm``; its log-prob check and TIS logged);
+   skipped without CUDA or the ``vllm`` extra.
 
 Beside them, which scaled-dot-product-attention kernels accept the 1B model's attention shape
 (flash, memory-efficient, cuDNN, math). The summary goes to ``gpu-check.md`` and ``gpu-check.json``
@@ -23,6 +26,7 @@ in ``--out``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -226,8 +230,15 @@ def main(argv: list[str] | None = None) -> int:
         step("sft_lora", [*ft, "stage=sft_lora", "data=sft_demo", f"trainer.max_steps={sz['steps']}", f"data.seq_len={sft_seq}"], "single")
         ppo = [*ft, "stage=ppo", "data=prompts_demo", "stage.reward.function=short", "trainer.max_steps=1", "data.micro_batch_size=4"]
         step("ppo", [*ppo, "stage.ppo.max_new_tokens=16"], "single")
+        # one GRPO iteration rolled out by vLLM, colocated (llm/rl/engines.py): needs CUDA and the vllm extra
+        if dry or importlib.util.find_spec("vllm") is None:
+            reason = "needs CUDA and the vllm extra (pip install -e '.[vllm]')"
+            steps.append({"step": "grpo_vllm", "status": "skipped", "reason": reason})
+        else:
+            grpo = [*ft, "stage=grpo", "data=tasks_demo", "trainer.max_steps=1", "data.micro_batch_size=4", "stage.rollout.engine=vllm"]
+            step("grpo_vllm", [*grpo, "stage.grpo.max_new_tokens=64", "stage.grpo.group_size=8"], "single")
     else:
-        for name in ("sft_lora", "ppo"):
+        for name in ("sft_lora", "ppo", "grpo_vllm"):
             steps.append({"step": name, "status": "skipped", "reason": "no SmolLM2 directory: --smollm2 DIR or $SMOLLM2"})
     summary = {
         "dry_run": dry,
