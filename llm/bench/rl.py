@@ -373,12 +373,12 @@ def child_xiulian(spec: dict) -> dict[str, Any]:
     from llm.train import train
 
     rec = StepRecorder(spec["warmup"], spec["iterations"])  # notes the RSS after the imports
-    original_step, original_generate = PPOStage.training_step, PPOStage.generate
+    original_step, original_generate = PPOStage.training_step, PPOStage.generate_with_logprobs
     last: dict[str, Any] = {}
 
-    def generate(self: Any, prompt_ids: Any, prompt_mask: Any, greedy: bool = False) -> Any:
-        out = original_generate(self, prompt_ids, prompt_mask, greedy)
-        last["responses"] = out
+    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:  # every rollout goes through the rollout engine here
+        out = original_generate(self, *args, **kwargs)
+        last["responses"] = out[0]
         return out
 
     def training_step(self: Any, batch: dict, batch_idx: int) -> Any:
@@ -390,7 +390,7 @@ def child_xiulian(spec: dict) -> dict[str, Any]:
         rec.step_end(float(out), rmask, rows, resp.numel())
         return out
 
-    PPOStage.training_step, PPOStage.generate = training_step, generate
+    PPOStage.training_step, PPOStage.generate_with_logprobs = training_step, generate
     cfg = compose_config(xiulian_overrides(spec))
     result = train(cfg)
     phases = []
