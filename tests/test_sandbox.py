@@ -259,6 +259,7 @@ def test_grpo_scores_code_tasks_in_the_sandbox(tmp_path, sft_run):
     assert res["global_step"] == 1 and 0 <= res["metrics"]["val/accuracy"] <= 1
     task = Task("Write f(x) = 2x.", "code", meta={"entry_point": "f"}, tests=TESTS)
     texts = [f"```python\n{DOUBLE}```", "```python\ndef f(x):\n    return x * x\n```", "```python\nwhile True: pass\n```", "no code"]
-    comps = res["module"].reward_components(SimpleNamespace(texts=texts), [task] * 4)
+    prompts = [[{"role": "user", "content": task.prompt}]] * 4
+    comps = res["module"].reward_components(SimpleNamespace(texts=texts, prompts=prompts), [task] * 4)
     assert comps["correct"].tolist() == [1.0, 0.25, 0.0, 0.0]
     assert comps["format"].tolist() == [1.0, 1.0, 1.0, 0.0]
