@@ -102,7 +102,9 @@ def test_link_list_negatives_share_the_positives_words():
     for p in pages:
         lines = p.splitlines()
         assert len(lines) >= 20
-        assert statistics.median(len(words(ln)) for ln in lines) <= 8
+        assert (
+            statistics.median(len(words(ln)) for ln in lines) <= 10
+        )  # short entries, whatever the docs they are drawn from (prose lines run far longer)
         entry_words = [w for w in words(p) if not w.isdigit()]
         assert sum(w in vocab for w in entry_words) / len(entry_words) > 0.6
 
