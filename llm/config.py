@@ -43,7 +43,7 @@ Critic = _choice("Critic", "shared", "separate")
 GroupEstimator = _choice("GroupEstimator", "grpo", "dr_grpo", "rloo", "reinforce_pp")
 LossAgg = _choice("LossAgg", "token", "sequence", "dr_grpo")
 KLPlacement = _choice("KLPlacement", "loss", "reward", "off")
-DynamicSampling = _choice("DynamicSampling", "drop", "off")
+DynamicSampling = _choice("DynamicSampling", "drop", "resample", "off")
 RolloutEngineName = _choice("RolloutEngineName", "hf", "vllm")
 PrefLoss = _choice("PrefLoss", "dpo", "ipo", "simpo", "kto")
 StrategyName = _choice(
@@ -410,9 +410,15 @@ class GRPOConfig:
     """k1, k2, k3 (GRPO's, unbiased and >= 0) or abs (llm/rl/kl.py)."""
     dynamic_sampling: DynamicSampling = DynamicSampling.drop
     """``drop``: groups whose answers all got the same reward leave the loss (they have no
-    advantage; DAPO's filter without the refill: no prompts are sampled to replace them; an
-    iteration with none left makes no update); ``off``: they stay (their tokens count in the
-    ``token`` normaliser)."""
+    advantage; no prompts are sampled to replace them; an iteration with none left makes no
+    update); ``resample``: DAPO's refill: each rank answers extra training prompts, a batch of them
+    per round, until its batch is full of informative groups or ``max_resample_rounds`` rounds
+    have run (then the batch's own uninformative groups fill it and leave the loss); ``off``: they
+    stay (their tokens count in the ``token`` normaliser)."""
+    max_resample_rounds: int = 3
+    """``dynamic_sampling=resample``: at most this many extra rounds of ``micro_batch_size``
+    prompts (x ``group_size`` answers) per iteration (DAPO's ``max_num_gen_batches`` less one).
+    Every rank runs the same number of rounds (sharded generation is collective)."""
     overlong_cache: int = 0
     """DAPO's soft overlong penalty: answers longer than ``max_new_tokens - overlong_cache``
     tokens lose up to 1 reward, linearly, -1 at ``max_new_tokens`` (0: off)."""
@@ -474,6 +480,7 @@ class GRPOConfig:
             f"stage.grpo.eps_low={self.eps_low}, eps_high={self.eps_high}: clip bounds must be >= 0",
         )
         _check(self.kl_coef >= 0, f"stage.grpo.kl_coef={self.kl_coef}: must be >= 0")
+        _check(self.max_resample_rounds >= 0, f"stage.grpo.max_resample_rounds={self.max_resample_rounds}: must be >= 0")
         _check(
             self.sandbox_timeout_s > 0 and self.sandbox_memory_mb >= 64,
             f"stage.grpo.sandbox_timeout_s={self.sandbox_timeout_s} must be positive, sandbox_memory_mb={self.sandbox_memory_mb} at least 64",

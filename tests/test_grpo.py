@@ -139,6 +139,34 @@ def test_grpo_estimators_and_loss_options_train(tmp_path, sft_export, options):
 
 
 @pytest.mark.tier("integration")
+def test_grpo_resample_refills_uninformative_groups_with_new_prompts(tmp_path, sft_export):
+    """dynamic_sampling=resample (DAPO): the same first batch as ``drop`` (same samples before the
+    refill), but groups whose answers all scored alike are replaced by informative groups of new
+    prompts, so fewer groups leave the loss; the rounds stay within max_resample_rounds."""
+    args = [
+        "data=prompts_demo",
+        "data.micro_batch_size=4",
+        *SHORT,
+        "stage.grpo.max_new_tokens=24",
+        "trainer.max_steps=3",
+        "trainer.val_every_n_steps=100",
+        "trainer.val_before_train=false",
+    ]
+    _train(tmp_path / "drop", sft_export, [*args, "stage.grpo.dynamic_sampling=drop"])
+    _train(tmp_path / "refill", sft_export, [*args, "stage.grpo.dynamic_sampling=resample", "stage.grpo.max_resample_rounds=3"])
+    drop, refill = _rows(tmp_path / "drop"), _rows(tmp_path / "refill")
+    assert len(drop) == len(refill) == 3
+    assert refill[0]["grpo/informative_before_refill"] == drop[0]["grpo/informative_before_refill"]
+    for r in drop:
+        assert r["grpo/dropped_groups"] == pytest.approx(1 - r["grpo/informative_before_refill"])
+    for r in refill:
+        assert 0 <= r["grpo/resample_rounds"] <= 3
+        assert r["grpo/dropped_groups"] <= 1 - r["grpo/informative_before_refill"] + 1e-6
+        assert (r["grpo/resample_rounds"] == 0) == (r["grpo/informative_before_refill"] == 1.0)
+    assert any(r["grpo/dropped_groups"] < 1 - r["grpo/informative_before_refill"] - 1e-6 for r in refill), refill
+
+
+@pytest.mark.tier("integration")
 def test_grpo_lora_policy_is_its_own_reference(tmp_path, sft_export):
     res = _train(
         tmp_path,
@@ -335,6 +363,39 @@ def test_grpo_under_ddp_and_fsdp_raises_a_rule_reward_alike(tmp_path, sft_export
     for key in ("grpo/reward", "grpo/pg_loss", "grpo/kl", "grpo/response_length"):
         same_run(ddp, fsdp, key, tol=1e-5)
     same_weights(ddp, fsdp)
+
+
+@pytest.mark.slow
+def test_grpo_resample_runs_in_step_on_two_ranks_and_fsdp_matches_ddp(tmp_path, sft_export):
+    """dynamic_sampling=resample on 2 processes: a rank whose batch is full keeps sampling while the
+    other is short (sharded generation is collective, so the rounds must match or FSDP would hang),
+    and FSDP gives DDP's rewards, rounds and losses at every iteration."""
+    from test_strategies import same_run, torchrun
+
+    from conftest import FAST as COMMON
+
+    args = [
+        *COMMON,
+        *FAST,
+        *GRPO,
+        f"model.pretrained={sft_export}",
+        "data=prompts_demo",
+        "data.micro_batch_size=2",
+        *SHORT,
+        "stage.grpo.max_new_tokens=24",
+        "stage.grpo.dynamic_sampling=resample",
+        "stage.grpo.max_resample_rounds=2",
+        "trainer.max_steps=3",
+        "trainer.val_every_n_steps=100",
+        "trainer.val_before_train=false",
+    ]
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    torchrun(ddp, [*args, "strategy=ddp"], check=True)
+    torchrun(fsdp, [*args, "strategy=fsdp"], check=True)
+    rounds = _rows(ddp, "grpo/resample_rounds")
+    assert len(rounds) == 3 and all(0 <= r <= 2 for r in rounds)
+    for key in ("grpo/reward", "grpo/resample_rounds", "grpo/dropped_groups", "grpo/pg_loss"):
+        same_run(ddp, fsdp, key, tol=1e-5)
 
 
 MIN_GAIN, MAX_KL = 0.15, 1.0  # the SmolLM2 demo's held-out accuracy gain and the largest mean KL per token

@@ -20,6 +20,7 @@ from llm.rl.group import (
     overlong_filter,
     overlong_penalty,
     policy_loss,
+    refill_groups,
     reinforce_pp_advantages,
     rloo_advantages,
 )
@@ -129,6 +130,68 @@ def test_informative_groups():
     # a spread of 0.01 is within atol=0.05
     assert informative_groups(torch.tensor([[0.5, 0.51]]), atol=0.05).tolist() == [False]
     assert informative_groups(torch.tensor([[1.0], [0.0]])).tolist() == [False, False]  # G = 1
+
+
+def test_refill_groups_by_hand():
+    """DAPO's refill: informative groups in round order up to the batch size, then the batch's own
+    uninformative groups; extra rounds' uninformative groups are never used."""
+    T, F = True, False
+    # round 0: groups 1 and 3 informative; round 1: group 0; round 2: groups 0 and 2
+    rounds = [torch.tensor([F, T, F, T]), torch.tensor([T, F, F, F]), torch.tensor([T, F, T, F])]
+    assert refill_groups(rounds, 4) == [(0, 1), (0, 3), (1, 0), (2, 0)]
+    # not enough anywhere: round 0's uninformative groups fill up, in order
+    assert refill_groups(rounds[:2], 4) == [(0, 1), (0, 3), (1, 0), (0, 0)]
+    # nothing informative: the batch as it was
+    assert refill_groups([torch.tensor([F, F])], 2) == [(0, 0), (0, 1)]
+    # already full: no extra round is needed or used
+    assert refill_groups([torch.tensor([T, T]), torch.tensor([T, T])], 2) == [(0, 0), (0, 1)]
+
+
+def test_rollouts_join_with_prompts_left_padded_and_answers_right_padded():
+    from llm.rl.env import EpisodeRollout
+    from llm.rl.experience import Rollout, concat_rollouts, select_rows
+
+    a = Rollout(
+        prompt_ids=torch.tensor([[7, 8], [0, 9]]),
+        prompt_mask=torch.tensor([[1, 1], [0, 1]]),
+        responses=torch.tensor([[5, 2, 0], [6, 0, 0]]),
+        response_mask=torch.tensor([[1, 1, 0], [1, 0, 0]]),
+        ended=torch.tensor([True, False]),
+        texts=["a", "b"],
+        prompts=[[{"role": "user", "content": "x"}], [{"role": "user", "content": "y"}]],
+        logprobs=torch.tensor([[-0.5, -0.25, 0.0], [-1.0, 0.0, 0.0]]),
+    )
+    b = Rollout(
+        prompt_ids=torch.tensor([[3, 4, 5]]),
+        prompt_mask=torch.tensor([[1, 1, 1]]),
+        responses=torch.tensor([[9]]),
+        response_mask=torch.tensor([[1]]),
+        ended=torch.tensor([True]),
+        texts=["c"],
+        prompts=[[{"role": "user", "content": "z"}]],
+        logprobs=torch.tensor([[-2.0]]),
+    )
+    j = concat_rollouts([select_rows(a, [1]), b, select_rows(a, [0])], pad_id=0)
+    assert j.prompt_ids.tolist() == [[0, 0, 9], [3, 4, 5], [0, 7, 8]]
+    assert j.prompt_mask.tolist() == [[0, 0, 1], [1, 1, 1], [0, 1, 1]]
+    assert j.responses.tolist() == [[6, 0, 0], [9, 0, 0], [5, 2, 0]]
+    assert j.response_mask.tolist() == [[1, 0, 0], [1, 0, 0], [1, 1, 0]]
+    assert j.logprobs.tolist() == [[-1.0, 0.0, 0.0], [-2.0, 0.0, 0.0], [-0.5, -0.25, 0.0]]
+    assert j.ended.tolist() == [False, True, True] and j.texts == ["b", "c", "a"]
+    assert [p[0]["content"] for p in j.prompts] == ["y", "z", "x"]
+    # an engine without log-probs in one part only is an error, not a silent zero
+    with pytest.raises(ValueError, match="logprobs"):
+        concat_rollouts([a, Rollout(**{**vars(b), "logprobs": None})], pad_id=0)
+    # an episode rollout keeps its kind and its per-episode fields
+    ep = EpisodeRollout(
+        **{k: v for k, v in vars(a).items()},
+        token_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]),
+        turns=torch.tensor([2, 1]),
+        tool_calls=torch.tensor([1, 0]),
+        transcripts=[[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]],
+    )
+    two = concat_rollouts([select_rows(ep, [1]), select_rows(ep, [0])], pad_id=0)
+    assert isinstance(two, EpisodeRollout) and two.turns.tolist() == [1, 2] and two.token_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
 
 
 def test_overlong_penalty_by_hand():

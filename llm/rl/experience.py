@@ -8,7 +8,8 @@ the code that trains on it (``PPOStage.update``) meet only here; the arithmetic 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -37,6 +38,54 @@ class Rollout:
     @property
     def prompt_len(self) -> int:  # P
         return int(self.prompt_ids.shape[1])
+
+
+def select_rows(ro: Rollout, rows: Sequence[int]) -> Rollout:
+    """The rollout (or a subclass, e.g. an episode rollout) of the rows ``rows``, in that order."""
+    idx = list(rows)
+    out = {}
+    for f in fields(ro):
+        v = getattr(ro, f.name)
+        if isinstance(v, torch.Tensor):
+            out[f.name] = v[torch.tensor(idx, dtype=torch.long, device=v.device)]
+        elif isinstance(v, list):
+            out[f.name] = [v[i] for i in idx]
+        else:
+            out[f.name] = v
+    return type(ro)(**out)
+
+
+def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """One rollout of the rows of ``parts`` (all of one type), in order. Prompts stay left-padded
+    (``prompt_*`` tensors are padded on the left to the longest), responses right-padded (the other
+    [B, T] tensors on the right); padding is ``pad_id`` for token ids, 0 for masks and log-probs.
+    A ``None`` field stays ``None`` only if it is ``None`` in every part."""
+    if not parts:
+        raise ValueError("concat_rollouts: no rollout to join")
+    kinds = {type(p) for p in parts}
+    if len(kinds) > 1:
+        raise TypeError(f"concat_rollouts: rollouts of different kinds {sorted(k.__name__ for k in kinds)}")
+    out = {}
+    for f in fields(parts[0]):
+        vals = [getattr(p, f.name) for p in parts]
+        if all(v is None for v in vals):
+            out[f.name] = None
+        elif any(v is None for v in vals):
+            raise ValueError(f"concat_rollouts: field {f.name!r} is None in some rollouts only")
+        elif isinstance(vals[0], list):
+            out[f.name] = [x for v in vals for x in v]
+        elif vals[0].dim() == 2:
+            width = max(v.shape[1] for v in vals)
+            fill = pad_id if f.name in ("prompt_ids", "responses") else 0
+            left = f.name.startswith("prompt_")
+            padded = []
+            for v in vals:
+                pad = v.new_full((v.shape[0], width - v.shape[1]), fill)
+                padded.append(torch.cat([pad, v] if left else [v, pad], 1))
+            out[f.name] = torch.cat(padded, 0)
+        else:
+            out[f.name] = torch.cat(vals, 0)
+    return type(parts[0])(**out)
 
 
 @dataclass

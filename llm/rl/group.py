@@ -24,6 +24,8 @@ an optional KL-to-reference term (``llm.rl.kl`` estimators).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from llm.rl.advantages import masked_mean, masked_sum, masked_whiten
@@ -132,6 +134,18 @@ def informative_groups(rewards: torch.Tensor, group_size: int | None = None, ato
     r = as_groups(rewards, group_size)  # [B, G]
     spread = r.max(dim=1).values - r.min(dim=1).values  # [B]
     return spread > atol
+
+
+def refill_groups(informative: Sequence[torch.Tensor], want: int) -> list[tuple[int, int]]:
+    """DAPO's dynamic-sampling refill: the groups that make a batch of ``want``.
+    ``informative[r]`` ``[B_r]`` bool marks the informative groups of sampling round ``r`` (round
+    0: the batch's own prompts; later rounds: extra prompts). Returns ``(round, group)`` pairs: the
+    informative groups in order of rounds, up to ``want``; when there are fewer, the batch's own
+    uninformative groups fill the rest in order (they stay out of the loss, as with ``drop``)."""
+    picked = [(r, int(g)) for r, inf in enumerate(informative) for g in torch.nonzero(inf).flatten().tolist()][:want]
+    if len(picked) < want:
+        picked += [(0, int(g)) for g in torch.nonzero(~informative[0]).flatten().tolist()][: want - len(picked)]
+    return picked
 
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, cache: int) -> torch.Tensor:

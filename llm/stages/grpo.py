@@ -28,6 +28,7 @@ Rollouts, the reference and the counting of one optimizer step per iteration are
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +40,16 @@ from llm.eval.passk import pass_at_k
 from llm.rl.advantages import masked_mean
 from llm.rl.engines import check_rollout_config
 from llm.rl.env import EpisodeRunner
-from llm.rl.experience import Rollout
-from llm.rl.group import group_advantages, informative_groups, kl_penalised_scores, overlong_filter, overlong_penalty, policy_loss
+from llm.rl.experience import Rollout, concat_rollouts, select_rows
+from llm.rl.group import (
+    group_advantages,
+    informative_groups,
+    kl_penalised_scores,
+    overlong_filter,
+    overlong_penalty,
+    policy_loss,
+    refill_groups,
+)
 from llm.rl.kl import kl_estimate
 from llm.rl.sandbox import SandboxLimits
 from llm.rl.tasks import Task, score_responses, verify
@@ -143,7 +152,7 @@ class GRPOStage(RolloutStage):
         rewards = scores
         if cfg.kl == "reward" and ref_logp is not None:
             rewards = kl_penalised_scores(scores, old_logp, ref_logp, fmask, cfg.kl_coef, str(cfg.kl_estimator))
-        if cfg.dynamic_sampling == "drop":
+        if cfg.dynamic_sampling != "off":
             kept = informative_groups(scores, G)  # by the task's reward, not the KL-shaped one
         else:
             kept = torch.ones(scores.shape[0] // G, dtype=torch.bool, device=scores.device)
@@ -211,10 +220,10 @@ class GRPOStage(RolloutStage):
                         stats[k].append(float(v.detach()))
         return stats, n_updates
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        cfg = self.stage_cfg.grpo
-        G = cfg.group_size
-        opt, sched = self.optimizers(), self.lr_schedulers()
+    def sample_and_score(self, batch: dict[str, torch.Tensor]) -> tuple[Rollout, dict[str, torch.Tensor], torch.Tensor, float, float]:
+        """Steps 1-2 for a batch of prompts: ``(rollout, reward components, total rewards [N],
+        seconds generating, seconds scoring)``; each prompt answered ``group_size`` times."""
+        G = self.stage_cfg.grpo.group_size
         index = batch["index"]
         prompts = [p for p in self._prompts_of("train", index) for _ in range(G)]
         tasks = self._tasks_of("train", index)
@@ -223,11 +232,66 @@ class GRPOStage(RolloutStage):
         if self.episodes is not None:  # 1. multi-turn: the tool turns are in the sequence, out of the loss
             ro = self.episodes.rollout(self, prompts, tasks)
         else:  # 1.
-            ro = self.rollout(batch["prompt_ids"].repeat_interleave(G, 0), batch["prompt_mask"].repeat_interleave(G, 0), prompts)
+            ids, mask = batch["prompt_ids"].to(self.device), batch["prompt_mask"].to(self.device)
+            ro = self.rollout(ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0), prompts)
         t1 = time.perf_counter()
         comps = self.reward_components(ro, tasks)  # 2.
         scores = self.total_reward(comps, len(ro.texts))
+        return ro, comps, scores, t1 - t0, time.perf_counter() - t1
+
+    def refill(
+        self, ro: Rollout, comps: dict[str, torch.Tensor], scores: torch.Tensor
+    ) -> tuple[Rollout, dict[str, torch.Tensor], torch.Tensor, dict[str, float]]:
+        """``dynamic_sampling=resample`` (DAPO): while a rank's batch has fewer informative groups
+        than prompts, every rank answers ``micro_batch_size`` more training prompts (drawn from the
+        whole training split, seeded by the data seed, step, rank and round); the batch becomes the
+        first informative groups, then its own uninformative ones if still short. Returns the new
+        rollout, components and rewards, and the round count and times."""
+        cfg = self.stage_cfg.grpo
+        G = cfg.group_size
+        B = scores.shape[0] // G
+        dm = self.trainer.datamodule
+        n_train = len(dm.prompts["train"])
+        parts = [(ro, comps, scores)]
+        informative = [informative_groups(scores, G)]
+        gen_s = score_s = 0.0
+        rounds = 0
+        while rounds < cfg.max_resample_rounds:
+            short = sum(int(k.sum()) for k in informative) < B
+            if float(self._sum_over_ranks(torch.tensor(float(short), device=self.device))) == 0:
+                break  # every rank is full (all ranks run the same rounds: sharded generation is collective)
+            rounds += 1
+            rng = random.Random(f"grpo-refill/{dm.seed}/{self.global_step}/{self.global_rank}/{rounds}")
+            extra = dm.collate_step("train", [rng.randrange(n_train) for _ in range(B)])
+            ro_r, comps_r, scores_r, g_s, s_s = self.sample_and_score(extra)
+            gen_s, score_s = gen_s + g_s, score_s + s_s
+            parts.append((ro_r, comps_r, scores_r))
+            informative.append(informative_groups(scores_r, G))
+        extra_tokens = sum(int(p[0].response_mask.sum()) for p in parts[1:])
+        stats = {"rounds": float(rounds), "generate_s": gen_s, "score_s": score_s, "extra_tokens": float(extra_tokens)}
+        if rounds == 0:
+            return ro, comps, scores, stats
+        picked = refill_groups(informative, B)
+        rows = [range(g * G, (g + 1) * G) for _, g in picked]
+        ro = concat_rollouts([select_rows(parts[r][0], rr) for (r, _), rr in zip(picked, rows)], self.pad_id)
+        comps = {k: torch.cat([parts[r][1][k][rr.start : rr.stop] for (r, _), rr in zip(picked, rows)]) for k in comps}
+        scores = torch.cat([parts[r][2][rr.start : rr.stop] for (r, _), rr in zip(picked, rows)])
+        return ro, comps, scores, stats
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        cfg = self.stage_cfg.grpo
+        G = cfg.group_size
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        t0 = time.perf_counter()
+        ro, comps, scores, gen_s, score_s = self.sample_and_score(batch)  # 1-2.
+        informative_before = informative_groups(scores, G).float().mean()
+        refill: dict[str, float] = {}
+        if cfg.dynamic_sampling == "resample":
+            ro, comps, scores, refill = self.refill(ro, comps, scores)
+            gen_s, score_s = gen_s + refill["generate_s"], score_s + refill["score_s"]
+        prompts = ro.prompts
         t2 = time.perf_counter()
+        t1 = t2 - score_s  # generation (all rounds, with the refill's own overhead), then scoring
         exp = self.make_experience(ro, scores)  # 3-4.
         t3 = time.perf_counter()
         raw = opt.optimizer if hasattr(opt, "optimizer") else opt
@@ -239,12 +303,13 @@ class GRPOStage(RolloutStage):
         t4 = time.perf_counter()
 
         fmask, rmask = ro.response_mask.float(), ro.response_mask
-        gen_tokens = int(rmask.sum())
+        gen_tokens = int(rmask.sum()) + int(refill.get("extra_tokens", 0))
         self.tokens_seen += gen_tokens
         metrics: dict[str, float] = {
             "grpo/reward": self._mean_over_ranks(scores.mean()),
             "grpo/reward_std": self._mean_over_ranks(scores.view(-1, G).std(1, correction=0).mean()),
             "grpo/dropped_groups": self._mean_over_ranks(1.0 - exp.kept_groups.float().mean()),
+            "grpo/informative_before_refill": self._mean_over_ranks(informative_before),
             "grpo/entropy": self._mean_over_ranks(masked_mean(exp.entropy, fmask)),
             "grpo/response_length": self._mean_over_ranks(rmask.sum(1).float().mean()),
             "grpo/ended_with_eos": self._mean_over_ranks(ro.ended.float().mean()),
@@ -253,6 +318,8 @@ class GRPOStage(RolloutStage):
             **timing_metrics((t0, t1, t2, t3, t4), gen_tokens),
             **(exp.engine_stats or {}),
         }
+        if cfg.dynamic_sampling == "resample":
+            metrics["grpo/resample_rounds"] = refill["rounds"]
         for k, v in comps.items():
             metrics[f"grpo/reward/{k}"] = self._mean_over_ranks(v.mean())
         if "correct" in comps:
