@@ -12,6 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
 from llm.model.engine import generate_text
+from llm.procstat import proc_status
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class StateMemory(L.Callback):
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")  # resets VmHWM to the current RSS
-                self._rss_before = _proc_status().get("VmRSS")
+                self._rss_before = proc_status().get("VmRSS")
             except OSError:
                 self._rss_before = None
 
@@ -189,7 +190,7 @@ class StateMemory(L.Callback):
         if self._rss_before is not None:
             mine["rss_before_step"] = self._rss_before
             mine["tensors_before_step"] = self._tensors_before
-            mine["rss_step_peak"] = _proc_status().get("VmHWM", 0)
+            mine["rss_step_peak"] = proc_status().get("VmHWM", 0)
         ranks = [mine]
         if trainer.world_size > 1:
             import torch.distributed as dist
@@ -206,20 +207,6 @@ class StateMemory(L.Callback):
             log.info("memory of rank 0 (MiB, %s, %d ranks): %s", self.strategy_name, trainer.world_size, mib)
             for lg in trainer.loggers:
                 lg.log_metrics({f"memory/{k}_mib": float(v) for k, v in mib.items()}, step=trainer.global_step)
-
-
-def _proc_status() -> dict[str, int]:
-    """VmRSS and VmHWM of this process in bytes (empty where /proc is not readable)."""
-    out: dict[str, int] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS", "VmHWM")):
-                    k, v = line.split(":")
-                    out[k] = int(v.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
 
 
 def build_callbacks(cfg: Any, stage: Any, placement: Any, run_dir: Path) -> tuple[list, Any, Preemption | None]:

@@ -36,20 +36,22 @@ V = len(WORDS)
 ID = {w: i for i, w in enumerate(WORDS)}
 
 
-def bigram_tokenizer():
+def bigram_tokenizer(words: list[str] = WORDS):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(ID, unk_token="<unk>"))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def bigram_model(table: dict[tuple[str, str], float]):
-    """logits(next | cur) = B[cur, next]: B is 0 except the entries in ``table``."""
+def bigram_model(table: dict[tuple[str, str], float], words: list[str] = WORDS):
+    """logits(next | cur) = B[cur, next]: B is 0 except the entries in ``table`` (pairs of ``words``,
+    whose ids are their places; ``words`` starts with ``<s>``, ``</s>``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    V, ID = len(words), {w: i for i, w in enumerate(words)}
     cfg = LlamaConfig(
         vocab_size=V,
         hidden_size=V,

@@ -10,7 +10,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from llm.eval.passk import mean_pass_at_k, pass_at_k, pass_at_k_table
 
@@ -76,39 +75,9 @@ TABLE.update({(d, "</s>"): 12.0 for d in DIGITS})
 
 
 def _bigram():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from test_eval import bigram_model, bigram_tokenizer
 
-    tok = Tokenizer(models.WordLevel(ID, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    V = len(WORDS)
-    cfg = LlamaConfig(
-        vocab_size=V,
-        hidden_size=V,
-        intermediate_size=4,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        head_dim=V,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-12,
-        tie_word_embeddings=False,
-        bos_token_id=0,
-        eos_token_id=1,
-    )
-    m = LlamaForCausalLM(cfg).eval()
-    B = torch.zeros(V, V)
-    for (a, b), v in TABLE.items():
-        B[ID[a], ID[b]] = v
-    with torch.no_grad():
-        m.model.embed_tokens.weight.copy_(torch.eye(V))
-        m.model.layers[0].self_attn.o_proj.weight.zero_()
-        m.model.layers[0].mlp.down_proj.weight.zero_()
-        m.model.norm.weight.fill_(1 / math.sqrt(V))
-        m.lm_head.weight.copy_(B.T)
-    return m, tok
+    return bigram_model(TABLE, WORDS), bigram_tokenizer(WORDS)
 
 
 def _p_right(digit: str) -> float:

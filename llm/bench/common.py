@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from llm.procstat import proc_status  # noqa: F401  (the benchmarks import it from here)
+
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,20 +133,6 @@ class ForeignLoad:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-def proc_status() -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of this process, bytes; empty where ``/proc`` is not readable."""
-    out: dict[str, int] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS", "VmHWM")):
-                    k, v = line.split(":")
-                    out[k] = int(v.split()[0]) * 1024
-    except OSError:  # pragma: no cover
-        pass
-    return out
 
 
 # ======================================================================== child processes
