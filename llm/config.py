@@ -47,7 +47,16 @@ DynamicSampling = _choice("DynamicSampling", "drop", "resample", "off")
 RolloutEngineName = _choice("RolloutEngineName", "hf", "vllm")
 PrefLoss = _choice("PrefLoss", "dpo", "ipo", "simpo", "kto")
 StrategyName = _choice(
-    "StrategyName", "auto", "single", "ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp"
+    "StrategyName",
+    "auto",
+    "single",
+    "ddp",
+    "deepspeed_zero1",
+    "deepspeed_zero2",
+    "deepspeed_zero3",
+    "deepspeed_zero3_offload",
+    "fsdp",
+    "fsdp_tp",
 )
 Accelerator = _choice("Accelerator", "auto", "cpu", "gpu")
 OnNonfinite = _choice("OnNonfinite", "stop", "skip")
@@ -638,7 +647,9 @@ class StrategyConfig:
     """``single`` (one device), ``ddp`` (replicas), ``deepspeed_zero1`` (optimizer state sharded),
     ``deepspeed_zero2`` (+ gradients), ``deepspeed_zero3`` (+ parameters),
     ``deepspeed_zero3_offload`` (ZeRO-3 with optimizer state and parameters in CPU memory) or
-    ``fsdp`` (PyTorch FSDP2: parameters, gradients and optimizer state sharded per decoder layer)."""
+    ``fsdp`` (PyTorch FSDP2: parameters, gradients and optimizer state sharded per decoder layer) or
+    ``fsdp_tp`` (FSDP2 over the data-parallel dimension of a 2-D mesh, tensor and sequence
+    parallelism over the other: ``tensor_parallel``)."""
     accelerator: Accelerator = Accelerator.auto
     devices: Any = "auto"
     num_nodes: int = 1
@@ -661,7 +672,28 @@ class StrategyConfig:
     the job at once (the launcher watches its processes); under Lightning's own launcher the
     surviving ranks wait in their next collective until this timeout."""
 
+    tensor_parallel: int = 1
+    """``fsdp_tp``: ranks per tensor-parallel group (the ``tensor_parallel`` dimension of the
+    2-D mesh; ``data_parallel`` is the world size divided by it). Each decoder layer's attention
+    heads and MLP columns are split over the group (Megatron's column/row split) and the
+    activations between them along the sequence (sequence parallelism); FSDP2 shards the rest over
+    the data-parallel dimension. Must divide the world size and the model's attention heads,
+    key/value heads, MLP width and vocabulary."""
+
     def __post_init__(self) -> None:
+        _check(self.tensor_parallel >= 1, f"strategy.tensor_parallel={self.tensor_parallel}: must be at least 1")
+        _check(
+            self.tensor_parallel == 1 or self.name == "fsdp_tp",
+            f"strategy.tensor_parallel={self.tensor_parallel} under strategy={self.name}: tensor parallelism composes with FSDP "
+            "only; use strategy=fsdp_tp",
+        )
+        if isinstance(self.devices, int) and self.name == "fsdp_tp":
+            world = self.devices * self.num_nodes
+            _check(
+                world % self.tensor_parallel == 0,
+                f"strategy.tensor_parallel={self.tensor_parallel} does not divide the world size {world} "
+                f"(strategy.devices={self.devices} x strategy.num_nodes={self.num_nodes})",
+            )
         _check(
             not self.offload_params or self.name in ("deepspeed_zero3", "deepspeed_zero3_offload"),
             f"strategy.offload_params needs ZeRO-3 (strategy={self.name}): use strategy=deepspeed_zero3_offload",

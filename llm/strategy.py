@@ -15,10 +15,15 @@ Strategies (``conf/strategy``):
 * ``fsdp``: FSDP2 (``fully_shard`` per decoder layer, then the root) through Lightning's
   ``ModelParallelStrategy`` with a pure data-parallel mesh; distributed (DCP) checkpoints written
   atomically.
+* ``fsdp_tp``: the same strategy on a 2-D mesh (``data_parallel`` x ``tensor_parallel``):
+  DTensor tensor and sequence parallelism inside each tensor-parallel group
+  (:func:`apply_tensor_parallel`, torchtitan's Llama plan), then FSDP2 over the data-parallel
+  dimension.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -32,11 +37,13 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from llm.config import EvalConfig, StrategyConfig, TrainerConfig
 from llm.writes import write_guard
 
+log = logging.getLogger(__name__)
+
 #: DeepSpeed strategy name -> ZeRO stage
 DEEPSPEED = {"deepspeed_zero1": 1, "deepspeed_zero2": 2, "deepspeed_zero3": 3, "deepspeed_zero3_offload": 3}
 #: strategies whose ranks each hold only a shard of the parameters
-PARAM_SHARDED = ("deepspeed_zero3", "deepspeed_zero3_offload", "fsdp")
-STRATEGIES = ("single", "ddp", *DEEPSPEED, "fsdp")
+PARAM_SHARDED = ("deepspeed_zero3", "deepspeed_zero3_offload", "fsdp", "fsdp_tp")
+STRATEGIES = ("single", "ddp", *DEEPSPEED, "fsdp", "fsdp_tp")
 
 
 @dataclass
@@ -154,12 +161,21 @@ def build_placement(cfg: StrategyConfig, trainer_cfg: TrainerConfig, grad_clip: 
         conf = deepspeed_config(cfg, grad_clip, micro_batch_size, gpu=accelerator == "gpu")
         strategy = _deepspeed_strategy_class()(config=conf, process_group_backend=backend, timeout=timeout)
         return Placement(accelerator, devices, num_nodes, strategy, precision, cfg.name)
-    # fsdp: one data-parallel mesh dimension over every rank (no tensor parallelism)
+    # fsdp: one data-parallel mesh dimension over every rank; fsdp_tp: data_parallel x tensor_parallel
     world = int(devices) * int(num_nodes)
+    tp = int(cfg.tensor_parallel) if cfg.name == "fsdp_tp" else 1
+    if world % tp:
+        raise ValueError(
+            f"strategy.tensor_parallel={tp} does not divide the world size {world} ({num_nodes} node(s) x {devices} device(s))"
+        )
     strategy = _fsdp_strategy_class()(
-        data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=True, process_group_backend=backend, timeout=timeout
+        data_parallel_size=world // tp,
+        tensor_parallel_size=tp,
+        save_distributed_checkpoint=True,
+        process_group_backend=backend,
+        timeout=timeout,
     )
-    return Placement(accelerator, devices, num_nodes, strategy, precision, "fsdp")
+    return Placement(accelerator, devices, num_nodes, strategy, precision, cfg.name)
 
 
 def check_switches(placement: Placement, strategy: StrategyConfig, trainer_cfg: TrainerConfig, eval_cfg: EvalConfig) -> None:
@@ -175,6 +191,11 @@ def check_switches(placement: Placement, strategy: StrategyConfig, trainer_cfg: 
         raise ValueError(
             f"trainer.compile=true under strategy={name}: ZeRO-3 fetches each parameter in module hooks that torch.compile "
             "cannot trace through; use strategy=fsdp (compiled per layer) or deepspeed_zero1/2 to compile"
+        )
+    if name == "fsdp_tp" and trainer_cfg.compile:
+        raise ValueError(
+            "trainer.compile=true under strategy=fsdp_tp: compiling the tensor-parallel layers (DTensor hooks around "
+            "transformers' modules) is not supported here yet; use strategy=fsdp to compile"
         )
 
 
@@ -399,12 +420,110 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     raise ValueError(f"{type(model).__name__}: no ModuleList of {n} decoder layers found to shard")
 
 
+#: transformers ``model_type`` s whose causal LM has Llama's module names (``model.embed_tokens``,
+#: ``model.layers[i].self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``, two RMSNorms per layer,
+#: ``model.norm``, ``lm_head``), which :func:`apply_tensor_parallel` splits
+TP_MODEL_TYPES = ("llama", "qwen2", "gemma")
+
+
+def check_tensor_parallel(config: Any, tp: int) -> None:
+    """Refuse, with the reason, a model that :func:`apply_tensor_parallel` cannot split ``tp``
+    ways: an architecture without a plan, or a head count, MLP width or vocabulary that ``tp``
+    does not divide (each rank must hold whole heads: transformers' attention reshapes its
+    projections to ``(..., -1, head_dim)``, so a rank's heads are what its shard of q/k/v holds)."""
+    kind = getattr(config, "model_type", None)
+    if kind not in TP_MODEL_TYPES:
+        raise ValueError(
+            f"strategy=fsdp_tp: no tensor-parallel plan for model_type={kind!r} (plans for: {', '.join(TP_MODEL_TYPES)}); use strategy=fsdp"
+        )
+    heads = config.num_attention_heads
+    sizes = {
+        "num_attention_heads": heads,
+        "num_key_value_heads": getattr(config, "num_key_value_heads", None) or heads,
+        "intermediate_size": config.intermediate_size,
+        "vocab_size": config.vocab_size,
+    }
+    for name, n in sizes.items():
+        if n % tp:
+            raise ValueError(
+                f"strategy.tensor_parallel={tp} does not divide the model's {name}={n} ({kind}): every tensor-parallel rank "
+                f"must hold an equal part; choose a tensor_parallel that divides {', '.join(f'{k}={v}' for k, v in sizes.items())}"
+            )
+
+
+def apply_tensor_parallel(model: torch.nn.Module, tp_mesh: Any) -> torch.nn.Module:
+    """Tensor and sequence parallelism over ``tp_mesh`` (torchtitan's Llama plan, on transformers'
+    module names): q/k/v and gate/up projections split by output columns, o and down by input
+    rows (one reduction per block); between the blocks the residual stream is a DTensor sharded
+    along the sequence (RMSNorms run on their part of the tokens; each attention and MLP block
+    all-gathers its input and reduce-scatters its output). The embeddings are split by vocabulary
+    rows and the LM head by vocabulary columns, its logits gathered whole on every rank, so the
+    loss is computed as without TP. Tied embeddings stay tied (both are sharded by vocabulary)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, PrepareModuleInput, RowwiseParallel, SequenceParallel, parallelize_module
+
+    class GatheredSequenceParallel(SequenceParallel):
+        """The final norm: on its part of the sequence, its output gathered whole (a local
+        tensor) for the LM head, which transformers slices by position before projecting."""
+
+        @staticmethod
+        def _prepare_output_fn(use_local_output: bool, mod: Any, outputs: Any, device_mesh: Any) -> Any:
+            return outputs.redistribute(placements=[Replicate()]).to_local()
+
+    check_tensor_parallel(model.config, tp_mesh.size())
+    base, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    if base is None or not isinstance(head, torch.nn.Linear) or not isinstance(getattr(base, "embed_tokens", None), torch.nn.Embedding):
+        raise ValueError(
+            f"strategy=fsdp_tp: {type(model).__name__} is not a causal LM with transformers' Llama layout (model.embed_tokens, "
+            "lm_head); the tensor-parallel plan covers pretraining and full fine-tuning of causal LMs (no LoRA, no reward head)"
+        )
+    tied = head.weight is base.embed_tokens.weight
+    parallelize_module(
+        model,
+        tp_mesh,
+        {
+            "model.embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1), use_local_output=False),
+            "model.norm": GatheredSequenceParallel(),
+            "lm_head": ColwiseParallel(output_layouts=Replicate()),
+        },
+    )
+    block = {
+        "input_layernorm": SequenceParallel(),
+        "self_attn": PrepareModuleInput(
+            input_kwarg_layouts={"hidden_states": Shard(1)},
+            desired_input_kwarg_layouts={"hidden_states": Replicate()},
+            use_local_output=True,
+        ),
+        "self_attn.q_proj": ColwiseParallel(),
+        "self_attn.k_proj": ColwiseParallel(),
+        "self_attn.v_proj": ColwiseParallel(),
+        "self_attn.o_proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),
+        "post_attention_layernorm": SequenceParallel(),
+        "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True),
+        "mlp.gate_proj": ColwiseParallel(),
+        "mlp.up_proj": ColwiseParallel(),
+        "mlp.down_proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),
+    }
+    for layer in decoder_layers(model):
+        parallelize_module(layer, tp_mesh, block)
+    if tied:
+        head.weight = base.embed_tokens.weight  # both Shard(0) over the vocabulary
+    plain = [n for n, p in model.named_parameters() if not hasattr(p, "device_mesh")]
+    if plain:
+        raise ValueError(f"strategy=fsdp_tp: the tensor-parallel plan left {plain[:5]} unsplit ({type(model).__name__}); use strategy=fsdp")
+    log.info("tensor parallel: %d-way over %d decoder layers (sequence-parallel norms)", tp_mesh.size(), len(decoder_layers(model)))
+    return model
+
+
 def parallelize(
-    model: torch.nn.Module, *, activation_checkpointing: bool = False, compile: bool = False, mesh: Any = None
+    model: torch.nn.Module, *, activation_checkpointing: bool = False, compile: bool = False, mesh: Any = None, tp_mesh: Any = None
 ) -> torch.nn.Module:
-    """torchtitan's order: activation checkpointing, then compile, then sharding (FSDP2 when a
-    data-parallel ``mesh`` is given: each decoder layer, then the root). Under FSDP each layer
-    is compiled on its own (a graph per block, as torchtitan does); otherwise the whole model."""
+    """torchtitan's order: tensor parallelism (over ``tp_mesh``, :func:`apply_tensor_parallel`),
+    activation checkpointing, then compile, then sharding (FSDP2 when a data-parallel ``mesh`` is
+    given: each decoder layer, then the root). Under FSDP each layer is compiled on its own (a
+    graph per block, as torchtitan does); otherwise the whole model."""
+    if tp_mesh is not None:
+        apply_tensor_parallel(model, tp_mesh)
     if activation_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", True):
             raise ValueError(f"strategy.activation_checkpointing: {type(model).__name__} does not support gradient checkpointing")
@@ -445,6 +564,32 @@ def shard_module(module: torch.nn.Module, mesh: Any) -> torch.nn.Module:
         fully_shard(layer, mesh=mesh)
     fully_shard(module, mesh=mesh)
     return module
+
+
+def data_and_tensor_meshes(device_mesh: Any) -> tuple[Any, Any]:
+    """``(data-parallel mesh, tensor-parallel mesh)`` of Lightning's ``ModelParallelStrategy``
+    mesh (``None`` for each that is absent; the tensor-parallel one also when it has one rank)."""
+    if device_mesh is None:
+        return None, None
+    tp = device_mesh["tensor_parallel"]
+    return device_mesh["data_parallel"], (tp if tp.size() > 1 else None)
+
+
+def tensor_parallel_size(strategy: Any) -> int:
+    """Ranks per tensor-parallel group (1 outside ``fsdp_tp``): they all see the same batch."""
+    mesh = getattr(strategy, "_device_mesh", None)
+    return int(mesh["tensor_parallel"].size()) if mesh is not None else 1
+
+
+def data_rank_world(trainer: Any) -> tuple[int, int]:
+    """``(rank, number of ranks)`` among the data-parallel replicas, which each read their own
+    part of the data: the global rank and world size, except under ``fsdp_tp``, where the ranks of
+    a tensor-parallel group read the same batches (Lightning's ``distributed_sampler_kwargs``:
+    the rank along the mesh's ``data_parallel`` dimension and its size)."""
+    if tensor_parallel_size(trainer.strategy) > 1:
+        kw = trainer.strategy.distributed_sampler_kwargs
+        return int(kw["rank"]), int(kw["num_replicas"])
+    return int(trainer.global_rank), int(trainer.world_size)
 
 
 def micro_batch_context(strategy: Any, last: bool) -> Any:

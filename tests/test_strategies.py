@@ -1,5 +1,5 @@
-"""Strategies (conf/strategy): DeepSpeed ZeRO 1/2/3/3-offload and FSDP2 on CPU processes under
-torchrun. Each one trains the same model on the same data as DDP and must give the same losses
+"""Strategies (conf/strategy): DeepSpeed ZeRO 1/2/3/3-offload, FSDP2 and FSDP2 x tensor
+parallelism on CPU processes under torchrun. Each one trains the same model on the same data as DDP and must give the same losses
 and the same exported weights (fp32: up to float reordering); ZeRO-3 and FSDP runs end in a
 consolidated Hugging Face export; a killed sharded run resumes to the uninterrupted result;
 every stage runs under the sharding strategies (PPO under FSDP; it refuses DeepSpeed, with the
@@ -98,6 +98,38 @@ def test_deepspeed_config_per_strategy():
     with pytest.raises(ConfigCompositionException) as e:  # a closed choice: refused when composed
         compose(["strategy=ddp", "strategy.name=zero9"])
     assert "zero9" in str(e.value.__cause__ or e.value) and "deepspeed_zero3" in str(e.value.__cause__ or e.value)
+
+
+def test_tensor_parallel_refusals_name_the_reason():
+    """``strategy.tensor_parallel`` is checked at start: only under fsdp_tp, dividing the world
+    size and the model's heads, key/value heads, MLP width and vocabulary; stages and LoRA that
+    the plan does not cover refuse it."""
+    from transformers import GPT2Config, LlamaConfig
+
+    from llm.config import check_config
+    from llm.stages.registry import get_stage
+    from llm.strategy import check_tensor_parallel
+
+    cfg = compose(["strategy=fsdp_tp"])
+    assert cfg.strategy.name == "fsdp_tp" and cfg.strategy.tensor_parallel == 2
+    check_config(compose(["strategy=fsdp_tp", "strategy.devices=4"]))
+    with pytest.raises(ValueError, match="tensor_parallel=2 under strategy=fsdp: tensor parallelism composes with FSDP only"):
+        check_config(compose(["strategy=fsdp", "strategy.tensor_parallel=2"]))
+    with pytest.raises(ValueError, match=r"tensor_parallel=2 does not divide the world size 3 \(strategy.devices=3"):
+        check_config(compose(["strategy=fsdp_tp", "strategy.devices=3"]))
+    llama = LlamaConfig(hidden_size=64, intermediate_size=198, num_attention_heads=8, num_key_value_heads=4, vocab_size=1024)
+    check_tensor_parallel(llama, 2)
+    with pytest.raises(ValueError, match="tensor_parallel=4 does not divide the model's intermediate_size=198"):
+        check_tensor_parallel(llama, 4)
+    with pytest.raises(ValueError, match="tensor_parallel=8 does not divide the model's num_key_value_heads=2"):
+        check_tensor_parallel(LlamaConfig(hidden_size=64, intermediate_size=256, num_attention_heads=8, num_key_value_heads=2), 8)
+    with pytest.raises(ValueError, match="no tensor-parallel plan for model_type='gpt2'"):
+        check_tensor_parallel(GPT2Config(), 2)
+    with pytest.raises(ValueError, match="stage=rm does not run under strategy=fsdp_tp"):
+        get_stage("rm").validate(compose(["stage=rm", "model=hf", "model.pretrained=x", "data=pref_demo", "strategy=fsdp_tp"]))
+    with pytest.raises(ValueError, match="stage.lora.enabled under strategy=fsdp_tp"):
+        get_stage("sft").validate(compose(["stage=sft_lora", "model=hf", "model.pretrained=x", "data=sft_demo", "strategy=fsdp_tp"]))
+    get_stage("sft").validate(compose(["stage=sft", "model=hf", "model.pretrained=x", "data=sft_demo", "strategy=fsdp_tp"]))
 
 
 def test_auto_buckets_scale_with_width():
@@ -317,6 +349,70 @@ def test_switches_activation_checkpointing_and_compile(tmp_path, ddp_pretrain):
     torchrun(b, [*FAST, *STEPS, "strategy=deepspeed_zero3", "strategy.activation_checkpointing=true"])
     for run in (a, b):
         same_run(ddp_pretrain, run, tol=1e-5)
+
+
+@pytest.mark.slow
+def test_tensor_parallel_plan_models(tmp_path):
+    """The tensor-parallel plan on 2 ranks, on small random Llama (untied), Qwen2 and Gemma (tied
+    embeddings, which stay tied) with grouped-query attention: each rank holds half the heads, and
+    the logits, loss and every gradient equal the unsplit model's, on plain, padded and packed
+    batches (fp32; measured differences ~1e-7)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / "tp_models.py")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode == 0, r.stderr[-6000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert {(x["model"], x["batch"]) for x in rows} == {(m, b) for m in ("llama", "qwen2", "gemma") for b in ("plain", "padded", "packed")}
+    for x in rows:
+        assert x["tied"] == (x["model"] != "llama") and x["local_q_rows"] == 32 and x["n_grads"] == x["n_ref_grads"], x
+        assert x["logits"] < 1e-5 and x["loss"] < 1e-6 and x["grads"] < 1e-5, x
+
+
+@pytest.mark.slow
+def test_tensor_parallel_matches_ddp(tmp_path, ddp_pretrain):
+    """strategy=fsdp_tp on 4 ranks as 2 (data) x 2 (tensor): the two ranks of a tensor-parallel
+    group read the same batches, so the run is DDP's on 2 ranks: the same losses, gradient norms
+    and validation losses at every step (fp32, within 1e-5), the same exported weights, and the
+    consolidated export loads in plain transformers with DDP's logits. A rank killed at step 6
+    resumes from the step-4 distributed checkpoint to the same end."""
+    run = tmp_path / "run"
+    args = [*FAST, *STEPS, "strategy=fsdp_tp", "strategy.tensor_parallel=2"]
+    r = torchrun(run, [*args, "trainer.crash_at_step=6"], nproc=4, check=False)
+    assert r.returncode != 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step0000004.ckpt"]
+    r = torchrun(run, [*args, "ckpt_path=last"], nproc=4)
+    assert "resuming from" in r.stdout + r.stderr
+    assert r.stdout.strip().splitlines()[-1] == f"export: {run / 'export'}"
+    same_run(ddp_pretrain, run, tol=1e-5)
+    same_run(ddp_pretrain, run, "train/grad_norm", tol=1e-4)
+    same_run(ddp_pretrain, run, "val/loss", tol=1e-5)
+    same_weights(ddp_pretrain, run, tol=1e-4)
+    tokens = series(run, "train/tokens_seen")
+    assert tokens == series(ddp_pretrain, "train/tokens_seen"), tokens  # a TP group's batch counted once
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run / "export").eval()
+    ddp = AutoModelForCausalLM.from_pretrained(ddp_pretrain / "export").eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, ddp(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+    assert json.loads((run / "export" / "config.json").read_text()) == json.loads((ddp_pretrain / "export" / "config.json").read_text())
+
+
+@pytest.mark.slow
+def test_tensor_parallel_only_matches_one_process(tmp_path):
+    """1 (data) x 2 (tensor): both ranks train one replica; the run is one process's."""
+    one, tp = tmp_path / "one", tmp_path / "tp"
+    torchrun(one, [*FAST, *STEPS, "strategy=ddp"], nproc=1)
+    torchrun(tp, [*FAST, *STEPS, "strategy=fsdp_tp", "strategy.tensor_parallel=2"], nproc=2)
+    same_run(one, tp, tol=1e-5)
+    same_run(one, tp, "val/loss", tol=1e-5)
+    same_weights(one, tp, tol=1e-4)
 
 
 FT = [

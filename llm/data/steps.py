@@ -118,7 +118,9 @@ class StepDataModule(L.LightningDataModule):
     def _rank_world(self) -> tuple[int, int]:
         t = getattr(self, "trainer", None)
         if t is not None:
-            return int(t.global_rank), int(t.world_size)
+            from llm.strategy import data_rank_world
+
+            return data_rank_world(t)
         return 0, 1
 
     def plan(self, split: str, epoch: int) -> list[list[Any]]:

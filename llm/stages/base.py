@@ -24,7 +24,15 @@ from omegaconf import OmegaConf
 from llm.config import ModelConfig, StageConfig
 from llm.model.build import build_model, count_params, flops_per_token
 from llm.perf import StepTimer
-from llm.strategy import clip_gradients, micro_batch_context, norm_after_step, parallelize, shard_module
+from llm.strategy import (
+    clip_gradients,
+    data_and_tensor_meshes,
+    micro_batch_context,
+    norm_after_step,
+    parallelize,
+    shard_module,
+    tensor_parallel_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +143,10 @@ class BaseStage(L.LightningModule):
         self.on_model_ready()
         seq_len = self.seq_len or self.model_cfg.max_seq_len
         self._flops_per_token = flops_per_token(self.model.config, n, seq_len)  # before any sharding
-        mesh = self._device_mesh["data_parallel"] if getattr(self, "_device_mesh", None) is not None else None
-        self.model = parallelize(self.model, activation_checkpointing=self.activation_checkpointing, compile=self.compile, mesh=mesh)
+        mesh, tp_mesh = data_and_tensor_meshes(getattr(self, "_device_mesh", None))
+        self.model = parallelize(
+            self.model, activation_checkpointing=self.activation_checkpointing, compile=self.compile, mesh=mesh, tp_mesh=tp_mesh
+        )
         if mesh is not None:
             for extra in self.extra_trained_modules():
                 shard_module(extra, mesh)
@@ -205,7 +215,9 @@ class BaseStage(L.LightningModule):
         n_global = self._sum_over_ranks(n_local.float())
         if n_global.item() == 0:
             raise RuntimeError(f"step {self.global_step}: the batch has no token that carries loss")
-        # DDP averages gradients over ranks: scale by world_size so the result is sum / n_global
+        # DDP averages gradients over ranks: scale by world_size so the result is sum / n_global.
+        # Under fsdp_tp the tp ranks of a data-parallel group count the same tokens, so n_global
+        # is tp times their sum and FSDP averages over dp = world / tp ranks: the same scale holds
         scale = self.trainer.world_size / n_global
         loss_sum = torch.zeros((), device=self.device)
         inject = self.nan_at_step is not None and self.global_step == self.nan_at_step and not self._nan_injected
@@ -234,7 +246,7 @@ class BaseStage(L.LightningModule):
                     "resume from the last checkpoint (ckpt_path=last), perhaps with a lower stage.optim.lr"
                 )
 
-        tokens = int(n_global.item())
+        tokens = int(n_global.item()) // tensor_parallel_size(self.trainer.strategy)  # a TP group's ranks share one batch
         self.tokens_seen += tokens
         self.timer.tick(tokens)
         last = self.trainer.max_steps > 0 and self.global_step >= self.trainer.max_steps

@@ -31,8 +31,9 @@ PRETRAIN = Stage(
     eval_suite="pretrain",
     chat=False,
     val_before_train=False,
+    tensor_parallel=True,
 )
 """Stage 1: next-token prediction on packed text, from random weights (or a checkpoint)."""
 
-SFT = Stage(name="sft", module=LMStage, data=builders.sft_data, eval_suite="sft")
+SFT = Stage(name="sft", module=LMStage, data=builders.sft_data, eval_suite="sft", tensor_parallel=True)
 """Stage 2: instruction fine-tuning; loss on the assistant's tokens only (labels are -100 elsewhere)."""

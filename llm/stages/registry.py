@@ -56,6 +56,10 @@ class Stage:
     """Default of ``trainer.val_before_train``: validate the starting model first."""
     refused_strategies: Mapping[str, str] = field(default_factory=dict)
     """Strategy name -> why this stage does not run under it."""
+    tensor_parallel: bool = False
+    """Runs under ``strategy=fsdp_tp``: a causal LM trained whole, whose loss reads the logits
+    only (the tensor-parallel plan splits transformers' causal LMs; reward heads, reference
+    copies, generation during training and LoRA adapters are not covered)."""
     check: Callable[[Config], None] | None = None
     """Further start-up checks of the stage's own settings; raises ``ValueError``."""
 
@@ -72,6 +76,16 @@ class Stage:
             raise ValueError(self.lora_refused)
         if self.needs_pretrained and not cfg.model.pretrained:
             raise ValueError(f"stage={self.name} starts from a fine-tuned model: set model.pretrained=<an SFT export or HF directory>")
+        if cfg.strategy.name == "fsdp_tp" and not self.tensor_parallel:
+            raise ValueError(
+                f"stage={self.name} does not run under strategy=fsdp_tp: tensor parallelism here covers causal LMs trained "
+                "whole (stage=pretrain, stage=sft); use strategy=fsdp"
+            )
+        if cfg.strategy.name == "fsdp_tp" and cfg.stage.lora.enabled:
+            raise ValueError(
+                "stage.lora.enabled under strategy=fsdp_tp: PEFT's LoRA layers wrap the projections the tensor-parallel plan "
+                "splits; use strategy=fsdp for LoRA"
+            )
         why = self.refused_strategies.get(cfg.strategy.name)
         if why:
             raise ValueError(f"stage={self.name} does not run under strategy={cfg.strategy.name}: {why}")

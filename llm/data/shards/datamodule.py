@@ -85,7 +85,9 @@ class TokenDataModule(L.LightningDataModule):
     def _rank_world(self) -> tuple[int, int]:
         trainer = self._attached_trainer()
         if trainer is not None:
-            return int(trainer.global_rank), int(trainer.world_size)
+            from llm.strategy import data_rank_world
+
+            return data_rank_world(trainer)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
