@@ -377,7 +377,8 @@ def test_tensor_parallel_plan_models(tmp_path):
 def test_tensor_parallel_matches_ddp(tmp_path, ddp_pretrain):
     """strategy=fsdp_tp on 4 ranks as 2 (data) x 2 (tensor): the two ranks of a tensor-parallel
     group read the same batches, so the run is DDP's on 2 ranks: the same losses, gradient norms
-    and validation losses at every step (fp32, within 1e-5), the same exported weights, and the
+    and validation losses at every step (fp32: measured relative differences <= 2e-7 for the losses,
+    3e-6 for the gradient norms, weights <= 3e-6), the same exported weights, and the
     consolidated export loads in plain transformers with DDP's logits. A rank killed at step 6
     resumes from the step-4 distributed checkpoint to the same end."""
     run = tmp_path / "run"
@@ -388,10 +389,10 @@ def test_tensor_parallel_matches_ddp(tmp_path, ddp_pretrain):
     r = torchrun(run, [*args, "ckpt_path=last"], nproc=4)
     assert "resuming from" in r.stdout + r.stderr
     assert r.stdout.strip().splitlines()[-1] == f"export: {run / 'export'}"
-    same_run(ddp_pretrain, run, tol=1e-5)
-    same_run(ddp_pretrain, run, "train/grad_norm", tol=1e-4)
-    same_run(ddp_pretrain, run, "val/loss", tol=1e-5)
-    same_weights(ddp_pretrain, run, tol=1e-4)
+    same_run(ddp_pretrain, run)
+    same_run(ddp_pretrain, run, "train/grad_norm", tol=2e-5)
+    same_run(ddp_pretrain, run, "val/loss")
+    same_weights(ddp_pretrain, run)
     tokens = series(run, "train/tokens_seen")
     assert tokens == series(ddp_pretrain, "train/tokens_seen"), tokens  # a TP group's batch counted once
     from transformers import AutoModelForCausalLM
@@ -410,9 +411,10 @@ def test_tensor_parallel_only_matches_one_process(tmp_path):
     one, tp = tmp_path / "one", tmp_path / "tp"
     torchrun(one, [*FAST, *STEPS, "strategy=ddp"], nproc=1)
     torchrun(tp, [*FAST, *STEPS, "strategy=fsdp_tp", "strategy.tensor_parallel=2"], nproc=2)
-    same_run(one, tp, tol=1e-5)
-    same_run(one, tp, "val/loss", tol=1e-5)
-    same_weights(one, tp, tol=1e-4)
+    same_run(one, tp)
+    same_run(one, tp, "train/grad_norm", tol=2e-5)
+    same_run(one, tp, "val/loss")
+    same_weights(one, tp)
 
 
 FT = [
