@@ -216,6 +216,8 @@ def test_refusals_name_the_reason(tmp_path):
         train(compose(["strategy=fsdp", "eval=pretrain", "eval.every_n_steps=5"], run_dir=tmp_path))
     with pytest.raises(ValueError, match="trainer.compile=true under strategy=deepspeed_zero3"):
         train(compose(["strategy=deepspeed_zero3", "trainer.compile=true"], run_dir=tmp_path))
+    with pytest.raises(ValueError, match="trainer.compile=true under strategy=fsdp_tp"):
+        train(compose(["strategy=fsdp_tp", "trainer.compile=true"], run_dir=tmp_path))
 
 
 # --------------------------------------------------------- multi-process (torchrun)
@@ -407,10 +409,11 @@ def test_tensor_parallel_matches_ddp(tmp_path, ddp_pretrain):
 
 @pytest.mark.slow
 def test_tensor_parallel_only_matches_one_process(tmp_path):
-    """1 (data) x 2 (tensor): both ranks train one replica; the run is one process's."""
+    """1 (data) x 2 (tensor), with activation checkpointing: both ranks train one replica; the
+    run is one process's."""
     one, tp = tmp_path / "one", tmp_path / "tp"
     torchrun(one, [*FAST, *STEPS, "strategy=ddp"], nproc=1)
-    torchrun(tp, [*FAST, *STEPS, "strategy=fsdp_tp", "strategy.tensor_parallel=2"], nproc=2)
+    torchrun(tp, [*FAST, *STEPS, "strategy=fsdp_tp", "strategy.tensor_parallel=2", "strategy.activation_checkpointing=true"], nproc=2)
     same_run(one, tp)
     same_run(one, tp, "train/grad_norm", tol=2e-5)
     same_run(one, tp, "val/loss")
