@@ -27,7 +27,7 @@ from typing import Any
 GIB = 2**30
 MIB = 2**20
 #: the strategies the planner knows; ``tensor_parallel`` > 1 is modelled for ``fsdp`` only
-#: (FSDP2 x DTensor tensor parallelism on a 2-D mesh, the planned ``fsdp_tp``)
+#: (FSDP2 x DTensor tensor parallelism on a 2-D mesh, which runs as ``strategy=fsdp_tp``)
 STRATEGIES = ("single", "ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp")
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 #: fixed bytes per process that are no tensor of the model: on a GPU, the CUDA context, cuBLAS and
