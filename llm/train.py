@@ -51,9 +51,12 @@ def build_module(cfg: Config, stage: Stage, data: StageData, peak_flops: Any = N
 def train(cfg: Config | DictConfig) -> dict[str, Any]:
     """Run one stage from a composed config. Returns {"export": path | None, "metrics": {...}, ...}."""
     from llm.loggers import quiet_lightning
+    from llm.preflight import require_world
     from llm.rundir import RunLock, find_checkpoint, is_first_process, prepare_run_dir, resolve_run_dir
 
     check_config(cfg)
+    # a missing GPU or a world other than the one asked for fails here, before any data or model
+    require_world(cfg.strategy.accelerator, cfg.strategy.devices, cfg.strategy.num_nodes)
     stage = get_stage(cfg.stage.name)
     stage.validate(cfg)
     quiet_lightning()
@@ -75,6 +78,7 @@ def _fit(cfg: Config, stage: Stage, run_dir: Path, ckpt: str | None) -> dict[str
     from llm.data.overfit import OverfitDataModule
     from llm.loggers import build_loggers
     from llm.perf import peak_flops
+    from llm.preflight import Preflight
     from llm.strategy import build_placement, check_switches
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -91,6 +95,7 @@ def _fit(cfg: Config, stage: Stage, run_dir: Path, ckpt: str | None) -> dict[str
     dm = OverfitDataModule(data.datamodule) if overfit else data.datamodule
 
     callbacks, ckpt_cb, preempt = build_callbacks(cfg, stage, placement, run_dir)
+    callbacks.insert(0, Preflight(run_dir))  # the report, once the process group exists
     trainer = L.Trainer(
         accelerator=placement.accelerator,
         devices=placement.devices,

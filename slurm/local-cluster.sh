@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# slurm/local-cluster.sh - a real single-node Slurm cluster (munged + slurmctld + slurmd) on this
+# slurm/local-cluster.sh - a real Slurm cluster (munged + slurmctld + one slurmd per node) on this
 # Debian machine, as root, without systemd, cgroups or accounting: for contributors and CI to run
 # the sbatch scripts for real (tests/test_slurm.py).
 #
@@ -17,6 +17,9 @@
 # Tunables (environment), up:
 #   SLURM_UP_STATE        dir for our pid files              (/run/slurm-up)
 #   SLURM_UP_NODE         node name                          ($(hostname -s))
+#   SLURM_UP_NODES        simulated nodes: N > 1 starts N slurmd daemons on this host (Slurm's
+#                         multiple-slurmd mode: nodes <node>-n1..<node>-nN, each its own port,
+#                         spool, log and pid file, all at 127.0.0.1)          (1)
 #   SLURM_UP_CPUS         CPUs of the node                   ($(nproc))
 #   SLURM_UP_MEM_MB       RealMemory                         (MemTotal MB - 1024)
 #   SLURM_UP_PARTITION    partition name                     (debug)
@@ -55,6 +58,7 @@ if [ "$CMD" = up ]; then
 set -euo pipefail
 
 NODE=${SLURM_UP_NODE:-$(hostname -s)}
+NODES=${SLURM_UP_NODES:-1}
 CPUS=${SLURM_UP_CPUS:-$(nproc)}
 MEM_MB=${SLURM_UP_MEM_MB:-$(( $(awk '/^MemTotal:/{print int($2/1024)}' /proc/meminfo) - 1024 ))}
 PARTITION=${SLURM_UP_PARTITION:-debug}
@@ -64,6 +68,17 @@ TIMEOUT=${SLURM_UP_TIMEOUT:-90}
 CONF=/etc/slurm/slurm.conf
 CTLD_PIDFILE=/run/slurmctld.pid
 SLURMD_PIDFILE=/run/slurmd.pid
+if [ "$NODES" -gt 1 ]; then  # one slurmd per node: %n is the node's name
+  SLURMD_PIDFILE=/run/slurmd-%n.pid SLURMD_SPOOL=/var/spool/slurmd/%n SLURMD_LOG=/var/log/slurm/slurmd-%n.log
+  NODE_NAMES=$(for i in $(seq "$NODES"); do printf '%s-n%d ' "$NODE" "$i"; done)
+  NODE_LINES=$(for i in $(seq "$NODES"); do
+    echo "NodeName=${NODE}-n$i NodeHostname=$(hostname -s) NodeAddr=127.0.0.1 Port=$((17000 + i)) CPUs=${CPUS} RealMemory=${MEM_MB} State=UNKNOWN"
+  done)
+  NODE_LIST=${NODE}-n[1-${NODES}]
+else
+  SLURMD_SPOOL=/var/spool/slurmd SLURMD_LOG=/var/log/slurm/slurmd.log NODE_NAMES=$NODE NODE_LIST=$NODE
+  NODE_LINES="NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM_MB} State=UNKNOWN"
+fi
 MUNGE_PIDFILE=/run/munge/munged.pid
 MUNGE_SOCKET=/run/munge/munge.socket.2
 
@@ -136,7 +151,7 @@ mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 chmod 0755 /var/spool/slurmctld /var/spool/slurmd
 NEWCONF=$(mktemp)
 cat > "$NEWCONF" <<EOF
-# written by slurm-up.sh: single-node CI cluster
+# written by slurm-up.sh: CI cluster of ${NODES} node(s) on one host
 ClusterName=ci
 SlurmctldHost=${NODE}(127.0.0.1)
 SlurmUser=root
@@ -157,13 +172,13 @@ ReturnToService=2
 MailProg=/bin/true
 MinJobAge=${MIN_JOB_AGE}
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=${SLURMD_SPOOL}
 SlurmctldPidFile=${CTLD_PIDFILE}
 SlurmdPidFile=${SLURMD_PIDFILE}
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
-NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM_MB} State=UNKNOWN
-PartitionName=${PARTITION} Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP
+SlurmdLogFile=${SLURMD_LOG}
+${NODE_LINES}
+PartitionName=${PARTITION} Nodes=${NODE_LIST} Default=YES MaxTime=INFINITE State=UP
 EOF
 CONF_CHANGED=0
 if ! cmp -s "$NEWCONF" "$CONF"; then
@@ -174,12 +189,13 @@ fi
 rm -f "$NEWCONF"
 
 # ---------------------------------------------------------------- 4. daemons
-# start_daemon NAME PIDFILE CMD...   (the daemons fork themselves into the background)
+# start_daemon NAME[:LABEL] PIDFILE CMD...   (the daemons fork themselves into the background;
+# LABEL names our pid file, $STATE/LABEL.pid: slurmd-<node> when there are several)
 start_daemon() {
-  local name=$1 pidfile=$2; shift 2
+  local name=${1%%:*} label=${1#*:} pidfile=$2; shift 2
   local pid; pid=$(pid_of_file "$pidfile")
   if alive "$pid" "$name"; then
-    if [ "$CONF_CHANGED" = 1 ] && [ "$(pid_of_file "$STATE/$name.pid")" = "$pid" ]; then
+    if [ "$CONF_CHANGED" = 1 ] && [ "$(pid_of_file "$STATE/$label.pid")" = "$pid" ]; then
       log "$name (pid $pid, ours) restarting for new slurm.conf"
       kill -TERM "$pid"; for _ in $(seq 100); do alive "$pid" "$name" || break; sleep 0.1; done
     else
@@ -192,34 +208,54 @@ start_daemon() {
   "$@" || die "$name failed to start (see /var/log/slurm/$name.log)"
   for _ in $(seq 100); do pid=$(pid_of_file "$pidfile"); alive "$pid" "$name" && break; sleep 0.1; done
   alive "$pid" "$name" || die "$name did not stay up (see /var/log/slurm/$name.log)"
-  echo "$pid" > "$STATE/$name.pid"
-  log "$name pid $pid"
+  echo "$pid" > "$STATE/$label.pid"
+  log "$label pid $pid"
 }
 
 start_daemon slurmctld "$CTLD_PIDFILE" /usr/sbin/slurmctld
 for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q 'is UP' && break; sleep 0.2; done
 scontrol ping 2>/dev/null | grep -q 'is UP' || die "slurmctld does not answer (see /var/log/slurm/slurmctld.log)"
-start_daemon slurmd "$SLURMD_PIDFILE" /usr/sbin/slurmd -N "$NODE"
+if [ "$CONF_CHANGED" = 1 ]; then  # the slurmd daemons we started for another set of nodes
+  for f in "$STATE"/slurmd*.pid; do
+    [ -f "$f" ] || continue
+    pid=$(pid_of_file "$f")
+    if alive "$pid" slurmd; then
+      log "$(basename "$f" .pid) (pid $pid, ours) stopping for new slurm.conf"
+      kill -TERM "$pid"; for _ in $(seq 100); do alive "$pid" slurmd || break; sleep 0.1; done
+    fi
+    rm -f "$f"
+  done
+fi
+for n in $NODE_NAMES; do
+  if [ "$NODES" -gt 1 ]; then
+    mkdir -p "/var/spool/slurmd/$n"
+    start_daemon "slurmd:slurmd-$n" "/run/slurmd-$n.pid" /usr/sbin/slurmd -N "$n"
+  else
+    start_daemon slurmd "$SLURMD_PIDFILE" /usr/sbin/slurmd -N "$n"
+  fi
+done
 
 # ---------------------------------------------------------------- 5. wait for idle
-resumed=0
 deadline=$(( $(date +%s) + TIMEOUT ))
-while :; do
-  st=$(sinfo -h -n "$NODE" -o '%T' 2>/dev/null | head -n1 || true)
-  case "$st" in
-    idle|mixed|allocated|completing) break ;;
-    *drain*|*down*|*inval*|*fail*)
-      if [ "$resumed" = 0 ]; then
-        log "node state '$st', resuming it"
-        scontrol update NodeName="$NODE" State=RESUME 2>/dev/null || true
-        resumed=1
-      fi ;;
-  esac
-  [ "$(date +%s)" -lt "$deadline" ] || { sinfo -R || true; tail -n 20 /var/log/slurm/slurmd.log || true; die "node $NODE not idle after ${TIMEOUT}s (state '$st')"; }
-  sleep 0.5
+for n in $NODE_NAMES; do
+  resumed=0
+  while :; do
+    st=$(sinfo -h -n "$n" -o '%T' 2>/dev/null | head -n1 || true)
+    case "$st" in
+      idle|mixed|allocated|completing) break ;;
+      *drain*|*down*|*inval*|*fail*)
+        if [ "$resumed" = 0 ]; then
+          log "node $n state '$st', resuming it"
+          scontrol update NodeName="$n" State=RESUME 2>/dev/null || true
+          resumed=1
+        fi ;;
+    esac
+    [ "$(date +%s)" -lt "$deadline" ] || { sinfo -R || true; tail -n 20 /var/log/slurm/slurmd*.log || true; die "node $n not idle after ${TIMEOUT}s (state '$st')"; }
+    sleep 0.5
+  done
 done
 sinfo
-log "cluster up: node $NODE is $st after $(elapsed)s"
+log "cluster up: $NODES node(s) ($NODE_NAMES) idle after $(elapsed)s"
 
 exit 0
 fi
@@ -230,8 +266,9 @@ set -uo pipefail
 PURGE=0; [ "${1:-}" = "--purge" ] && PURGE=1
 log() { printf '[slurm-down %s] %s\n' "$(date +%T)" "$*"; }
 
-stop() {   # stop NAME [WAIT_SECONDS]
-  local name=$1 wait_s=${2:-30} f="$STATE/$1.pid" pid
+stop() {   # stop NAME[:LABEL] [WAIT_SECONDS]   (our pid file: $STATE/LABEL.pid)
+  local name=${1%%:*} label=${1#*:} wait_s=${2:-30} pid
+  local f="$STATE/$label.pid"
   [ -f "$f" ] || { log "$name: not started by slurm-up (no $f), leaving it"; return 0; }
   pid=$(pid_of_file "$f")
   if alive "$pid" "$name"; then
@@ -256,13 +293,14 @@ if [ "${SLURM_DOWN_KEEP_JOBS:-0}" != 1 ] && alive "$ours_ctld" slurmctld; then
   fi
 fi
 
+for f in "$STATE"/slurmd-*.pid; do [ -f "$f" ] && stop "slurmd:$(basename "$f" .pid)" 30; done
 stop slurmd 30
 stop slurmctld 30
 stop munged 10
 
 if [ "$PURGE" = 1 ]; then
   log "purging /var/spool/slurmctld and /var/spool/slurmd"
-  rm -rf /var/spool/slurmctld/* /var/spool/slurmd/*
+  rm -rf /var/spool/slurmctld/* /var/spool/slurmd/*  # (per-node spools are under it)
 fi
 rmdir "$STATE" 2>/dev/null || true
 log "done"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Shared body of slurm/<stage>.sh: one torchrun per node (srun --ntasks-per-node=1), which
-# starts one process per GPU and meets the other nodes through a c10d rendezvous on the first
-# node. Why torchrun rather than one srun task per GPU: the same launcher as on a workstation
+# Shared body of slurm/<stage>.sh: one torchrun per node (srun --ntasks-per-node=1 running
+# launch/torchrun.sh with NNODES and RDZV_ENDPOINT), which starts one process per GPU and meets
+# the other nodes through a c10d rendezvous on the first node. Why torchrun rather than one srun task per GPU: the same launcher as on a workstation
 # (launch/torchrun.sh), elastic restarts, and no dependence on Slurm's GPU binding.
 # Usage (inside an allocation): bash slurm/stage.sh <stage> [hydra overrides]
 set -euo pipefail
@@ -10,7 +10,11 @@ cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 NODES=${SLURM_NNODES:-1}
 GPUS=${XIULIAN_GPUS_PER_NODE:-$(python3 -c "import torch; print(torch.cuda.device_count() or 1)")}
 # Slurm sets neither: the first node of the allocation, a port derived from the job id
-MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" 2>/dev/null | head -n1 || hostname)
+FIRST=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" 2>/dev/null | head -n1 || hostname)
+# where Slurm reaches it (its NodeAddr; the node name on most clusters, 127.0.0.1 for the
+# simulated nodes of slurm/local-cluster.sh)
+MASTER_ADDR=$(scontrol show node "$FIRST" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2 || true)
+MASTER_ADDR=${MASTER_ADDR:-$FIRST}
 MASTER_PORT=$((20000 + ${SLURM_JOB_ID:-0} % 20000))
 export MASTER_ADDR MASTER_PORT
 # every rank writes to one run directory, named by the job id (stable across requeues)
@@ -28,12 +32,16 @@ export XIULIAN_PREEMPT_FILE="${SLURM_SUBMIT_DIR:-$PWD}/.xiulian/preempt-${SLURM_
 rm -f "$XIULIAN_PREEMPT_FILE" "$XIULIAN_PREEMPT_FILE.saved"
 trap 'echo "[slurm] $(date +%T) USR1: checkpoint and requeue"; touch "$XIULIAN_PREEMPT_FILE"' USR1
 
+# the preflight of the first node (devices, versions, rendezvous, NCCL's environment); every
+# job prints the whole one again from rank 0 once all ranks have met (llm/preflight.py)
+python3 -m llm.preflight --ranks-per-node "$GPUS"
+
 # setsid: srun in its own process group, so that the signal meant for this shell is not also
-# delivered to srun (which would forward it to torchrun and end the step)
+# delivered to srun (which would forward it to torchrun and end the step). Each node runs
+# launch/torchrun.sh, which meets the others in a c10d rendezvous on the first node.
+export NNODES=$NODES RDZV_ENDPOINT="$MASTER_ADDR:$MASTER_PORT" RDZV_ID="${SLURM_JOB_ID:-0}"
 setsid srun --ntasks-per-node=1 --kill-on-bad-exit=1 \
-  torchrun --nnodes "$NODES" --nproc_per_node "$GPUS" \
-  --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv_id "${SLURM_JOB_ID:-0}" \
-  -m llm.train "stage=$STAGE" strategy=ddp ckpt_path=last "$@" &
+  bash launch/torchrun.sh "$GPUS" "stage=$STAGE" ckpt_path=last "$@" &
 pid=$!
 set +e  # `wait` returns 138 when the trap interrupts it: not an error, wait again until srun ends
 while :; do
