@@ -93,7 +93,7 @@ def sft_run(tmp_path_factory, tiny_base):
 
 @pytest.fixture(scope="session")
 def cluster():
-    """A real single-node Slurm cluster (slurm/local-cluster.sh, as root); skips where it cannot start."""
+    """A real Slurm cluster of two simulated nodes on this host (slurm/local-cluster.sh, as root); skips where it cannot start."""
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster needs root (slurm/local-cluster.sh)")
     was_up = shutil.which("sinfo") is not None and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
@@ -103,7 +103,7 @@ def cluster():
             capture_output=True,
             text=True,
             timeout=900,
-            env={**os.environ, "XIULIAN_SLURM_FAST": "1"},
+            env={**os.environ, "XIULIAN_SLURM_FAST": "1", "SLURM_UP_NODES": "2"},  # two simulated nodes (tests/test_slurm.py)
         )
         if r.returncode != 0:
             pytest.skip(f"could not start the local Slurm cluster: {(r.stdout + r.stderr).strip().splitlines()[-1:]}")

@@ -1,5 +1,6 @@
-"""The sbatch scripts on a real single-node Slurm cluster (slurm/local-cluster.sh: Debian's munge,
-slurmctld and slurmd, as root). Skipped where the cluster cannot be started (not root, no apt).
+"""The sbatch scripts on a real Slurm cluster (slurm/local-cluster.sh: Debian's munge, slurmctld and
+two slurmd daemons, two simulated nodes on this host, as root). Skipped where the cluster cannot be
+started (not root, no apt).
 
 * the tiny pretraining as 2 ranks (one torchrun under srun) ends with an export;
 * preemption: USR1 to the batch shell (what ``#SBATCH --signal=B:USR1@N`` does) -> a checkpoint of
@@ -9,7 +10,9 @@ slurmctld and slurmd, as root). Skipped where the cluster cannot be started (not
   and also ends at the uninterrupted run's loss;
   (a requeued job starts again after cred_expire, 10 s on the test cluster; forcing it earlier with
   ``scontrol update StartTime=now`` can get it killed with "Job credential revoked")
-* ``scancel`` leaves the last checkpoint intact and loadable.
+* ``scancel`` leaves the last checkpoint intact and loadable;
+* two nodes (``sbatch -N 2``, one torchrun per node meeting in a c10d rendezvous): the preflight
+  reports 2 nodes x 1 rank, and a job requeued mid-run ends at the uninterrupted job's loss.
 """
 
 from __future__ import annotations
@@ -51,18 +54,20 @@ def sh(*cmd: str, check: bool = True, timeout: float = 120) -> subprocess.Comple
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout)
 
 
-def submit(tmp: Path, *extra: str, wait: bool = False) -> tuple[str, Path]:
-    """sbatch slurm/pretrain.sh as 2 CPU ranks; returns (job id, log file)."""
+def submit(tmp: Path, *extra: str, wait: bool = False, nodes: int = 1) -> tuple[str, Path]:
+    """sbatch slurm/pretrain.sh as 2 CPU ranks (one node) or one rank on each of ``nodes`` nodes;
+    returns (job id, log file)."""
     log = tmp / "job-%j.out"
     cmd = [
         "sbatch",
         "--parsable",
         "--gpus-per-node=0",
-        "--cpus-per-task=2",
+        f"--nodes={nodes}",
+        f"--cpus-per-task={2 if nodes == 1 else 1}",
         f"--output={log}",
         "--open-mode=append",
         f"--chdir={ROOT}",
-        "--export=ALL,XIULIAN_GPUS_PER_NODE=2",
+        f"--export=ALL,XIULIAN_GPUS_PER_NODE={2 if nodes == 1 else 1}",
         *(["--wait"] if wait else []),
         str(ROOT / "slurm" / "pretrain.sh"),
         *ARGS,
@@ -265,3 +270,56 @@ def test_sbatch_sharded_strategy(cluster, tmp_path, strategy):
         AutoModelForCausalLM.from_pretrained(run_dir(job) / "export")
     finally:
         cleanup(job)
+
+
+#: the two-node runs: few steps of the tiny model (the CPU is shared)
+TWO_NODES = ["trainer.max_steps=16", "trainer.ckpt_every_n_steps=4"]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(cluster):
+    out = sh("sinfo", "-h", "-o", "%D", check=False).stdout.split()
+    if sum(int(n) for n in out if n.isdigit()) < 2:
+        pytest.skip("the running Slurm cluster has one node: `SLURM_UP_NODES=2 bash slurm/local-cluster.sh up`")
+
+
+def test_two_nodes_preflight_and_requeue_resumes(two_nodes, tmp_path):
+    """``sbatch -N 2 slurm/pretrain.sh`` on two slurmd daemons: one torchrun per node, a c10d
+    rendezvous on the first; the preflight (log and preflight.json) shows 2 nodes x 1 rank, each rank
+    on its own Slurm node; a hard ``scontrol requeue`` after the checkpoint of step 8 resumes from it
+    on both nodes and ends at the uninterrupted two-node job's loss and token count."""
+    base_job, base_log = submit(tmp_path, *TWO_NODES, nodes=2, wait=True)
+    job = None
+    try:
+        text = base_log.read_text()
+        assert "[slurm] stage=pretrain nodes=2 gpus/node=1" in text, text[-3000:]
+        assert "preflight: 2 nodes x 1 ranks per node = world size 2" in text, text[-3000:]
+        pf = json.loads((run_dir(base_job) / "preflight.json").read_text())
+        assert (pf["nodes"], pf["ranks_per_node"], pf["world_size"]) == (2, 1, 2)
+        assert [(r["rank"], r["node_rank"], r["local_rank"]) for r in pf["ranks"]] == [(0, 0, 0), (1, 1, 0)]
+        assert len({r["slurm_node"] for r in pf["ranks"]}) == 2, pf["ranks"]  # each rank on its own node
+        assert pf["rendezvous"]["rdzv_endpoint"].endswith(f":{20000 + int(base_job) % 20000}")
+        assert pf["rendezvous"]["rdzv_id"] == base_job and pf["launcher"]["SLURM_STEP_NUM_NODES"] == "2"
+        base = finished(base_job)
+        assert base["global_step"] == 16
+
+        job, log = submit(tmp_path, *TWO_NODES, nodes=2)
+        wait_until(lambda: (run_dir(job) / "checkpoints" / "step0000008.ckpt").is_file() and last_step(job) >= 9, 300, "step 9")
+        sh("scontrol", "requeue", job)
+        wait_until(lambda: job_state(job)[1] >= 1, 120, "the requeue")
+        wait_until(
+            lambda: (run_dir(job) / "export" / "xiulian.json").is_file() and job_state(job)[0] in ("COMPLETED", "GONE"),
+            600,
+            "the requeued job to finish",
+        )
+        text = log.read_text()
+        assert "restart count 1" in text and re.search(r"resuming from .*step00000(08|12)", text), text[-3000:]
+        assert text.count("[llm.preflight][INFO] - preflight: 2 nodes x 1 ranks per node = world size 2") == 2  # rank 0, each start
+        meta = finished(job)
+        assert meta["global_step"] == 16 and meta["tokens_seen"] == base["tokens_seen"]
+        assert meta["metrics"]["train/loss"] == pytest.approx(base["metrics"]["train/loss"], rel=1e-5)
+    finally:
+        if job:
+            sh("scancel", job, check=False)
+            cleanup(job)
+        cleanup(base_job)
