@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Shared body of slurm/<stage>.sh: one torchrun per node (srun --ntasks-per-node=1 running
 # launch/torchrun.sh with NNODES and RDZV_ENDPOINT), which starts one process per GPU and meets
-# the other nodes through a c10d rendezvous on the first node. Why torchrun rather than one srun task per GPU: the same launcher as on a workstation
-# (launch/torchrun.sh), elastic restarts, and no dependence on Slurm's GPU binding.
+# the other nodes through a c10d rendezvous on the first node. Why torchrun rather than one srun
+# task per GPU: the same launcher as on a workstation, elastic restarts, and no dependence on
+# Slurm's GPU binding. Every job starts with a preflight (llm/preflight.py, docs/slurm.md).
 # Usage (inside an allocation): bash slurm/stage.sh <stage> [hydra overrides]
 set -euo pipefail
 STAGE=$1; shift
