@@ -255,7 +255,7 @@ for n in $NODE_NAMES; do
   done
 done
 sinfo
-log "cluster up: $NODES node(s) ($NODE_NAMES) idle after $(elapsed)s"
+log "cluster up: $NODES node(s) (${NODE_NAMES% }) idle after $(elapsed)s"
 
 exit 0
 fi
@@ -269,15 +269,15 @@ log() { printf '[slurm-down %s] %s\n' "$(date +%T)" "$*"; }
 stop() {   # stop NAME[:LABEL] [WAIT_SECONDS]   (our pid file: $STATE/LABEL.pid)
   local name=${1%%:*} label=${1#*:} wait_s=${2:-30} pid
   local f="$STATE/$label.pid"
-  [ -f "$f" ] || { log "$name: not started by slurm-up (no $f), leaving it"; return 0; }
+  [ -f "$f" ] || { log "$label: not started by slurm-up (no $f), leaving it"; return 0; }
   pid=$(pid_of_file "$f")
   if alive "$pid" "$name"; then
-    log "$name: SIGTERM to pid $pid"
+    log "$label: SIGTERM to pid $pid"
     kill -TERM "$pid"
     for _ in $(seq $((wait_s * 10))); do alive "$pid" "$name" || break; sleep 0.1; done
-    if alive "$pid" "$name"; then log "$name: still alive, SIGKILL to pid $pid"; kill -KILL "$pid"; sleep 0.2; fi
+    if alive "$pid" "$name"; then log "$label: still alive, SIGKILL to pid $pid"; kill -KILL "$pid"; sleep 0.2; fi
   else
-    log "$name: pid ${pid:-?} from $f is not running (or is no longer $name)"
+    log "$label: pid ${pid:-?} from $f is not running (or is no longer $name)"
   fi
   rm -f "$f"
 }
@@ -293,8 +293,9 @@ if [ "${SLURM_DOWN_KEEP_JOBS:-0}" != 1 ] && alive "$ours_ctld" slurmctld; then
   fi
 fi
 
-for f in "$STATE"/slurmd-*.pid; do [ -f "$f" ] && stop "slurmd:$(basename "$f" .pid)" 30; done
-stop slurmd 30
+several=0
+for f in "$STATE"/slurmd-*.pid; do [ -f "$f" ] && { several=1; stop "slurmd:$(basename "$f" .pid)" 30; }; done
+[ "$several" = 1 ] || stop slurmd 30
 stop slurmctld 30
 stop munged 10
 
