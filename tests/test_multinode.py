@@ -35,7 +35,15 @@ def free_port() -> int:
 def launch_nodes(run_dir: Path, rdzv_id: str, *extra: str) -> list[subprocess.Popen]:
     """Two launchers, one per simulated node, each its own process group."""
     env = {**os.environ, "NNODES": "2", "RDZV_ENDPOINT": f"127.0.0.1:{free_port()}", "RDZV_ID": rdzv_id, "OMP_NUM_THREADS": "1"}
-    cmd = ["bash", str(ROOT / "launch" / "torchrun.sh"), "1", *ARGS, f"run_dir={run_dir}", *extra]
+    cmd = [
+        "bash",
+        str(ROOT / "launch" / "torchrun.sh"),
+        "1",
+        *ARGS,
+        f"run_dir={run_dir}",
+        f"hydra.run.dir={run_dir.parent}/hydra-{rdzv_id}",
+        *extra,
+    ]
     return [
         subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         for _ in range(2)
