@@ -44,14 +44,20 @@ def launch_nodes(run_dir: Path, rdzv_id: str, *extra: str) -> list[subprocess.Po
         f"hydra.run.dir={run_dir.parent}/hydra-{rdzv_id}",
         *extra,
     ]
-    return [
-        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        for _ in range(2)
-    ]
+    procs = []
+    for i in range(2):  # output to files: a pipe nobody reads while the test polls could fill and stall the run
+        log = run_dir.parent / f"{rdzv_id}-node{i}.log"
+        with open(log, "w") as f:
+            p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        p.log_path = log  # type: ignore[attr-defined]
+        procs.append(p)
+    return procs
 
 
 def wait_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p in procs:
+        p.wait(timeout=timeout)
+    outs = [p.log_path.read_text(errors="replace") for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     return outs
