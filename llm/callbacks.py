@@ -262,15 +262,21 @@ def _keep_newest(base: type) -> type:
             self.prune(trainer)
 
         def prune(self, trainer: Any) -> None:
-            """Remove all but the newest ``save_top_k`` finished checkpoints of the folder."""
+            """Remove all but the newest ``save_top_k`` finished checkpoints of the folder. Rank 0
+            lists the folder and every rank forgets the same ones: a rank that listed it after rank
+            0 had removed some would keep them in ``best_k_models``, and Lightning's next top-k
+            decision (a collective only when ``save_top_k`` are known) would then differ between
+            ranks and hang them (seen after a resume from a preemption checkpoint)."""
             if self.save_top_k < 0 or not self.dirpath:
                 return
             from llm.rundir import checkpoints
 
-            trainer.strategy.barrier("prune checkpoints")  # every rank's shards of the newest are in place
-            for _, old in checkpoints(Path(self.dirpath))[self.save_top_k :]:
-                self.best_k_models.pop(str(old), None)
-                trainer.strategy.remove_checkpoint(old)  # rank 0 removes; directories whole
+            strategy = trainer.strategy
+            strategy.barrier("prune checkpoints")  # every rank's shards of the newest are in place
+            old = [str(p) for _, p in checkpoints(Path(self.dirpath))[self.save_top_k :]] if strategy.is_global_zero else None
+            for path in strategy.broadcast(old, src=0):
+                self.best_k_models.pop(path, None)
+                strategy.remove_checkpoint(path)  # rank 0 removes; directories whole
 
         def _remove_checkpoint(self, trainer: Any, filepath: str) -> None:
             if os.path.exists(filepath):  # pruning may have removed it already

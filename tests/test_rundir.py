@@ -11,8 +11,10 @@ import pickle
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 from llm.rundir import RunDirBusy
@@ -79,6 +81,52 @@ def test_ckpt_keep_holds_across_resumes(tmp_path, demo_data):
     assert _ckpts(tmp_path) == ["step0000004.ckpt", "step0000006.ckpt"]
     train(compose([*BASE, "trainer.max_steps=10", "trainer.ckpt_keep=2", "ckpt_path=last"], run_dir=tmp_path))
     assert _ckpts(tmp_path) == ["step0000008.ckpt", "step0000010.ckpt"]  # the resumed-from one pruned too
+
+
+class _Rank:
+    """One rank of a two-rank job as the checkpoint callback sees its strategy: rank 0's broadcast
+    is what every rank receives, and only rank 0 removes files (as Lightning's strategies do)."""
+
+    def __init__(self, rank: int, sent: list) -> None:
+        self.global_rank, self.sent = rank, sent
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    def barrier(self, name: str | None = None) -> None:
+        pass
+
+    def broadcast(self, obj, src: int = 0):
+        if self.is_global_zero:
+            self.sent.append(obj)
+        return self.sent[-1]
+
+    def remove_checkpoint(self, filepath) -> None:
+        if self.is_global_zero:
+            os.remove(filepath)
+
+
+def test_ckpt_keep_forgets_the_same_checkpoints_on_every_rank(tmp_path):
+    """Resumed from a preemption checkpoint (step 64, unknown to the checkpoint callback, which
+    restored {step 40}), the save of step 80 prunes step 40. Rank 1 lists the folder after rank 0
+    removed it (the order that hung tests/test_slurm.py's preemption test): both ranks must still
+    forget it, or at step 120 one rank takes Lightning's top-k collective and the other does not."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from llm.callbacks import _keep_newest
+
+    for step in (40, 64, 80):
+        (tmp_path / f"step{step:07d}.ckpt").write_bytes(b"x")
+    sent: list = []
+    ranks = []
+    for rank in (0, 1):  # one after the other: rank 1 after rank 0 has removed step 40
+        cb = _keep_newest(ModelCheckpoint)(dirpath=tmp_path, filename="step{step:07d}", save_top_k=2, monitor="step", mode="max")
+        cb.best_k_models = {str(tmp_path / f"step{s:07d}.ckpt"): torch.tensor(float(s)) for s in (40, 80)}
+        cb.prune(SimpleNamespace(strategy=_Rank(rank, sent)))
+        ranks.append(cb)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step0000064.ckpt", "step0000080.ckpt"]
+    assert [sorted(cb.best_k_models) for cb in ranks] == [[str(tmp_path / "step0000080.ckpt")]] * 2
 
 
 class _Payload:

@@ -114,8 +114,11 @@ def last_step(job: str) -> int:
 
 
 def batch_shell(job: str) -> int:
-    """The batch shell's PID: where ``--signal=B:...`` delivers."""
-    out = sh("scontrol", "listpids", job).stdout.splitlines()[1:]
+    """The batch shell's PID: where ``--signal=B:...`` delivers. ``scontrol listpids`` asks the
+    slurmd of the node it names; without one, on simulated nodes, the first node of this host
+    (it lists nothing for a job on the second)."""
+    host = re.search(r"BatchHost=(\S+)", sh("scontrol", "show", "job", job).stdout).group(1)
+    out = sh("scontrol", "listpids", job, host).stdout.splitlines()[1:]
     for line in out:
         pid, _, step, local, *_ = line.split() + ["", ""]
         if step == "batch" and local == "0":
