@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "litgpt": ("llm.bench.litgpt", "our pretraining loop vs litgpt's"),
     "plan": ("llm.bench.plan", "the memory planner's prediction vs measured per-rank memory of real runs"),
     "export": ("llm.bench.export", "rank 0's peak memory of the sharded (FSDP) export: consolidated vs streamed"),
+    "startup": ("llm.bench.startup", "per-rank peak memory of the FSDP start-up: whole model vs sharded start"),
 }
 
 

@@ -667,6 +667,15 @@ class StrategyConfig:
     deepspeed_config: Any = None
     """Keys merged over the DeepSpeed config the strategy writes (bucket sizes, overlap_comm, ...):
     the same names as a DeepSpeed JSON config."""
+    sharded_init: bool = True
+    """Start without the whole model in any process: the model is built on the meta device,
+    sharded (FSDP), and each rank fills only its shard, reading only its slice of each tensor of a
+    ``model.pretrained`` checkpoint (safetensors, one file or sharded with an index) or
+    initialising one block at a time with a generator seeded from (``seed``, block name), so the
+    weights are the same whatever the number of ranks, and the same under every strategy.
+    Falls back to building the whole model (saying why) with LoRA, embeddings resized for new
+    tokens, ``model.trust_remote_code`` or a checkpoint without safetensors. ``false``: every rank
+    builds the whole model first (transformers' own initialisation; the earlier behaviour)."""
     timeout_minutes: Optional[float] = None
     """Collective timeout (``None``: torch's 30 minutes). Under torchrun and Slurm a dead rank ends
     the job at once (the launcher watches its processes); under Lightning's own launcher the

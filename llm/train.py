@@ -45,6 +45,8 @@ def build_module(cfg: Config, stage: Stage, data: StageData, peak_flops: Any = N
         on_nonfinite=cfg.trainer.on_nonfinite,
         max_skipped_steps=cfg.trainer.max_skipped_steps,
         nan_at_step=cfg.trainer.nan_at_step,
+        sharded_init=cfg.strategy.sharded_init,
+        init_seed=cfg.seed,
     )
 
 

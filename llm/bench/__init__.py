@@ -11,5 +11,6 @@
 * ``harmful_models`` -- the harmful-content classifiers' size and held-out accuracy
 * ``data_scale`` -- the whole stage-1 pipeline at N documents: peak RSS and docs/s per stage
 * ``strategies`` -- memory and throughput per rank of DDP, ZeRO 1/2/3 and FSDP
+* ``startup``    -- per-rank peak memory of the FSDP start-up: whole model vs sharded start
 * ``litgpt``     -- our pretraining loop against litgpt's
 """

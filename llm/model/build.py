@@ -203,6 +203,51 @@ def build_model(
     return model
 
 
+def build_empty_model(
+    cfg: ModelConfig,
+    vocab_size: int | None = None,
+    special: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+    head: str = "causal_lm",
+) -> tuple[torch.nn.Module, Path | None] | str:
+    """The model :func:`build_model` would return, with its parameters on the meta device (no
+    memory; buffers real), and the checkpoint directory to fill it from (``None``: a preset,
+    initialised by ``llm.model.materialise``). A string instead when this model cannot start
+    that way (the reason; the caller builds it whole)."""
+    from llm.model.materialise import INDEX, WEIGHTS, params_on_meta
+
+    if not cfg.pretrained:
+        config = hf_config(cfg, vocab_size, special)
+        config._attn_implementation = cfg.attn_implementation
+        with params_on_meta():
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False), None
+    if cfg.trust_remote_code:
+        return "model.trust_remote_code=true (the model's own code may not build on the meta device)"
+    try:
+        path = resolve_pretrained(cfg.pretrained)
+    except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"model.pretrained: {e}") from None
+    if not (path / WEIGHTS).is_file() and not (path / INDEX).is_file():
+        return f"{path} has no {WEIGHTS} or {INDEX}"
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    config._attn_implementation = cfg.attn_implementation
+    auto: Any = AutoModelForCausalLM
+    if head == "reward":
+        from transformers import AutoModelForSequenceClassification
+
+        auto, config.num_labels = AutoModelForSequenceClassification, 1
+    with params_on_meta():
+        model = auto.from_config(config, dtype=dtype, trust_remote_code=False)
+    n_emb = model.get_input_embeddings().num_embeddings
+    if vocab_size is not None and n_emb < vocab_size:
+        return f"the embeddings of {cfg.pretrained} are resized for new tokens ({n_emb} -> {vocab_size} rows)"
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    return model, path
+
+
 def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
     seen, n = set(), 0
     for p in model.parameters():

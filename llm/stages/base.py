@@ -11,6 +11,7 @@ gradient of the mean token loss of the global batch, whatever the padding or mas
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
@@ -89,8 +90,13 @@ class BaseStage(L.LightningModule):
         on_nonfinite: str = "stop",
         max_skipped_steps: int = 10,
         nan_at_step: int | None = None,
+        sharded_init: bool = True,
+        init_seed: int = 0,
     ) -> None:
         super().__init__()
+        self.sharded_init, self.init_seed = sharded_init, init_seed
+        """``strategy.sharded_init``: build on the meta device and fill each rank's shard
+        (``llm.model.materialise``), the random initialisation seeded by ``init_seed`` (``seed``)."""
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"trainer.on_nonfinite={on_nonfinite}: choose stop or skip")
         self.seq_len = seq_len
@@ -128,15 +134,30 @@ class BaseStage(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        if self.model_cfg.pretrained:
-            self.model = build_model(self.model_cfg, self.vocab_size, resize_embeddings=bool(self.new_token_ids), head=self.head)
+        lora = self.stage_cfg.get("lora") if OmegaConf.is_config(self.stage_cfg) else None
+        lora_on = lora is not None and lora.enabled
+        built: Any = "off (strategy.sharded_init=false)"
+        if self.sharded_init and lora_on:
+            built = "LoRA (PEFT builds its adapters from whole weights)"
+        elif self.sharded_init:
+            from llm.model.build import build_empty_model
+
+            special = None if self.model_cfg.pretrained else self.special_tokens
+            built = build_empty_model(self.model_cfg, self.vocab_size, special, head=self.head)
+        empty = not isinstance(built, str)
+        if empty:
+            self.model, checkpoint = built
         else:
-            self.model = build_model(self.model_cfg, self.vocab_size, self.special_tokens)
+            if self.sharded_init:
+                log.info("sharded start-up off: %s; every rank builds the whole model first", built)
+            if self.model_cfg.pretrained:
+                self.model = build_model(self.model_cfg, self.vocab_size, resize_embeddings=bool(self.new_token_ids), head=self.head)
+            else:
+                self.model = build_model(self.model_cfg, self.vocab_size, self.special_tokens)
         self.model.train()  # from_pretrained returns a model in eval mode (dropout off)
         n = count_params(self.model)
         log.info("model %s: %.2fM parameters", self.model_cfg.name, n / 1e6)
-        lora = self.stage_cfg.get("lora") if OmegaConf.is_config(self.stage_cfg) else None
-        if lora is not None and lora.enabled:
+        if lora_on:
             from llm.model.lora import apply_lora
 
             self.model = apply_lora(self.model, lora, self.new_token_ids)
@@ -144,6 +165,9 @@ class BaseStage(L.LightningModule):
         seq_len = self.seq_len or self.model_cfg.max_seq_len
         self._flops_per_token = flops_per_token(self.model.config, n, seq_len)  # before any sharding
         mesh, tp_mesh = data_and_tensor_meshes(getattr(self, "_device_mesh", None))
+        if empty:
+            template = copy.deepcopy(self.model)  # meta: no memory; one block of it is made whole at a time
+            buffers = {k: b.detach().clone() for k, b in self.model.named_buffers()}
         self.model = parallelize(
             self.model, activation_checkpointing=self.activation_checkpointing, compile=self.compile, mesh=mesh, tp_mesh=tp_mesh
         )
@@ -151,6 +175,42 @@ class BaseStage(L.LightningModule):
             for extra in self.extra_trained_modules():
                 shard_module(extra, mesh)
         self.sharded = mesh is not None
+        if empty:
+            self._materialise(template, buffers, checkpoint, mesh)
+
+    def _materialise(self, template: torch.nn.Module, buffers: dict, checkpoint: Any, mesh: Any) -> None:
+        """Fill the empty (meta) model, each rank its shard, then its frozen copies."""
+        from llm.model.materialise import CheckpointSlices, copy_into, materialise
+
+        if mesh is None:
+            device = torch.get_default_device()  # the strategy's (Lightning's tensor_init_context): as a whole build
+        elif mesh.device_type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device(mesh.device_type)
+        reader = CheckpointSlices(checkpoint) if checkpoint is not None else None
+        try:
+            counts = materialise(self.model, template, device, self.init_seed, buffers, reader)
+        finally:
+            if reader is not None:
+                reader.close()
+        log.info(
+            "sharded start-up: %d tensors read from %s (%.1f MiB on this rank), %d initialised (seed %d)",
+            counts["loaded"],
+            checkpoint,
+            (reader.bytes_read if reader is not None else 0) / 2**20,
+            counts["initialised"],
+            self.init_seed,
+        )
+        for ref in self.frozen_copies():
+            if mesh is not None:
+                shard_module(ref, mesh)
+            copy_into(self.model, ref, device, buffers)
+
+    def frozen_copies(self) -> list[torch.nn.Module]:
+        """Frozen copies of the model made in ``on_model_ready`` (DPO's and PPO's reference): under
+        sharded start-up they are built empty with it, then sharded like it and given its values."""
+        return []
 
     sharded: bool = False
     """FSDP: the model (and ``extra_trained_modules``) hold one shard of their weights per rank."""

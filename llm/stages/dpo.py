@@ -74,6 +74,9 @@ class DPOStage(BaseStage):
         ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         self._ref.append(ref)
 
+    def frozen_copies(self) -> list[torch.nn.Module]:
+        return list(self._ref)
+
     def on_fit_start(self) -> None:
         if self._ref:
             self._ref[0].to(self.device)

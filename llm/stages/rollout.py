@@ -133,6 +133,9 @@ class RolloutStage(BaseStage):
         self.iteration_samples: list[dict] = []
         self._engine: RolloutEngine | None = None
 
+    def frozen_copies(self) -> list[torch.nn.Module]:
+        return [self._frozen["ref"]] if "ref" in self._frozen else []
+
     @property
     def rollout_engine(self) -> RolloutEngine:
         """The engine ``stage.rollout.engine`` names (built on first use, with the policy's weights)."""
