@@ -119,6 +119,20 @@ def test_seeded_init_is_transformers_init_per_block():
     assert torch.isfinite(out.loss) and abs(out.loss.item() - torch.log(torch.tensor(96.0)).item()) < 0.5
 
 
+def test_seeded_init_keeps_parent_rules():
+    """A module's parameters get its ancestors' rules too: GPT-2's residual projections (c_proj)
+    start at std 0.02 / sqrt(2 L), the other matrices at 0.02."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(n_embd=128, n_layer=8, n_head=4, vocab_size=300, n_positions=16)
+    m, _, _ = _fill(cfg, cls=GPT2LMHeadModel)
+    std = cfg.initializer_range
+    h = m.transformer.h[3]
+    for w, want in ((h.attn.c_proj.weight, std / 4), (h.mlp.c_proj.weight, std / 4), (h.attn.c_attn.weight, std), (h.mlp.c_fc.weight, std)):
+        assert abs(w.std().item() - want) < 0.1 * want, (w.std().item(), want)
+    assert torch.equal(h.ln_1.weight, torch.ones(128)) and torch.equal(h.attn.c_attn.bias, torch.zeros(384))
+
+
 @pytest.mark.parametrize("shard", [None, "2KB"])
 def test_checkpoint_start_equals_from_pretrained(tmp_path, shard):
     """From a save_pretrained directory (one file, or shards with an index): every tensor is the

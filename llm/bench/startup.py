@@ -57,6 +57,12 @@ def worker(args: argparse.Namespace) -> None:
     from llm.model.build import count_params
     from llm.stages.registry import get_stage
 
+    stage = get_stage(args.stage).module  # imports Lightning, transformers: part of the fixed overhead
+    import torch.distributed.fsdp  # noqa: F401
+    import transformers.models.gpt2.modeling_gpt2  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+    _trim()
     base = proc_status()["VmRSS"]
     dist_on = "RANK" in os.environ
     if dist_on:
@@ -65,7 +71,7 @@ def worker(args: argparse.Namespace) -> None:
     cfg = compose_config([f"model={args.model}", f"stage={args.stage}", f"strategy.sharded_init={args.way == 'sharded'}", *args.override])
     vocab = None if (cfg.model.vocab_size or cfg.model.pretrained) else args.vocab
     torch.manual_seed(cfg.seed)  # what training does first (seed_everything): the whole start draws from it
-    module = get_stage(args.stage).module(cfg.model, cfg.stage, vocab_size=vocab, sharded_init=args.way == "sharded", init_seed=cfg.seed)
+    module = stage(cfg.model, cfg.stage, vocab_size=vocab, sharded_init=args.way == "sharded", init_seed=cfg.seed)
     if not args.unsharded:
         from torch.distributed.device_mesh import init_device_mesh
 
@@ -150,7 +156,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
         f"`{command_line('llm.bench.startup')}`; model {args.model} ({rows[0]['params'] / 1e9:.2f} B parameters, "
         f"{full / MIB:,.0f} MiB in fp32), stage {args.stage}, FSDP2 over N CPU processes (gloo); {cpu_name()}. Peak = VmHWM "
         "at the end of set-up (model built and sharded, before any step), the largest over the ranks; base = RSS after "
-        f"the imports, before any model (the fixed overhead, at most {overhead / MIB:,.0f} MiB here). Bound: "
+        f"the imports (torch, transformers, Lightning), before any model (the fixed overhead, at most {overhead / MIB:,.0f} MiB here). Bound: "
         "1.2 x fp32 model / N + base. Loss: the same fixed batch (2 x "
         f"{args.loss_tokens} tokens) after the start; 'unsharded' is one process without FSDP (DDP's and single's start).",
         "",

@@ -9,10 +9,11 @@ filled one block (a decoder layer, or one other module) at a time by :func:`mate
   reads only the rows of each tensor its shard holds (:class:`CheckpointSlices`, ``pread`` of
   exactly those bytes); tensors the checkpoint lacks (a new reward head) are initialised as below;
 * **random initialisation, independent of the number of ranks**: every rank builds the whole
-  tensors of ONE block on the CPU, initialises them with transformers' own ``_init_weights`` under
-  the CPU generator seeded from ``(seed, block name)``, keeps its slice and drops the block (a
-  module outside the layers, such as the embeddings, in fixed chunks of rows seeded by their rows,
-  and only the chunks its shard needs: the largest tensor is never built whole). The
+  tensors of ONE module (a linear layer, a norm) on the CPU, initialises them with transformers'
+  own ``_init_weights`` under the CPU generator seeded from ``(seed, module name)``, keeps its
+  slice and drops them (a module outside the decoder layers, such as the embeddings, in fixed
+  chunks of rows seeded by their rows, and only the chunks its shard needs: the largest tensor is
+  never built whole). The
   values depend on the seed and the block's name only, never on the world size or on the order
   the ranks get there, so a 1-rank (DDP, single) start and an N-rank FSDP start hold the same
   full weights; no rank ever holds more than one block's full tensors, and there is no
@@ -216,32 +217,30 @@ def block_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, bool]]:
-    """``(name, module, whole)`` in module order: each decoder layer whole, and every other module
-    with parameters of its own (its own only)."""
+def blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, list[torch.nn.Module]]]:
+    """``(name, module, ancestors)`` of every module with parameters of its own, in module order.
+    ``ancestors``: inside a decoder layer, the modules from its parent up to the layer, whose
+    ``_init_weights`` may also set its parameters (GPT-2 scales its ``c_proj`` from the attention
+    block); ``None`` outside the layers (embeddings, LM head, final norm: initialised by rows)."""
     from llm.strategy import decoder_layers
 
     try:
         layers = {id(m) for m in decoder_layers(model)}
     except ValueError:
         layers = set()
-    out: list[tuple[str, torch.nn.Module, bool]] = []
-    inside: set[int] = set()
-    for name, m in model.named_modules():
-        if id(m) in inside:
-            continue
+    out: list[tuple[str, torch.nn.Module, Any]] = []
+
+    def walk(m: torch.nn.Module, name: str, up: list[torch.nn.Module] | None) -> None:
         if id(m) in layers:
-            out.append((name, m, True))
-            inside.update(id(x) for x in m.modules())
-        elif any(True for _ in m.parameters(recurse=False)):
-            out.append((name, m, False))
+            up = []
+        if any(True for _ in m.parameters(recurse=False)):
+            out.append((name, m, up))
+        for k, c in m._modules.items():
+            if c is not None:
+                walk(c, f"{name}.{k}" if name else k, None if up is None else [m, *up])
+
+    walk(model, "", None)
     return out
-
-
-def _post_order(m: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    for c in m.children():
-        yield from _post_order(c)
-    yield m
 
 
 def _init_fn(template: torch.nn.Module) -> Any:
@@ -263,7 +262,7 @@ def materialise(
     """Give ``model`` (meta parameters, perhaps sharded) storage on ``device`` and fill each rank's
     part: from ``checkpoint`` where it has the tensor, else by the seeded initialisation of its
     block (module docstring). ``template`` is an unsharded meta copy of ``model`` (same names),
-    used to build one block's whole tensors at a time; ``buffers`` the model's buffers before
+    used to build one module's whole tensors at a time; ``buffers`` the model's buffers before
     sharding (``to_empty`` clears them). Returns counts: tensors ``loaded`` and ``initialised``."""
     _empty_like(model, device, buffers)
     dst = dict(model.named_parameters(remove_duplicate=False))
@@ -274,8 +273,8 @@ def materialise(
     done: set[int] = set()
     counts = {"loaded": 0, "initialised": 0}
     init = _init_fn(template)
-    for block_name, block, whole in blocks(template):
-        own = list(block.named_parameters(prefix=block_name, recurse=whole, remove_duplicate=False))
+    for block_name, block, ancestors in blocks(template):
+        own = list(block.named_parameters(prefix=block_name, recurse=False, remove_duplicate=False))
         missing = []
         for name, p in own:
             if id(p) in done:
@@ -297,8 +296,8 @@ def materialise(
             counts["loaded"] += 1
         if not missing:
             continue
-        if whole or not _init_rows(block, block_name, missing, dst, seed, init):
-            _init_whole(block, block_name, whole, missing, dst, seed, init, buffers)
+        if ancestors is not None or not _init_rows(block, block_name, missing, dst, seed, init):
+            _init_module(block, block_name, ancestors or [], missing, dst, seed, init, buffers)
         counts["initialised"] += len(missing)
     return counts
 
@@ -310,31 +309,32 @@ def _clear_init_flags(mods: list[torch.nn.Module]) -> None:
             t.__dict__.pop("_is_hf_initialized", None)
 
 
-def _init_whole(
+def _init_module(
     block: torch.nn.Module,
     block_name: str,
-    whole: bool,
+    ancestors: list[torch.nn.Module],
     missing: list[str],
     dst: dict[str, torch.Tensor],
     seed: int,
     init: Any,
     buffers: dict[str, torch.Tensor],
 ) -> None:
-    """Build ``block``'s whole tensors on the CPU, initialise them (seeded by its name), put each
-    rank's slice of the ``missing`` ones into ``dst``, drop the block."""
-    block.to_empty(device="cpu", recurse=whole)
-    mods = list(_post_order(block)) if whole else [block]
+    """Build ``block``'s own tensors whole on the CPU, initialise them (seeded by its name; then
+    its ``ancestors``' rules, which leave their other, meta, children as they are), put each rank's
+    slice of the ``missing`` ones into ``dst``, drop them."""
+    block.to_empty(device="cpu", recurse=False)
+    mods = [block, *ancestors]
     _clear_init_flags(mods)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(block_seed(seed, block_name))
         for m in mods:
             init(m)
-    full = dict(block.named_parameters(prefix=block_name, recurse=whole, remove_duplicate=False))
+    full = dict(block.named_parameters(prefix=block_name, recurse=False, remove_duplicate=False))
     for name in missing:
         _put(dst[name], full[name])
     del full
-    block.to_empty(device="meta", recurse=whole)
-    for name, b in block.named_buffers(prefix=block_name, recurse=whole):  # to_empty took them too
+    block.to_empty(device="meta", recurse=False)
+    for name, b in block.named_buffers(prefix=block_name, recurse=False):  # to_empty took them too
         if name in buffers:
             b.data = buffers[name]
 
