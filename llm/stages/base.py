@@ -161,22 +161,27 @@ class BaseStage(L.LightningModule):
             from llm.model.lora import apply_lora
 
             self.model = apply_lora(self.model, lora, self.new_token_ids)
-        self.on_model_ready()
-        seq_len = self.seq_len or self.model_cfg.max_seq_len
-        self._flops_per_token = flops_per_token(self.model.config, n, seq_len)  # before any sharding
-        mesh, tp_mesh = data_and_tensor_meshes(getattr(self, "_device_mesh", None))
-        if empty:
-            template = copy.deepcopy(self.model)  # meta: no memory; one block of it is made whole at a time
-            buffers = {k: b.detach().clone() for k, b in self.model.named_buffers()}
-        self.model = parallelize(
-            self.model, activation_checkpointing=self.activation_checkpointing, compile=self.compile, mesh=mesh, tp_mesh=tp_mesh
-        )
-        if mesh is not None:
-            for extra in self.extra_trained_modules():
-                shard_module(extra, mesh)
-        self.sharded = mesh is not None
-        if empty:
-            self._materialise(template, buffers, checkpoint, mesh)
+        try:
+            self.on_model_ready()
+            seq_len = self.seq_len or self.model_cfg.max_seq_len
+            self._flops_per_token = flops_per_token(self.model.config, n, seq_len)  # before any sharding
+            mesh, tp_mesh = data_and_tensor_meshes(getattr(self, "_device_mesh", None))
+            if empty:
+                template = copy.deepcopy(self.model)  # meta: no memory; one block of it is made whole at a time
+                buffers = {k: b.detach().clone() for k, b in self.model.named_buffers()}
+            self.model = parallelize(
+                self.model, activation_checkpointing=self.activation_checkpointing, compile=self.compile, mesh=mesh, tp_mesh=tp_mesh
+            )
+            if mesh is not None:
+                for extra in self.extra_trained_modules():
+                    shard_module(extra, mesh)
+            self.sharded = mesh is not None
+            if empty:
+                self._materialise(template, buffers, checkpoint, mesh)
+        except BaseException:
+            if empty:  # meta tensors: Lightning's teardown could not move them, hiding this error
+                self.model = None
+            raise
 
     def _materialise(self, template: torch.nn.Module, buffers: dict, checkpoint: Any, mesh: Any) -> None:
         """Fill the empty (meta) model, each rank its shard, then its frozen copies."""
