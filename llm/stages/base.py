@@ -202,7 +202,7 @@ class BaseStage(L.LightningModule):
         log.info(
             "sharded start-up: %d tensors read from %s (%.1f MiB on this rank), %d initialised (seed %d)",
             counts["loaded"],
-            checkpoint,
+            checkpoint or "no checkpoint",
             (reader.bytes_read if reader is not None else 0) / 2**20,
             counts["initialised"],
             self.init_seed,
