@@ -321,6 +321,28 @@ def fits(e: Estimate, memory: int, headroom: float = HEADROOM) -> bool:
     return e.total <= memory * (1 - headroom)
 
 
+def tp_degrees(s: Shape, gpus_per_node: int) -> list[int]:
+    """The tensor-parallel degrees ``strategy=fsdp_tp`` accepts for this shape within a node: 1, 2,
+    4, 8 dividing the GPUs of a node and the heads, key/value heads, MLP width and vocabulary
+    (what llm/strategy.py checks at start); Llama-shaped models only (GPT-2 has no TP plan)."""
+    if s.arch != "llama":
+        return [1]
+    return [t for t in (1, 2, 4, 8) if t <= gpus_per_node and all(x % t == 0 for x in (gpus_per_node, s.n_head, s.n_kv_head, s.f, s.vocab))]
+
+
+def overrides(st: Setting) -> str:
+    """The ``xiulian train`` overrides (and world) that run a setting: ``strategy=fsdp_tp
+    strategy.tensor_parallel=K`` for fsdp with tensor parallelism."""
+    if st.strategy == "fsdp" and st.tensor_parallel > 1:
+        out = [f"strategy=fsdp_tp strategy.tensor_parallel={st.tensor_parallel}"]
+    else:
+        out = [f"strategy={st.strategy}"]
+    out += [f"data.micro_batch_size={st.micro_batch}", f"strategy.activation_checkpointing={'true' if st.checkpointing else 'false'}"]
+    if st.strategy != "single":
+        out.append(f"({st.nodes} x {st.gpus_per_node} ranks)")
+    return " ".join(out)
+
+
 def recommend(
     s: Shape,
     base: Setting,
@@ -331,13 +353,14 @@ def recommend(
 ) -> list[dict]:
     """For each strategy, the cheapest setting that fits ``memory`` bytes per device: first the
     largest micro-batch up to ``base.micro_batch`` without checkpointing, then with it; then (fsdp)
-    tensor parallelism up to the GPUs of a node; then more nodes (doubling, up to 64 x ``base.nodes``).
+    tensor parallelism up to the GPUs of a node (the degrees of :func:`tp_degrees`; run as
+    ``strategy=fsdp_tp``, :func:`overrides`); then more nodes (doubling, up to 64 x ``base.nodes``).
     Each row: the strategy, whether it fits, the setting and its estimate, or why not."""
     rows = []
     for name in strategies:
         if name == "single" and base.world > 1 and base.strategy != "single":
             continue
-        tps = [t for t in (1, 2, 4, 8) if t <= base.gpus_per_node and base.gpus_per_node % t == 0] if name == "fsdp" else [1]
+        tps = tp_degrees(s, base.gpus_per_node) if name == "fsdp" else [1]
         found = None
         for nodes in [base.nodes * 2**k for k in range(7)] if name != "single" else [1]:
             for tp in tps:
@@ -409,7 +432,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpus-per-node", type=int, default=8)
     ap.add_argument("--device", choices=("gpu", "cpu"), default="gpu", help="cpu: plan CPU processes (RSS) instead of GPUs")
     ap.add_argument("--precision", default=None, help="default: trainer.precision, where auto means bf16-mixed on a GPU")
-    ap.add_argument("--tensor-parallel", type=int, default=1, help="tensor-parallel degree of the asked setting (fsdp)")
+    ap.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        help="tensor-parallel degree of the asked setting (fsdp; default: strategy.tensor_parallel of fsdp_tp)",
+    )
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary size when the preset takes it from the tokenizer")
     ap.add_argument("--overhead", default=None, help="fixed bytes per process (default 1.5GiB on a GPU, 580MiB on CPU)")
     ap.add_argument("--headroom", type=float, default=HEADROOM, help="share of the memory kept free (default 0.1)")
@@ -424,6 +452,9 @@ def main(argv: list[str] | None = None) -> None:
         precision = "bf16-mixed" if args.device == "gpu" else "32-true"
     name = str(cfg.strategy.name)
     name = "single" if name == "auto" else name
+    tp = args.tensor_parallel
+    if name == "fsdp_tp":  # FSDP2 x tensor parallelism: the planner's fsdp with strategy.tensor_parallel
+        name, tp = "fsdp", tp if tp > 1 else int(cfg.strategy.tensor_parallel)
     base = Setting(
         strategy=name,
         precision=precision,
@@ -432,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         micro_batch=int(cfg.data.micro_batch_size),
         seq_len=int(cfg.data.seq_len),
         checkpointing=bool(cfg.strategy.activation_checkpointing),
-        tensor_parallel=args.tensor_parallel,
+        tensor_parallel=tp,
         device=args.device,
     )
     memory = parse_bytes(args.gpu_memory)
@@ -446,7 +477,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"asked: strategy={name} micro-batch {base.micro_batch}, activation checkpointing {'on' if base.checkpointing else 'off'}:")
     print(table(s, [{"setting": base, "estimate": asked, "fits": fits(asked, memory, args.headroom)}], memory))
     print("\nrecommended (largest micro-batch that fits, checkpointing only when needed, then TP, then nodes):")
-    print(table(s, recommend(s, base, memory, STRATEGIES if args.all else (name,), overhead, args.headroom), memory))
+    rows = recommend(s, base, memory, STRATEGIES if args.all else (name,), overhead, args.headroom)
+    print(table(s, rows, memory))
+    print("\nto run the ones that fit (xiulian train overrides):")
+    for r in rows:
+        if r["fits"]:
+            print(f"  {overrides(r['setting'])}")
 
 
 if __name__ == "__main__":

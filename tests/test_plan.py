@@ -145,6 +145,64 @@ def test_recommendation_on_hand_cases():
     assert plan.fits(plan.Estimate(90, 0, 0, 0, 0, 0), 100, headroom=0.1) and not plan.fits(plan.Estimate(91, 0, 0, 0, 0, 0), 100, 0.1)
 
 
+def test_tensor_parallel_recommendation_names_fsdp_tp_with_a_degree_it_accepts(capsys):
+    """llama_70b on 8 x 80 GB at 4096 x 4 tokens: fsdp fits only with tensor parallelism, and the
+    recommendation is a valid ``xiulian train`` override set ``strategy=fsdp_tp
+    strategy.tensor_parallel=K`` with K among the degrees fsdp_tp accepts for the shape."""
+    s = plan.shape_of(compose(["model=llama_70b"]).model)
+    assert plan.tp_degrees(s, 8) == [1, 2, 4, 8]
+    assert plan.tp_degrees(s, 4) == [1, 2, 4]
+    assert plan.tp_degrees(replace(s, n_kv_head=2), 8) == [1, 2]  # K must divide the key/value heads
+    assert plan.tp_degrees(plan.shape_of(compose(["model=gpt1_117m"]).model), 8) == [1]  # no TP plan for GPT-2
+    base = Setting(strategy="fsdp", precision="bf16-mixed", nodes=8, gpus_per_node=8, micro_batch=4, seq_len=4096)
+    memory = plan.parse_bytes("80GB")
+    assert not plan.fits(plan.estimate(s, replace(base, micro_batch=1, checkpointing=True)), memory)  # no TP: does not fit
+    (row,) = plan.recommend(s, base, memory, ("fsdp",))
+    st = row["setting"]
+    assert row["fits"] and st.tensor_parallel in (2, 4, 8) and st.nodes == 8
+    # one degree less does not fit at any micro-batch, with checkpointing
+    lower = replace(st, tensor_parallel=st.tensor_parallel // 2, micro_batch=1, checkpointing=True)
+    assert not plan.fits(plan.estimate(s, lower), memory)
+    text = plan.overrides(st)
+    assert text.startswith(f"strategy=fsdp_tp strategy.tensor_parallel={st.tensor_parallel} ")
+    cfg = compose(["model=llama_70b", *text.split(" (")[0].split()])  # the overrides compose into a valid config
+    assert cfg.strategy.name == "fsdp_tp" and cfg.strategy.tensor_parallel == st.tensor_parallel
+    assert cfg.data.micro_batch_size == st.micro_batch and cfg.strategy.activation_checkpointing == st.checkpointing
+    assert plan.overrides(replace(st, tensor_parallel=1)).startswith("strategy=fsdp data.")
+    # the CLI reads strategy=fsdp_tp as fsdp with its tensor_parallel, and prints the override to run
+    plan.main(
+        [
+            "model=llama_70b",
+            "strategy=fsdp_tp",
+            "strategy.tensor_parallel=8",
+            "data.seq_len=4096",
+            "data.micro_batch_size=4",
+            "--nodes",
+            "8",
+        ]
+    )
+    out = capsys.readouterr().out
+    asked = [ln for ln in out.splitlines() if ln.startswith("| fsdp |")][0].split("|")
+    assert asked[6].strip() == "8"  # the TP column of the asked setting
+    assert "  strategy=fsdp_tp strategy.tensor_parallel=" in out
+
+
+def test_bench_runs_fsdp_tp_as_the_planners_fsdp_with_its_degree():
+    """``python -m llm.bench.plan --strategies fsdp_tp,fsdp_tp4``: the run's strategy and override,
+    and the prediction it is compared with."""
+    from llm.bench.plan import predict, spec
+
+    assert spec("fsdp") == ("fsdp", [], "fsdp", 1)
+    assert spec("fsdp_tp") == ("fsdp_tp", ["strategy.tensor_parallel=2"], "fsdp", 2)
+    assert spec("fsdp_tp4") == ("fsdp_tp", ["strategy.tensor_parallel=4"], "fsdp", 4)
+    with pytest.raises(ValueError, match="fsdp_tpK"):
+        spec("fsdp_tpx")
+    tp, fsdp = predict("tiny", "fsdp_tp", 4, 256, 8, 1024), predict("tiny", "fsdp", 4, 256, 8, 1024)
+    # the state is sharded over all 4 ranks either way; the gathered layer and the activations are split two ways
+    assert (tp.params, tp.grads, tp.optimizer) == (fsdp.params, fsdp.grads, fsdp.optimizer)
+    assert tp.buffers < fsdp.buffers and tp.activations < fsdp.activations
+
+
 def test_parse_bytes():
     assert plan.parse_bytes("80GB") == plan.parse_bytes("80GiB") == plan.parse_bytes("80G") == 80 * 2**30
     assert plan.parse_bytes("512MiB") == 512 * 2**20 and plan.parse_bytes("1e9") == 10**9

@@ -36,6 +36,19 @@ MIB = 2**20
 QUICK = ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
 
 
+def spec(strategy: str) -> tuple[str, list[str], str, int]:
+    """A strategy of ``--strategies``: (conf/strategy name, its Hydra overrides, the planner's
+    strategy, tensor-parallel degree). ``fsdp_tp`` is ``strategy=fsdp_tp`` at its default
+    ``tensor_parallel=2``; ``fsdp_tpK`` sets ``strategy.tensor_parallel=K``; the planner models
+    both as ``fsdp`` with that degree."""
+    if strategy.startswith("fsdp_tp"):
+        k = strategy[len("fsdp_tp") :] or "2"
+        if not k.isdigit() or int(k) < 1:
+            raise ValueError(f"--strategies {strategy}: fsdp_tp or fsdp_tpK with K the tensor-parallel degree (e.g. fsdp_tp4)")
+        return "fsdp_tp", [f"strategy.tensor_parallel={k}"], "fsdp", int(k)
+    return strategy, [], strategy, 1
+
+
 def malloc_env() -> dict[str, str]:
     """The children's environment: this checkout first, glibc's mmap and trim thresholds at 1 MiB."""
     env = child_env()
@@ -64,14 +77,17 @@ def idle_baseline(timeout: float = 300) -> int:
 
 
 def predict(model: str, strategy: str, nproc: int, seq_len: int, micro_batch: int, vocab: int, overrides: list[str] = ()) -> Any:
-    """The planner's estimate (CPU processes, fp32) of a run of this benchmark."""
+    """The planner's estimate (CPU processes, fp32) of a run of this benchmark (``strategy`` as
+    :func:`spec` reads it)."""
     from llm import plan
     from llm.bench.common import compose_config
 
+    _, _, name, tp = spec(strategy)
     cfg = compose_config([f"model={model}", f"model.max_seq_len={seq_len}", *overrides])
     s = plan.shape_of(cfg.model, vocab)
     st = plan.Setting(
-        strategy=strategy,
+        strategy=name,
+        tensor_parallel=tp,
         precision="32-true",
         nodes=1,
         gpus_per_node=nproc,
@@ -87,23 +103,24 @@ def measure(model: str, strategy: str, nproc: int, args: argparse.Namespace, out
     """One real run under torchrun (``llm.bench.strategies.run_one``) and its per-rank figures."""
     from llm.bench.strategies import run_one
 
+    conf, extra, _, _ = spec(strategy)
     ns = argparse.Namespace(
         model=model,
         seq_len=args.seq_len[model],
         micro_batch=args.micro_batch[model],
         vocab=args.vocab,
         steps=3,
-        set=list(args.set),
+        set=[*extra, *args.set],
         timeout=args.timeout,
     )
     old = dict(os.environ)
     os.environ.update(malloc_env())
     try:
-        r = run_one(strategy, nproc, ns, out / model)
+        r = run_one(conf, nproc, ns, out / model / strategy)  # fsdp_tp and fsdp_tp4 in their own folders
     finally:
         os.environ.clear()
         os.environ.update(old)
-    return r
+    return {**r, "strategy": strategy}
 
 
 def compare(model: str, r: dict[str, Any], baseline: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -144,8 +161,9 @@ def _working(model: str, r: dict[str, Any], args: argparse.Namespace) -> int:
     from llm import plan
     from llm.bench.common import compose_config
 
+    _, _, name, tp = spec(r["strategy"])
     cfg = compose_config([f"model={model}", f"model.max_seq_len={args.seq_len[model]}"])
-    st = plan.Setting(strategy=r["strategy"], precision="32-true", nodes=1, gpus_per_node=r["nproc"], device="cpu")
+    st = plan.Setting(strategy=name, tensor_parallel=tp, precision="32-true", nodes=1, gpus_per_node=r["nproc"], device="cpu")
     return plan.working_bytes(plan.shape_of(cfg.model, args.vocab), st)
 
 
@@ -175,7 +193,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argument_parser("llm.bench.plan", __doc__)
     ap.add_argument("--models", default="tiny,gpt1_117m", help="model presets (conf/model), comma-separated")
-    ap.add_argument("--strategies", default=",".join(QUICK))
+    ap.add_argument(
+        "--strategies",
+        default=",".join(QUICK),
+        help="conf/strategy names, comma-separated; fsdp_tp is tensor_parallel=2, fsdp_tpK tensor_parallel=K",
+    )
     ap.add_argument("--nproc", default="1,2", help="comma-separated process counts")
     ap.add_argument("--seq-len", default="tiny=256,gpt1_117m=256,llama_1b=128", help="sequence length per model")
     ap.add_argument("--micro-batch", default="tiny=8,gpt1_117m=4,llama_1b=1", help="micro-batch per model")
