@@ -133,21 +133,26 @@ def layer_activation_bytes(s: Shape, tokens: int, precision: str, device: str = 
     and, on CPU, the math attention path (flash attention on CPU has no dropout) with the three
     T x T tensors per head (scores, mask, dropped scores) and copies of q and k.
 
-    ``tensor_parallel`` splits the attention and MLP terms (not the norms' and residual's, which
-    without sequence parallelism every tensor-parallel rank holds whole)."""
+    ``tensor_parallel`` (T > 1: ``strategy=fsdp_tp``, Llama only) splits the attention and MLP
+    terms by heads and columns; its sequence parallelism splits the norms' inputs and normalised
+    inputs (and statistics) by tokens, while the norms' outputs, gathered whole for the
+    projections, are saved whole by them on every rank (``32-true``: 16d/T + 8d per token and layer
+    for the norms; measured with ``saved_tensors_hooks`` on a 1 x 2 mesh)."""
     mm, res = _dtype_bytes(precision)
     d, f, kv, tp = s.d, s.f, s.kv, tensor_parallel
     if s.arch == "llama":
+        # sharded: two RMSNorms' input and normalised input (fp32) and rsqrt; gathered: the norms'
+        # outputs the projections save (bf16-mixed: one bf16 copy per projection, 3 + 2)
         if precision == "bf16-mixed":
-            whole = 2 * (4 * d + 4 * d) + 2 * 4  # two RMSNorms: fp32 input and normalised input, rsqrt
-            split = 3 * 2 * d + 2 * 2 * d + (2 * d + 2 * kv + 2 * kv + 2 * d) + 4 * 2 * f
+            sharded, gathered = 2 * (4 * d + 4 * d) + 2 * 4, 3 * 2 * d + 2 * 2 * d
+            split = (2 * d + 2 * kv + 2 * kv + 2 * d) + 4 * 2 * f
         elif precision == "32-true":
-            whole = 2 * (3 * 4 * d) + 2 * 4
+            sharded, gathered = 2 * (2 * 4 * d) + 2 * 4, 2 * 4 * d
             split = 4 * (d + kv + kv + d) + 4 * 4 * f
         else:  # bf16-true: the norms upcast to fp32 inside
-            whole = 2 * (4 * d + 2 * d + 2 * d) + 2 * 4
+            sharded, gathered = 2 * (4 * d + 2 * d) + 2 * 4, 2 * 2 * d
             split = 2 * (d + kv + kv + d) + 4 * 2 * f
-        return tokens * (whole + split // tp)
+        return tokens * (gathered + (sharded + split) // tp)
     # gpt2
     seq = s.max_seq_len  # the caller passes tokens = b x T; T x T terms need T itself
     mask = (4 if device == "cpu" else 1) if s.dropout > 0 else 0
@@ -163,14 +168,18 @@ def layer_activation_bytes(s: Shape, tokens: int, precision: str, device: str = 
     return tokens * (whole + split // tp)
 
 
-def head_activation_bytes(s: Shape, tokens: int, precision: str, transient: bool = True) -> int:
+def head_activation_bytes(s: Shape, tokens: int, precision: str, transient: bool = True, tensor_parallel: int = 1) -> int:
     """The final norm, the output head and the loss: the final norm's saved tensors and the
     log-softmax the cross-entropy saves (fp32: the loss upcasts the logits); with ``transient``,
     also what is alive beside them when the backward starts, the peak of a step: the gradients of
     the log-softmax and of the logits (fp32, V per token each; under bf16 the logits' gradient is
-    cast to bf16 too)."""
+    cast to bf16 too). Under ``tensor_parallel`` the final norm's input and normalised input are
+    split by tokens (sequence parallelism), its output and the logits are gathered whole."""
     mm, res = _dtype_bytes(precision)
-    norm = (3 * 4 * s.d if precision == "32-true" else 4 * s.d + 4 * s.d + 2 * s.d) if s.arch == "llama" else 2 * res * s.d + 8
+    if s.arch == "llama":  # input and normalised input (sequence-sharded under TP), the output the head saves
+        norm = 8 * s.d // tensor_parallel + (4 * s.d if precision == "32-true" else 2 * s.d)
+    else:
+        norm = 2 * res * s.d + 8
     logits = (8 * s.vocab + (0 if mm == 4 else 2 * s.vocab)) if transient else 0
     rope = 2 * 4 * (s.d // s.n_head) * s.max_seq_len if s.arch == "llama" else 0  # cos and sin per position, shared by the batch
     return tokens * (norm + 4 * s.vocab + logits + 8) + rope
@@ -189,7 +198,7 @@ def activation_bytes(
     if s.arch == "gpt2" and s.dropout > 0:
         res += 4 if device == "cpu" else 1  # the embedding dropout's mask
     layers = s.n_layer * tokens * res * s.d + one if checkpointing else s.n_layer * one
-    return layers + head_activation_bytes(s, tokens, precision)
+    return layers + head_activation_bytes(s, tokens, precision, tensor_parallel=tensor_parallel)
 
 
 # ================================================================================= state

@@ -76,6 +76,25 @@ def test_activation_bytes_by_hand():
     assert ckpt == 2 * 32 * 4 * 64 + 32 * 4360 + head  # each layer's input, one layer recomputed
 
 
+def test_tensor_parallel_activations_by_hand():
+    """Under fsdp_tp (sequence parallelism) the norms' inputs are split by tokens, their outputs
+    saved whole by the projections; heads and MLP columns split T ways."""
+    d, kv, f, tp = 64, 32, 128, 2
+    # 32-true per token and layer: norm outputs 8d whole; (norm inputs and normalised 16d + rsqrt 8 + 8d + 8kv + 16f) / T
+    assert plan.layer_activation_bytes(SMALL, 10, "32-true", tensor_parallel=tp) == 10 * (
+        8 * d + (16 * d + 8 + 8 * d + 8 * kv + 16 * f) // tp
+    )
+    # bf16-mixed: five bf16 copies of the gathered norm outputs (q, k, v, gate, up) whole
+    assert plan.layer_activation_bytes(SMALL, 10, "bf16-mixed", tensor_parallel=tp) == 10 * (
+        10 * d + (16 * d + 8 + 4 * d + 4 * kv + 8 * f) // tp
+    )
+    for precision in plan.PRECISIONS:  # T = 1 is the unsplit model
+        assert plan.layer_activation_bytes(SMALL, 10, precision, tensor_parallel=1) == plan.layer_activation_bytes(SMALL, 10, precision)
+    # the final norm: input and normalised input split, its output (read by the head) and the logits whole
+    one, two = (plan.head_activation_bytes(SMALL, 10, "32-true", tensor_parallel=t) for t in (1, 2))
+    assert one - two == 10 * 8 * d // 2
+
+
 def _saved_bytes(model: torch.nn.Module, ids: torch.Tensor, autocast: bool) -> int:
     """Bytes autograd saves for the backward in one forward and loss (parameters excluded)."""
     from llm.losses import token_nll_sum
@@ -121,6 +140,32 @@ def test_activations_equal_what_autograd_saves(arch, dropout, precision, rows):
     if precision == "bf16-mixed":
         want += 2 * plan.matmul_params(s)  # autocast's bf16 weight copies, saved for the backward
     assert abs(want / got - 1) < 0.01, (want, got)
+
+
+@pytest.mark.slow
+def test_tensor_parallel_activations_equal_what_autograd_saves():
+    """The activation formula under tensor (and sequence) parallelism against the tensors autograd
+    saves on one rank of a real 2-rank split (tests/tp_saved.py under torchrun), fp32 and bf16-mixed."""
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / "tp_saved.py")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode == 0, r.stderr[-6000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [x["precision"] for x in rows] == ["32-true", "bf16-mixed"]
+    s = Shape(arch="llama", n_layer=3, d=128, n_head=4, n_kv_head=2, f=384, vocab=1024, max_seq_len=64, tie=False)
+    assert plan.shape_of(compose(["model=tiny", "model.n_layer=3", "model.max_seq_len=64"]).model, 1024) == s  # tests/tp_saved.py's model
+    for x in rows:
+        tokens, tp = 128, x["tp"]
+        want = s.n_layer * plan.layer_activation_bytes(s, tokens, x["precision"], "cpu", tp)
+        want += plan.head_activation_bytes(s, tokens, x["precision"], False, tp)
+        if x["precision"] == "bf16-mixed":
+            want += 2 * plan.matmul_params(s) // tp  # autocast's bf16 copies of this rank's weight shards
+        assert abs(want / x["saved"] - 1) < 0.01, (x, want)
 
 
 def test_recommendation_on_hand_cases():
