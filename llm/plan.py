@@ -190,14 +190,15 @@ def activation_bytes(
 ) -> int:
     """Peak activation bytes of one micro-batch: every layer's saved tensors plus the head's; with
     activation checkpointing, each layer keeps only its input (the residual stream) and one layer
-    at a time is recomputed in the backward."""
+    at a time is recomputed in the backward (each input split by tokens under tensor parallelism)."""
     tokens = micro_batch * seq_len
     s = replace(s, max_seq_len=seq_len)
     one = layer_activation_bytes(s, tokens, precision, device, tensor_parallel)
     _, res = _dtype_bytes(precision)
     if s.arch == "gpt2" and s.dropout > 0:
         res += 4 if device == "cpu" else 1  # the embedding dropout's mask
-    layers = s.n_layer * tokens * res * s.d + one if checkpointing else s.n_layer * one
+    # under tensor parallelism the layers' inputs are sequence-sharded (fsdp_tp's sequence parallelism)
+    layers = s.n_layer * tokens * res * s.d // tensor_parallel + one if checkpointing else s.n_layer * one
     return layers + head_activation_bytes(s, tokens, precision, tensor_parallel=tensor_parallel)
 
 

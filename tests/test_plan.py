@@ -93,6 +93,10 @@ def test_tensor_parallel_activations_by_hand():
     # the final norm: input and normalised input split, its output (read by the head) and the logits whole
     one, two = (plan.head_activation_bytes(SMALL, 10, "32-true", tensor_parallel=t) for t in (1, 2))
     assert one - two == 10 * 8 * d // 2
+    # activation checkpointing: each layer keeps its input, a sequence shard of the residual stream
+    full, ckpt = (plan.activation_bytes(SMALL, 2, 16, "32-true", c, tensor_parallel=tp) for c in (False, True))
+    layer = plan.layer_activation_bytes(SMALL, 32, "32-true", tensor_parallel=tp)
+    assert full - ckpt == 2 * layer - (2 * 32 * 4 * d // tp + layer)
 
 
 def _saved_bytes(model: torch.nn.Module, ids: torch.Tensor, autocast: bool) -> int:
