@@ -73,7 +73,10 @@ def test_activation_bytes_by_hand():
     ckpt = plan.activation_bytes(SMALL, 2, 16, "32-true", checkpointing=True)
     head = plan.head_activation_bytes(replace(SMALL, max_seq_len=16), 32, "32-true")
     assert full == 2 * 32 * 4360 + head
-    assert ckpt == 2 * 32 * 4 * 64 + 32 * 4360 + head  # each layer's input, one layer recomputed
+    assert 32 * 4360 > head and ckpt == 2 * 32 * 4 * 64 + 32 * 4360  # each layer's input, then one layer recomputed after the head
+    wide = replace(SMALL, vocab=4096)  # the head's backward (log-softmax and two V-sized gradients) outweighs a layer
+    head = plan.head_activation_bytes(replace(wide, max_seq_len=16), 32, "32-true")
+    assert head > 32 * 4360 and plan.activation_bytes(wide, 2, 16, "32-true", checkpointing=True) == 2 * 32 * 4 * 64 + head
 
 
 def test_tensor_parallel_activations_by_hand():
@@ -96,7 +99,8 @@ def test_tensor_parallel_activations_by_hand():
     # activation checkpointing: each layer keeps its input, a sequence shard of the residual stream
     full, ckpt = (plan.activation_bytes(SMALL, 2, 16, "32-true", c, tensor_parallel=tp) for c in (False, True))
     layer = plan.layer_activation_bytes(SMALL, 32, "32-true", tensor_parallel=tp)
-    assert full - ckpt == 2 * layer - (2 * 32 * 4 * d // tp + layer)
+    head = plan.head_activation_bytes(replace(SMALL, max_seq_len=16), 32, "32-true", tensor_parallel=tp)
+    assert full == 2 * layer + head and ckpt == 2 * 32 * 4 * d // tp + max(layer, head)
 
 
 def _saved_bytes(model: torch.nn.Module, ids: torch.Tensor, autocast: bool) -> int:
