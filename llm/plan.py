@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
         f"({base.nodes} x {base.gpus_per_node}), seq {base.seq_len}, precision {precision}, {memory / GIB:.0f} GiB per device, "
         f"{args.headroom:.0%} of it kept free\n"
     )
-    print(f"asked: strategy={name} micro-batch {base.micro_batch}, activation checkpointing {'on' if base.checkpointing else 'off'}:")
+    print(f"asked: {overrides(base)}:")
     print(table(s, [{"setting": base, "estimate": asked, "fits": fits(asked, memory, args.headroom)}], memory))
     print("\nrecommended (largest micro-batch that fits, checkpointing only when needed, then TP, then nodes):")
     rows = recommend(s, base, memory, STRATEGIES if args.all else (name,), overhead, args.headroom)

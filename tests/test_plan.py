@@ -237,6 +237,7 @@ def test_tensor_parallel_recommendation_names_fsdp_tp_with_a_degree_it_accepts(c
     out = capsys.readouterr().out
     asked = [ln for ln in out.splitlines() if ln.startswith("| fsdp |")][0].split("|")
     assert asked[6].strip() == "8"  # the TP column of the asked setting
+    assert "asked: strategy=fsdp_tp strategy.tensor_parallel=8 data.micro_batch_size=4 " in out
     assert "  strategy=fsdp_tp strategy.tensor_parallel=" in out
 
 
