@@ -42,6 +42,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "plan": ("llm.bench.plan", "the memory planner's prediction vs measured per-rank memory of real runs"),
     "export": ("llm.bench.export", "rank 0's peak memory of the sharded (FSDP) export: consolidated vs streamed"),
     "startup": ("llm.bench.startup", "per-rank peak memory of the FSDP start-up: whole model vs sharded start"),
+    "rollout_zero": ("llm.bench.rollout_zero", "GRPO rollout tokens/s under ZeRO-3 (weights gathered once or per token) vs DDP"),
 }
 
 

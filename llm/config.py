@@ -541,6 +541,12 @@ class RolloutConfig:
     cache; 2 discards both (less CPU memory; the weights are reloaded from the policy anyway)."""
     vllm_dtype: str = "auto"
     """vLLM's weight dtype (``auto``: the checkpoint's; ``bfloat16``, ``float16``, ``float32``)."""
+    zero3_gather: bool = True
+    """Under DeepSpeed ZeRO-3 (``hf`` engine): gather the policy's whole weights once for each
+    generation call (each rank holds the whole policy while it generates, as DeepSpeed-Chat's
+    hybrid engine and TRL do) instead of one layer at a time at every generated token (a
+    collective per layer and token, ranks kept in step with ``synced_gpus``; generation's memory
+    stays ZeRO-3's). ``false`` is for models whose whole weights do not fit one device."""
 
     def __post_init__(self) -> None:
         _check(self.tis_cap >= 1.0, f"stage.rollout.tis_cap={self.tis_cap}: must be at least 1 (it caps an importance weight)")

@@ -408,6 +408,46 @@ def is_deepspeed(strategy: Any) -> bool:
     return any(c.__name__ == "DeepSpeedStrategy" for c in type(strategy).__mro__)  # without importing deepspeed
 
 
+def is_zero3(strategy: Any) -> bool:
+    """DeepSpeed ZeRO-3: each rank holds a partition of every parameter, and the engine's module
+    hooks all-gather a module's weights before its forward and release them after it."""
+    return is_deepspeed(strategy) and bool(getattr(strategy, "zero_stage_3", False))
+
+
+_HELD = "xiulian:gathered_weights"
+"""Marks a ZeRO-3 parameter as in use for as long as :func:`gathered_weights` holds it."""
+
+
+@contextmanager
+def gathered_weights(strategy: Any, module: torch.nn.Module) -> Iterator[None]:
+    """ZeRO-3: ``module``'s whole weights on every rank for the duration of the block, gathered
+    once on entry (``deepspeed.zero.GatheredParameters``) and partitioned again on exit; a
+    collective, so every rank enters it. Without it, the engine's hooks gather each module's
+    weights before every forward and release them after it: generating R tokens would all-gather
+    the whole model R times. Inside the block the hooks still run, find the weights there and
+    gather nothing; each parameter is marked in use (one more entry in its
+    ``ds_active_sub_modules``) so that they do not release it after a module's forward either.
+    Parameters ZeRO-3 keeps whole anyway (``ds_persist``: the small ones) are left as they are.
+    Other strategies: nothing to do."""
+    if not is_zero3(strategy):
+        yield
+        return
+    import deepspeed
+
+    params = [p for p in module.parameters() if hasattr(p, "ds_id") and not getattr(p, "ds_persist", False)]
+    if not params:
+        yield
+        return
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        for p in params:
+            p.ds_active_sub_modules.add(_HELD)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.ds_active_sub_modules.discard(_HELD)
+
+
 # --------------------------------------------------------- helpers for stages
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The transformer blocks of a transformers model (also inside a PEFT wrapper): the
@@ -635,6 +675,23 @@ def norm_after_step(strategy: Any) -> torch.Tensor | None:
         return None
     n = strategy.model.get_global_grad_norm()
     return None if n is None else torch.as_tensor(float(n))
+
+
+def engine_step(strategy: Any) -> torch.Tensor | None:
+    """DeepSpeed: one update by its engine, outside Lightning's counted optimizer step (an RL
+    stage's minibatch update, after a backward at a gradient-accumulation boundary): it clips the
+    gradients its backward reduced (``gradient_clipping``), steps the optimizer and zeroes them.
+    Returns the gradient norm before clipping."""
+    strategy.model.step()
+    return norm_after_step(strategy)
+
+
+def no_engine_update(strategy: Any) -> None:
+    """DeepSpeed: the next engine step (Lightning's counted optimizer step, which an RL stage takes
+    with no gradients to count an iteration) is not at a gradient-accumulation boundary, so the
+    engine makes no update (an empty ZeRO step would still move Adam's moments and decay the weights)."""
+    if is_deepspeed(strategy):
+        strategy.model.set_gradient_accumulation_boundary(False)
 
 
 def consolidated_state_dict(strategy: Any, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:

@@ -12,5 +12,6 @@
 * ``data_scale`` -- the whole stage-1 pipeline at N documents: peak RSS and docs/s per stage
 * ``strategies`` -- memory and throughput per rank of DDP, ZeRO 1/2/3 and FSDP
 * ``startup``    -- per-rank peak memory of the FSDP start-up: whole model vs sharded start
+* ``rollout_zero`` -- GRPO rollout tokens/s under ZeRO-3 (weights gathered once or per token) vs DDP
 * ``litgpt``     -- our pretraining loop against litgpt's
 """

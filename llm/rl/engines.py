@@ -159,10 +159,11 @@ def check_rollout_config(cfg: Any, stage: str) -> None:
     why = vllm_unavailable()
     if why:
         raise ValueError(f"stage={stage}: {why}")
-    if cfg.strategy.name == "fsdp":
+    if cfg.strategy.name in ("fsdp", "deepspeed_zero3", "deepspeed_zero3_offload"):
         raise ValueError(
-            f"stage={stage} with stage.rollout.engine=vllm under strategy=fsdp: the colocated vLLM engine needs the "
-            "policy's whole weights on each rank; use strategy=ddp (one vLLM engine per GPU) or stage.rollout.engine=hf"
+            f"stage={stage} with stage.rollout.engine=vllm under strategy={cfg.strategy.name}: the colocated vLLM engine needs the "
+            "policy's whole weights on each rank; use strategy=ddp or deepspeed_zero1/2 (one vLLM engine per GPU) or "
+            "stage.rollout.engine=hf"
         )
     if cfg.strategy.accelerator == "cpu":
         raise ValueError(f"stage={stage}: stage.rollout.engine=vllm runs on a GPU, not with strategy.accelerator=cpu")

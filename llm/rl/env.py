@@ -469,7 +469,7 @@ class EpisodeRunner:
         """Episodes of ``stage``'s policy (a ``RolloutStage``) on ``prompts``, generated through
         its :meth:`generate`."""
         any_active = None
-        if stage.sharded and stage._trainer is not None and stage.trainer.world_size > 1:  # FSDP: generate in step
+        if stage.generate_in_step:  # FSDP, ZeRO-3: gathering weights is a collective, every rank generates in step
 
             def any_active(local: bool) -> bool:
                 flag = torch.tensor(float(local), device=stage.device)

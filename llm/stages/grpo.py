@@ -54,7 +54,7 @@ from llm.rl.kl import kl_estimate
 from llm.rl.sandbox import SandboxLimits
 from llm.rl.tasks import Task, score_responses, verify
 from llm.stages.registry import Stage
-from llm.stages.rollout import DEEPSPEED, RolloutStage, mean, not_under_deepspeed, timing_metrics
+from llm.stages.rollout import RolloutStage, mean, timing_metrics
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +422,6 @@ STAGE = Stage(
     eval_suite="sft",
     needs_pretrained=True,
     samples_during_training=False,
-    refused_strategies={s: not_under_deepspeed("GRPO", "DPO (stage=dpo), which runs under every strategy") for s in DEEPSPEED},
     check=_check,
 )
 """Stage 3c: group-based policy gradient (GRPO family) on verifiable or rule-based rewards."""

@@ -25,7 +25,8 @@ the reward model, whose head already predicts the score).
 Lightning counts an optimizer step each time ``LightningOptimizer.step`` runs; the minibatch
 updates of an iteration use the wrapped torch optimizer directly and the iteration ends with
 one counted, empty step, so ``trainer.max_steps`` counts iterations (and checkpoints and the
-LR schedule step per iteration).
+LR schedule step per iteration). Under DeepSpeed each minibatch update is a step of its engine,
+which optimizes the value head or critic with the policy (they are submodules of the stage).
 
 Validation generates greedy responses to held-out prompts and logs their mean score
 (``val/reward``): the before/after figure of a run.
@@ -49,12 +50,10 @@ from llm.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from llm.stages.registry import Stage
 from llm.stages.reward import backbone_and_head
 from llm.stages.rollout import (
-    DEEPSPEED,
     RewardModel,
     RolloutStage,
     mean,
     model_inputs,
-    not_under_deepspeed,
     response_mask,
     timing_metrics,
 )
@@ -317,7 +316,6 @@ STAGE = Stage(
     eval_suite="sft",
     needs_pretrained=True,
     samples_during_training=False,
-    refused_strategies={s: not_under_deepspeed("PPO", "DPO (stage=dpo), which runs under every strategy") for s in DEEPSPEED},
     check=_check,
 )
 """Stage 3b: PPO against a reward model or function, with a KL penalty toward the starting model."""

@@ -9,10 +9,20 @@ Lightning counts an optimizer step each time ``LightningOptimizer.step`` runs; t
 updates of an iteration use the wrapped torch optimizer directly (:meth:`RolloutStage.apply_update`)
 and the iteration ends with one counted, empty step (:meth:`RolloutStage.count_iteration`), so
 ``trainer.max_steps`` counts iterations (and checkpoints and the LR schedule step per iteration).
+
+Under DeepSpeed its engine owns the gradients and the step: each minibatch update is a backward
+through the engine at a gradient-accumulation boundary (it reduces the gradients over ranks) and
+one step of the engine (it clips and steps); the counted step is then off the boundary, so the
+engine updates nothing in it. Under ZeRO-3 a rollout's generation runs with the policy's weights
+gathered once (:func:`llm.strategy.gathered_weights`), not at every generated token. The frozen
+reference and reward model are not part of the engine: each rank keeps them whole (no gradients
+or optimizer state, 4 bytes a parameter in fp32 against the policy's 16 before sharding; their
+forward passes need no communication; a LoRA policy needs no reference copy at all).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -33,6 +43,7 @@ from llm.rl.mismatch import logprob_mismatch, tis_stats, tis_weights
 from llm.rl.rewards import load_reward_fn
 from llm.stages.base import BaseStage
 from llm.stages.reward import reward_scores
+from llm.strategy import engine_step, gathered_weights, is_deepspeed, is_zero3, no_engine_update
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +59,6 @@ def response_mask(responses: torch.Tensor, stop_ids: list[int]) -> tuple[torch.T
     first = torch.where(is_stop, idx, torch.full_like(idx, R)).min(-1).values
     mask = (idx <= first.unsqueeze(1)).long()
     return mask, first < R
-
-
-def not_under_deepspeed(stage: str, alternative: str) -> str:
-    """Why an RL stage with minibatch updates refuses DeepSpeed (``Stage.refused_strategies``)."""
-    return (
-        f"{stage} takes several optimizer steps per iteration (its minibatch updates), with gradients it averages itself and "
-        "generation between them, while DeepSpeed's engine owns the gradients and the step; under ZeRO-3 every generated "
-        f"token would also all-gather the weights (DeepSpeed-Chat needs its Hybrid Engine for this). Run {stage} with "
-        f"strategy=ddp or strategy=fsdp, or use {alternative}"
-    )
 
 
 def model_inputs(ro: Rollout, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]:
@@ -97,9 +98,6 @@ class RewardModel:
         device = next(self.model.parameters()).device
         ids, mask = pad_batch(seqs, self.pad_id, max(len(s) for s in seqs), "right")
         return reward_scores(self.model, ids.to(device), mask.to(device))
-
-
-DEEPSPEED = ("deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload")
 
 
 RESERVED_COMPONENTS = ("correct", "format", "function", "model", "judge", "missing_eos", "overlong")
@@ -271,14 +269,35 @@ class RolloutStage(BaseStage):
         temperature = rcfg.engine_temperature or cfg.temperature
         sampling = Sampling(cfg.max_new_tokens, do_sample=not greedy, temperature=temperature, top_k=cfg.top_k or None, top_p=cfg.top_p)
         extra = {}
-        if self.sharded and self._trainer is not None and self.trainer.world_size > 1:
-            extra["synced_gpus"] = True  # FSDP: every rank runs the same number of forward passes (they all-gather)
+        gather_once = self.zero3 and bool(rcfg.zero3_gather)
+        if self.generate_in_step:
+            # every rank runs the same number of forward passes: FSDP and ZeRO-3 per token all-gather in them; ZeRO-3's
+            # hooks record the order of the modules' forwards and check that it is the same on every rank
+            extra["synced_gpus"] = True
+        gathered = gathered_weights(self.trainer.strategy, self.model) if gather_once else contextlib.nullcontext()
         engine = self.rollout_engine
         engine.wake()
         try:
-            return engine.generate(prompt_ids, prompt_mask, sampling, logprobs=logprobs and bool(rcfg.logprob_check), **extra)
+            with gathered:
+                return engine.generate(prompt_ids, prompt_mask, sampling, logprobs=logprobs and bool(rcfg.logprob_check), **extra)
         finally:
             engine.sleep()
+
+    @property
+    def zero3(self) -> bool:
+        """The stage runs under DeepSpeed ZeRO-3 (its weights partitioned over the ranks)."""
+        return self._trainer is not None and is_zero3(self.trainer.strategy)
+
+    @property
+    def deepspeed(self) -> bool:
+        """The stage runs under DeepSpeed: its engine owns the gradients and the optimizer step."""
+        return self._trainer is not None and is_deepspeed(self.trainer.strategy)
+
+    @property
+    def generate_in_step(self) -> bool:
+        """Every rank must make the same generation calls: the weights are sharded (FSDP, ZeRO-3)
+        and gathering them is a collective (per layer and token, or once per call)."""
+        return (self.sharded or self.zero3) and self._trainer is not None and self.trainer.world_size > 1
 
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, greedy: bool = False) -> torch.Tensor:
         """Responses [B, R] to left-padded prompts [B, P], through the rollout engine."""
@@ -325,7 +344,11 @@ class RolloutStage(BaseStage):
     # ---------------------------------------------------------------- updates
     def apply_update(self, loss: torch.Tensor, raw: Any, n_updates: int) -> torch.Tensor | None:
         """One minibatch update with the raw torch optimizer ``raw``: backward, gradients averaged
-        over ranks, clipped, checked, stepped. Returns the gradient norm (``None``: no clipping)."""
+        over ranks, clipped, checked, stepped. Returns the gradient norm (``None``: no clipping).
+        Under DeepSpeed: a backward through its engine at a gradient-accumulation boundary (the
+        engine reduces the gradients over ranks) and one step of the engine (clipped inside)."""
+        if self.deepspeed:
+            return self._engine_update(loss, n_updates)
         with self._no_sync(last=False):  # several updates per step: the stage averages gradients itself
             self.manual_backward(loss)
         self._average_gradients_over_ranks()
@@ -340,11 +363,24 @@ class RolloutStage(BaseStage):
         raw.zero_grad(set_to_none=True)
         return gn
 
+    def _engine_update(self, loss: torch.Tensor, n_updates: int) -> torch.Tensor | None:
+        with self._no_sync(last=True):  # a boundary: this backward's gradients are reduced and stepped at once
+            self.manual_backward(loss)
+        gn = engine_step(self.trainer.strategy)
+        if gn is not None and not torch.isfinite(gn):  # the engine's norm is of the reduced gradients: every rank sees it
+            raise FloatingPointError(
+                f"{self.stage_label} iteration {self.global_step + 1}, minibatch update {n_updates + 1}: non-finite gradient norm "
+                f"{gn.item()} (loss {loss.item()} on rank {self.global_rank}); under DeepSpeed the norm is known only after its "
+                "step, so this update was applied: resume from the last checkpoint (ckpt_path=last), perhaps with a lower stage.optim.lr"
+            )
+        return gn
+
     def count_iteration(self, opt: Any, sched: Any) -> float:
         """End an iteration: one counted, empty optimizer step and one LR-schedule step. Returns
         the learning rate the iteration used."""
         lr = sched.get_last_lr()[0]
         opt.zero_grad(set_to_none=True)
+        no_engine_update(self.trainer.strategy)  # DeepSpeed: the counted step is not an update
         opt.step()  # no gradients: changes nothing, makes Lightning count this iteration as one step
         sched.step()
         self.rollout_engine.sync_weights(self.model)  # the next rollouts come from the updated policy
@@ -370,7 +406,7 @@ class RolloutStage(BaseStage):
 
     def on_train_end(self) -> None:
         """Every rank must end with the same weights: a cheap check that gradients were in sync."""
-        if self.trainer.world_size <= 1 or self.sharded:  # FSDP: each rank holds its own shard
+        if self.trainer.world_size <= 1 or self.sharded or self.zero3:  # FSDP, ZeRO-3: each rank holds its own shard
             return
         total = torch.stack([p.detach().double().sum() for p in self.optim_modules().parameters()]).sum().reshape(1)
         every = self.all_gather(total).reshape(-1)
