@@ -414,38 +414,60 @@ def is_zero3(strategy: Any) -> bool:
     return is_deepspeed(strategy) and bool(getattr(strategy, "zero_stage_3", False))
 
 
-_HELD = "xiulian:gathered_weights"
-"""Marks a ZeRO-3 parameter as in use for as long as :func:`gathered_weights` holds it."""
-
-
 @contextmanager
 def gathered_weights(strategy: Any, module: torch.nn.Module) -> Iterator[None]:
     """ZeRO-3: ``module``'s whole weights on every rank for the duration of the block, gathered
     once on entry (``deepspeed.zero.GatheredParameters``) and partitioned again on exit; a
-    collective, so every rank enters it. Without it, the engine's hooks gather each module's
-    weights before every forward and release them after it: generating R tokens would all-gather
-    the whole model R times. Inside the block the hooks still run, find the weights there and
-    gather nothing; each parameter is marked in use (one more entry in its
-    ``ds_active_sub_modules``) so that they do not release it after a module's forward either.
-    Parameters ZeRO-3 keeps whole anyway (``ds_persist``: the small ones) are left as they are.
-    Other strategies: nothing to do."""
+    collective, so every rank enters it. Without it, the engine's module hooks gather each
+    module's weights before every forward and release them after it: generating R tokens would
+    all-gather the whole model R times. Inside the block the engine's hooks are also suspended
+    (:func:`_without_engine_hooks`, as TRL does around generation): with the weights there they
+    would only cost time at every module and token, and they record the order of module forwards,
+    which ZeRO-3 checks is the same on every rank (ranks then generate on their own, each until its
+    answers end). Parameters ZeRO-3 keeps whole anyway (``ds_persist``: the small ones) are left
+    as they are. For forward passes only (no gradients). Other strategies: nothing to do."""
     if not is_zero3(strategy):
         yield
         return
     import deepspeed
 
     params = [p for p in module.parameters() if hasattr(p, "ds_id") and not getattr(p, "ds_persist", False)]
-    if not params:
+    with deepspeed.zero.GatheredParameters(params, enabled=bool(params), modifier_rank=None), _without_engine_hooks(strategy):
         yield
-        return
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        for p in params:
-            p.ds_active_sub_modules.add(_HELD)
-        try:
-            yield
-        finally:
-            for p in params:
-                p.ds_active_sub_modules.discard(_HELD)
+
+
+@contextmanager
+def _without_engine_hooks(strategy: Any) -> Iterator[None]:
+    """The module hooks ZeRO-3's engine registered (``forward_hooks`` and ``backward_hooks`` of its
+    ``optimizer.parameter_offload``, or of its ``optimizer`` when that is the offload itself) taken out of their modules for the duration, then put back exactly as they
+    were (each hook dictionary restored in its order; nothing re-registered, so the engine's module
+    ids and trace stay as they were)."""
+    opt = getattr(strategy.model, "optimizer", None)
+    offload = getattr(opt, "parameter_offload", opt)  # an engine without an optimizer (validation only) holds the offload itself
+    if offload is None or not hasattr(offload, "forward_hooks"):
+        import deepspeed
+
+        raise RuntimeError(
+            f"ZeRO-3: the engine's optimizer ({type(opt).__name__}) has no parameter_offload.forward_hooks in DeepSpeed "
+            f"{deepspeed.__version__}; set stage.rollout.zero3_gather=false (weights gathered per layer and token)"
+        )
+    handles = [*getattr(offload, "forward_hooks", []), *getattr(offload, "backward_hooks", [])]
+    ids = {h.id for h in handles}
+    saved: dict[int, tuple[dict, list]] = {}
+    for h in handles:
+        for ref in (h.hooks_dict_ref, *h.extra_dict_ref):
+            d = ref()
+            if d is not None and id(d) not in saved:
+                saved[id(d)] = (d, list(d.items()))
+    for d, _ in saved.values():
+        for i in ids:
+            d.pop(i, None)
+    try:
+        yield
+    finally:
+        for d, items in saved.values():
+            d.clear()
+            d.update(items)
 
 
 # --------------------------------------------------------- helpers for stages

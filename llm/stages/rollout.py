@@ -270,9 +270,9 @@ class RolloutStage(BaseStage):
         sampling = Sampling(cfg.max_new_tokens, do_sample=not greedy, temperature=temperature, top_k=cfg.top_k or None, top_p=cfg.top_p)
         extra = {}
         gather_once = self.zero3 and bool(rcfg.zero3_gather)
-        if self.generate_in_step:
-            # every rank runs the same number of forward passes: FSDP and ZeRO-3 per token all-gather in them; ZeRO-3's
-            # hooks record the order of the modules' forwards and check that it is the same on every rank
+        if self.generate_in_step and not gather_once:
+            # every rank runs the same number of forward passes: FSDP and ZeRO-3 per token all-gather in them (and ZeRO-3's
+            # hooks record the order of the modules' forwards, checked to be the same on every rank)
             extra["synced_gpus"] = True
         gathered = gathered_weights(self.trainer.strategy, self.model) if gather_once else contextlib.nullcontext()
         engine = self.rollout_engine
