@@ -431,9 +431,25 @@ def gathered_weights(strategy: Any, module: torch.nn.Module) -> Iterator[None]:
         return
     import deepspeed
 
+    coordinator = _engine_offload(strategy).get_param_coordinator()
+    coordinator._clean_inflight_param_registry()  # parameters the engine prefetched: waited for and released, then gathered here
     params = [p for p in module.parameters() if hasattr(p, "ds_id") and not getattr(p, "ds_persist", False)]
     with deepspeed.zero.GatheredParameters(params, enabled=bool(params), modifier_rank=None), _without_engine_hooks(strategy):
         yield
+
+
+def _engine_offload(strategy: Any) -> Any:
+    """ZeRO-3 engine's ``DeepSpeedZeRoOffload`` (its module hooks and parameter coordinator)."""
+    opt = getattr(strategy.model, "optimizer", None)
+    offload = getattr(opt, "parameter_offload", opt)  # an engine without an optimizer (validation only) holds the offload itself
+    if offload is None or not hasattr(offload, "forward_hooks") or not hasattr(offload, "get_param_coordinator"):
+        import deepspeed
+
+        raise RuntimeError(
+            f"ZeRO-3: the engine's optimizer ({type(opt).__name__}) has no parameter_offload with forward_hooks in DeepSpeed "
+            f"{deepspeed.__version__}; set stage.rollout.zero3_gather=false (weights gathered per layer and token)"
+        )
+    return offload
 
 
 @contextmanager
@@ -442,15 +458,7 @@ def _without_engine_hooks(strategy: Any) -> Iterator[None]:
     ``optimizer.parameter_offload``, or of its ``optimizer`` when that is the offload itself) taken out of their modules for the duration, then put back exactly as they
     were (each hook dictionary restored in its order; nothing re-registered, so the engine's module
     ids and trace stay as they were)."""
-    opt = getattr(strategy.model, "optimizer", None)
-    offload = getattr(opt, "parameter_offload", opt)  # an engine without an optimizer (validation only) holds the offload itself
-    if offload is None or not hasattr(offload, "forward_hooks"):
-        import deepspeed
-
-        raise RuntimeError(
-            f"ZeRO-3: the engine's optimizer ({type(opt).__name__}) has no parameter_offload.forward_hooks in DeepSpeed "
-            f"{deepspeed.__version__}; set stage.rollout.zero3_gather=false (weights gathered per layer and token)"
-        )
+    offload = _engine_offload(strategy)
     handles = [*getattr(offload, "forward_hooks", []), *getattr(offload, "backward_hooks", [])]
     ids = {h.id for h in handles}
     saved: dict[int, tuple[dict, list]] = {}

@@ -14,7 +14,8 @@ Under DeepSpeed its engine owns the gradients and the step: each minibatch updat
 through the engine at a gradient-accumulation boundary (it reduces the gradients over ranks) and
 one step of the engine (it clips and steps); the counted step is then off the boundary, so the
 engine updates nothing in it. Under ZeRO-3 a rollout's generation runs with the policy's weights
-gathered once (:func:`llm.strategy.gathered_weights`), not at every generated token. The frozen
+gathered once and the engine's hooks off (:func:`llm.strategy.gathered_weights`), not gathered at
+every generated token. The frozen
 reference and reward model are not part of the engine: each rank keeps them whole (no gradients
 or optimizer state, 4 bytes a parameter in fp32 against the policy's 16 before sharding; their
 forward passes need no communication; a LoRA policy needs no reference copy at all).
