@@ -12,7 +12,7 @@ What is measured, and how
    validation, checkpoints, samples or export inside the run); its tokens/s are the
    ``train/tokens_per_s`` rows of the run's ``metrics.csv``, first window (warm-up) left out.
    "bare" is the plain PyTorch loop in :func:`run_bare`: the same transformers model
-   (``build_model``, same seed, same vocabulary), the same AdamW settings and parameter groups,
+   (``build_seeded_model``: the stage's seeded start, same vocabulary), the same AdamW settings and parameter groups,
    the same LR schedule, the same batches (``PackedTokenStream`` in a ``DataLoader`` with the
    same workers), forward -> ``token_nll_sum`` -> backward -> clip -> step -> zero_grad. Both
    time the wall clock between consecutive step ends over the same steps (``log_every + 1`` ..
@@ -126,7 +126,7 @@ def _bare(cfg, log_every: int) -> dict[str, Any]:
     from llm.data.builders import resolve_data
     from llm.data.shards import PackedTokenStream
     from llm.losses import token_nll_sum
-    from llm.model.build import build_model
+    from llm.model.build import build_seeded_model
     from llm.stages.base import param_groups, warmup_cosine
 
     threads = torch.get_num_threads()
@@ -136,7 +136,7 @@ def _bare(cfg, log_every: int) -> dict[str, Any]:
     _seed_all(cfg.seed)
     tokenizer, shards = resolve_data(cfg.data)
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-    model = build_model(cfg.model, len(tokenizer), special).to(dev)
+    model = build_seeded_model(cfg.model, len(tokenizer), special, cfg.seed).to(dev)  # the stage's start
     model.train()
     o = cfg.stage.optim
     fused = bool(o.fused) if o.fused is not None else dev.type in ("cuda", "cpu")  # the framework's default
@@ -386,7 +386,7 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
     from llm.data.builders import resolve_data
     from llm.data.shards import PackedTokenStream
     from llm.losses import token_nll_sum
-    from llm.model.build import build_model, count_params
+    from llm.model.build import build_seeded_model, count_params
     from llm.stages.base import param_groups
 
     cfg = compose_config(
@@ -402,7 +402,7 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
     _trim()
     rss_base = proc_status()["VmRSS"]
     _seed_all(cfg.seed)
-    model = build_model(cfg.model, len(tokenizer), special).to(dev)
+    model = build_seeded_model(cfg.model, len(tokenizer), special, cfg.seed).to(dev)
     model.train()
     n_params = count_params(model)
     o = cfg.stage.optim

@@ -270,3 +270,25 @@ def flops_per_token(config: PretrainedConfig, n_params: int, seq_len: int) -> fl
     # untied: the input embedding is a lookup, not a matmul; the LM head is. tied: the shared
     # matrix is used as the LM head.
     return 6.0 * n_matmul + 12.0 * n_layer * d * seq_len
+
+
+def build_seeded_model(cfg: ModelConfig, vocab_size: int | None, special: dict | None, seed: int) -> torch.nn.Module:
+    """A preset (no checkpoint) built whole on the CPU with the weights a training run of ``seed``
+    starts from under every strategy: the per-module seeded initialisation of
+    ``llm.model.materialise`` (not ``torch.manual_seed`` then ``from_config``, whose draws depend on
+    the order of construction). For code outside the stages that must start where a run does (the
+    benchmarks' bare loops)."""
+    import copy
+
+    from llm.model.materialise import materialise
+
+    built = build_empty_model(cfg, vocab_size, special)
+    if isinstance(built, str):
+        raise ValueError(f"model {cfg.name}: {built}")
+    model, checkpoint = built
+    if checkpoint is not None:
+        raise ValueError(f"model {cfg.name}: build_seeded_model builds presets; {checkpoint} is a checkpoint (use build_model)")
+    template = copy.deepcopy(model)
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    materialise(model, template, torch.device("cpu"), seed, buffers)
+    return model
