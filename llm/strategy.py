@@ -641,6 +641,9 @@ def data_and_tensor_meshes(device_mesh: Any) -> tuple[Any, Any]:
     mesh (``None`` for each that is absent; the tensor-parallel one also when it has one rank)."""
     if device_mesh is None:
         return None, None
+    names = device_mesh.mesh_dim_names or ()
+    if "tensor_parallel" not in names:  # a 1-D data-parallel mesh (e.g. built by hand, as the start-up benchmark does)
+        return (device_mesh["data_parallel"] if "data_parallel" in names else device_mesh), None
     tp = device_mesh["tensor_parallel"]
     return device_mesh["data_parallel"], (tp if tp.size() > 1 else None)
 
@@ -648,7 +651,9 @@ def data_and_tensor_meshes(device_mesh: Any) -> tuple[Any, Any]:
 def tensor_parallel_size(strategy: Any) -> int:
     """Ranks per tensor-parallel group (1 outside ``fsdp_tp``): they all see the same batch."""
     mesh = getattr(strategy, "_device_mesh", None)
-    return int(mesh["tensor_parallel"].size()) if mesh is not None else 1
+    if mesh is None or "tensor_parallel" not in (mesh.mesh_dim_names or ()):
+        return 1
+    return int(mesh["tensor_parallel"].size())
 
 
 def data_rank_world(trainer: Any) -> tuple[int, int]:
