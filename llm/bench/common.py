@@ -38,6 +38,12 @@ def cache_root() -> Path:
     return Path(os.environ.get("XIULIAN_CACHE", Path.home() / ".cache" / "xiulian"))
 
 
+def torchrun(nproc: int) -> list[str]:
+    """The command prefix that starts ``nproc`` local ranks under torchrun (``--standalone``),
+    with this interpreter; the benchmarks append ``-m module ...``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+
+
 # ================================================================================= machine
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""

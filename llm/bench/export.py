@@ -19,13 +19,24 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from llm.bench.common import ROOT, append_section, argument_parser, child_env, command_line, cpu_name, md_table, proc_status, utc_stamp
+from llm.bench.common import (
+    ROOT,
+    append_section,
+    argument_parser,
+    child_env,
+    command_line,
+    cpu_name,
+    md_table,
+    proc_status,
+    torchrun,
+    utc_stamp,
+)
+from llm.procstat import release_memory
 
 MIB = 2**20
 WAYS = ("consolidated", "streamed")
@@ -49,17 +60,6 @@ class _Dist:
         self.dist.barrier()
 
 
-def _trim() -> None:
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def worker(args: argparse.Namespace) -> None:
     """One rank of one export (under torchrun); rank 0 writes the ranks' figures to ``--result``."""
     import torch
@@ -79,7 +79,7 @@ def worker(args: argparse.Namespace) -> None:
     model = build_model(cfg.model, vocab_size=vocab)
     n = count_params(model)
     parallelize(model, mesh=init_device_mesh("cpu", (world,)))
-    _trim()
+    release_memory()
     dist.barrier()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -116,12 +116,7 @@ def run_one(way: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     env["MALLOC_MMAP_THRESHOLD_"] = env["MALLOC_TRIM_THRESHOLD_"] = str(1 << 20)
     result = tmp / f"{way}.json"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(args.nproc),
+        *torchrun(args.nproc),
         "-m",
         "llm.bench.export",
         "--worker",

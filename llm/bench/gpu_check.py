@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llm.bench.common import ROOT, argument_parser, child_env, read_metrics
+from llm.bench.common import ROOT, argument_parser, child_env, read_metrics, torchrun
 
 H100_BF16 = 989e12
 COMMON = [
@@ -86,9 +86,7 @@ def sdpa_kernels(dry: bool) -> dict[str, str]:
 
 def run_step(name: str, overrides: list[str], out: Path, nproc: int | None, timeout: float) -> dict[str, Any]:
     run = out / name
-    launcher = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc else [sys.executable]
-    )
+    launcher = torchrun(nproc) if nproc else [sys.executable]
     cmd = [*launcher, "-m", "llm.train", *overrides, f"hydra.run.dir={run}"]
     env = child_env()
     env["MALLOC_MMAP_THRESHOLD_"] = env["MALLOC_TRIM_THRESHOLD_"] = str(1 << 20)

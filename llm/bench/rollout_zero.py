@@ -41,6 +41,7 @@ from llm.bench.common import (
     md_table,
     median,
     read_metrics,
+    torchrun,
     utc_stamp,
     workspace,
 )
@@ -85,12 +86,7 @@ def overrides(args: argparse.Namespace, model_dir: Path, run: Path) -> list[str]
 def run_side(side: str, repeat: int, args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str, Any]:
     run = work / f"{side}-{repeat}"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(args.nproc),
+        *torchrun(args.nproc),
         "-m",
         "llm.bench.rollout_zero",
         "--train",

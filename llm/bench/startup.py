@@ -28,21 +28,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from llm.bench.common import ROOT, append_section, argument_parser, child_env, command_line, cpu_name, md_table, proc_status, utc_stamp
+from llm.bench.common import (
+    ROOT,
+    append_section,
+    argument_parser,
+    child_env,
+    command_line,
+    cpu_name,
+    md_table,
+    proc_status,
+    torchrun,
+    utc_stamp,
+)
+from llm.procstat import release_memory
 
 MIB = 2**20
 WAYS = ("whole", "sharded")
-
-
-def _trim() -> None:
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -62,7 +63,7 @@ def worker(args: argparse.Namespace) -> None:
     import transformers.models.gpt2.modeling_gpt2  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401
 
-    _trim()
+    release_memory()
     base = proc_status()["VmRSS"]
     dist_on = "RANK" in os.environ
     if dist_on:
@@ -79,7 +80,7 @@ def worker(args: argparse.Namespace) -> None:
     module.configure_model()
     model = module.model
     n = count_params(model)
-    _trim()
+    release_memory()
     st = proc_status()
     mine: dict[str, Any] = {"rank": rank, "base": base, "peak": st["VmHWM"], "rss": st["VmRSS"]}
     if args.loss:
@@ -116,9 +117,7 @@ def run_one(way: str, nproc: int, args: argparse.Namespace, tmp: Path, unsharded
     env = child_env(threads=args.threads)
     env["MALLOC_MMAP_THRESHOLD_"] = env["MALLOC_TRIM_THRESHOLD_"] = str(1 << 20)
     result = tmp / f"{way}-{nproc}-{int(unsharded)}.json"
-    launch = (
-        [sys.executable] if unsharded else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    )
+    launch = [sys.executable] if unsharded else torchrun(nproc)
     cmd = [
         *launch,
         "-m",

@@ -19,12 +19,11 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from llm.bench.common import ROOT, append_section, argument_parser, command_line, cpu_name, md_table, read_metrics
+from llm.bench.common import ROOT, append_section, argument_parser, command_line, cpu_name, md_table, read_metrics, torchrun
 
 ALL = ["ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "fsdp"]
 MIB = 2**20
@@ -33,12 +32,7 @@ MIB = 2**20
 def run_one(strategy: str, nproc: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     run = out / f"{strategy}-n{nproc}"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
+        *torchrun(nproc),
         "-m",
         "llm.train",
         f"model={args.model}",

@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import json
 import math
 import os
@@ -80,6 +78,7 @@ from llm.bench.common import (
     run_module,
     utc_stamp,
 )
+from llm.procstat import release_memory
 
 
 def tokens_per_step(cfg) -> int:
@@ -366,12 +365,6 @@ def bench_loader(cfg, num_workers: int, seconds: float) -> dict[str, Any]:
 
 
 # ================================================================================ memory
-def _trim() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -399,7 +392,7 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
     ds = PackedTokenStream(shards, "train", seq_len, micro_batch_size, 1, seed=cfg.data.seed, shuffle=True, num_workers_hint=1)
     it = iter(ds)
     batches = [next(it), next(it)]
-    _trim()
+    release_memory()
     rss_base = proc_status()["VmRSS"]
     _seed_all(cfg.seed)
     model = build_seeded_model(cfg.model, len(tokenizer), special, cfg.seed).to(dev)
@@ -433,10 +426,10 @@ def memory_child(preset: str, seq_len: int, micro_batch_size: int, device: str, 
         opt.zero_grad(set_to_none=True)
         return float(nll / n)
 
-    _trim()
+    release_memory()
     rss_model = proc_status()["VmRSS"]
     step(batches[0], record=False)  # warm-up: AdamW state, kernels, allocator
-    _trim()
+    release_memory()
     rss_before = proc_status()["VmRSS"]
     res: dict[str, Any] = {
         "preset": preset,
