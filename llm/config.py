@@ -675,7 +675,7 @@ class StrategyConfig:
     the same names as a DeepSpeed JSON config."""
     sharded_init: bool = True
     """Start without the whole model in any process: the model is built on the meta device,
-    sharded (FSDP), and each rank fills only its shard, reading only its slice of each tensor of a
+    sharded (FSDP; or turned into ZeRO-3 partitions a block at a time), and each rank fills only its shard, reading only its slice of each tensor of a
     ``model.pretrained`` checkpoint (safetensors, one file or sharded with an index) or
     initialising one block at a time with a generator seeded from (``seed``, block name), so the
     weights are the same whatever the number of ranks, and the same under every strategy.

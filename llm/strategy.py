@@ -9,9 +9,9 @@ Strategies (``conf/strategy``):
 * ``single``, ``ddp``: Lightning's own.
 * ``deepspeed_zero1|2|3``, ``deepspeed_zero3_offload``: Lightning's ``DeepSpeedStrategy``,
   subclassed so that it also runs on CPU processes (gloo), never builds the model under
-  ``deepspeed.zero.Init`` (transformers' ``from_pretrained`` and the DPO/PPO reference copies need
-  whole weights; ZeRO-3 partitions the model when the engine starts) and writes checkpoints
-  atomically.
+  ``deepspeed.zero.Init``'s constructor patching (the sharded start makes the ZeRO-3 partitions
+  itself, a block at a time: ``llm.model.materialise.Zero3Partition``; a whole build, LoRA's for
+  one, is partitioned when the engine starts) and writes checkpoints atomically.
 * ``fsdp``: FSDP2 (``fully_shard`` per decoder layer, then the root) through Lightning's
   ``ModelParallelStrategy`` with a pure data-parallel mesh; distributed (DCP) checkpoints written
   atomically.
@@ -353,8 +353,8 @@ def _deepspeed_strategy_class() -> type:
 
         @contextmanager
         def model_sharded_context(self) -> Iterator[None]:
-            # no zero.Init: the stage builds whole weights (from_pretrained, reference copies);
-            # ZeRO-3 partitions them when the engine starts
+            # no zero.Init context: the sharded start partitions a block at a time itself
+            # (Zero3Partition); a whole build (LoRA) is partitioned when the engine starts
             self._init_config_if_needed()
             yield
 
@@ -841,6 +841,9 @@ def gathered_tensors(
         return
     import deepspeed
 
+    # parameters the engine prefetched for a next forward are still in flight (ZeRO-3 cannot
+    # gather nor partition them): waited for and released first, as around generation
+    _engine_offload(strategy).get_param_coordinator()._clean_inflight_param_registry()
     layer_of: dict[int, int] = {}
     try:
         for i, layer in enumerate(decoder_layers(model)):

@@ -179,7 +179,12 @@ def test_stage_start_seeded_or_whole():
 
 # ------------------------------------------------------------ several processes
 def _start(
-    tmp_path: Path, nproc: int, unsharded: bool = False, override: tuple[str, ...] = (), stage: str = "pretrain"
+    tmp_path: Path,
+    nproc: int,
+    unsharded: bool = False,
+    override: tuple[str, ...] = (),
+    stage: str = "pretrain",
+    strategy: str = "fsdp",
 ) -> tuple[dict, dict]:
     """(result, full weights) of one start by the benchmark's worker under torchrun."""
     import argparse
@@ -189,22 +194,28 @@ def _start(
     from llm.bench.startup import run_one
 
     args = argparse.Namespace(
-        model="tiny", stage=stage, vocab=512, override=list(override), loss=True, loss_tokens=16, threads=1, timeout=600
+        model="tiny", stage=stage, vocab=512, override=list(override), loss=True, loss_tokens=16, threads=1, timeout=600, strategy=strategy
     )
-    dump = tmp_path / f"w-{nproc}-{int(unsharded)}-{len(override)}.safetensors"
+    dump = tmp_path / f"w-{nproc}-{int(unsharded)}-{len(override)}-{stage}-{strategy}.safetensors"
     res = run_one("sharded", nproc, args, tmp_path, unsharded=unsharded, dump=str(dump))
     return res, load_file(dump)
 
 
+@pytest.fixture(scope="module")
+def unsharded_tied(tmp_path_factory) -> tuple[dict, dict]:
+    """The 1-process start (DDP's and single's) of the tiny preset with tied embeddings."""
+    return _start(tmp_path_factory.mktemp("unsharded"), 1, unsharded=True, override=("model.tie_embeddings=true",))
+
+
 @pytest.mark.slow
-def test_fsdp_start_equals_unsharded(tmp_path):
+def test_fsdp_start_equals_unsharded(tmp_path, unsharded_tied):
     """FSDP over 2 ranks: the full weights after the start are bitwise the 1-process (DDP, single)
     start's, the loss of the same batch equal; from a checkpoint (one file, and sharded with an
     index) every tensor is the checkpoint's."""
     from transformers import LlamaForCausalLM
 
     tied = ("model.tie_embeddings=true",)
-    one, w1 = _start(tmp_path, 1, unsharded=True, override=tied)
+    one, w1 = unsharded_tied
     two, w2 = _start(tmp_path, 2, override=tied)
     assert set(w1) == set(w2)
     for k in w1:
@@ -225,3 +236,35 @@ def test_fsdp_start_equals_unsharded(tmp_path):
     # DPO: its frozen reference is sharded like the policy and holds the same weights
     dpo, _ = _start(tmp_path, 2, override=("model=hf", f"model.pretrained={d}"), stage="dpo")
     assert [r["copy_losses"] for r in dpo["ranks"]] == [[r["loss"]] for r in dpo["ranks"]]
+
+
+@pytest.mark.slow
+def test_zero3_start_equals_unsharded(tmp_path, unsharded_tied):
+    """DeepSpeed ZeRO-3 over 3 ranks (partitions of uneven length): the full weights gathered after
+    the start are bitwise the 1-process start's, the loss of the same batch equal (each module's
+    partitions gathered for its forward); from a checkpoint sharded with an index, every tensor is
+    the checkpoint's while each of 2 ranks reads only about half of its bytes, and DPO's whole
+    frozen reference gets the policy's weights (its loss equal)."""
+    from transformers import LlamaForCausalLM
+
+    tied = ("model.tie_embeddings=true",)
+    one, w1 = unsharded_tied
+    three, w3 = _start(tmp_path, 3, override=tied, strategy="deepspeed_zero3")
+    assert set(w1) == set(w3)
+    for k in w1:
+        assert torch.equal(w1[k], w3[k]), k
+    assert three["ranks"][0]["tied"]
+    assert {r["loss"] for r in three["ranks"]} == {one["ranks"][0]["loss"]}
+    torch.manual_seed(0)
+    src = LlamaForCausalLM(_config(tied=False, vocab=97))
+    d = tmp_path / "ckpt"
+    src.save_pretrained(d, max_shard_size="20KB")
+    dpo, w = _start(tmp_path, 2, override=("model=hf", f"model.pretrained={d}"), stage="dpo", strategy="deepspeed_zero3")
+    want = src.state_dict()
+    assert set(w) == set(want)
+    for k in want:
+        assert torch.equal(w[k], want[k]), k
+    total = sum(t.numel() * t.element_size() for t in want.values())
+    for r in dpo["ranks"]:
+        assert 0.45 * total < r["bytes_read"] < 0.6 * total, (r["bytes_read"], total)
+        assert r["copy_losses"] == [r["loss"]]

@@ -21,6 +21,7 @@ weights after the start (rank 0, safetensors).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -63,30 +64,49 @@ def worker(args: argparse.Namespace) -> None:
     import transformers.models.gpt2.modeling_gpt2  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401
 
+    if args.strategy == "deepspeed_zero3":
+        import deepspeed  # noqa: F401  (imported by the strategy before any model: part of the overhead)
     release_memory()
     base = proc_status()["VmRSS"]
     dist_on = "RANK" in os.environ
     if dist_on:
         dist.init_process_group("gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist_on else (0, 1)
-    cfg = compose_config([f"model={args.model}", f"stage={args.stage}", f"strategy.sharded_init={args.way == 'sharded'}", *args.override])
+    zero3 = args.strategy == "deepspeed_zero3" and not args.unsharded
+    strategy = ["strategy=deepspeed_zero3"] if zero3 else []
+    cfg = compose_config(
+        [f"model={args.model}", f"stage={args.stage}", *strategy, f"strategy.sharded_init={args.way == 'sharded'}", *args.override]
+    )
     vocab = None if (cfg.model.vocab_size or cfg.model.pretrained) else args.vocab
     torch.manual_seed(cfg.seed)  # what training does first (seed_everything): the whole start draws from it
     module = stage(cfg.model, cfg.stage, vocab_size=vocab, sharded_init=args.way == "sharded", init_seed=cfg.seed)
-    if not args.unsharded:
+    if zero3:  # as the strategy does: DeepSpeed's communication over the gloo group, the run's config
+        import deepspeed
+
+        from llm.strategy import deepspeed_config
+
+        deepspeed.init_distributed(dist_backend="gloo")
+        module.zero3_config = deepspeed_config(cfg.strategy, 1.0, 1, gpu=False)
+    elif not args.unsharded:
         from torch.distributed.device_mesh import init_device_mesh
 
         module._device_mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("data_parallel",))
-    module.configure_model()
+    if zero3 and args.way == "whole":
+        module.configure_model()  # the engine's conversion: every rank partitions its whole model
+        import deepspeed
+
+        deepspeed.zero.Init(module=module.model, config_dict_or_path=module.zero3_config)
+    else:
+        module.configure_model()
     model = module.model
     n = count_params(model)
     release_memory()
     st = proc_status()
-    mine: dict[str, Any] = {"rank": rank, "base": base, "peak": st["VmHWM"], "rss": st["VmRSS"]}
+    mine: dict[str, Any] = {"rank": rank, "base": base, "peak": st["VmHWM"], "rss": st["VmRSS"], "bytes_read": module.start_bytes_read}
     if args.loss:
         ids = torch.randint(0, model.config.vocab_size, (2, args.loss_tokens), generator=torch.Generator().manual_seed(0))
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), gathered_per_module(model) if zero3 else contextlib.nullcontext():
             mine["loss"] = float(model(input_ids=ids, labels=ids).loss)
             # frozen copies (DPO's reference): the same weights, so the same loss
             mine["copy_losses"] = [float(m.eval()(input_ids=ids, labels=ids).loss) for m in module.frozen_copies()]
@@ -95,9 +115,10 @@ def worker(args: argparse.Namespace) -> None:
 
         full = {}
         for k, p in model.named_parameters(remove_duplicate=False):
-            t = p.full_tensor() if hasattr(p, "full_tensor") else p
-            if rank == 0:
-                full[k] = t.detach().cpu().clone().contiguous()
+            with gathered_per_module(p) if zero3 else contextlib.nullcontext():
+                t = p.full_tensor() if hasattr(p, "full_tensor") else p
+                if rank == 0:
+                    full[k] = t.detach().cpu().clone().contiguous()
         if rank == 0:
             save_file(full, args.dump)
         mine["tied"] = model.get_output_embeddings() is None or model.get_output_embeddings().weight is model.get_input_embeddings().weight
@@ -111,6 +132,36 @@ def worker(args: argparse.Namespace) -> None:
         Path(args.result).write_text(json.dumps(res))
     if dist_on:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def gathered_per_module(model: Any) -> Any:
+    """ZeRO-3 partitions outside a DeepSpeed engine: a parameter, or during a forward each module's
+    own parameters, gathered whole on every rank for as long as it needs them (a layer at a time)."""
+    import deepspeed
+    import torch
+
+    if isinstance(model, torch.nn.Parameter):
+        with deepspeed.zero.GatheredParameters([model]):
+            yield
+        return
+    handles, held = [], {}
+
+    def pre(m: Any, _args: Any) -> None:
+        held[m] = deepspeed.zero.GatheredParameters(list(m.parameters(recurse=False)))
+        held[m].__enter__()
+
+    def post(m: Any, _args: Any, _out: Any) -> None:
+        held.pop(m).__exit__(None, None, None)
+
+    for m in model.modules():
+        if any(True for _ in m.parameters(recurse=False)):
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def run_one(way: str, nproc: int, args: argparse.Namespace, tmp: Path, unsharded: bool = False, dump: str | None = None) -> dict[str, Any]:
@@ -129,6 +180,8 @@ def run_one(way: str, nproc: int, args: argparse.Namespace, tmp: Path, unsharded
         args.model,
         "--stage",
         args.stage,
+        "--strategy",
+        getattr(args, "strategy", "fsdp"),
         "--vocab",
         str(args.vocab),
         "--result",
@@ -153,7 +206,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     overhead = max(x["base"] for r in rows for x in r["ranks"])
     lines = [
         f"`{command_line('llm.bench.startup')}`; model {args.model} ({rows[0]['params'] / 1e9:.2f} B parameters, "
-        f"{full / MIB:,.0f} MiB in fp32), stage {args.stage}, FSDP2 over N CPU processes (gloo); {cpu_name()}. Peak = VmHWM "
+        f"{full / MIB:,.0f} MiB in fp32), stage {args.stage}, {'FSDP2' if args.strategy == 'fsdp' else 'DeepSpeed ZeRO-3'} over N CPU processes (gloo); {cpu_name()}. Peak = VmHWM "
         "at the end of set-up (model built and sharded, before any step), the largest over the ranks; base = RSS after "
         f"the imports (torch, transformers, Lightning), before any model (the fixed overhead, at most {overhead / MIB:,.0f} MiB here). Bound: "
         "1.2 x fp32 model / N + base. Loss: the same fixed batch (2 x "
@@ -198,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argument_parser("llm.bench.startup", __doc__)
     p.add_argument("--model", default="llama_1b")
     p.add_argument("--stage", default="pretrain")
+    p.add_argument("--strategy", default="fsdp", choices=("fsdp", "deepspeed_zero3"), help="the sharding (default fsdp)")
     p.add_argument("--nproc", default="1,2,4", help="numbers of ranks (default 1,2,4)")
     p.add_argument("--whole-nproc", default=None, help="numbers of ranks for the whole-model start (default: --nproc)")
     p.add_argument("--vocab", type=int, default=50304, help="vocabulary of a preset that sets none (default 50304)")

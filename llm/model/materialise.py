@@ -20,6 +20,13 @@ filled one block (a decoder layer, or one other module) at a time by :func:`mate
   communication (rank 0 initialising and scattering each tensor would also be exact, but it costs
   a broadcast of the whole model and makes every rank wait for one). Every strategy starts this
   way (``strategy.sharded_init=true``), so the unsharded and sharded runs of a seed are the same run.
+
+Under DeepSpeed ZeRO-3 (:class:`Zero3Partition`) there is no FSDP sharding: each parameter is
+turned into a ZeRO-3 parameter (``deepspeed.zero.Init``'s conversion, without its broadcast from
+rank 0) as its block comes up, before it is filled, and the fill writes straight into the rank's
+partition (``ds_tensor``: a flat range of the tensor's elements, read from the checkpoint as the
+rows that cover it). The whole model never exists on a rank; the engine finds its parameters
+already partitioned when it starts.
 """
 
 from __future__ import annotations
@@ -177,9 +184,28 @@ def local_index(dst: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> tuple
 
 def local(dst: torch.Tensor) -> torch.Tensor:
     """The storage this rank holds of ``dst`` (a DTensor's local shard, a view into what FSDP2
-    all-gathers from; or ``dst``)."""
+    all-gathers from; a ZeRO-3 parameter's partition, without its padding; or ``dst``)."""
+    flat = flat_range(dst)
+    if flat is not None:
+        return dst.ds_tensor.narrow(0, 0, flat[1] - flat[0])  # type: ignore[attr-defined]
     t = getattr(dst, "_local_tensor", None)
     return t if t is not None else dst
+
+
+def flat_range(dst: torch.Tensor) -> tuple[int, int] | None:
+    """ZeRO-3: the elements ``[a, b)`` of the flattened whole tensor that this rank's partition
+    holds (set by :class:`Zero3Partition`); ``None`` for any other tensor."""
+    return getattr(dst, "_xiulian_flat", None)
+
+
+def _rows_of_flat(shape: tuple[int, ...] | torch.Size, a: int, b: int) -> tuple[int, int, int]:
+    """(first row, end row, offset of element ``a`` in the first row's data): the rows of a
+    tensor of ``shape`` that hold its flat elements ``[a, b)``."""
+    width = 1
+    for s in shape[1:]:
+        width *= s
+    lo = a // max(1, width)
+    return lo, max(lo, -(-b // max(1, width))), a - lo * width
 
 
 def _tie_groups(model: torch.nn.Module) -> list[list[tuple[torch.nn.Module, str]]]:
@@ -208,8 +234,27 @@ def _empty_like(model: torch.nn.Module, device: torch.device, buffers: dict[str,
 
 
 def _put(dst: torch.Tensor, full: torch.Tensor) -> None:
+    flat = flat_range(dst)
+    if flat is not None:
+        local(dst).copy_(full.reshape(-1)[flat[0] : flat[1]])
+        return
     idx = local_index(dst, full.shape)
     local(dst).copy_(full if idx is None else full[idx])
+
+
+def _read(dst: torch.Tensor, checkpoint: CheckpointSlices, key: str, shape: torch.Size) -> None:
+    """Fill ``dst``'s part of a tensor of ``shape`` from the checkpoint's tensor ``key``: only
+    the rows it holds are read."""
+    flat = flat_range(dst)
+    if flat is None:
+        local(dst).copy_(checkpoint.read(key, local_index(dst, shape)))
+        return
+    a, b = flat
+    if not shape:
+        local(dst).copy_(checkpoint.read(key).reshape(-1)[a:b])
+        return
+    lo, hi, off = _rows_of_flat(shape, a, b)
+    local(dst).copy_(checkpoint.read(key, (slice(lo, hi),)).reshape(-1)[off : off + b - a])
 
 
 def block_seed(seed: int, name: str) -> int:
@@ -258,13 +303,19 @@ def materialise(
     seed: int,
     buffers: dict[str, torch.Tensor],
     checkpoint: CheckpointSlices | None = None,
+    zero3: Zero3Partition | None = None,
 ) -> dict[str, int]:
     """Give ``model`` (meta parameters, perhaps sharded) storage on ``device`` and fill each rank's
     part: from ``checkpoint`` where it has the tensor, else by the seeded initialisation of its
     block (module docstring). ``template`` is an unsharded meta copy of ``model`` (same names),
     used to build one module's whole tensors at a time; ``buffers`` the model's buffers before
-    sharding (``to_empty`` clears them). Returns counts: tensors ``loaded`` and ``initialised``."""
-    _empty_like(model, device, buffers)
+    sharding (``to_empty`` clears them). ``zero3``: each block's parameters become ZeRO-3
+    partitions just before they are filled, instead of the whole model getting storage first.
+    Returns counts: tensors ``loaded`` and ``initialised``."""
+    if zero3 is None:
+        _empty_like(model, device, buffers)
+    else:
+        zero3.begin(model)
     dst = dict(model.named_parameters(remove_duplicate=False))
     names: dict[int, list[str]] = {}
     for name, p in template.named_parameters(remove_duplicate=False):
@@ -275,6 +326,8 @@ def materialise(
     init = _init_fn(template)
     for block_name, block, ancestors in blocks(template):
         own = list(block.named_parameters(prefix=block_name, recurse=False, remove_duplicate=False))
+        if zero3 is not None:
+            dst.update(zero3.partition(model, block_name))
         missing = []
         for name, p in own:
             if id(p) in done:
@@ -291,8 +344,7 @@ def materialise(
                     f"{checkpoint.directory}: tensor {key} has shape {list(checkpoint.shape(key))}, "  # type: ignore[union-attr]
                     f"the model's {name} {list(p.shape)}"
                 )
-            t = checkpoint.read(key, local_index(dst[name], p.shape))  # type: ignore[union-attr]
-            local(dst[name]).copy_(t)
+            _read(dst[name], checkpoint, key, p.shape)  # type: ignore[arg-type]
             counts["loaded"] += 1
         if not missing:
             continue
@@ -385,6 +437,10 @@ def _init_rows(block: torch.nn.Module, block_name: str, missing: list[str], dst:
 
 
 def _local_rows(dst: torch.Tensor, shape: torch.Size) -> tuple[int, int, tuple[slice, ...] | None]:
+    flat = flat_range(dst)
+    if flat is not None:
+        lo, hi, _ = _rows_of_flat(shape, *flat)
+        return lo, hi, None
     idx = local_index(dst, shape)
     lo, hi = (0, shape[0]) if idx is None else idx[0].indices(shape[0])[:2]
     return lo, max(lo, hi), idx
@@ -397,6 +453,13 @@ def _rows_overlap(dst: torch.Tensor, shape: torch.Size, a: int, b: int) -> bool:
 
 def _put_rows(dst: torch.Tensor, chunk: torch.Tensor, a: int, shape: torch.Size) -> None:
     """Rows ``a .. a + len(chunk)`` of a whole tensor of ``shape``: the part this rank holds."""
+    flat = flat_range(dst)
+    if flat is not None:  # ZeRO-3: the chunk's elements that fall in the partition's flat range
+        width = chunk[0].numel() if chunk.shape[0] else 1
+        s, e = max(flat[0], a * width), min(flat[1], (a + chunk.shape[0]) * width)
+        if s < e:
+            local(dst)[s - flat[0] : e - flat[0]].copy_(chunk.reshape(-1)[s - a * width : e - a * width])
+        return
     lo, hi, idx = _local_rows(dst, shape)
     s, e = max(a, lo), min(a + chunk.shape[0], hi)
     if s >= e:
@@ -427,4 +490,62 @@ def copy_into(src: torch.nn.Module, dst: torch.nn.Module, device: torch.device, 
     _empty_like(dst, device, buffers)
     theirs = dict(src.named_parameters(remove_duplicate=False))
     for name, p in dst.named_parameters(remove_duplicate=False):
+        if flat_range(theirs[name]) is not None and flat_range(p) is None:  # ZeRO-3 into a whole copy
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([theirs[name]]):  # collective: every rank, same order
+                p.copy_(theirs[name])
+            continue
         local(p).copy_(local(theirs[name]))
+
+
+class Zero3Partition:
+    """DeepSpeed ZeRO-3 partitions made one block at a time (:func:`materialise`): each of the
+    block's parameters gets an untouched whole buffer, becomes a ZeRO-3 parameter
+    (``deepspeed.zero.Init``'s own conversion and ``partition``, which keeps the rank's flat range
+    of elements in ``ds_tensor`` and frees the buffer) and is then filled through
+    :func:`flat_range`. Nothing is broadcast (``zero.Init`` would broadcast each tensor from rank
+    0): every rank computes or reads exactly its range. ``config``: the run's DeepSpeed config
+    (its ``auto`` values filled), whose process group, offload device and dtype the engine uses too."""
+
+    def __init__(self, config: dict) -> None:
+        import deepspeed
+
+        # not entered (constructors stay unpatched); given a module, as the engine's own conversion
+        # is, it sets up what that conversion sets up (ZeRO-3's memory-efficient linear)
+        self.init = deepspeed.zero.Init(module=torch.nn.Module(), config_dict_or_path=config)
+        self.device = self.init.local_device
+        self._ties: dict[tuple[str, str], list[tuple[torch.nn.Module, str]]] = {}
+
+    def begin(self, model: torch.nn.Module) -> None:
+        """Record the tied parameters: a block's new parameter replaces them all."""
+        by_module = {id(m): n for n, m in model.named_modules()}
+        self._ties = {}
+        for group in _tie_groups(model):
+            for m, k in group:
+                self._ties[(by_module[id(m)], k)] = group
+
+    @torch.no_grad()
+    def partition(self, model: torch.nn.Module, block_name: str) -> dict[str, torch.Tensor]:
+        """Turn the block's own meta parameters into (unfilled) ZeRO-3 partitions; returns them by
+        every name they have in ``model`` (tied names included)."""
+        module = model.get_submodule(block_name)
+        out: dict[str, torch.Tensor] = {}
+        prefix = f"{block_name}." if block_name else ""
+        for k, p in list(module._parameters.items()):
+            if p is None or not p.is_meta:
+                continue
+            new = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=self.device), requires_grad=p.requires_grad)
+            self.init._convert_to_deepspeed_param(new)
+            new.partition()
+            part = new.ds_tensor.ds_numel
+            a = part * self.init._partition_rank(new)
+            if new.ds_tensor.numel() != part or part * self.init._partition_world_size(new) < new.ds_numel:
+                raise RuntimeError(f"{prefix}{k}: DeepSpeed's ZeRO-3 partition layout is not the one expected (flat ranges of ceil(n / N))")
+            new._xiulian_flat = (min(a, new.ds_numel), min(a + part, new.ds_numel))
+            for m, attr in self._ties.get((block_name, k), [(module, k)]):
+                m._parameters[attr] = new
+            for name, q in model.named_parameters(remove_duplicate=False):
+                if q is new:
+                    out[name] = new
+        return out

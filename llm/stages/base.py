@@ -45,7 +45,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        dims = len(p.ds_shape) if hasattr(p, "ds_shape") else p.dim()  # a ZeRO-3 partition is flat: its shape is [0]
+        (decay if dims >= 2 else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -185,8 +186,15 @@ class BaseStage(L.LightningModule):
 
     def _materialise(self, template: torch.nn.Module, buffers: dict, checkpoint: Any, mesh: Any) -> None:
         """Fill the empty (meta) model, each rank its shard, then its frozen copies."""
-        from llm.model.materialise import CheckpointSlices, copy_into, materialise
+        from llm.model.materialise import CheckpointSlices, Zero3Partition, copy_into, materialise
 
+        zero3 = None
+        config = self.zero3_config if self.zero3_config is not None else self._strategy_zero3_config()
+        if config is not None:
+            from llm.strategy import fill_auto_buckets
+
+            fill_auto_buckets(config, self.model)
+            zero3 = Zero3Partition(config)
         if mesh is None:
             device = torch.get_default_device()  # the strategy's (Lightning's tensor_init_context): as a whole build
         elif mesh.device_type == "cuda":
@@ -195,12 +203,14 @@ class BaseStage(L.LightningModule):
             device = torch.device(mesh.device_type)
         reader = CheckpointSlices(checkpoint) if checkpoint is not None else None
         try:
-            counts = materialise(self.model, template, device, self.init_seed, buffers, reader)
+            counts = materialise(self.model, template, device, self.init_seed, buffers, reader, zero3)
         finally:
             if reader is not None:
                 reader.close()
+        self.start_bytes_read = reader.bytes_read if reader is not None else 0
         log.info(
-            "sharded start-up: %d tensors read from %s (%.1f MiB on this rank), %d initialised (seed %d)",
+            "sharded start-up%s: %d tensors read from %s (%.1f MiB on this rank), %d initialised (seed %d)",
+            " (ZeRO-3 partitions)" if zero3 is not None else "",
             counts["loaded"],
             checkpoint or "no checkpoint",
             (reader.bytes_read if reader is not None else 0) / 2**20,
@@ -211,6 +221,19 @@ class BaseStage(L.LightningModule):
             if mesh is not None:
                 shard_module(ref, mesh)
             copy_into(self.model, ref, device, buffers)
+
+    start_bytes_read: int = 0
+    """Bytes of checkpoint tensors this rank read in the sharded start (only its slices)."""
+
+    zero3_config: dict | None = None
+    """The DeepSpeed config under which the sharded start makes ZeRO-3 partitions directly; ``None``:
+    the trainer's strategy's when it is ZeRO-3 (the start-up benchmark sets it, having no trainer)."""
+
+    def _strategy_zero3_config(self) -> dict | None:
+        from llm.strategy import is_zero3
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return strategy.config if strategy is not None and is_zero3(strategy) else None
 
     def frozen_copies(self) -> list[torch.nn.Module]:
         """Frozen copies of the model made in ``on_model_ready`` (DPO's and PPO's reference): under
