@@ -254,7 +254,7 @@ def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
         if id(p) in seen or (trainable_only and not p.requires_grad):
             continue
         seen.add(id(p))
-        n += p.numel()
+        n += getattr(p, "ds_numel", None) or p.numel()  # a ZeRO-3 partition's own numel is its local part's
     return n
 
 
