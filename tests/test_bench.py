@@ -120,9 +120,12 @@ def test_markdown_table(tmp_path):
 
 @pytest.mark.slow
 def test_bench_quick_cli(tmp_path, demo_data):
-    """``python -m llm.bench --quick`` (the demo data at its own vocabulary) in under ~1.5 minutes."""
+    """``python -m llm.bench --quick`` (the demo data at its own vocabulary) end to end, with its
+    runs shortened further to ``test_bench_small_run``'s (8 steps, one run of each loop, 20
+    micro-model steps, half a second per loader): every block still runs and writes its line."""
+    short = ["--steps", "8", "--log-every", "4", "--repeats", "1", "--fixed-steps", "20", "--fixed-repeats", "1", "--loader-seconds", "0.5"]
     r = subprocess.run(
-        [sys.executable, "-m", "llm.bench", "--quick", "--json", str(tmp_path / "b.jsonl"), "--markdown", str(tmp_path / "B.md")],
+        [sys.executable, "-m", "llm.bench", "--quick", *short, "--json", str(tmp_path / "b.jsonl"), "--markdown", str(tmp_path / "B.md")],
         cwd=ROOT,
         capture_output=True,
         text=True,
