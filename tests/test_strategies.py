@@ -264,9 +264,26 @@ def test_pretrain_matches_ddp(tmp_path, ddp_pretrain, strategy):
     assert all((run / "checkpoints" / c).is_dir() for c in ckpts)
 
 
+def killed_at_step_6(run: Path, strategy: str) -> None:
+    """``run``: the pretraining of ``STEPS`` under ``strategy`` with a rank SIGKILLed at step 6
+    (torchrun ends the job), which leaves the step-4 checkpoint alone."""
+    r = torchrun(run, [*FAST, *STEPS, f"strategy={strategy}", "trainer.crash_at_step=6"], check=False)
+    assert r.returncode != 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step0000004.ckpt"]
+
+
+@pytest.fixture(scope="module")
+def zero3_killed(tmp_path_factory, demo_data) -> Path:
+    """The ZeRO-3 run killed at step 6, run once for the two ZeRO-3 resume tests: each resumes a
+    copy of it."""
+    run = tmp_path_factory.mktemp("zero3-killed") / "run"
+    killed_at_step_6(run, "deepspeed_zero3")
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["deepspeed_zero3", "fsdp"])
-def test_sharded_kill_and_resume_matches(tmp_path, ddp_pretrain, strategy):
+def test_sharded_kill_and_resume_matches(tmp_path, ddp_pretrain, strategy, request):
     """A rank is SIGKILLed at step 6 (torchrun ends the job); ``ckpt_path=last`` resumes from the
     step-4 shards and the run ends exactly where the uninterrupted one did.
 
@@ -280,9 +297,10 @@ def test_sharded_kill_and_resume_matches(tmp_path, ddp_pretrain, strategy):
     from llm.rundir import readable
 
     run = tmp_path / "run"
-    r = torchrun(run, [*FAST, *STEPS, f"strategy={strategy}", "trainer.crash_at_step=6"], check=False)
-    assert r.returncode != 0
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step0000004.ckpt"]
+    if strategy == "deepspeed_zero3":  # the same killed run as test_sharded_checkpoint_write_error_keeps_previous's
+        shutil.copytree(request.getfixturevalue("zero3_killed"), run)
+    else:
+        killed_at_step_6(run, strategy)
 
     planted, marker = tmp_path / "planted" / "step0000004.ckpt", tmp_path / "payload-ran"
     shutil.copytree(run / "checkpoints" / "step0000004.ckpt", planted)
@@ -315,7 +333,7 @@ def test_sharded_kill_and_resume_matches(tmp_path, ddp_pretrain, strategy):
 
 
 @pytest.mark.slow
-def test_sharded_checkpoint_write_error_keeps_previous(tmp_path, ddp_pretrain):
+def test_sharded_checkpoint_write_error_keeps_previous(tmp_path, ddp_pretrain, zero3_killed):
     """ZeRO-3 shards are written into ``<name>.tmp`` and renamed only when every rank has
     finished. A rank killed at step 6 leaves the step-4 checkpoint; the resumed run may write no
     file over 2 MiB (``ulimit -f``, as a full disk would stop it), so the step-8 checkpoint fails
@@ -323,7 +341,7 @@ def test_sharded_checkpoint_write_error_keeps_previous(tmp_path, ddp_pretrain):
     to the uninterrupted result, clearing the partial ``.tmp``."""
     run = tmp_path / "run"
     args = [*FAST, *STEPS, "strategy=deepspeed_zero3"]
-    assert torchrun(run, [*args, "trainer.crash_at_step=6"], check=False).returncode != 0
+    shutil.copytree(zero3_killed, run)  # killed at step 6 (the fixture checks it left step 4 alone)
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions")}
     cmd = f"ulimit -f 2048; exec {sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2 -m llm.train " + " ".join(
         [*args, "ckpt_path=last", f"hydra.run.dir={run}"]
