@@ -448,9 +448,9 @@ FT = [
 
 @pytest.mark.slow
 def test_fine_tuning_stages_under_sharding(tmp_path, tiny_base, sft_run):
-    """SFT (full and LoRA), reward model and DPO under ZeRO-3 and FSDP, and PPO under FSDP: the
-    same losses (PPO: scores, policy and value losses) as DDP, a consolidated export equal to
-    DDP's, and the stage's own artefacts (LoRA adapter)."""
+    """SFT (full and LoRA), reward model and DPO under ZeRO-3 and FSDP: the same losses as DDP, a
+    consolidated export equal to DDP's, and the stage's own artefacts (LoRA adapter). PPO under
+    FSDP: test_ppo_under_zero_and_fsdp_matches_ddp."""
     sft_export = sft_run[1]["export"]
     runs = {
         "sft": [*SFT, f"model.pretrained={tiny_base}"],
@@ -471,24 +471,6 @@ def test_fine_tuning_stages_under_sharding(tmp_path, tiny_base, sft_run):
                 assert (run / "adapters" / "default" / "adapter_model.safetensors").is_file()
             if stage == "rm":
                 same_run(ref, run, "val/accuracy", tol=1e-6)
-    # PPO under FSDP (generation with synced ranks, the value head sharded too) with the RM above
-    ppo = [
-        *SFT,
-        "stage=ppo",
-        "data=prompts_demo",
-        f"model.pretrained={sft_export}",
-        f"stage.reward.model={tmp_path / 'rm-ddp' / 'export'}",
-        "trainer.max_steps=4",
-        "trainer.val_every_n_steps=2",
-        "trainer.ckpt_every_n_steps=2",
-        "data.micro_batch_size=4",
-        "eval=none",
-    ]
-    torchrun(tmp_path / "ppo-ddp", [*ppo, "strategy=ddp"])
-    torchrun(tmp_path / "ppo-fsdp", [*ppo, "strategy=fsdp"])
-    for key in ("ppo/score", "ppo/policy_loss", "ppo/value_loss"):
-        same_run(tmp_path / "ppo-ddp", tmp_path / "ppo-fsdp", key, tol=1e-5)
-    same_weights(tmp_path / "ppo-ddp", tmp_path / "ppo-fsdp")
 
 
 RL = [
@@ -521,12 +503,13 @@ def rl_runs_match(tmp_path: Path, args: list[str], strategies: list[str], keys: 
 
 
 @pytest.mark.slow
-def test_ppo_under_deepspeed_matches_ddp(tmp_path, sft_run):
-    """PPO under ZeRO-2 and ZeRO-3 (2 iterations of 4 minibatch updates each, then a third; a
-    checkpoint at 2): every minibatch update is a step of DeepSpeed's engine, which also trains the
-    value head; ZeRO-3 generates with the policy gathered once per rollout; the frozen reference
-    is whole on each rank. Sampled scores, policy and value losses, KL, gradient norms,
-    validation reward and the export equal DDP's."""
+def test_ppo_under_zero_and_fsdp_matches_ddp(tmp_path, sft_run):
+    """PPO under ZeRO-2, ZeRO-3 and FSDP (2 iterations of 4 minibatch updates each, then a third; a
+    checkpoint at 2): under DeepSpeed every minibatch update is a step of its engine, which also
+    trains the value head, and ZeRO-3 generates with the policy gathered once per rollout; FSDP
+    generates with synced ranks and shards the value head too; the frozen reference is whole on
+    each rank. Sampled scores, policy and value losses, KL, gradient norms, validation reward and
+    the export equal DDP's."""
     args = [
         *RL,
         "stage=ppo",
@@ -536,7 +519,7 @@ def test_ppo_under_deepspeed_matches_ddp(tmp_path, sft_run):
         "stage.optim.lr=1e-4",
     ]
     keys = ("ppo/score", "ppo/policy_loss", "ppo/value_loss", "ppo/kl", "ppo/grad_norm", "ppo/response_length")
-    rl_runs_match(tmp_path, args, ["deepspeed_zero2", "deepspeed_zero3"], keys)
+    rl_runs_match(tmp_path, args, ["deepspeed_zero2", "deepspeed_zero3", "fsdp"], keys)
 
 
 @pytest.mark.slow
