@@ -16,6 +16,9 @@ CONF = ROOT / "conf"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("XIULIAN_CACHE", str(ROOT / ".cache" / "xiulian"))
+# DeepSpeed's CPU ops are compiled once per folder (about a minute): one folder for the whole suite,
+# in-process runs, torchrun children and Slurm jobs alike (slurm/stage.sh would use ~/.cache)
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 
 # fast settings for CPU tests: a small vocabulary, short sequences
 FAST = [
