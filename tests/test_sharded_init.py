@@ -268,3 +268,14 @@ def test_zero3_start_equals_unsharded(tmp_path, unsharded_tied):
     for r in dpo["ranks"]:
         assert 0.45 * total < r["bytes_read"] < 0.6 * total, (r["bytes_read"], total)
         assert r["copy_losses"] == [r["loss"]]
+
+
+def test_rows_covering_a_zero3_flat_range_by_hand():
+    """A ZeRO-3 partition holds a flat range of elements: the checkpoint rows that cover it, and
+    where its first element sits in the first row (97 x 32 over 2 ranks: 1,552 elements each)."""
+    from llm.model.materialise import _rows_of_flat
+
+    assert _rows_of_flat((97, 32), 0, 1552) == (0, 49, 0)  # row 48 is shared: 1,552 = 48.5 rows
+    assert _rows_of_flat((97, 32), 1552, 3104) == (48, 97, 16)
+    assert _rows_of_flat((7,), 4, 7) == (4, 7, 0)  # a vector: one element per row
+    assert _rows_of_flat((4, 2, 3), 5, 13) == (0, 3, 5)  # rows of 6 elements
