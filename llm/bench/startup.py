@@ -131,6 +131,7 @@ def worker(args: argparse.Namespace) -> None:
         res = {"way": args.way, "nproc": world, "unsharded": args.unsharded, "params": n, "fp32_bytes": 4 * n, "ranks": ranks}
         Path(args.result).write_text(json.dumps(res))
     if dist_on:
+        dist.barrier()  # every rank leaves together (llm.bench.export: gloo torn down while rank 0 writes)
         dist.destroy_process_group()
 
 
