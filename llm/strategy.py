@@ -431,11 +431,17 @@ def gathered_weights(strategy: Any, module: torch.nn.Module) -> Iterator[None]:
         return
     import deepspeed
 
-    coordinator = _engine_offload(strategy).get_param_coordinator()
-    coordinator._clean_inflight_param_registry()  # parameters the engine prefetched: waited for and released, then gathered here
+    settle_prefetched(strategy)
     params = [p for p in module.parameters() if hasattr(p, "ds_id") and not getattr(p, "ds_persist", False)]
     with deepspeed.zero.GatheredParameters(params, enabled=bool(params), modifier_rank=None), _without_engine_hooks(strategy):
         yield
+
+
+def settle_prefetched(strategy: Any) -> None:
+    """ZeRO-3: parameters the engine prefetched for a next forward are still in flight, and
+    ZeRO-3 can neither gather nor partition them: wait for them and release them, before any
+    gather outside the engine's hooks (generation, the streamed export)."""
+    _engine_offload(strategy).get_param_coordinator()._clean_inflight_param_registry()
 
 
 def _engine_offload(strategy: Any) -> Any:
@@ -841,9 +847,7 @@ def gathered_tensors(
         return
     import deepspeed
 
-    # parameters the engine prefetched for a next forward are still in flight (ZeRO-3 cannot
-    # gather nor partition them): waited for and released first, as around generation
-    _engine_offload(strategy).get_param_coordinator()._clean_inflight_param_registry()
+    settle_prefetched(strategy)
     layer_of: dict[int, int] = {}
     try:
         for i, layer in enumerate(decoder_layers(model)):

@@ -507,8 +507,8 @@ def test_ppo_under_zero_and_fsdp_matches_ddp(tmp_path, sft_run):
     """PPO under ZeRO-2, ZeRO-3 and FSDP (2 iterations of 4 minibatch updates each, then a third; a
     checkpoint at 2): under DeepSpeed every minibatch update is a step of its engine, which also
     trains the value head, and ZeRO-3 generates with the policy gathered once per rollout; FSDP
-    generates with synced ranks and shards the value head too; the frozen reference is whole on
-    each rank. Sampled scores, policy and value losses, KL, gradient norms, validation reward and
+    generates with synced ranks and shards the value head too; under DeepSpeed the frozen
+    reference is whole on each rank. Sampled scores, policy and value losses, KL, gradient norms, validation reward and
     the export equal DDP's."""
     args = [
         *RL,

@@ -91,13 +91,9 @@ def worker(args: argparse.Namespace) -> None:
         from torch.distributed.device_mesh import init_device_mesh
 
         module._device_mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("data_parallel",))
-    if zero3 and args.way == "whole":
-        module.configure_model()  # the engine's conversion: every rank partitions its whole model
-        import deepspeed
-
+    module.configure_model()
+    if zero3 and args.way == "whole":  # the engine's conversion: every rank partitions its whole model
         deepspeed.zero.Init(module=module.model, config_dict_or_path=module.zero3_config)
-    else:
-        module.configure_model()
     model = module.model
     n = count_params(model)
     release_memory()

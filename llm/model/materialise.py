@@ -516,14 +516,15 @@ class Zero3Partition:
         self.init = deepspeed.zero.Init(module=torch.nn.Module(), config_dict_or_path=config)
         self.device = self.init.local_device
         self._ties: dict[tuple[str, str], list[tuple[torch.nn.Module, str]]] = {}
+        self._names: dict[int, str] = {}
 
     def begin(self, model: torch.nn.Module) -> None:
         """Record the tied parameters: a block's new parameter replaces them all."""
-        by_module = {id(m): n for n, m in model.named_modules()}
+        self._names = {id(m): n for n, m in model.named_modules()}
         self._ties = {}
         for group in _tie_groups(model):
             for m, k in group:
-                self._ties[(by_module[id(m)], k)] = group
+                self._ties[(self._names[id(m)], k)] = group
 
     @torch.no_grad()
     def partition(self, model: torch.nn.Module, block_name: str) -> dict[str, torch.Tensor]:
@@ -545,7 +546,5 @@ class Zero3Partition:
             new._xiulian_flat = (min(a, new.ds_numel), min(a + part, new.ds_numel))
             for m, attr in self._ties.get((block_name, k), [(module, k)]):
                 m._parameters[attr] = new
-            for name, q in model.named_parameters(remove_duplicate=False):
-                if q is new:
-                    out[name] = new
+                out[f"{self._names[id(m)]}.{attr}".lstrip(".")] = new
         return out
